@@ -1,0 +1,801 @@
+//! Reads a CSV manifest into rows, and finds every problem that a row shows on its own.
+//!
+//! Nothing here touches the files a manifest names (that is `preflight`): this module owns the
+//! CSV format, the header, the columns and their meaning, and the line numbers that every message
+//! a user sees is anchored to.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// OnePageCRM's per-file limit; a file of exactly this size is allowed.
+pub const MAX_FILE_SIZE: u64 = 10_485_760;
+/// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// The columns a manifest may have, in the order they are documented.
+pub const COLUMNS: [&str; 5] = [
+    "file",
+    "contact_id",
+    "reference_type",
+    "reference_id",
+    "name",
+];
+/// Columns that `report --only failed` adds; accepted and ignored so that report is a manifest.
+pub const IGNORED_COLUMNS: [&str; 2] = ["error_kind", "error"];
+const REQUIRED: [&str; 3] = ["file", "contact_id", "reference_id"];
+
+/// What a manifest row attaches its file to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferenceType {
+    Note,
+    Deal,
+    Call,
+    Meeting,
+}
+
+impl ReferenceType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "note" => Some(Self::Note),
+            "deal" => Some(Self::Deal),
+            "call" => Some(Self::Call),
+            "meeting" => Some(Self::Meeting),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Note => "note",
+            Self::Deal => "deal",
+            Self::Call => "call",
+            Self::Meeting => "meeting",
+        }
+    }
+}
+
+impl fmt::Display for ReferenceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A machine-readable name for each kind of problem (the `kind` of `check --json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    ManifestUnreadable,
+    ManifestEmpty,
+    NotText,
+    UnknownColumn,
+    DuplicateColumn,
+    MissingColumn,
+    NoRows,
+    InvalidUtf8,
+    FieldCount,
+    MissingField,
+    UnknownReferenceType,
+    InvalidName,
+    FileMissing,
+    DanglingLink,
+    NotRegularFile,
+    FileUnreadable,
+    FileTooLarge,
+    DuplicateAttachment,
+    EmptyFile,
+    IdFormat,
+}
+
+/// One thing wrong (or worth a look) in a manifest, anchored to its line and column.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    /// The manifest line the row starts on (1 is the header); `None` for the manifest as a whole.
+    pub line: Option<u64>,
+    pub column: Option<&'static str>,
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn error(
+        line: Option<u64>,
+        column: Option<&'static str>,
+        kind: ProblemKind,
+        message: String,
+    ) -> Self {
+        Self {
+            severity: Severity::Error,
+            line,
+            column,
+            kind,
+            message,
+        }
+    }
+
+    pub fn warning(line: u64, column: &'static str, kind: ProblemKind, message: String) -> Self {
+        Self {
+            severity: Severity::Warning,
+            line: Some(line),
+            column: Some(column),
+            kind,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: ")?;
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "line {line}, column {column}: ")?,
+            (Some(line), None) => write!(f, "line {line}: ")?,
+            (None, _) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// One data row as the manifest states it. Fields a row lacks are empty; `reference_type` is
+/// `None` only when the row holds an unknown type (already reported).
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub line: u64,
+    /// The `file` field as written.
+    pub file: String,
+    /// `file` resolved against the manifest's folder.
+    pub path: PathBuf,
+    pub contact_id: String,
+    pub reference_type: Option<ReferenceType>,
+    pub reference_id: String,
+    /// The attachment name: the `name` column, or the file's own name.
+    pub name: String,
+}
+
+/// A manifest as read: its rows, and the problems found while reading them.
+#[derive(Debug)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub rows: Vec<Row>,
+    pub problems: Vec<Problem>,
+    /// False when the manifest could not be read as a whole (missing, binary, bad header); then
+    /// `rows` is empty and `problems` says why.
+    pub readable: bool,
+}
+
+/// How to read a manifest.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOptions {
+    pub delimiter: u8,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self { delimiter: b',' }
+    }
+}
+
+/// Reads `path` as a manifest. Never fails: whatever goes wrong is a problem in the result.
+pub fn read(path: &Path, options: ReadOptions) -> Manifest {
+    let mut manifest = Manifest {
+        path: path.to_path_buf(),
+        rows: Vec::new(),
+        problems: Vec::new(),
+        readable: false,
+    };
+    match read_rows(path, options, &mut manifest) {
+        Ok(()) => manifest.readable = true,
+        Err(problem) => manifest.problems.push(problem),
+    }
+    manifest
+}
+
+fn whole(kind: ProblemKind, message: String) -> Problem {
+    Problem::error(None, None, kind, message)
+}
+
+fn header_problem(kind: ProblemKind, message: String) -> Problem {
+    Problem::error(Some(1), None, kind, message)
+}
+
+fn read_rows(path: &Path, options: ReadOptions, manifest: &mut Manifest) -> Result<(), Problem> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        whole(
+            ProblemKind::ManifestUnreadable,
+            format!("cannot read manifest {shown}: {}", io_reason(&e)),
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(whole(
+            ProblemKind::ManifestUnreadable,
+            format!("{shown} is a directory; give the path of the CSV manifest file"),
+        ));
+    }
+    let file = File::open(path).map_err(|e| {
+        whole(
+            ProblemKind::ManifestUnreadable,
+            format!("cannot open manifest {shown}: {}", io_reason(&e)),
+        )
+    })?;
+    let mut input = BufReader::with_capacity(1 << 16, file);
+    let head = input.fill_buf().map_err(|e| {
+        whole(
+            ProblemKind::ManifestUnreadable,
+            format!("cannot read manifest {shown}: {}", io_reason(&e)),
+        )
+    })?;
+    if head.contains(&0) {
+        return Err(whole(
+            ProblemKind::NotText,
+            format!("{shown} is a binary file, not a CSV manifest (it holds NUL bytes)"),
+        ));
+    }
+    read_csv(path, options, input, manifest)
+}
+
+fn read_csv(
+    path: &Path,
+    options: ReadOptions,
+    input: impl BufRead,
+    manifest: &mut Manifest,
+) -> Result<(), Problem> {
+    let shown = path.display();
+    let mut reader = Records::new(input, options.delimiter);
+    let mut record = csv::ByteRecord::new();
+    let io_problem = |e: io::Error| {
+        whole(
+            ProblemKind::ManifestUnreadable,
+            format!("cannot read manifest {shown}: {}", io_reason(&e)),
+        )
+    };
+
+    // The header: the first record that is not blank.
+    let header_line = loop {
+        let Some(line) = reader.next(&mut record).map_err(io_problem)? else {
+            return Err(whole(
+                ProblemKind::ManifestEmpty,
+                format!(
+                    "manifest {shown} is empty; it needs a header row ({})",
+                    COLUMNS.join(", ")
+                ),
+            ));
+        };
+        if !is_blank(&record) {
+            break line;
+        }
+    };
+    let columns = parse_header(&record, header_line, options.delimiter)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    while let Some(line) = reader.next(&mut record).map_err(io_problem)? {
+        if is_blank(&record) {
+            continue;
+        }
+        if record.len() != columns.len() {
+            manifest.problems.push(Problem::error(
+                Some(line),
+                None,
+                ProblemKind::FieldCount,
+                format!(
+                    "{} fields, but the header has {}; quote any field that holds the delimiter {:?}",
+                    record.len(),
+                    columns.len(),
+                    options.delimiter as char
+                ),
+            ));
+            continue;
+        }
+        if let Some(row) = parse_row(&record, &columns, line, &base, &mut manifest.problems) {
+            manifest.rows.push(row);
+        }
+    }
+    if manifest.rows.is_empty() && manifest.problems.is_empty() {
+        return Err(header_problem(
+            ProblemKind::NoRows,
+            format!("manifest {shown} has a header but no rows; add one row per file to upload"),
+        ));
+    }
+    Ok(())
+}
+
+/// CSV records with the line each starts on, on csv's own parser (csv_core).
+///
+/// csv's `Reader` stamps a record with the position where the previous one ended, before blank
+/// lines are skipped and before a CRLF's `\n` is consumed, so its line numbers drift; every message
+/// here names a line, so the lines are counted from the bytes the parser consumes.
+struct Records<R> {
+    core: csv_core::Reader,
+    input: R,
+    /// The line the next unconsumed byte is on.
+    line: u64,
+    consumed: u64,
+    output: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl<R: BufRead> Records<R> {
+    fn new(input: R, delimiter: u8) -> Self {
+        let core = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+        Self {
+            core,
+            input,
+            line: 1,
+            consumed: 0,
+            output: vec![0; 4096],
+            ends: vec![0; 16],
+        }
+    }
+
+    /// Reads the next record into `record`; returns the line it starts on, `None` at the end.
+    fn next(&mut self, record: &mut csv::ByteRecord) -> io::Result<Option<u64>> {
+        let (mut nout, mut nends) = (0, 0);
+        let mut start = None;
+        loop {
+            let input = self.input.fill_buf()?;
+            let (result, nin, out, end) =
+                self.core
+                    .read_record(input, &mut self.output[nout..], &mut self.ends[nends..]);
+            for (i, &b) in input[..nin].iter().enumerate() {
+                let in_bom = self.consumed + (i as u64) < 3 && matches!(b, 0xEF | 0xBB | 0xBF);
+                if start.is_none() && !matches!(b, b'\r' | b'\n') && !in_bom {
+                    start = Some(self.line);
+                }
+                if b == b'\n' {
+                    self.line += 1;
+                }
+            }
+            self.consumed += nin as u64;
+            self.input.consume(nin);
+            nout += out;
+            nends += end;
+            match result {
+                csv_core::ReadRecordResult::InputEmpty => {}
+                csv_core::ReadRecordResult::OutputFull => {
+                    let len = self.output.len() * 2;
+                    self.output.resize(len, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let len = self.ends.len() * 2;
+                    self.ends.resize(len, 0);
+                }
+                csv_core::ReadRecordResult::Record => {
+                    record.clear();
+                    let mut from = 0;
+                    for &to in &self.ends[..nends] {
+                        record.push_field(&self.output[from..to]);
+                        from = to;
+                    }
+                    return Ok(Some(start.unwrap_or(self.line)));
+                }
+                csv_core::ReadRecordResult::End => return Ok(None),
+            }
+        }
+    }
+}
+
+/// A record whose fields are all empty or whitespace (a blank line, or one made of delimiters).
+fn is_blank(record: &csv::ByteRecord) -> bool {
+    record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Maps each header position to the column it names (`None`: an ignored column).
+fn parse_header(
+    record: &csv::ByteRecord,
+    line: u64,
+    delimiter: u8,
+) -> Result<Vec<Option<&'static str>>, Problem> {
+    let mut columns = Vec::with_capacity(record.len());
+    let mut problems = Vec::new();
+    let known = || {
+        format!(
+            "{} (and {}, which are ignored)",
+            COLUMNS.join(", "),
+            IGNORED_COLUMNS.join(", ")
+        )
+    };
+    for (i, raw) in record.iter().enumerate() {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            return Err(Problem::error(
+                Some(line),
+                None,
+                ProblemKind::InvalidUtf8,
+                "the header row is not valid UTF-8; save the manifest as UTF-8 CSV".to_string(),
+            ));
+        };
+        let name = text.trim().to_ascii_lowercase();
+        if let Some(col) = COLUMNS.iter().find(|c| **c == name) {
+            if columns.contains(&Some(*col)) {
+                problems.push(format!("column `{col}` appears twice"));
+            }
+            columns.push(Some(*col));
+        } else if IGNORED_COLUMNS.contains(&name.as_str()) {
+            columns.push(None);
+        } else if name.is_empty() {
+            problems.push(format!(
+                "header field {} is empty; the known columns are {}",
+                i + 1,
+                known()
+            ));
+            columns.push(None);
+        } else {
+            problems.push(format!(
+                "unknown column `{}`; the known columns are {}",
+                text.trim(),
+                known()
+            ));
+            columns.push(None);
+        }
+    }
+    for required in REQUIRED {
+        if !columns.contains(&Some(required)) {
+            let hint = if record.len() == 1 && delimiter == b',' {
+                " (if the manifest uses `;` or tabs, pass --delimiter)"
+            } else {
+                ""
+            };
+            problems.push(format!("missing required column `{required}`{hint}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(columns);
+    }
+    let kind = if problems
+        .iter()
+        .any(|p| p.starts_with("unknown") || p.starts_with("header field"))
+    {
+        ProblemKind::UnknownColumn
+    } else if problems.iter().any(|p| p.contains("twice")) {
+        ProblemKind::DuplicateColumn
+    } else {
+        ProblemKind::MissingColumn
+    };
+    Err(Problem::error(
+        Some(line),
+        None,
+        kind,
+        format!("bad header: {}; no row was checked", problems.join("; ")),
+    ))
+}
+
+fn parse_row(
+    record: &csv::ByteRecord,
+    columns: &[Option<&'static str>],
+    line: u64,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Row> {
+    let mut field = |col: &'static str| -> Option<String> {
+        let i = columns.iter().position(|c| *c == Some(col))?;
+        let raw = &record[i];
+        match std::str::from_utf8(raw) {
+            Ok(s) => Some(s.to_string()),
+            Err(e) => {
+                let at = e.valid_up_to();
+                problems.push(Problem::error(
+                    Some(line),
+                    Some(col),
+                    ProblemKind::InvalidUtf8,
+                    format!(
+                        "not valid UTF-8 (byte 0x{:02X} after {:?}); save the manifest as UTF-8 CSV",
+                        raw[at],
+                        String::from_utf8_lossy(&raw[..at])
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let file = field("file");
+    let contact_id = field("contact_id");
+    let reference_type = field("reference_type");
+    let reference_id = field("reference_id");
+    let name = field("name");
+    let (Some(file), Some(contact_id), Some(reference_id)) = (file, contact_id, reference_id)
+    else {
+        return None;
+    };
+    let contact_id = contact_id.trim().to_string();
+    let reference_id = reference_id.trim().to_string();
+
+    for (col, value) in [
+        ("file", file.as_str()),
+        ("contact_id", &contact_id),
+        ("reference_id", &reference_id),
+    ] {
+        if value.trim().is_empty() {
+            problems.push(Problem::error(
+                Some(line),
+                Some(col),
+                ProblemKind::MissingField,
+                format!("`{col}` is empty; every row needs a {}", describe(col)),
+            ));
+        }
+    }
+    for (col, value) in [("contact_id", &contact_id), ("reference_id", &reference_id)] {
+        if !value.is_empty() && !is_object_id(value) {
+            problems.push(Problem::warning(
+                line,
+                col,
+                ProblemKind::IdFormat,
+                format!("{value:?} is not a 24-hex-digit OnePageCRM id; check that it is the right column"),
+            ));
+        }
+    }
+
+    let reference_type = match reference_type.as_deref().map(str::trim) {
+        None | Some("") => Some(ReferenceType::Note),
+        Some(t) => match ReferenceType::parse(t) {
+            Some(t) => Some(t),
+            None => {
+                problems.push(Problem::error(
+                    Some(line),
+                    Some("reference_type"),
+                    ProblemKind::UnknownReferenceType,
+                    format!("unknown reference type {t:?}; use note, deal, call or meeting"),
+                ));
+                None
+            }
+        },
+    };
+
+    if file.contains('\0') {
+        problems.push(Problem::error(
+            Some(line),
+            Some("file"),
+            ProblemKind::FileMissing,
+            "the path holds a NUL character".to_string(),
+        ));
+    }
+    let path = base.join(&file);
+    let name = match name.filter(|n| !n.is_empty()) {
+        Some(name) => {
+            check_name(&name, line, "name", problems);
+            name
+        }
+        None => {
+            let own = Path::new(&file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !file.trim().is_empty() {
+                if own.is_empty() {
+                    problems.push(Problem::error(
+                        Some(line),
+                        Some("file"),
+                        ProblemKind::InvalidName,
+                        format!("{file:?} has no file name to show in OnePageCRM; give one in the `name` column"),
+                    ));
+                } else {
+                    check_name(&own, line, "file", problems);
+                }
+            }
+            own
+        }
+    };
+    Some(Row {
+        line,
+        file,
+        path,
+        contact_id,
+        reference_type,
+        reference_id,
+        name,
+    })
+}
+
+fn describe(column: &str) -> &'static str {
+    match column {
+        "file" => "file path",
+        "contact_id" => "OnePageCRM contact id",
+        _ => "note, deal, call or meeting id",
+    }
+}
+
+/// OnePageCRM ids are MongoDB object ids: 24 hex digits.
+pub fn is_object_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_name(name: &str, line: u64, column: &'static str, problems: &mut Vec<Problem>) {
+    let whose = if column == "name" {
+        "the name"
+    } else {
+        "the file's own name (used as the attachment name)"
+    };
+    let mut invalid = |message: String| {
+        problems.push(Problem::error(
+            Some(line),
+            Some(column),
+            ProblemKind::InvalidName,
+            message,
+        ));
+    };
+    if name.contains('/') {
+        invalid(format!(
+            "{whose} {name:?} contains `/`; attachment names cannot hold a path"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        invalid(format!(
+            "{whose} {:?} contains the control character U+{:04X}",
+            name, c as u32
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        invalid(format!(
+            "{whose} is {} bytes long; OnePageCRM allows at most {MAX_NAME_BYTES} bytes",
+            name.len()
+        ));
+    }
+}
+
+/// A short reason for an I/O error, without Rust's `(os error N)` suffix.
+pub fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &[u8]) -> Manifest {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        std::fs::write(&path, text).unwrap();
+        read(&path, ReadOptions::default())
+    }
+
+    const ID: &str = "5a1b2c3d4e5f60718293a4b5";
+
+    #[test]
+    fn reads_rows_with_defaults() {
+        let m = parse(format!("file,contact_id,reference_id\na.pdf,{ID},{ID}\n").as_bytes());
+        assert!(m.readable);
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        let row = &m.rows[0];
+        assert_eq!(row.line, 2);
+        assert_eq!(row.reference_type, Some(ReferenceType::Note));
+        assert_eq!(row.name, "a.pdf");
+        assert!(row.path.ends_with("a.pdf"));
+    }
+
+    #[test]
+    fn bom_crlf_quotes_and_blank_lines() {
+        let text = format!(
+            "\u{feff}File , contact_id,reference_id,name\r\n\r\n\"a, \"\"b\"\".pdf\",{ID},{ID},\"x\r\ny\"\r\n,,,\r\nc.pdf,{ID},{ID},c\r\n"
+        );
+        let m = parse(text.as_bytes());
+        assert!(m.readable, "{:?}", m.problems);
+        assert_eq!(m.rows.len(), 2);
+        assert_eq!(m.rows[0].file, "a, \"b\".pdf");
+        assert_eq!(m.rows[0].line, 3);
+        // The multi-line name is a control character, reported on the row's first line.
+        assert_eq!(m.problems.len(), 1);
+        assert_eq!(m.problems[0].line, Some(3));
+        assert_eq!(m.problems[0].kind, ProblemKind::InvalidName);
+        assert_eq!(m.rows[1].line, 6);
+    }
+
+    #[test]
+    fn non_utf8_field_names_line_and_column() {
+        let mut text = b"file,contact_id,reference_id\n".to_vec();
+        text.extend_from_slice(format!("ok.pdf,{ID},{ID}\ncaf").as_bytes());
+        text.push(0xE9);
+        text.extend_from_slice(format!(".pdf,{ID},{ID}\n").as_bytes());
+        let m = parse(&text);
+        assert_eq!(m.problems.len(), 1);
+        let p = &m.problems[0];
+        assert_eq!(
+            (p.line, p.column, p.kind),
+            (Some(3), Some("file"), ProblemKind::InvalidUtf8)
+        );
+        assert!(p.message.contains("0xE9"), "{}", p.message);
+    }
+
+    #[test]
+    fn header_problems_are_reported_together() {
+        let m = parse(b"file,contact,reference_id,colour\n");
+        assert!(!m.readable);
+        let msg = &m.problems[0].message;
+        assert!(msg.contains("unknown column `contact`"), "{msg}");
+        assert!(msg.contains("unknown column `colour`"), "{msg}");
+        assert!(
+            msg.contains("missing required column `contact_id`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("file, contact_id, reference_type, reference_id, name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn empty_header_only_and_binary_are_whole_manifest_errors() {
+        assert_eq!(parse(b"").problems[0].kind, ProblemKind::ManifestEmpty);
+        assert_eq!(
+            parse(b"\xEF\xBB\xBF\n\n").problems[0].kind,
+            ProblemKind::ManifestEmpty
+        );
+        assert_eq!(
+            parse(b"file,contact_id,reference_id\n").problems[0].kind,
+            ProblemKind::NoRows
+        );
+        assert_eq!(
+            parse(b"PK\x03\x04\x00\x00binary").problems[0].kind,
+            ProblemKind::NotText
+        );
+    }
+
+    #[test]
+    fn field_count_and_row_checks() {
+        let text = format!(
+            "file,contact_id,reference_type,reference_id,name\n\
+             a.pdf,{ID},note\n\
+             b.pdf,{ID},task,{ID},\n\
+             ,,note,{ID},x/y\n\
+             d.pdf,abc,deal,{ID},{}\n",
+            "n".repeat(256)
+        );
+        let m = parse(text.as_bytes());
+        let got: Vec<_> = m
+            .problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.column, p.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, None, ProblemKind::FieldCount),
+                (3, Some("reference_type"), ProblemKind::UnknownReferenceType),
+                (4, Some("file"), ProblemKind::MissingField),
+                (4, Some("contact_id"), ProblemKind::MissingField),
+                (4, Some("name"), ProblemKind::InvalidName),
+                (5, Some("contact_id"), ProblemKind::IdFormat),
+                (5, Some("name"), ProblemKind::InvalidName),
+            ]
+        );
+    }
+
+    #[test]
+    fn long_fields_and_lines_after_them() {
+        let long = "d/".repeat(5000) + "a.pdf";
+        let text = format!("file,contact_id,reference_id\n\n{long},{ID},{ID}\nb.pdf,{ID},{ID}\n");
+        let m = parse(text.as_bytes());
+        assert_eq!(m.rows[0].file, long);
+        assert_eq!((m.rows[0].line, m.rows[1].line), (3, 4));
+    }
+
+    #[test]
+    fn object_ids() {
+        assert!(is_object_id(ID));
+        assert!(!is_object_id("5a1b2c3d4e5f60718293a4b"));
+        assert!(!is_object_id("5a1b2c3d4e5f60718293a4bz"));
+    }
+}

@@ -1,0 +1,342 @@
+//! Whole-manifest checks before anything is sent: every file a manifest names is looked at (in
+//! parallel, with rayon), duplicates across rows are found, and the result is one report that
+//! says which rows are valid and what is wrong with the others.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::manifest::{
+    self, MAX_FILE_SIZE, Manifest, Problem, ProblemKind, ReferenceType, Row, Severity, io_reason,
+};
+
+/// What preflight learnt about one row's file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileFacts {
+    pub size: u64,
+    /// Identity of the file on disk (device, inode), so two paths to one file are one file.
+    identity: Option<(u64, u64)>,
+}
+
+/// A manifest with every row checked.
+#[derive(Debug)]
+pub struct Checked {
+    pub manifest: Manifest,
+    /// Facts of each row's file, by index into `manifest.rows`; `None` where the file is unusable.
+    pub files: Vec<Option<FileFacts>>,
+    /// Whether each row is valid (no error of its own), by index into `manifest.rows`.
+    pub valid: Vec<bool>,
+    pub summary: Summary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub rows: usize,
+    pub valid: usize,
+    pub invalid: usize,
+    pub errors: usize,
+    pub warnings: usize,
+    pub files_to_upload: usize,
+    pub bytes_to_upload: u64,
+    pub largest_file: Option<LargestFile>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LargestFile {
+    pub line: u64,
+    pub file: String,
+    pub size: u64,
+}
+
+impl Checked {
+    /// True when nothing stands in the way of uploading every row.
+    pub fn is_valid(&self) -> bool {
+        self.summary.errors == 0
+    }
+}
+
+/// Reads and checks a manifest as a whole.
+pub fn check(path: &Path, options: manifest::ReadOptions) -> Checked {
+    let manifest = manifest::read(path, options);
+    check_manifest(manifest)
+}
+
+/// Checks every row's file, then what rows share, and sums it all up.
+pub fn check_manifest(mut manifest: Manifest) -> Checked {
+    let results: Vec<(Option<FileFacts>, Vec<Problem>)> =
+        manifest.rows.par_iter().map(check_file).collect();
+    let mut files = Vec::with_capacity(results.len());
+    for (facts, problems) in results {
+        files.push(facts);
+        manifest.problems.extend(problems);
+    }
+    find_duplicates(&manifest.rows, &files, &mut manifest.problems);
+    // Line order, then column order as documented, errors before warnings on one spot.
+    manifest.problems.sort_by_key(|p| {
+        let column = p
+            .column
+            .map(|c| manifest::COLUMNS.iter().position(|k| *k == c).unwrap_or(9));
+        (p.line, column, p.severity)
+    });
+
+    let mut invalid_lines: Vec<u64> = manifest
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .filter_map(|p| p.line)
+        .collect();
+    invalid_lines.dedup();
+    let valid: Vec<bool> = manifest
+        .rows
+        .iter()
+        .map(|r| invalid_lines.binary_search(&r.line).is_err())
+        .collect();
+
+    let summary = summarize(&manifest, &files, &valid);
+    Checked {
+        manifest,
+        files,
+        valid,
+        summary,
+    }
+}
+
+fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -> Summary {
+    let errors = manifest
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    let warnings = manifest.problems.len() - errors;
+    // Rows the reader could not turn into a row (wrong field count, bad UTF-8) are rows too.
+    let unparsed = {
+        let mut lines: Vec<u64> = manifest
+            .problems
+            .iter()
+            .filter(|p| {
+                matches!(p.kind, ProblemKind::FieldCount)
+                    || (p.kind == ProblemKind::InvalidUtf8 && p.line != Some(1))
+            })
+            .filter_map(|p| p.line)
+            .collect();
+        lines.dedup();
+        lines.retain(|l| manifest.rows.binary_search_by_key(l, |r| r.line).is_err());
+        lines.len()
+    };
+    let valid_rows = valid.iter().filter(|v| **v).count();
+    let mut bytes = 0;
+    let mut largest: Option<LargestFile> = None;
+    for ((row, facts), ok) in manifest.rows.iter().zip(files).zip(valid) {
+        let (true, Some(facts)) = (*ok, facts) else {
+            continue;
+        };
+        bytes += facts.size;
+        if largest.as_ref().is_none_or(|l| facts.size > l.size) {
+            largest = Some(LargestFile {
+                line: row.line,
+                file: row.file.clone(),
+                size: facts.size,
+            });
+        }
+    }
+    let rows = manifest.rows.len() + unparsed;
+    Summary {
+        rows,
+        valid: valid_rows,
+        invalid: rows - valid_rows,
+        errors,
+        warnings,
+        files_to_upload: valid_rows,
+        bytes_to_upload: bytes,
+        largest_file: largest,
+    }
+}
+
+fn check_file(row: &Row) -> (Option<FileFacts>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    if row.file.trim().is_empty() || row.file.contains('\0') {
+        return (None, problems); // already reported by the reader
+    }
+    let line = Some(row.line);
+    let mut error =
+        |kind, message| problems.push(Problem::error(line, Some("file"), kind, message));
+    let file = &row.file;
+    let meta = match fs::metadata(&row.path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if fs::symlink_metadata(&row.path).is_ok() {
+                let target = fs::read_link(&row.path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                error(
+                    ProblemKind::DanglingLink,
+                    format!("{file:?} is a symbolic link to {target:?}, which does not exist"),
+                );
+            } else {
+                error(
+                    ProblemKind::FileMissing,
+                    format!(
+                        "{file:?} does not exist (looked for {})",
+                        row.path.display()
+                    ),
+                );
+            }
+            return (None, problems);
+        }
+        Err(e) => {
+            error(
+                ProblemKind::FileUnreadable,
+                format!("{file:?} cannot be read: {}", io_reason(&e)),
+            );
+            return (None, problems);
+        }
+    };
+    if meta.is_dir() {
+        error(
+            ProblemKind::NotRegularFile,
+            format!("{file:?} is a directory, not a file"),
+        );
+        return (None, problems);
+    }
+    if !meta.is_file() {
+        error(
+            ProblemKind::NotRegularFile,
+            format!("{file:?} is not a regular file (a device, pipe or socket)"),
+        );
+        return (None, problems);
+    }
+    if let Err(e) = File::open(&row.path) {
+        error(
+            ProblemKind::FileUnreadable,
+            format!("{file:?} cannot be opened for reading: {}", io_reason(&e)),
+        );
+        return (None, problems);
+    }
+    let size = meta.len();
+    if size > MAX_FILE_SIZE {
+        error(
+            ProblemKind::FileTooLarge,
+            format!(
+                "{file:?} is {} ({size} bytes); OnePageCRM accepts at most {} ({MAX_FILE_SIZE} bytes) per file",
+                human_bytes(size),
+                human_bytes(MAX_FILE_SIZE)
+            ),
+        );
+    } else if size == 0 {
+        problems.push(Problem::warning(
+            row.line,
+            "file",
+            ProblemKind::EmptyFile,
+            format!("{file:?} is empty (0 bytes); it will be uploaded as an empty attachment"),
+        ));
+    }
+    (
+        Some(FileFacts {
+            size,
+            identity: identity(&meta),
+        }),
+        problems,
+    )
+}
+
+#[cfg(unix)]
+fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(_meta: &fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+/// The same file attached to the same record twice is an error on every line after the first.
+fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec<Problem>) {
+    #[derive(Hash, PartialEq, Eq)]
+    enum FileKey<'a> {
+        Inode(u64, u64),
+        Path(&'a Path),
+    }
+    let mut first: HashMap<(FileKey<'_>, ReferenceType, &str), u64> =
+        HashMap::with_capacity(rows.len());
+    for (row, facts) in rows.iter().zip(files) {
+        let (Some(facts), Some(reference_type)) = (facts, row.reference_type) else {
+            continue;
+        };
+        if row.reference_id.is_empty() {
+            continue;
+        }
+        let file = match facts.identity {
+            Some((dev, ino)) => FileKey::Inode(dev, ino),
+            None => FileKey::Path(&row.path),
+        };
+        match first.entry((file, reference_type, row.reference_id.as_str())) {
+            std::collections::hash_map::Entry::Occupied(seen) => problems.push(Problem::error(
+                Some(row.line),
+                Some("file"),
+                ProblemKind::DuplicateAttachment,
+                format!(
+                    "{:?} is already attached to {reference_type} {} on line {}; remove one of the two rows",
+                    row.file,
+                    row.reference_id,
+                    seen.get()
+                ),
+            )),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(row.line);
+            }
+        }
+    }
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `3.4 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(MAX_FILE_SIZE), "10.0 MiB");
+    }
+
+    #[test]
+    fn two_paths_to_one_file_are_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "5a1b2c3d4e5f60718293a4b5";
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("a.pdf"), b"x").unwrap();
+        let text =
+            format!("file,contact_id,reference_id\na.pdf,{id},{id}\nsub/../a.pdf,{id},{id}\n");
+        fs::write(dir.path().join("m.csv"), text).unwrap();
+        let checked = check(&dir.path().join("m.csv"), Default::default());
+        assert_eq!(checked.summary.invalid, 1);
+        let p = &checked.manifest.problems[0];
+        assert_eq!(
+            (p.line, p.kind),
+            (Some(3), ProblemKind::DuplicateAttachment)
+        );
+        assert!(p.message.contains("on line 2"), "{}", p.message);
+        assert_eq!(checked.valid, vec![true, false]);
+    }
+}
