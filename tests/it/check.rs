@@ -1,0 +1,443 @@
+//! `opcrm-import check`: every kind of bad input gets its line, its column and a clear message,
+//! and never a panic.
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+use crate::common::{HEADER, ID, ID2, Scratch, bin, check_json, problems, samples};
+
+fn line(n: u64) -> Option<u64> {
+    Some(n)
+}
+
+fn col(c: &str) -> Option<String> {
+    Some(c.to_string())
+}
+
+#[test]
+fn sample_manifest_is_valid_and_summarized() {
+    bin()
+        .arg("check")
+        .arg(samples().join("manifest.csv"))
+        .assert()
+        .code(0)
+        .stdout(contains(
+            "Rows:      20 (20 valid, 0 invalid), 0 errors, 0 warnings",
+        ))
+        .stdout(contains("To upload: 20 files, 2.2 MiB (2355532 bytes)"))
+        .stdout(contains(
+            "Largest:   files/floor-plan.png (1.1 MiB, line 13)",
+        ))
+        .stdout(contains("storage left not checked"))
+        .stdout(contains("Result:    valid"));
+}
+
+#[test]
+fn sample_manifest_json_document() {
+    let (code, doc) = check_json(&samples().join("manifest.csv"), &["--offline"]);
+    assert_eq!(code, 0);
+    assert_eq!(doc["valid"], true);
+    assert_eq!(doc["quota_checked"], false);
+    assert_eq!(doc["summary"]["rows"], 20);
+    assert_eq!(doc["summary"]["valid"], 20);
+    assert_eq!(doc["summary"]["bytes_to_upload"], 2355532);
+    assert_eq!(doc["summary"]["largest_file"]["line"], 13);
+    assert_eq!(doc["problems"].as_array().unwrap().len(), 0);
+}
+
+/// Each manifest in samples/invalid/ fails with exit 2 at the line and column of its error.
+#[test]
+fn every_invalid_sample_names_its_line_and_problem() {
+    // (line, column, kind) of each expected problem.
+    type Expected = (Option<u64>, Option<&'static str>, &'static str);
+    let cases: &[(&str, &[Expected], &str)] = &[
+        (
+            "missing-field.csv",
+            &[(line(2), Some("contact_id"), "missing_field")],
+            "`contact_id` is empty",
+        ),
+        (
+            "missing-column.csv",
+            &[(line(1), None, "missing_column")],
+            "missing required column `reference_id`",
+        ),
+        (
+            "unknown-column.csv",
+            &[(line(1), None, "unknown_column")],
+            "unknown column `colour`; the known columns are file, contact_id, reference_type, reference_id, name",
+        ),
+        (
+            "unknown-reference-type.csv",
+            &[(line(2), Some("reference_type"), "unknown_reference_type")],
+            "unknown reference type \"task\"; use note, deal, call or meeting",
+        ),
+        (
+            "file-missing.csv",
+            &[(line(2), Some("file"), "file_missing")],
+            "\"files/no-such-file.pdf\" does not exist",
+        ),
+        (
+            "file-is-directory.csv",
+            &[(line(2), Some("file"), "not_regular_file")],
+            "is a directory, not a file",
+        ),
+        (
+            "dangling-link.csv",
+            &[(line(2), Some("file"), "dangling_link")],
+            "is a symbolic link to \"does-not-exist.pdf\", which does not exist",
+        ),
+        (
+            "too-large.csv",
+            &[(line(2), Some("file"), "file_too_large")],
+            "(10485761 bytes); OnePageCRM accepts at most",
+        ),
+        (
+            "bad-name.csv",
+            &[
+                (line(2), Some("name"), "invalid_name"),
+                (line(3), Some("name"), "invalid_name"),
+                (line(4), Some("name"), "invalid_name"),
+            ],
+            "contains `/`",
+        ),
+        (
+            "duplicate.csv",
+            &[(line(4), Some("file"), "duplicate_attachment")],
+            "already attached to note",
+        ),
+        (
+            "field-count.csv",
+            &[
+                (line(2), None, "field_count"),
+                (line(3), None, "field_count"),
+            ],
+            "3 fields, but the header has 5",
+        ),
+        (
+            "non-utf8.csv",
+            &[(line(2), Some("name"), "invalid_utf8")],
+            "not valid UTF-8 (byte 0xE9 after \"Caf\")",
+        ),
+        (
+            "empty.csv",
+            &[(None, None, "manifest_empty")],
+            "is empty; it needs a header row",
+        ),
+        (
+            "header-only.csv",
+            &[(line(1), None, "no_rows")],
+            "has a header but no rows",
+        ),
+        (
+            "binary.csv",
+            &[(None, None, "not_text")],
+            "is a binary file, not a CSV manifest",
+        ),
+    ];
+    for (file, expected, message) in cases {
+        let path = samples().join("invalid").join(file);
+        let (code, doc) = check_json(&path, &[]);
+        assert_eq!(code, 2, "{file}: exit code");
+        let got = problems(&doc);
+        let want: Vec<_> = expected
+            .iter()
+            .map(|(l, c, k)| (*l, c.map(str::to_string), k.to_string()))
+            .collect();
+        assert_eq!(got, want, "{file}: problems");
+        // The readable report says the same, with the line.
+        let first_line = expected[0]
+            .0
+            .map(|l| format!("line {l}"))
+            .unwrap_or_default();
+        bin()
+            .arg("check")
+            .arg(&path)
+            .assert()
+            .code(2)
+            .stdout(contains(*message))
+            .stdout(contains(first_line));
+    }
+}
+
+#[test]
+fn bad_names_are_each_explained() {
+    bin()
+        .arg("check")
+        .arg(samples().join("invalid/bad-name.csv"))
+        .assert()
+        .code(2)
+        .stdout(contains("line 2, column name: the name \"reports/2024.txt\" contains `/`"))
+        .stdout(contains("line 3, column name: the name \"tab\\tinside.txt\" contains the control character U+0009"))
+        .stdout(contains("line 4, column name: the name is 260 bytes long; OnePageCRM allows at most 255 bytes"));
+}
+
+#[test]
+fn every_problem_of_every_row_is_reported_at_once() {
+    let s = Scratch::new();
+    s.file("ok.txt", "x");
+    let m = s.manifest(format!(
+        "{HEADER}\
+         ok.txt,{ID},note,{ID},\n\
+         missing.pdf,,fax,,a/b\n\
+         ok.txt,{ID},deal,{ID},\n\
+         ok.txt,{ID},note,{ID},again.txt\n"
+    ));
+    let (code, doc) = check_json(&m, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(3), col("file"), "file_missing".into()),
+            (line(3), col("contact_id"), "missing_field".into()),
+            (
+                line(3),
+                col("reference_type"),
+                "unknown_reference_type".into()
+            ),
+            (line(3), col("reference_id"), "missing_field".into()),
+            (line(3), col("name"), "invalid_name".into()),
+            (line(5), col("file"), "duplicate_attachment".into()),
+        ]
+    );
+    assert_eq!(doc["summary"]["rows"], 4);
+    assert_eq!(doc["summary"]["valid"], 2);
+    assert_eq!(doc["summary"]["invalid"], 2);
+    assert_eq!(doc["summary"]["errors"], 6);
+}
+
+#[test]
+fn file_of_exactly_the_limit_is_valid_and_one_byte_more_is_not() {
+    let s = Scratch::new();
+    let exact = std::fs::File::create(s.path("exact.bin")).unwrap();
+    exact.set_len(10_485_760).unwrap();
+    let over = std::fs::File::create(s.path("over.bin")).unwrap();
+    over.set_len(10_485_761).unwrap();
+    let m = s.manifest(format!(
+        "{HEADER}exact.bin,{ID},note,{ID},\nover.bin,{ID},note,{ID},\n"
+    ));
+    let (code, doc) = check_json(&m, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        problems(&doc),
+        vec![(line(3), col("file"), "file_too_large".into())]
+    );
+    assert_eq!(doc["summary"]["bytes_to_upload"], 10_485_760);
+}
+
+#[test]
+fn empty_file_and_odd_ids_are_warnings_not_errors() {
+    let s = Scratch::new();
+    s.file("empty.txt", "");
+    let m = s.manifest(format!("{HEADER}empty.txt,12345,note,{ID},\n"));
+    let (code, doc) = check_json(&m, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(doc["valid"], true);
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("file"), "empty_file".into()),
+            (line(2), col("contact_id"), "id_format".into())
+        ]
+    );
+    assert_eq!(doc["summary"]["warnings"], 2);
+    bin()
+        .arg("check")
+        .arg(&m)
+        .assert()
+        .code(0)
+        .stdout(contains(
+            "warning: line 2, column contact_id: \"12345\" is not a 24-hex-digit OnePageCRM id",
+        ))
+        .stdout(contains(
+            "warning: line 2, column file: \"empty.txt\" is empty",
+        ));
+}
+
+#[test]
+fn bom_crlf_quotes_newlines_and_blank_lines_are_read() {
+    let s = Scratch::new();
+    s.file("a, \"b\".txt", "1");
+    s.file("c.txt", "22");
+    let text = format!(
+        "\u{feff}file,contact_id,reference_type,reference_id,name\r\n\
+         \r\n\
+         \"a, \"\"b\"\".txt\",{ID},note,{ID},\"Quarterly, \"\"final\"\".txt\"\r\n\
+         \r\n\
+         c.txt,{ID},call,{ID2},\r\n"
+    );
+    let (code, doc) = check_json(&s.manifest(text), &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["summary"]["rows"], 2);
+    assert_eq!(doc["summary"]["bytes_to_upload"], 3);
+
+    // A quoted newline inside a field: the row's line is where it starts, the next row's after it.
+    let text = format!("{HEADER}c.txt,{ID},note,{ID},\"two\nlines\"\nnope.txt,{ID},note,{ID2},\n");
+    let (code, doc) = check_json(&s.manifest(text), &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("name"), "invalid_name".into()),
+            (line(4), col("file"), "file_missing".into())
+        ]
+    );
+}
+
+#[test]
+fn paths_with_spaces_and_non_ascii_letters_resolve_against_the_manifest_folder() {
+    let s = Scratch::new();
+    s.file("docs/Angebot Müller – März.pdf", "pdf");
+    s.file("docs/ファイル.txt", "txt");
+    s.file("sub/manifest.csv", format!("{HEADER}../docs/Angebot Müller – März.pdf,{ID},deal,{ID},\n../docs/ファイル.txt,{ID},note,{ID},\n"));
+    let (code, doc) = check_json(&s.path("sub/manifest.csv"), &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["summary"]["files_to_upload"], 2);
+    // Run from another folder: relative paths still resolve against the manifest's folder.
+    bin()
+        .current_dir("/")
+        .arg("check")
+        .arg(s.path("sub/manifest.csv"))
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn semicolon_and_tab_delimiters() {
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let semi = s.file(
+        "semi.csv",
+        format!("file;contact_id;reference_id\na.txt;{ID};{ID}\n"),
+    );
+    bin()
+        .args(["check", "--delimiter", ";"])
+        .arg(&semi)
+        .assert()
+        .code(0);
+    // Without --delimiter the header is one unknown column, and the message says what to do.
+    bin()
+        .arg("check")
+        .arg(&semi)
+        .assert()
+        .code(2)
+        .stdout(contains("unknown column `file;contact_id;reference_id`"))
+        .stdout(contains("pass --delimiter"));
+    let tab = s.file(
+        "tab.tsv",
+        format!("file\tcontact_id\treference_id\na.txt\t{ID}\t{ID}\n"),
+    );
+    bin()
+        .args(["check", "-d", "tab"])
+        .arg(&tab)
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn ignored_report_columns_are_accepted() {
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let m = s.manifest(format!("file,contact_id,reference_id,error_kind,error\na.txt,{ID},{ID},network,\"timed out, twice\"\n"));
+    let (code, doc) = check_json(&m, &[]);
+    assert_eq!(code, 0, "{doc}");
+}
+
+#[test]
+fn unreadable_file_is_reported() {
+    let s = Scratch::new();
+    let secret = s.file("secret.pdf", "x");
+    let m = s.manifest(format!("{HEADER}secret.pdf,{ID},note,{ID},\n"));
+    set_mode(&secret, 0o000);
+    // Root reads any file, so as root the check runs as an unprivileged user.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        // A copy of the binary in the scratch folder, so that the folder the build lives in
+        // need not be open to that user.
+        let exe = s.path("opcrm-import");
+        std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
+        set_mode(&exe, 0o755);
+        set_mode(s.dir.path(), 0o755);
+        set_mode(&m, 0o644);
+        let mut cmd = assert_cmd::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe);
+        cmd
+    } else {
+        bin()
+    };
+    cmd.arg("check").arg(&m).assert().code(2).stdout(contains(
+        "line 2, column file: \"secret.pdf\" cannot be opened for reading: permission denied",
+    ));
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn fifo_is_not_a_regular_file_and_check_does_not_hang() {
+    let s = Scratch::new();
+    let fifo = s.path("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let m = s.manifest(format!("{HEADER}pipe,{ID},note,{ID},\n"));
+    let (code, doc) = check_json(&m, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        problems(&doc),
+        vec![(line(2), col("file"), "not_regular_file".into())]
+    );
+}
+
+#[test]
+fn manifest_that_does_not_exist_or_is_a_directory() {
+    let s = Scratch::new();
+    bin()
+        .arg("check")
+        .arg(s.path("nope.csv"))
+        .assert()
+        .code(2)
+        .stdout(contains("cannot read manifest"))
+        .stdout(contains("nope.csv: no such file or directory"));
+    bin()
+        .arg("check")
+        .arg(s.dir.path())
+        .assert()
+        .code(2)
+        .stdout(contains(
+            "is a directory; give the path of the CSV manifest file",
+        ));
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    let s = Scratch::new();
+    let inputs: Vec<Vec<u8>> = vec![
+        b"\"".to_vec(),
+        b"file,contact_id,reference_id\n\"unterminated,".to_vec(),
+        b"\xff\xfe\x00f\x00i".to_vec(),
+        b"file,file,file\n".to_vec(),
+        b",,,\n,,,\n".to_vec(),
+        vec![b'a'; 1 << 20],
+        b"file,contact_id,reference_id\n\xc3\n".to_vec(),
+    ];
+    for input in inputs {
+        let m = s.manifest(&input);
+        bin()
+            .arg("check")
+            .arg(&m)
+            .assert()
+            .code(2)
+            .stderr(contains("panicked").not())
+            .stdout(contains("error:"));
+    }
+}
+
+#[test]
+fn commands_of_later_versions_say_so() {
+    bin()
+        .args(["run", "samples/manifest.csv"])
+        .assert()
+        .code(2)
+        .stderr(contains("not yet available"));
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the integration tests: the binary, and a scratch folder with a manifest
+//! and its files.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// A valid OnePageCRM-style id (24 hex digits).
+pub const ID: &str = "5a1b2c3d4e5f60718293a4b5";
+pub const ID2: &str = "5a1b2c3d4e5f60718293a4b6";
+pub const HEADER: &str = "file,contact_id,reference_type,reference_id,name\n";
+
+/// The folder of the committed samples.
+pub fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+/// The binary under test, with no credentials or API URL inherited from the shell.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
+    cmd.env_remove("ONEPAGECRM_USER_ID")
+        .env_remove("ONEPAGECRM_API_KEY")
+        .env_remove("ONEPAGECRM_API_URL");
+    cmd
+}
+
+/// A scratch folder holding a manifest and the files it names.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file (creating its folders) and returns its path.
+    pub fn file(&self, rel: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Writes `manifest.csv` and returns its path.
+    pub fn manifest(&self, text: impl AsRef<[u8]>) -> PathBuf {
+        self.file("manifest.csv", text)
+    }
+}
+
+/// Runs `check --json` and returns the exit code and the parsed document.
+pub fn check_json(manifest: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = bin()
+        .arg("check")
+        .arg(manifest)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap(), doc)
+}
+
+/// (line, column, kind) of each problem in a `check --json` document.
+pub fn problems(doc: &serde_json::Value) -> Vec<(Option<u64>, Option<String>, String)> {
+    doc["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["line"].as_u64(),
+                p["column"].as_str().map(str::to_string),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,4 @@
+//! Integration tests: the real `opcrm-import` binary, run as a user would run it.
+
+mod check;
+mod common;
