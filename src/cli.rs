@@ -28,7 +28,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Write the rows of a migration as CSV (not yet available in this version).
     Report(ReportArgs),
-    /// Serve a local OnePageCRM and S3 emulator on loopback (not yet available in this version).
+    /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
+    ///
+    /// Prints one line when ready, with the API base URL, the S3 URL and the credentials it
+    /// accepts; serves until Ctrl-C.
+    ///
+    /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
     Emulator(EmulatorArgs),
     /// Run the sample migration against an in-process emulator (not yet available in this version).
     Demo,
@@ -91,9 +96,50 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
-    /// Address to listen on; loopback only.
+    /// Address to listen on; loopback only. Port 0 picks a free port (printed when ready).
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: String,
+
+    /// Contacts, records and storage to start with (format: samples/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub seed: Option<PathBuf>,
+
+    /// The API throttle per client: R requests/s on average in bursts of B, or `off`.
+    #[arg(long, value_name = "R/B|off", default_value = "5/10", value_parser = crate::emulator::faults::parse_rate_limit)]
+    // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
+    pub rate_limit: std::option::Option<crate::emulator::faults::RateLimit>,
+
+    /// Share of requests answered with an error (API 500, S3 503 SlowDown), 0 to 1.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub fault_rate: f64,
+
+    /// Share of requests whose connection closes without an answer (half of them after the
+    /// request took effect), 0 to 1.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub drop_rate: f64,
+
+    /// Hold each request MIN..MAX milliseconds before answering.
+    #[arg(long, value_name = "MIN..MAX", value_parser = crate::emulator::faults::parse_latency)]
+    pub latency_ms: Option<(u64, u64)>,
+
+    /// Seed of the fault generator: the same seed gives the same faults to the same requests.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_seed: u64,
+
+    /// How long an upload form stays valid, in seconds (short values make forms expire).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub form_ttl: u64,
+
+    /// Keep uploaded objects in this folder instead of in memory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }
 
 /// Accepts a single ASCII character, or the words `tab`, `comma`, `semicolon`, `pipe`.

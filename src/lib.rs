@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod emulator;
 pub mod manifest;
 pub mod preflight;
 
@@ -42,9 +43,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Run(_) => not_yet("run"),
         Command::Status(_) => not_yet("status"),
         Command::Report(_) => not_yet("report"),
-        Command::Emulator(_) => not_yet("emulator"),
+        Command::Emulator(args) => emulator_command(args),
         Command::Demo => not_yet("demo"),
     }
+}
+
+fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
+    let listen = parse_listen(&args.listen)?;
+    let mut config = emulator::Config::new(listen);
+    config.seed = args.seed;
+    config.rate_limit = args.rate_limit;
+    config.faults = emulator::faults::FaultConfig {
+        fault_rate: args.fault_rate,
+        drop_rate: args.drop_rate,
+        latency_ms: args.latency_ms,
+        seed: args.fault_seed,
+    };
+    config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
+    config.data_dir = args.data_dir;
+    emulator::serve_forever(config)?;
+    Ok(ExitStatus::Success)
+}
+
+/// `127.0.0.1:8787`, `[::1]:0` or `localhost:8787`.
+fn parse_listen(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = s.strip_prefix("localhost:")
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    anyhow::bail!("--listen {s:?} is not an address and port such as 127.0.0.1:8787")
 }
 
 fn not_yet(command: &str) -> anyhow::Result<ExitStatus> {

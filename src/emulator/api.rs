@@ -1,0 +1,433 @@
+//! The emulator's API v3: steps 1 and 3 of an upload, the records files attach to, and the
+//! envelopes and error envelopes of the OpenAPI description, with nothing more in them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Map, Value, json};
+
+use super::App;
+use super::state::{Attachment, Record, State, now_iso};
+use crate::manifest::{MAX_FILE_SIZE, ReferenceType};
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `{status: 0, message: "OK", timestamp, data}`.
+fn ok(status: StatusCode, data: Value) -> Response {
+    (
+        status,
+        axum::Json(json!({"status": 0, "message": "OK", "timestamp": now_secs(), "data": data})),
+    )
+        .into_response()
+}
+
+/// `{status, message, error_name, error_message, errors}`.
+pub fn error(
+    status: StatusCode,
+    message: &str,
+    error_name: &str,
+    error_message: &str,
+    errors: Value,
+) -> Response {
+    let body = json!({
+        "status": status.as_u16(),
+        "message": message,
+        "error_name": error_name,
+        "error_message": error_message,
+        "errors": errors,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn invalid(field: &str, reason: &str) -> Response {
+    let mut errors = Map::new();
+    errors.insert(field.to_string(), Value::String(reason.to_string()));
+    error(
+        StatusCode::BAD_REQUEST,
+        "Invalid request data",
+        "invalid_request_data",
+        &format!("{field} {reason}"),
+        Value::Object(errors),
+    )
+}
+
+fn not_found_envelope(what: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "Resource not found",
+        "resource_not_found",
+        &format!("{what} not found"),
+        json!({}),
+    )
+}
+
+pub fn internal_error() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error",
+        "internal_server_error",
+        "Something went wrong on our side. Retry later.",
+        json!({}),
+    )
+}
+
+pub async fn not_found() -> Response {
+    not_found_envelope("Endpoint")
+}
+
+/// The Basic-auth user of a request, if it sent one.
+pub fn basic_user(req: &Request) -> Option<String> {
+    basic_credentials(req).map(|(user, _)| user)
+}
+
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = String::from_utf8(BASE64.decode(encoded.trim()).ok()?).ok()?;
+    let (user, key) = decoded.split_once(':')?;
+    Some((user.to_string(), key.to_string()))
+}
+
+/// HTTP Basic auth: user = user_id, password = api_key; a 401 envelope otherwise.
+pub async fn authenticate(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    match basic_credentials(&req) {
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "Authorization data not found",
+            "authorization_data_not_found",
+            "Cannot find suitable authorization data or data provided is not complete.",
+            json!({}),
+        ),
+        Some((user, key))
+            if user == app.config.user_id && constant_time_eq(&key, &app.config.api_key) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid authorization data",
+            "invalid_auth_data",
+            "The user_id and api_key pair is not valid.",
+            json!({}),
+        ),
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Step 1: a presigned S3 POST form for one contact.
+pub async fn s3_form(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(contact_id) = q.get("contact_id").filter(|c| !c.is_empty()) else {
+        return invalid("contact_id", "is missing");
+    };
+    let (quota, storage_left) = {
+        let state = app.state();
+        if !state.contacts.contains_key(contact_id) {
+            return not_found_envelope("Contact");
+        }
+        (state.quota, state.storage_left)
+    };
+    let now = chrono::Utc::now();
+    let ttl = chrono::Duration::from_std(app.config.form_ttl).unwrap_or(chrono::Duration::hours(1));
+    let form = app
+        .signer
+        .form(now, now + ttl, &format!("{contact_id}/"), MAX_FILE_SIZE);
+    let data = json!({
+        "quota": quota,
+        "storage_left": storage_left,
+        "display_quota": display_bytes(quota),
+        "url": app.s3_url(),
+        "fields": {
+            "acl": "private",
+            "success_action_status": 201,
+            "policy": form.policy,
+            "x-amz-credential": form.credential,
+            "x-amz-algorithm": super::policy::ALGORITHM,
+            "x-amz-date": form.date,
+            "x-amz-signature": form.signature,
+            "key": "",
+            "x-ignore-pattern": format!("{contact_id}/__timestamp__/${{filename}}"),
+        }
+    });
+    ok(StatusCode::OK, data)
+}
+
+/// `200 GB`, `1024MB`: the way OnePageCRM shows a quota.
+fn display_bytes(n: u64) -> String {
+    const GB: u64 = 1 << 30;
+    if n >= GB && n.is_multiple_of(GB) {
+        format!("{} GB", n / GB)
+    } else {
+        format!("{}MB", n >> 20)
+    }
+}
+
+/// Step 3: attach an uploaded object to a note, deal, call or meeting.
+pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Invalid request data",
+            "invalid_json",
+            "The request body is not a JSON object.",
+            json!({}),
+        );
+    };
+    let text = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+    };
+    let Some(kind) = text("reference_type")
+        .as_deref()
+        .and_then(ReferenceType::parse)
+    else {
+        return invalid("reference_type", "must be one of deal, note, call, meeting");
+    };
+    let Some(key) = text("key") else {
+        return invalid("key", "is missing");
+    };
+    let Some(reference_id) = text("reference_id") else {
+        return invalid("reference_id", "is missing");
+    };
+    let Some(size) = body.get("size").and_then(Value::as_u64) else {
+        return invalid("size", "must be the size of the uploaded file in bytes");
+    };
+
+    let mut guard = app.state();
+    let state: &mut State = &mut guard;
+    let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
+        return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
+    };
+    let contact_id = record.contact_id.clone();
+    if let Some(given) = text("contact_id")
+        && given != contact_id
+    {
+        return invalid(
+            "contact_id",
+            &format!("does not match the contact of {kind} {reference_id}"),
+        );
+    }
+    if !key.starts_with(&format!("{contact_id}/")) {
+        return invalid(
+            "key",
+            &format!("must start with the contact id {contact_id}/"),
+        );
+    }
+    let Some(object) = state.objects.get(&key) else {
+        return invalid("key", "does not name an uploaded file");
+    };
+    if object.size != size {
+        return invalid(
+            "size",
+            &format!("is {size}, but the uploaded file has {} bytes", object.size),
+        );
+    }
+    if size > state.storage_left {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Storage limit reached",
+            "storage_limit_reached",
+            &format!(
+                "The file needs {size} bytes and the account has {} left.",
+                state.storage_left
+            ),
+            json!({}),
+        );
+    }
+    let md5 = object.md5.clone();
+    let filename =
+        text("name").unwrap_or_else(|| key.rsplit('/').next().unwrap_or_default().to_string());
+    let id = state.new_id();
+    let attachment = Attachment {
+        id: id.clone(),
+        reference_type: kind,
+        reference_id: reference_id.clone(),
+        contact_id,
+        filename,
+        size,
+        key,
+        md5,
+        created_at: now_iso(),
+    };
+    let shown = state.attachment_json(&attachment, &app.s3_url());
+    state.storage_left -= size;
+    state
+        .records
+        .get_mut(&(kind, reference_id))
+        .expect("looked up above")
+        .attachments
+        .push(id.clone());
+    state.attachments.insert(id, attachment);
+    drop(guard);
+    ok(StatusCode::CREATED, json!({ "attachment": shown }))
+}
+
+fn capitalized(kind: ReferenceType) -> String {
+    let s = kind.as_str();
+    s[..1].to_ascii_uppercase() + &s[1..]
+}
+
+/// A record as the API shows it under `data.note`, `data.deal`, `data.call` or `data.meeting`.
+fn record_json(state: &State, record: &Record, s3_url: &str) -> Value {
+    let attachments: Vec<Value> = record
+        .attachments
+        .iter()
+        .filter_map(|id| state.attachments.get(id))
+        .map(|a| state.attachment_json(a, s3_url))
+        .collect();
+    let mut v = json!({
+        "id": record.id,
+        "contact_id": record.contact_id,
+        "attachments": attachments,
+        "created_at": record.created_at,
+        "modified_at": record.created_at,
+    });
+    let extra = match record.kind {
+        ReferenceType::Deal => json!({"name": record.text, "status": "pending"}),
+        ReferenceType::Note => json!({"text": record.text, "date": &record.created_at[..10]}),
+        ReferenceType::Call | ReferenceType::Meeting => json!({"text": record.text}),
+    };
+    if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
+        v.extend(extra);
+    }
+    v
+}
+
+fn get_record(app: &App, kind: ReferenceType, id: &str) -> Response {
+    let state = app.state();
+    match state.records.get(&(kind, id.to_string())) {
+        Some(record) => {
+            let mut data = Map::new();
+            data.insert(
+                kind.as_str().to_string(),
+                record_json(&state, record, &app.s3_url()),
+            );
+            ok(StatusCode::OK, Value::Object(data))
+        }
+        None => not_found_envelope(&format!("{} {id}", capitalized(kind))),
+    }
+}
+
+pub async fn get_note(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    get_record(&app, ReferenceType::Note, &id)
+}
+
+pub async fn get_deal(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    get_record(&app, ReferenceType::Deal, &id)
+}
+
+pub async fn get_call(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    get_record(&app, ReferenceType::Call, &id)
+}
+
+pub async fn get_meeting(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    get_record(&app, ReferenceType::Meeting, &id)
+}
+
+/// `POST /notes`: a new note on a contact.
+pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("body", "is not a JSON object");
+    };
+    let Some(contact_id) = body.get("contact_id").and_then(Value::as_str) else {
+        return invalid("contact_id", "is missing");
+    };
+    let Some(text) = body
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    else {
+        return invalid("text", "is missing");
+    };
+    let mut state = app.state();
+    if !state.contacts.contains_key(contact_id) {
+        return not_found_envelope("Contact");
+    }
+    let id = state.new_id();
+    let record = Record {
+        id: id.clone(),
+        kind: ReferenceType::Note,
+        contact_id: contact_id.to_string(),
+        text: text.to_string(),
+        created_at: now_iso(),
+        attachments: Vec::new(),
+    };
+    let shown = record_json(&state, &record, &app.s3_url());
+    state.records.insert((ReferenceType::Note, id), record);
+    ok(StatusCode::CREATED, json!({ "note": shown }))
+}
+
+/// `GET /contacts?email=`: contacts, filtered by email, a page at a time.
+pub async fn list_contacts(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1);
+    let per_page: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let email = q.get("email").map(|e| e.to_ascii_lowercase());
+    let state = app.state();
+    let matching: Vec<_> = state
+        .contacts
+        .values()
+        .filter(|c| {
+            email
+                .as_ref()
+                .is_none_or(|e| c.email.to_ascii_lowercase() == *e)
+        })
+        .collect();
+    let total = matching.len();
+    let contacts: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|c| {
+            json!({"contact": {
+                "id": c.id,
+                "first_name": c.first_name,
+                "last_name": c.last_name,
+                "company_name": c.company_name,
+                "emails": [{"type": "work", "value": c.email}],
+            }})
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "contacts": contacts,
+            "total_count": total,
+            "page": page,
+            "per_page": per_page,
+            "max_page": total.div_ceil(per_page).max(1),
+        }),
+    )
+}

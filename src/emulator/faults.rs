@@ -1,0 +1,204 @@
+//! The emulator's imitation of a hostile network and a busy API: the per-client throttle, and
+//! injected faults (errors, dropped connections, slow answers) drawn from one seeded generator so
+//! that a sequence of requests meets the same faults on every run with the same `--fault-seed`.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// `--rate-limit R/B`: on average R requests per second per client, in bursts of up to B.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// OnePageCRM's throttle: about 5 requests/s on average with bursts of 10.
+    pub const ONEPAGECRM: Self = Self {
+        per_second: 5.0,
+        burst: 10,
+    };
+}
+
+/// Parses `R/B` or `off`.
+pub fn parse_rate_limit(s: &str) -> Result<Option<RateLimit>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    let (rate, burst) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not R/B (e.g. 5/10) or off"))?;
+    let per_second: f64 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("{rate:?} is not a number of requests per second"))?;
+    let burst: u32 = burst
+        .trim()
+        .parse()
+        .map_err(|_| format!("{burst:?} is not a whole burst size"))?;
+    if !(per_second.is_finite() && per_second > 0.0) || burst == 0 {
+        return Err(format!("{s:?}: the rate and the burst must be above zero"));
+    }
+    Ok(Some(RateLimit { per_second, burst }))
+}
+
+/// Parses `MIN..MAX` milliseconds (or a single number).
+pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
+    let (min, max) = s.split_once("..").unwrap_or((s, s));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?} is not MIN..MAX in milliseconds"))
+    };
+    let (min, max) = (parse(min)?, parse(max)?);
+    if min > max {
+        return Err(format!("{s:?}: MIN is above MAX"));
+    }
+    Ok((min, max))
+}
+
+/// One limiter per client (its user id, or its address before it authenticates).
+pub struct Throttle {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl Throttle {
+    pub fn new(limit: RateLimit) -> Self {
+        let period = Duration::from_secs_f64(1.0 / limit.per_second);
+        let burst = NonZeroU32::new(limit.burst).expect("burst checked above zero");
+        let quota = Quota::with_period(period)
+            .expect("period above zero")
+            .allow_burst(burst);
+        Self {
+            limiter: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// True when the client may go ahead now.
+    pub fn admit(&self, client: &str) -> bool {
+        self.limiter.check_key(&client.to_string()).is_ok()
+    }
+}
+
+/// What happens to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Answer 500 (API) or 503 SlowDown (S3) without doing anything.
+    Error,
+    /// Close the connection without an answer, before the request has any effect.
+    DropBefore,
+    /// Do what the request asks, then close the connection without an answer.
+    DropAfter,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultConfig {
+    pub fault_rate: f64,
+    pub drop_rate: f64,
+    pub latency_ms: Option<(u64, u64)>,
+    pub seed: u64,
+}
+
+pub struct Faults {
+    config: FaultConfig,
+    rng: Mutex<StdRng>,
+}
+
+impl Faults {
+    pub fn new(config: FaultConfig) -> Self {
+        Self {
+            config,
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+        }
+    }
+
+    /// Draws the fate of the next request, and how long to hold it first.
+    pub fn draw(&self) -> (Fault, Option<Duration>) {
+        let c = &self.config;
+        if c.fault_rate <= 0.0 && c.drop_rate <= 0.0 && c.latency_ms.is_none() {
+            return (Fault::None, None);
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let delay = c
+            .latency_ms
+            .map(|(min, max)| Duration::from_millis(rng.random_range(min..=max)));
+        let fault = if rng.random::<f64>() < c.fault_rate {
+            Fault::Error
+        } else if rng.random::<f64>() < c.drop_rate {
+            if rng.random::<bool>() {
+                Fault::DropAfter
+            } else {
+                Fault::DropBefore
+            }
+        } else {
+            Fault::None
+        };
+        (fault, delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_syntax() {
+        assert_eq!(parse_rate_limit("5/10"), Ok(Some(RateLimit::ONEPAGECRM)));
+        assert_eq!(parse_rate_limit("off"), Ok(None));
+        assert_eq!(
+            parse_rate_limit("0.5/1"),
+            Ok(Some(RateLimit {
+                per_second: 0.5,
+                burst: 1
+            }))
+        );
+        assert!(parse_rate_limit("5").is_err());
+        assert!(parse_rate_limit("0/10").is_err());
+        assert!(parse_rate_limit("5/0").is_err());
+    }
+
+    #[test]
+    fn latency_syntax() {
+        assert_eq!(parse_latency("10..50"), Ok((10, 50)));
+        assert_eq!(parse_latency("7"), Ok((7, 7)));
+        assert!(parse_latency("50..10").is_err());
+    }
+
+    #[test]
+    fn throttle_allows_the_burst_then_refuses() {
+        let t = Throttle::new(RateLimit::ONEPAGECRM);
+        assert!((0..10).all(|_| t.admit("a")));
+        assert!(!t.admit("a"));
+        assert!(t.admit("b"), "each client has its own bucket");
+    }
+
+    #[test]
+    fn same_seed_same_faults() {
+        let config = FaultConfig {
+            fault_rate: 0.3,
+            drop_rate: 0.3,
+            latency_ms: None,
+            seed: 42,
+        };
+        let run = || {
+            let f = Faults::new(config);
+            (0..200).map(|_| f.draw().0).collect::<Vec<_>>()
+        };
+        let first = run();
+        assert_eq!(first, run());
+        for kind in [
+            Fault::None,
+            Fault::Error,
+            Fault::DropBefore,
+            Fault::DropAfter,
+        ] {
+            assert!(first.contains(&kind), "{kind:?} never drawn");
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The OnePageCRM emulator: the parts of API v3 the tool uses and an S3 POST endpoint, served on
+//! loopback, as strict as the real services where they are strict, with a throttle and injected
+//! faults. Every test runs against it, and a person rehearses a migration with it.
+
+pub mod api;
+pub mod faults;
+pub mod policy;
+pub mod s3;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State as AxState};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+use tower::ServiceExt;
+
+use faults::{FaultConfig, Faults, RateLimit, Throttle};
+use policy::Signer;
+use state::State;
+
+/// The user id and API key the emulator accepts when the environment names none.
+pub const DEMO_USER_ID: &str = "5d2f4a0e1c9b8a7f6e5d4c3b";
+pub const DEMO_API_KEY: &str = "demo-api-key-for-the-emulator";
+/// The S3 account the emulator signs forms with (its own; never a real AWS key).
+pub const BUCKET: &str = "onepagecrm-emulator";
+const ACCESS_KEY: &str = "AKIAEMULATOR00000000";
+const REGION: &str = "eu-central-1";
+
+/// Everything `opcrm-import emulator` is told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub seed: Option<PathBuf>,
+    pub rate_limit: Option<RateLimit>,
+    pub faults: FaultConfig,
+    pub form_ttl: Duration,
+    pub data_dir: Option<PathBuf>,
+    pub user_id: String,
+    pub api_key: String,
+    /// Where the key came from, for the ready line (which never prints a key from the environment).
+    pub api_key_source: KeySource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Demo,
+    Environment,
+}
+
+impl Config {
+    /// Defaults, with the credentials of the environment when it names them.
+    pub fn new(listen: SocketAddr) -> Self {
+        let user_id = std::env::var("ONEPAGECRM_USER_ID")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let api_key = std::env::var("ONEPAGECRM_API_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let (api_key, api_key_source) = match api_key {
+            Some(key) => (key, KeySource::Environment),
+            None => (DEMO_API_KEY.to_string(), KeySource::Demo),
+        };
+        Self {
+            listen,
+            seed: None,
+            rate_limit: Some(RateLimit::ONEPAGECRM),
+            faults: FaultConfig::default(),
+            form_ttl: Duration::from_secs(3600),
+            data_dir: None,
+            user_id: user_id.unwrap_or_else(|| DEMO_USER_ID.to_string()),
+            api_key,
+            api_key_source,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct App {
+    pub config: Config,
+    pub signer: Signer,
+    state: Mutex<State>,
+    throttle: Option<Throttle>,
+    faults: Faults,
+    /// `http://127.0.0.1:PORT`
+    pub origin: String,
+}
+
+impl App {
+    /// The emulator's state; a handler that panicked while holding it leaves it usable.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("{}/api/v3", self.origin)
+    }
+
+    pub fn s3_url(&self) -> String {
+        format!("{}/{}/", self.origin, self.signer.bucket)
+    }
+}
+
+/// A running emulator; dropping it (or calling `stop`) shuts it down.
+pub struct Emulator {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Emulator {
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Binds, loads the seed and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<Emulator> {
+    anyhow::ensure!(
+        config.listen.ip().is_loopback(),
+        "the emulator listens on loopback only; {} is not a loopback address (use 127.0.0.1 or [::1])",
+        config.listen.ip()
+    );
+    let state = match &config.seed {
+        Some(path) => State::from_seed_file(path)?,
+        None => State::empty(),
+    };
+    if let Some(dir) = &config.data_dir {
+        std::fs::create_dir_all(dir.join("objects"))
+            .with_context(|| format!("cannot create data folder {}", dir.display()))?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(App {
+        signer: Signer {
+            access_key: ACCESS_KEY.to_string(),
+            secret: emulator_secret(),
+            region: REGION.to_string(),
+            bucket: BUCKET.to_string(),
+        },
+        state: Mutex::new(state),
+        throttle: config.rate_limit.map(Throttle::new),
+        faults: Faults::new(config.faults),
+        origin: format!("http://{addr}"),
+        config,
+    });
+    let router = router(app.clone());
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, router, rx));
+    Ok(Emulator {
+        addr,
+        app,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+/// A secret of this process alone: forms signed by one emulator run mean nothing to another.
+fn emulator_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 20] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// The routes: API v3 behind the throttle, faults and Basic auth; S3 behind faults only.
+fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v3/attachments/s3_form", get(api::s3_form))
+        .route("/api/v3/attachments", post(api::create_attachment))
+        .route("/api/v3/notes", post(api::create_note))
+        .route("/api/v3/notes/{id}", get(api::get_note))
+        .route("/api/v3/deals/{id}", get(api::get_deal))
+        .route("/api/v3/calls/{id}", get(api::get_call))
+        .route("/api/v3/meetings/{id}", get(api::get_meeting))
+        .route("/api/v3/contacts", get(api::list_contacts))
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            api::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), api_faults))
+        .layer(middleware::from_fn_with_state(app.clone(), throttle));
+    let s3 = Router::new()
+        .route("/{bucket}", post(s3::upload))
+        .route("/{bucket}/", post(s3::upload))
+        .route("/{bucket}/{*key}", get(s3::download))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(middleware::from_fn_with_state(app.clone(), s3_faults));
+    Router::new()
+        .route("/_emulator/state", get(emulator_state))
+        .merge(api)
+        .merge(s3)
+        .layer(middleware::from_fn_with_state(app.clone(), count))
+        .with_state(app)
+}
+
+async fn emulator_state(AxState(app): AxState<Arc<App>>) -> Response {
+    axum::Json(app.state().snapshot()).into_response()
+}
+
+/// Set on each request: closes its connection without an answer.
+#[derive(Clone)]
+struct Hangup(Arc<Notify>);
+
+/// Set on each request: who is asking.
+#[derive(Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves each connection by hand (not `axum::serve`) so that a fault can close one mid-request.
+async fn accept_loop(listener: TcpListener, router: Router, mut shutdown: oneshot::Receiver<()>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(10)).await; continue; }
+            },
+            _ = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let hangup = Arc::new(Notify::new());
+            let on_hangup = hangup.clone();
+            let service =
+                tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Hangup(hangup.clone()));
+                    req.extensions_mut().insert(Peer(peer));
+                    router.clone().oneshot(req.map(Body::new))
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::select! {
+                _ = conn => {}
+                _ = on_hangup.notified() => {} // dropping the connection closes the socket
+            }
+        });
+    }
+}
+
+fn route_of(req: &Request) -> String {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(req.uri().path(), MatchedPath::as_str);
+    format!("{} {path}", req.method())
+}
+
+/// Counts every request by method, route and status (the emulator's own routes excepted).
+async fn count(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/_emulator/") {
+        return next.run(req).await;
+    }
+    let route = route_of(&req);
+    let response = next.run(req).await;
+    app.state()
+        .count(format!("{route} {}", response.status().as_u16()));
+    response
+}
+
+/// The API's throttle: past the limit a 403 with a plain-text body, as OnePageCRM answers.
+async fn throttle(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(throttle) = &app.throttle {
+        let client = api::basic_user(&req)
+            .or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()))
+            .unwrap_or_default();
+        if !throttle.admit(&client) {
+            app.state().throttled += 1;
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                "Rate limit exceeded. Please slow down your requests.\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn api_faults(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    inject(&app, req, next, api::internal_error).await
+}
+
+async fn s3_faults(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    inject(&app, req, next, || {
+        s3::error_response(
+            &policy::Refusal::new("SlowDown", 503, "Please reduce your request rate."),
+            "",
+        )
+    })
+    .await
+}
+
+/// Holds, fails or hangs up on a request as the fault generator draws.
+async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Response) -> Response {
+    let (fault, delay) = app.faults.draw();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let hangup = req.extensions().get::<Hangup>().cloned();
+    let route = route_of(&req);
+    match fault {
+        faults::Fault::None => next.run(req).await,
+        faults::Fault::Error => error(),
+        faults::Fault::DropBefore | faults::Fault::DropAfter => {
+            if fault == faults::Fault::DropAfter {
+                drop(next.run(req).await);
+            }
+            app.state().count(format!("{route} dropped"));
+            if let Some(Hangup(notify)) = hangup {
+                notify.notify_one();
+            }
+            std::future::pending().await
+        }
+    }
+}
+
+/// `opcrm-import emulator`: serves until Ctrl-C or SIGTERM.
+pub fn serve_forever(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let emulator = start(config).await?;
+        let app = &emulator.app;
+        let key = match app.config.api_key_source {
+            KeySource::Demo => app.config.api_key.clone(),
+            KeySource::Environment => "(from ONEPAGECRM_API_KEY)".to_string(),
+        };
+        println!(
+            "opcrm-import emulator ready: api={} s3={} user_id={} api_key={key}",
+            app.api_base(),
+            app.s3_url(),
+            app.config.user_id
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        shutdown_signal().await;
+        eprintln!("emulator: stopping");
+        emulator.stop().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,309 @@
+//! The emulator's S3 bucket: browser-style POST uploads checked against their signed policy as
+//! S3 checks them, S3's XML answers, and GET of a stored object.
+//!
+//! The body is read as a stream: the fields before `file` are checked before a byte of the file
+//! is stored, the file is hashed and counted as it arrives and refused as soon as it outgrows the
+//! policy, and whatever follows `file` is never read, as S3 ignores it.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+
+use super::App;
+use super::policy::{Refusal, check_form};
+use super::state::{Body as ObjectBody, Object};
+
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
+}
+
+/// S3's `<Error>` document with its status.
+pub fn error_response(refusal: &Refusal, resource: &str) -> Response {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>EMULATOR</RequestId><HostId>opcrm-import-emulator</HostId></Error>",
+        refusal.code,
+        escape(&refusal.message),
+        escape(resource)
+    );
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, [(header::CONTENT_TYPE, "application/xml")], xml).into_response()
+}
+
+fn malformed() -> Refusal {
+    Refusal::new(
+        "MalformedPOSTRequest",
+        400,
+        "The body of your POST request is not well-formed multipart/form-data.",
+    )
+}
+
+fn no_such_bucket(bucket: &str) -> Response {
+    error_response(
+        &Refusal::new("NoSuchBucket", 404, "The specified bucket does not exist"),
+        bucket,
+    )
+}
+
+/// `POST /{bucket}/`: one browser-style upload.
+pub async fn upload(
+    AxState(app): AxState<Arc<App>>,
+    Path(bucket): Path<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    if bucket != app.signer.bucket {
+        return no_such_bucket(&bucket);
+    }
+    let Ok(multipart) = multipart else {
+        return error_response(&malformed(), &bucket);
+    };
+    match receive(&app, &bucket, multipart).await {
+        Ok(response) => response,
+        Err(refusal) => error_response(&refusal, &bucket),
+    }
+}
+
+/// Where the file's bytes go while they arrive.
+enum Sink {
+    Memory(Vec<u8>),
+    File(tokio::fs::File, std::path::PathBuf),
+}
+
+async fn receive(app: &App, bucket: &str, mut multipart: Multipart) -> Result<Response, Refusal> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    loop {
+        let Some(mut field) = multipart.next_field().await.map_err(|_| malformed())? else {
+            return Err(Refusal::new(
+                "InvalidArgument",
+                400,
+                "POST requires exactly one file upload per request.",
+            ));
+        };
+        let name = field.name().unwrap_or_default().to_ascii_lowercase();
+        if name != "file" {
+            let value = field.text().await.map_err(|_| malformed())?;
+            if fields.iter().any(|(n, _)| *n == name) {
+                return Err(Refusal::new(
+                    "InvalidArgument",
+                    400,
+                    format!("The field {name} appears more than once."),
+                ));
+            }
+            fields.push((name, value));
+            continue;
+        }
+
+        // The file: everything before it must already satisfy the policy.
+        let limits = check_form(&app.signer, &fields, bucket, chrono::Utc::now())?;
+        let filename = field.file_name().unwrap_or_default().to_string();
+        let key = fields
+            .iter()
+            .find(|(n, _)| n == "key")
+            .map(|(_, v)| v.replace("${filename}", &filename));
+        let key = key.unwrap_or_default();
+        if key.is_empty() {
+            return Err(Refusal::new(
+                "InvalidArgument",
+                400,
+                "The key field must not be empty.",
+            ));
+        }
+
+        let mut sink = match &app.config.data_dir {
+            None => Sink::Memory(Vec::new()),
+            Some(dir) => {
+                let path = dir
+                    .join("objects")
+                    .join(format!("{}.part", object_file_name(&key)));
+                let file = tokio::fs::File::create(&path).await.map_err(|e| {
+                    Refusal::new(
+                        "InternalError",
+                        500,
+                        format!("cannot store the object: {e}"),
+                    )
+                })?;
+                Sink::File(file, path)
+            }
+        };
+        let mut md5 = Md5::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = field.chunk().await.map_err(|_| malformed())? {
+            size += chunk.len() as u64;
+            if size > limits.max_size {
+                if let Sink::File(_, path) = &sink {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(Refusal::new(
+                    "EntityTooLarge",
+                    400,
+                    "Your proposed upload exceeds the maximum allowed size",
+                ));
+            }
+            md5.update(&chunk);
+            match &mut sink {
+                Sink::Memory(bytes) => bytes.extend_from_slice(&chunk),
+                Sink::File(file, _) => file.write_all(&chunk).await.map_err(|e| {
+                    Refusal::new(
+                        "InternalError",
+                        500,
+                        format!("cannot store the object: {e}"),
+                    )
+                })?,
+            }
+        }
+        if size < limits.min_size {
+            return Err(Refusal::new(
+                "EntityTooSmall",
+                400,
+                "Your proposed upload is smaller than the minimum allowed size",
+            ));
+        }
+        let body = match sink {
+            Sink::Memory(bytes) => ObjectBody::Memory(Arc::new(bytes)),
+            Sink::File(mut file, part) => {
+                let stored = async {
+                    file.flush().await?;
+                    drop(file);
+                    let path = part.with_extension("");
+                    tokio::fs::rename(&part, &path).await?;
+                    Ok::<_, std::io::Error>(path)
+                };
+                ObjectBody::File(stored.await.map_err(|e| {
+                    Refusal::new(
+                        "InternalError",
+                        500,
+                        format!("cannot store the object: {e}"),
+                    )
+                })?)
+            }
+        };
+        let etag = hex::encode(md5.finalize());
+        app.state().objects.insert(
+            key.clone(),
+            Object {
+                key: key.clone(),
+                size,
+                md5: etag.clone(),
+                body,
+            },
+        );
+        // S3 ignores whatever follows the file: it is not read.
+        return Ok(success(app, bucket, &key, &etag, &fields));
+    }
+}
+
+/// A stored object's file name under `--data-dir`: the key's SHA-256, so any key is a safe name.
+fn object_file_name(key: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The answer `success_action_status` asks for: 201 with a PostResponse, 200 empty, else 204.
+fn success(
+    app: &App,
+    bucket: &str,
+    key: &str,
+    etag: &str,
+    fields: &[(String, String)],
+) -> Response {
+    let status = fields
+        .iter()
+        .find(|(n, _)| n == "success_action_status")
+        .map(|(_, v)| v.as_str());
+    let location = format!("{}{}", app.s3_url(), encode_key(key));
+    let quoted = format!("\"{etag}\"");
+    let headers = [
+        (header::ETAG, quoted.clone()),
+        (header::LOCATION, location.clone()),
+    ];
+    match status {
+        Some("201") => {
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<PostResponse><Location>{}</Location><Bucket>{}</Bucket><Key>{}</Key><ETag>{}</ETag></PostResponse>",
+                escape(&location),
+                escape(bucket),
+                escape(key),
+                escape(&quoted)
+            );
+            let mut response = (StatusCode::CREATED, headers, xml).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/xml"),
+            );
+            response
+        }
+        Some("200") => (StatusCode::OK, headers).into_response(),
+        _ => (StatusCode::NO_CONTENT, headers).into_response(),
+    }
+}
+
+/// A key as it appears in a URL path: each segment percent-encoded, the slashes kept.
+fn encode_key(key: &str) -> String {
+    key.split('/')
+        .map(|segment| {
+            segment
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `GET /{bucket}/{key}`: a stored object's bytes, so a test can compare them with the file.
+pub async fn download(
+    AxState(app): AxState<Arc<App>>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Response {
+    if bucket != app.signer.bucket {
+        return no_such_bucket(&bucket);
+    }
+    let found = app
+        .state()
+        .objects
+        .get(&key)
+        .map(|o| (o.body.clone(), o.md5.clone()));
+    let Some((body, md5)) = found else {
+        return error_response(
+            &Refusal::new("NoSuchKey", 404, "The specified key does not exist."),
+            &key,
+        );
+    };
+    let bytes = match body {
+        ObjectBody::Memory(bytes) => bytes.as_ref().clone(),
+        ObjectBody::File(path) => match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return error_response(&Refusal::new("InternalError", 500, e.to_string()), &key);
+            }
+        },
+        ObjectBody::None => Vec::new(),
+    };
+    (
+        StatusCode::OK,
+        [(header::ETAG, format!("\"{md5}\""))],
+        Body::from(bytes),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_per_segment() {
+        assert_eq!(encode_key("c1/123/a b+%#.pdf"), "c1/123/a%20b%2B%25%23.pdf");
+        assert_eq!(encode_key("c/1/Müller.pdf"), "c/1/M%C3%BCller.pdf");
+    }
+}
