@@ -19,8 +19,9 @@ use super::App;
 use super::policy::{Refusal, check_form};
 use super::state::{Body as ObjectBody, Object};
 
+/// Text content as S3 writes it: `<`, `>` and `&` escaped, quotes left as they are.
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(s)
+    quick_xml::escape::partial_escape(s)
 }
 
 /// S3's `<Error>` document with its status.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the binary, and a scratch folder with a manifest
 //! and its files.
 
+pub mod emulator;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;

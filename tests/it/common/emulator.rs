@@ -1,0 +1,209 @@
+//! Starts the real `opcrm-import emulator` on a free loopback port and talks to it with curl.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const USER_ID: &str = "5d2f4a0e1c9b8a7f6e5d4c3b";
+pub const API_KEY: &str = "demo-api-key-for-the-emulator";
+
+/// A running emulator process; killed when dropped.
+pub struct Emulator {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub origin: String,
+    /// `http://127.0.0.1:PORT/api/v3`
+    pub api: String,
+    /// The S3 bucket URL step 1 hands out.
+    pub s3: String,
+}
+
+impl Emulator {
+    /// Starts the emulator with the sample seed and `args`, and waits for its ready line.
+    pub fn start(args: &[&str]) -> Self {
+        let seed = super::samples().join("emulator-seed.json");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
+            .args(["emulator", "--listen", "127.0.0.1:0", "--seed"])
+            .arg(seed)
+            .args(args)
+            .env_remove("ONEPAGECRM_USER_ID")
+            .env_remove("ONEPAGECRM_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the emulator");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the emulator printed its ready line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
+                .to_string()
+        };
+        let api = field("api");
+        let s3 = field("s3");
+        assert_eq!(field("user_id"), USER_ID);
+        assert_eq!(field("api_key"), API_KEY);
+        let origin = api.trim_end_matches("/api/v3").to_string();
+        Self {
+            child,
+            origin,
+            api,
+            s3,
+        }
+    }
+
+    /// `GET /_emulator/state`.
+    pub fn state(&self) -> Value {
+        let reply = curl(&[format!("{}/_emulator/state", self.origin)], None);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    /// An authenticated API GET (`path` after `/api/v3`).
+    pub fn get(&self, path: &str) -> Reply {
+        curl(&[format!("{}{path}", self.api)], Some((USER_ID, API_KEY)))
+    }
+
+    /// An authenticated API POST of a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        let args = [
+            "-H".to_string(),
+            "content-type: application/json".to_string(),
+            "--data-binary".to_string(),
+            body.to_string(),
+            format!("{}{path}", self.api),
+        ];
+        curl(&args, Some((USER_ID, API_KEY)))
+    }
+
+    /// Step 1 for a contact; panics unless it succeeds.
+    pub fn form(&self, contact_id: &str) -> Value {
+        let reply = self.get(&format!("/attachments/s3_form?contact_id={contact_id}"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What curl got back.
+#[derive(Debug)]
+pub struct Reply {
+    /// 0 when no answer came.
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+    /// curl's exit code (52: the server closed the connection without an answer).
+    pub curl_exit: i32,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+const MARK: &str = "\n--curl-status--";
+
+/// Runs curl; credentials go through its config on stdin, never its command line.
+pub fn curl(args: &[String], auth: Option<(&str, &str)>) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-w"])
+        .arg(format!("{MARK}%{{http_code}} %{{content_type}}"))
+        .args(["-K", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("curl is installed");
+    let config = auth
+        .map(|(u, k)| format!("user = \"{u}:{k}\"\n"))
+        .unwrap_or_default();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once(MARK).unwrap_or((&text, "000 "));
+    let (code, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
+    Reply {
+        status: code.trim().parse().unwrap_or(0),
+        content_type: content_type.trim().to_string(),
+        body: body.to_string(),
+        curl_exit: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// The fields of a step-1 answer in the tutorial's order, `key` filled in and `filename` added.
+pub fn tutorial_fields(form: &Value, key: &str, filename: &str) -> Vec<(String, String)> {
+    let fields = &form["data"]["fields"];
+    let text = |name: &str| match &fields[name] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out: Vec<(String, String)> = [
+        "acl",
+        "success_action_status",
+        "policy",
+        "x-amz-credential",
+        "x-amz-algorithm",
+        "x-amz-date",
+        "x-amz-signature",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), text(n)))
+    .collect();
+    out.push(("key".into(), key.into()));
+    out.push(("filename".into(), filename.into()));
+    out
+}
+
+/// Step 2 with curl: the fields in order as plain strings, then the file.
+pub fn upload(
+    url: &str,
+    fields: &[(String, String)],
+    file: &std::path::Path,
+    after_file: &[(String, String)],
+) -> Reply {
+    let mut args = Vec::new();
+    for (name, value) in fields {
+        args.push("--form-string".to_string());
+        args.push(format!("{name}={value}"));
+    }
+    args.push("--form".to_string());
+    args.push(format!("file=@{}", file.display()));
+    for (name, value) in after_file {
+        args.push("--form-string".to_string());
+        args.push(format!("{name}={value}"));
+    }
+    args.push(url.to_string());
+    curl(&args, None)
+}
+
+/// The key of the tutorial: `<contact>/<timestamp>/<filename>`.
+pub fn tutorial_key(form: &Value, contact_id: &str, filename: &str) -> String {
+    let pattern = form["data"]["fields"]["x-ignore-pattern"].as_str().unwrap();
+    assert_eq!(pattern, format!("{contact_id}/__timestamp__/${{filename}}"));
+    pattern
+        .replace("__timestamp__", &form["timestamp"].to_string())
+        .replace("${filename}", filename)
+}
