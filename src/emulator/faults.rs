@@ -201,4 +201,18 @@ mod tests {
             assert!(first.contains(&kind), "{kind:?} never drawn");
         }
     }
+
+    #[test]
+    fn latency_is_drawn_within_its_bounds() {
+        let f = Faults::new(FaultConfig {
+            latency_ms: Some((5, 9)),
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            let (fault, delay) = f.draw();
+            assert_eq!(fault, Fault::None);
+            let ms = delay.unwrap().as_millis();
+            assert!((5..=9).contains(&ms), "{ms}");
+        }
+    }
 }

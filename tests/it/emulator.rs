@@ -718,3 +718,38 @@ fn emulator_listens_on_loopback_only() {
         .code(2)
         .stderr(predicates::str::contains("loopback only"));
 }
+
+#[test]
+fn credentials_from_the_environment_replace_the_demo_ones() {
+    let (user, key) = ("0123456789abcdef01234567", "key-from-the-environment");
+    let emu = Emulator::start_with_credentials(&[], Some((user, key)));
+    let url = format!("{}/contacts", emu.api);
+    assert_eq!(
+        curl(std::slice::from_ref(&url), Some((user, key))).status,
+        200
+    );
+    let demo = curl(
+        &[url],
+        Some((
+            crate::common::emulator::USER_ID,
+            crate::common::emulator::API_KEY,
+        )),
+    );
+    assert_api_error(&demo, 401, "invalid_auth_data", None);
+}
+
+#[test]
+fn injected_errors_are_api_500_envelopes_and_s3_slowdown() {
+    let emu = Emulator::start(&["--fault-rate", "1", "--rate-limit", "off"]);
+    assert_api_error(&emu.get("/contacts"), 500, "internal_server_error", None);
+    let reply = upload(
+        &emu.s3,
+        &[("key".into(), "x".into())],
+        &samples().join("files/logo.png"),
+        &[],
+    );
+    assert_s3_error(&reply, 503, "SlowDown", "reduce your request rate");
+    let state = emu.state();
+    assert_eq!(state["requests"]["GET /api/v3/contacts 500"], 1);
+    assert_eq!(state["requests"]["POST /{bucket}/ 503"], 1);
+}

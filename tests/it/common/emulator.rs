@@ -23,13 +23,25 @@ pub struct Emulator {
 impl Emulator {
     /// Starts the emulator with the sample seed and `args`, and waits for its ready line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_credentials(args, None)
+    }
+
+    /// As `start`, with `ONEPAGECRM_USER_ID` and `ONEPAGECRM_API_KEY` set to `credentials`.
+    pub fn start_with_credentials(args: &[&str], credentials: Option<(&str, &str)>) -> Self {
         let seed = super::samples().join("emulator-seed.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
-            .args(["emulator", "--listen", "127.0.0.1:0", "--seed"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
+        cmd.args(["emulator", "--listen", "127.0.0.1:0", "--seed"])
             .arg(seed)
-            .args(args)
-            .env_remove("ONEPAGECRM_USER_ID")
-            .env_remove("ONEPAGECRM_API_KEY")
+            .args(args);
+        match credentials {
+            Some((user, key)) => cmd
+                .env("ONEPAGECRM_USER_ID", user)
+                .env("ONEPAGECRM_API_KEY", key),
+            None => cmd
+                .env_remove("ONEPAGECRM_USER_ID")
+                .env_remove("ONEPAGECRM_API_KEY"),
+        };
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -52,8 +64,20 @@ impl Emulator {
         };
         let api = field("api");
         let s3 = field("s3");
-        assert_eq!(field("user_id"), USER_ID);
-        assert_eq!(field("api_key"), API_KEY);
+        match credentials {
+            None => {
+                assert_eq!(field("user_id"), USER_ID);
+                assert_eq!(field("api_key"), API_KEY);
+            }
+            Some((user, key)) => {
+                assert_eq!(field("user_id"), user);
+                assert!(
+                    !line.contains(key),
+                    "the ready line shows a key from the environment: {line}"
+                );
+                assert!(line.contains("(from ONEPAGECRM_API_KEY)"), "{line}");
+            }
+        }
         let origin = api.trim_end_matches("/api/v3").to_string();
         Self {
             child,
