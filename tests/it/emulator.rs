@@ -222,15 +222,31 @@ fn s3_form_refuses_unknown_and_missing_contacts() {
     );
 }
 
+fn logo() -> std::path::PathBuf {
+    samples().join("files/logo.png")
+}
+
+/// Step 1 for the first sample contact: the tutorial's fields for uploading the sample logo.
+fn logo_fields(emu: &Emulator) -> Vec<(String, String)> {
+    let ada = contact(0);
+    let form = emu.form(&ada.id);
+    tutorial_fields(&form, &tutorial_key(&form, &ada.id, "logo.png"), "logo.png")
+}
+
+fn set(fields: &mut [(String, String)], name: &str, value: &str) {
+    let field = fields
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .expect("a tutorial field");
+    field.1 = value.to_string();
+}
+
 #[test]
 fn s3_refuses_a_bad_signature() {
     let emu = Emulator::start(&[]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
-    let key = tutorial_key(&form, &ada.id, "logo.png");
-    let mut fields = tutorial_fields(&form, &key, "logo.png");
-    fields[6].1 = "0".repeat(64);
-    let reply = upload(&emu.s3, &fields, &samples().join("files/logo.png"), &[]);
+    let mut fields = logo_fields(&emu);
+    set(&mut fields, "x-amz-signature", &"0".repeat(64));
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(
         &reply,
         403,
@@ -243,30 +259,20 @@ fn s3_refuses_a_bad_signature() {
 #[test]
 fn s3_refuses_an_expired_policy() {
     let emu = Emulator::start(&["--form-ttl", "1"]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
+    let fields = logo_fields(&emu);
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let key = tutorial_key(&form, &ada.id, "logo.png");
-    let reply = upload(
-        &emu.s3,
-        &tutorial_fields(&form, &key, "logo.png"),
-        &samples().join("files/logo.png"),
-        &[],
-    );
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(&reply, 403, "AccessDenied", "Policy expired");
     // A new form works.
-    stage(&emu, &ada.id, &samples().join("files/logo.png"));
+    stage(&emu, &contact(0).id, &logo());
 }
 
 #[test]
 fn s3_refuses_a_failed_exact_match_condition() {
     let emu = Emulator::start(&[]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
-    let key = tutorial_key(&form, &ada.id, "logo.png");
-    let mut fields = tutorial_fields(&form, &key, "logo.png");
-    fields[0].1 = "public-read".into();
-    let reply = upload(&emu.s3, &fields, &samples().join("files/logo.png"), &[]);
+    let mut fields = logo_fields(&emu);
+    set(&mut fields, "acl", "public-read");
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(
         &reply,
         403,
@@ -278,27 +284,18 @@ fn s3_refuses_a_failed_exact_match_condition() {
 #[test]
 fn s3_refuses_a_key_outside_the_contact() {
     let emu = Emulator::start(&[]);
-    let (ada, grace) = (contact(0), contact(1));
-    let form = emu.form(&ada.id);
-    let key = format!("{}/1/logo.png", grace.id);
-    let reply = upload(
-        &emu.s3,
-        &tutorial_fields(&form, &key, "logo.png"),
-        &samples().join("files/logo.png"),
-        &[],
-    );
+    let mut fields = logo_fields(&emu);
+    set(&mut fields, "key", &format!("{}/1/logo.png", contact(1).id));
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(&reply, 403, "AccessDenied", "[\"starts-with\",\"$key\"");
 }
 
 #[test]
 fn s3_refuses_a_field_the_policy_does_not_name() {
     let emu = Emulator::start(&[]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
-    let key = tutorial_key(&form, &ada.id, "logo.png");
-    let mut fields = tutorial_fields(&form, &key, "logo.png");
+    let mut fields = logo_fields(&emu);
     fields.insert(7, ("x-amz-meta-owner".into(), "me".into()));
-    let reply = upload(&emu.s3, &fields, &samples().join("files/logo.png"), &[]);
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(
         &reply,
         403,
@@ -335,22 +332,27 @@ fn s3_takes_exactly_the_limit_and_refuses_one_byte_more() {
 }
 
 #[test]
-fn s3_refuses_a_missing_key_field_and_a_malformed_body() {
+fn s3_refuses_a_missing_key_or_file_and_a_malformed_body() {
     let emu = Emulator::start(&[]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
-    let key = tutorial_key(&form, &ada.id, "logo.png");
-    let fields: Vec<_> = tutorial_fields(&form, &key, "logo.png")
+    let fields: Vec<_> = logo_fields(&emu)
         .into_iter()
         .filter(|(n, _)| n != "key")
         .collect();
-    let reply = upload(&emu.s3, &fields, &samples().join("files/logo.png"), &[]);
+    let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(
         &reply,
         400,
         "InvalidArgument",
         "must contain a field named 'key'",
     );
+
+    let mut only_fields: Vec<String> = Vec::new();
+    for (name, value) in logo_fields(&emu) {
+        only_fields.extend(["--form-string".to_string(), format!("{name}={value}")]);
+    }
+    only_fields.push(emu.s3.clone());
+    let reply = curl(&only_fields, None);
+    assert_s3_error(&reply, 400, "InvalidArgument", "exactly one file upload");
 
     let garbage = curl(
         &[
@@ -363,46 +365,26 @@ fn s3_refuses_a_missing_key_field_and_a_malformed_body() {
         None,
     );
     assert_s3_error(&garbage, 400, "MalformedPOSTRequest", "not well-formed");
-    let no_file = upload(
-        &emu.s3,
-        &tutorial_fields(&form, &key, "logo.png"),
-        Path::new("/dev/null"),
-        &[],
-    );
-    assert_eq!(
-        no_file.status, 201,
-        "an empty file is a file: {}",
-        no_file.body
-    );
+
+    let empty = upload(&emu.s3, &logo_fields(&emu), Path::new("/dev/null"), &[]);
+    assert_eq!(empty.status, 201, "an empty file is a file: {}", empty.body);
+    assert_eq!(emu.state()["objects"][0]["size"], 0);
 }
 
 #[test]
 fn s3_ignores_fields_after_the_file_and_unknown_buckets_are_404() {
     let emu = Emulator::start(&[]);
-    let ada = contact(0);
-    let form = emu.form(&ada.id);
-    let key = tutorial_key(&form, &ada.id, "logo.png");
     let after = [
         ("x-amz-meta-late".to_string(), "ignored".to_string()),
         ("acl".to_string(), "public-read".to_string()),
     ];
-    let reply = upload(
-        &emu.s3,
-        &tutorial_fields(&form, &key, "logo.png"),
-        &samples().join("files/logo.png"),
-        &after,
-    );
+    let reply = upload(&emu.s3, &logo_fields(&emu), &logo(), &after);
     assert_eq!(reply.status, 201, "{}", reply.body);
 
     let other = emu
         .s3
         .replace("onepagecrm-emulator", "someone-elses-bucket");
-    let reply = upload(
-        &other,
-        &tutorial_fields(&form, &key, "logo.png"),
-        &samples().join("files/logo.png"),
-        &[],
-    );
+    let reply = upload(&other, &logo_fields(&emu), &logo(), &[]);
     assert_s3_error(&reply, 404, "NoSuchBucket", "does not exist");
 }
 
