@@ -4,6 +4,7 @@
 //! module per concern.
 
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod emulator;
 pub mod manifest;

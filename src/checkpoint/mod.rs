@@ -1,0 +1,611 @@
+//! The checkpoint: one SQLite file per manifest that records every row's state, so that a rerun
+//! after any stop resumes exactly where the last run left off.
+//!
+//! The schema lives in `migrations/` as numbered SQL files applied in order at open (keyed on
+//! SQLite's `user_version`). All access goes through the writer thread of [`store`].
+
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{ReferenceType, Row};
+pub use store::{Store, StoreError, StoreThread};
+
+/// The schema, one entry per file in `migrations/`, in order. Landed files are never edited.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init.sql",
+    include_str!("../../migrations/0001_init.sql"),
+)];
+
+/// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR".
+const APPLICATION_ID: i32 = 0x4F50_4352;
+
+/// A row's place in the three steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowState {
+    Pending,
+    Uploading,
+    Uploaded,
+    Attaching,
+    Done,
+    Failed,
+    Rejected,
+}
+
+impl RowState {
+    pub const ALL: [RowState; 7] = [
+        Self::Pending,
+        Self::Uploading,
+        Self::Uploaded,
+        Self::Attaching,
+        Self::Done,
+        Self::Failed,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Uploading => "uploading",
+            Self::Uploaded => "uploaded",
+            Self::Attaching => "attaching",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A row's identity: a hash of what it means, so reordering or extending a manifest is safe.
+pub fn row_key(
+    file: &str,
+    contact_id: &str,
+    reference_type: ReferenceType,
+    reference_id: &str,
+    name: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "v1",
+        file,
+        contact_id,
+        reference_type.as_str(),
+        reference_id,
+        name,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// A row as the state file holds it.
+#[derive(Clone, Debug)]
+pub struct StoredRow {
+    pub key: String,
+    pub line: u64,
+    pub file: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub contact_id: String,
+    pub reference_type: ReferenceType,
+    pub reference_id: String,
+    pub name: String,
+    pub state: RowState,
+    pub s3_key: Option<String>,
+    pub etag: Option<String>,
+    pub attachment_id: Option<String>,
+    pub attempts: u32,
+    pub error_kind: Option<String>,
+    pub last_error: Option<String>,
+    pub retryable: Option<bool>,
+}
+
+/// A manifest row as preflight saw it, to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewRow {
+    pub key: String,
+    pub line: u64,
+    pub file: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub contact_id: String,
+    pub reference_type: ReferenceType,
+    pub reference_id: String,
+    pub name: String,
+    /// `None` when valid; the reason when rejected.
+    pub rejected: Option<String>,
+}
+
+impl NewRow {
+    pub fn from_row(row: &Row, size: u64, mtime_ns: i64, rejected: Option<String>) -> Option<Self> {
+        let reference_type = row.reference_type?;
+        Some(Self {
+            key: row_key(
+                &row.file,
+                &row.contact_id,
+                reference_type,
+                &row.reference_id,
+                &row.name,
+            ),
+            line: row.line,
+            file: row.file.clone(),
+            path: row.path.clone(),
+            size,
+            mtime_ns,
+            contact_id: row.contact_id.clone(),
+            reference_type,
+            reference_id: row.reference_id.clone(),
+            name: row.name.clone(),
+            rejected,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "{path} is not an opcrm-import state file (it is another SQLite database); give another --state"
+    )]
+    Foreign { path: String },
+    #[error("{path} is not a SQLite file; give another --state")]
+    NotSqlite { path: String },
+    #[error(
+        "state file {path} was written by a newer opcrm-import (schema {found}, this one knows {known}); use that version"
+    )]
+    Newer {
+        path: String,
+        found: i64,
+        known: usize,
+    },
+    #[error("cannot open state file {path}: {reason}")]
+    Other { path: String, reason: String },
+}
+
+/// Opens (creating if needed) the state file and brings its schema up to date.
+pub fn open(path: &Path) -> Result<Connection, OpenError> {
+    let shown = path.display().to_string();
+    let other = |e: &dyn std::fmt::Display| OpenError::Other {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let mut conn = Connection::open(path).map_err(|e| other(&e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| other(&e))?;
+    let app_id: i32 = match conn.query_row("PRAGMA application_id", [], |r| r.get(0)) {
+        Ok(id) => id,
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(OpenError::NotSqlite { path: shown });
+        }
+        Err(e) => return Err(other(&e)),
+    };
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                OpenError::NotSqlite {
+                    path: shown.clone(),
+                }
+            }
+            e => other(&e),
+        })?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
+        return Err(OpenError::Foreign { path: shown });
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| other(&e))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(OpenError::Newer {
+            path: shown,
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| other(&e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| other(&e))?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(|e| other(&e))?;
+    let migrations = Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect());
+    migrations.to_latest(&mut conn).map_err(|e| other(&e))?;
+    Ok(conn)
+}
+
+fn now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// The manifest a state file belongs to, recorded at its first run.
+pub fn manifest_of(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'manifest'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+pub fn set_manifest(conn: &Connection, manifest: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('manifest', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [manifest],
+    )
+    .map(drop)
+}
+
+/// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
+/// invalid ones as `rejected`; rows already known keep their progress.
+pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
+    let now = now();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+                           state, error_kind, last_error, retryable, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)
+         ON CONFLICT (row_key) DO UPDATE SET
+            line = excluded.line,
+            path = excluded.path,
+            -- A row not yet uploaded takes the file as it is now.
+            size = CASE WHEN rows.state IN ('pending', 'failed', 'rejected') THEN excluded.size ELSE rows.size END,
+            mtime_ns = CASE WHEN rows.state IN ('pending', 'failed', 'rejected') THEN excluded.mtime_ns ELSE rows.mtime_ns END,
+            state = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN 'rejected'
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN 'pending'
+                ELSE rows.state END,
+            error_kind = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN excluded.error_kind
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN NULL
+                ELSE rows.error_kind END,
+            last_error = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN excluded.last_error
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN NULL
+                ELSE rows.last_error END,
+            updated_at = excluded.updated_at",
+    )?;
+    for r in rows {
+        let (state, kind, error, retryable) = match &r.rejected {
+            None => ("pending", None, None, None),
+            Some(reason) => (
+                "rejected",
+                Some("invalid"),
+                Some(reason.as_str()),
+                Some(false),
+            ),
+        };
+        insert.execute(params![
+            r.key,
+            r.line as i64,
+            r.file,
+            r.path.to_string_lossy(),
+            r.size as i64,
+            r.mtime_ns,
+            r.contact_id,
+            r.reference_type.as_str(),
+            r.reference_id,
+            r.name,
+            state,
+            kind,
+            error,
+            retryable,
+            now,
+        ])?;
+    }
+    Ok(())
+}
+
+const ROW_COLUMNS: &str =
+    "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable";
+
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    let reference_type: String = r.get(7)?;
+    let state: String = r.get(10)?;
+    Ok(StoredRow {
+        key: r.get(0)?,
+        line: r.get::<_, i64>(1)? as u64,
+        file: r.get(2)?,
+        path: PathBuf::from(r.get::<_, String>(3)?),
+        size: r.get::<_, i64>(4)? as u64,
+        mtime_ns: r.get(5)?,
+        contact_id: r.get(6)?,
+        reference_type: ReferenceType::parse(&reference_type)
+            .ok_or_else(|| bad(7, "reference type"))?,
+        reference_id: r.get(8)?,
+        name: r.get(9)?,
+        state: RowState::parse(&state).ok_or_else(|| bad(10, "state"))?,
+        s3_key: r.get(11)?,
+        etag: r.get(12)?,
+        attachment_id: r.get(13)?,
+        attempts: r.get::<_, i64>(14)? as u32,
+        error_kind: r.get(15)?,
+        last_error: r.get(16)?,
+        retryable: r.get(17)?,
+    })
+}
+
+/// Every row the state file holds, in manifest-line order.
+pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ROW_COLUMNS} FROM rows ORDER BY line, row_key"
+    ))?;
+    stmt.query_map([], stored_row)?.collect()
+}
+
+/// A change of one row's state, with what the new state carries.
+#[derive(Clone, Debug)]
+pub enum Transition {
+    /// Step 2 is about to start with this key (a new attempt from step 1).
+    Uploading {
+        s3_key: String,
+    },
+    Uploaded {
+        etag: String,
+    },
+    Attaching,
+    Done {
+        attachment_id: String,
+    },
+    Failed {
+        kind: String,
+        message: String,
+        retryable: bool,
+    },
+    /// Back to the start (a changed file to upload again).
+    Pending,
+}
+
+/// Applies a transition. `Uploading` fails with a UNIQUE violation when the key is taken.
+pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Result<()> {
+    let now = now();
+    let changed = match t {
+        Transition::Uploading { s3_key } => conn.execute(
+            "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
+                 attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1",
+            params![key, s3_key, now],
+        )?,
+        Transition::Uploaded { etag } => conn.execute(
+            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1",
+            params![key, etag, now],
+        )?,
+        Transition::Attaching => conn.execute(
+            "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1",
+            params![key, now],
+        )?,
+        Transition::Done { attachment_id } => conn.execute(
+            "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
+                 retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1",
+            params![key, attachment_id, now],
+        )?,
+        Transition::Failed { kind, message, retryable } => conn.execute(
+            "UPDATE rows SET state = 'failed', error_kind = ?2, last_error = ?3, retryable = ?4, updated_at = ?5
+             WHERE row_key = ?1",
+            params![key, kind, message, retryable, now],
+        )?,
+        Transition::Pending => conn.execute(
+            "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL, error_kind = NULL,
+                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE row_key = ?1",
+            params![key, now],
+        )?,
+    };
+    if changed != 1 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    Ok(())
+}
+
+/// Updates the recorded size and modification time of a row about to be uploaded again.
+pub fn refresh_file(
+    conn: &Connection,
+    key: &str,
+    size: u64,
+    mtime_ns: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1",
+        params![key, size as i64, mtime_ns],
+    )
+    .map(drop)
+}
+
+/// The attachment ids that `done` rows other than `except` hold on one record for one name and size.
+pub fn claimed_attachments(
+    conn: &Connection,
+    reference_type: ReferenceType,
+    reference_id: &str,
+    name: &str,
+    size: u64,
+    except: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attachment_id FROM rows WHERE reference_type = ?1 AND reference_id = ?2 AND name = ?3 AND size = ?4
+             AND state = 'done' AND row_key <> ?5 AND attachment_id IS NOT NULL",
+    )?;
+    stmt.query_map(
+        params![
+            reference_type.as_str(),
+            reference_id,
+            name,
+            size as i64,
+            except
+        ],
+        |r| r.get(0),
+    )?
+    .collect()
+}
+
+/// What one run did, for the runs table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunCounts {
+    pub rows_done: u64,
+    pub rows_failed: u64,
+    pub api_calls: u64,
+    pub retries: u64,
+    pub throttles: u64,
+}
+
+pub fn start_run(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO runs (started_at, pid) VALUES (?1, ?2)",
+        params![now(), std::process::id()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn finish_run(
+    conn: &Connection,
+    id: i64,
+    exit_code: i32,
+    c: RunCounts,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET finished_at = ?2, exit_code = ?3, rows_done = ?4, rows_failed = ?5, api_calls = ?6,
+             retries = ?7, throttles = ?8 WHERE id = ?1",
+        params![
+            id,
+            now(),
+            exit_code,
+            c.rows_done as i64,
+            c.rows_failed as i64,
+            c.api_calls as i64,
+            c.retries as i64,
+            c.throttles as i64
+        ],
+    )
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(files, listed);
+        assert!(
+            Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect())
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn row_keys_depend_on_meaning_only() {
+        let a = row_key("a.pdf", "c", ReferenceType::Note, "n", "a.pdf");
+        assert_eq!(a, row_key("a.pdf", "c", ReferenceType::Note, "n", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Deal, "n", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "n", "b.pdf"));
+        // Field boundaries count: "ab"+"c" is not "a"+"bc".
+        assert_ne!(
+            row_key("ab", "c", ReferenceType::Note, "n", "x"),
+            row_key("a", "bc", ReferenceType::Note, "n", "x")
+        );
+    }
+
+    fn new_row(key: &str, rejected: Option<&str>) -> NewRow {
+        NewRow {
+            key: key.into(),
+            line: 2,
+            file: "a.pdf".into(),
+            path: "/x/a.pdf".into(),
+            size: 10,
+            mtime_ns: 1,
+            contact_id: "c".into(),
+            reference_type: ReferenceType::Note,
+            reference_id: "n".into(),
+            name: "a.pdf".into(),
+            rejected: rejected.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn recording_again_keeps_progress_and_revives_fixed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        record_rows(
+            &conn,
+            &[new_row("k1", None), new_row("k2", Some("file missing"))],
+        )
+        .unwrap();
+        transition(
+            &conn,
+            "k1",
+            &Transition::Uploading {
+                s3_key: "c/1/a.pdf".into(),
+            },
+        )
+        .unwrap();
+        record_rows(&conn, &[new_row("k1", None), new_row("k2", None)]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(rows[0].state, RowState::Uploading);
+        assert_eq!(rows[0].s3_key.as_deref(), Some("c/1/a.pdf"));
+        assert_eq!(rows[1].state, RowState::Pending);
+        assert_eq!(rows[1].last_error, None);
+        // A key can be held by one row only.
+        let err = transition(
+            &conn,
+            "k2",
+            &Transition::Uploading {
+                s3_key: "c/1/a.pdf".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+    }
+
+    #[test]
+    fn foreign_newer_and_non_sqlite_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("other.sqlite");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE x (y)")
+            .unwrap();
+        assert!(matches!(open(&foreign), Err(OpenError::Foreign { .. })));
+
+        let text = dir.path().join("notes.txt");
+        let words = "just some text, long enough not to be mistaken for a database header";
+        std::fs::write(&text, words).unwrap();
+        assert!(matches!(open(&text), Err(OpenError::NotSqlite { .. })));
+        assert_eq!(std::fs::read_to_string(&text).unwrap(), words);
+        assert!(!dir.path().join("notes.txt-wal").exists());
+
+        let newer = dir.path().join("newer.sqlite");
+        drop(open(&newer).unwrap());
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            open(&newer),
+            Err(OpenError::Newer { found: 99, .. })
+        ));
+    }
+}
