@@ -9,6 +9,7 @@ pub mod cli;
 pub mod emulator;
 pub mod manifest;
 pub mod preflight;
+pub mod remote;
 
 use std::process::ExitCode;
 

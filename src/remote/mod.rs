@@ -1,0 +1,332 @@
+//! The client side of OnePageCRM and its S3 bucket: one reqwest client, the three steps, and
+//! what each kind of failure means (retry, renew the form, give up on the row, stop the run).
+//!
+//! Nothing here retries or waits: the pipeline owns the rate limit, the throttle gate and the
+//! retry policy; this module only says what happened, in words a person can act on.
+
+pub mod api;
+pub mod s3;
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// OnePageCRM's API, unless `ONEPAGECRM_API_URL` says otherwise.
+pub const DEFAULT_API_URL: &str = "https://app.onepagecrm.com/api/v3";
+
+/// Who the client is, and where it talks to. The key is never shown by `Debug`.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user_id: String,
+    api_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user_id", &self.user_id)
+            .field("api_key", &"<hidden>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn new(user_id: String, api_key: String) -> Self {
+        Self { user_id, api_key }
+    }
+
+    /// From `ONEPAGECRM_USER_ID` and `ONEPAGECRM_API_KEY`, or the key from `key_file`.
+    pub fn from_env(key_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let user_id = std::env::var("ONEPAGECRM_USER_ID")
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        let Some(user_id) = user_id else {
+            anyhow::bail!(
+                "no credentials: set ONEPAGECRM_USER_ID and ONEPAGECRM_API_KEY (or --api-key-file)"
+            );
+        };
+        let api_key = match key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API key file {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => std::env::var("ONEPAGECRM_API_KEY")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        };
+        anyhow::ensure!(
+            !api_key.is_empty(),
+            "no API key: set ONEPAGECRM_API_KEY or pass --api-key-file (the key is never taken on the command line)"
+        );
+        Ok(Self { user_id, api_key })
+    }
+
+    pub(crate) fn api_key(&self) -> &str {
+        &self.api_key
+    }
+}
+
+/// The API base URL from `ONEPAGECRM_API_URL`, checked: `https`, or `http` to loopback only.
+pub fn api_url_from_env() -> anyhow::Result<reqwest::Url> {
+    let raw = std::env::var("ONEPAGECRM_API_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    check_url(
+        raw.as_deref().unwrap_or(DEFAULT_API_URL),
+        "ONEPAGECRM_API_URL",
+    )
+}
+
+/// Parses a URL the tool may send to: `https`, or plain `http` to a loopback address only.
+pub fn check_url(raw: &str, what: &str) -> anyhow::Result<reqwest::Url> {
+    let url =
+        reqwest::Url::parse(raw.trim()).with_context(|| format!("{what} {raw:?} is not a URL"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => anyhow::bail!(
+            "{what} {raw:?} uses plain http to a host that is not loopback; use https (plain http is allowed only for a local emulator)"
+        ),
+        other => anyhow::bail!("{what} {raw:?} has scheme {other:?}; use https"),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// What went wrong with one request, and so what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("throttled by the API (it answered {status} with a plain-text body)")]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "the API refused the credentials (401 {message}); check ONEPAGECRM_USER_ID and ONEPAGECRM_API_KEY"
+    )]
+    Unauthorized { message: String },
+    #[error("the account's storage is full: {message}")]
+    Quota { message: String },
+    #[error("the API answered {status} {error_name}: {message}")]
+    Api {
+        status: u16,
+        error_name: String,
+        message: String,
+    },
+    #[error("S3 answered {status} {code}: {message}")]
+    S3 {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Network(NetworkError),
+    #[error("the upload was damaged on the way: S3's ETag is {etag} but the file's MD5 is {md5}")]
+    EtagMismatch { etag: String, md5: String },
+    #[error("the file changed during the upload ({0}); check it and run again")]
+    FileChanged(String),
+    #[error("cannot read the file: {0}")]
+    FileUnreadable(String),
+    #[error("unexpected answer from {what}: {detail}")]
+    Protocol { what: &'static str, detail: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct NetworkError {
+    pub detail: String,
+    pub timeout: bool,
+    /// False only when the request certainly never reached the server (the connection failed).
+    pub maybe_delivered: bool,
+}
+
+impl RemoteError {
+    /// The `error_kind` recorded in the state file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Throttled { .. } => "throttled",
+            Self::Unauthorized { .. } => "credentials",
+            Self::Quota { .. } => "quota",
+            Self::Api { status, .. } if *status >= 500 => "server_error",
+            Self::Api { .. } => "api_rejected",
+            Self::S3 { code, .. } if self.is_form_expired() || code == "SlowDown" => "s3_busy",
+            Self::S3 { status, .. } if *status >= 500 => "s3_busy",
+            Self::S3 { .. } => "s3_rejected",
+            Self::Network(n) if n.timeout => "timeout",
+            Self::Network(_) => "network",
+            Self::EtagMismatch { .. } => "etag_mismatch",
+            Self::FileChanged(_) => "file_changed",
+            Self::FileUnreadable(_) => "file_unreadable",
+            Self::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// Worth another attempt in this run (after a pause).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Throttled { .. }
+            | Self::Network(_)
+            | Self::EtagMismatch { .. }
+            | Self::Protocol { .. } => true,
+            Self::Api { status, .. } => *status >= 500,
+            Self::S3 { status, code, .. } => {
+                *status >= 500
+                    || matches!(code.as_str(), "SlowDown" | "RequestTimeout")
+                    || self.is_form_expired()
+            }
+            Self::Unauthorized { .. }
+            | Self::Quota { .. }
+            | Self::FileChanged(_)
+            | Self::FileUnreadable(_) => false,
+        }
+    }
+
+    /// A rerun may succeed where this run could not (everything but a refusal of the input).
+    pub fn is_retryable_later(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                Self::Quota { .. } | Self::FileChanged(_) | Self::Unauthorized { .. }
+            )
+    }
+
+    /// S3 refused the form because its policy expired: get a new one.
+    pub fn is_form_expired(&self) -> bool {
+        matches!(self, Self::S3 { code, message, .. } if code == "AccessDenied" && message.to_ascii_lowercase().contains("expired"))
+    }
+
+    fn network(e: reqwest::Error) -> Self {
+        // The chain's sources say what happened (the top line only names the URL).
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self::Network(NetworkError {
+            detail,
+            timeout: e.is_timeout(),
+            maybe_delivered: !e.is_connect(),
+        })
+    }
+}
+
+/// The HTTP client every request goes through.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    credentials: Credentials,
+}
+
+/// How long an API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Client {
+    pub fn new(base: reqwest::Url, credentials: Credentials) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("opcrm-import/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            credentials,
+        })
+    }
+
+    fn api_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+}
+
+/// How long an S3 upload of `size` bytes may take: a minute, plus time at a slow 100 KiB/s.
+pub fn upload_timeout(size: u64) -> Duration {
+    Duration::from_secs(60 + size / (100 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(check_url("https://app.onepagecrm.com/api/v3", "x").is_ok());
+        assert!(check_url("http://127.0.0.1:8787/api/v3", "x").is_ok());
+        assert!(check_url("http://[::1]:8787/api/v3", "x").is_ok());
+        assert!(check_url("http://localhost:8787/api/v3", "x").is_ok());
+        let err = check_url("http://10.0.0.5/api/v3", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not loopback"), "{err}");
+        assert!(check_url("ftp://127.0.0.1/", "x").is_err());
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_key() {
+        let c = Credentials::new("u".into(), "very-secret".into());
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn failure_classes() {
+        let s3 = |status, code: &str, message: &str| RemoteError::S3 {
+            status,
+            code: code.into(),
+            message: message.into(),
+        };
+        assert!(
+            s3(
+                403,
+                "AccessDenied",
+                "Invalid according to Policy: Policy expired."
+            )
+            .is_form_expired()
+        );
+        assert!(
+            s3(
+                403,
+                "AccessDenied",
+                "Invalid according to Policy: Policy expired."
+            )
+            .is_retryable()
+        );
+        assert!(!s3(403, "AccessDenied", "Policy Condition failed").is_retryable());
+        assert!(s3(503, "SlowDown", "").is_retryable());
+        assert!(!s3(400, "EntityTooLarge", "").is_retryable());
+        let api = |status| RemoteError::Api {
+            status,
+            error_name: String::new(),
+            message: String::new(),
+        };
+        assert!(api(500).is_retryable() && api(503).is_retryable());
+        for status in [400, 404, 409, 422] {
+            assert!(!api(status).is_retryable(), "{status}");
+        }
+        assert!(
+            !RemoteError::Quota {
+                message: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(
+            RemoteError::Quota {
+                message: String::new()
+            }
+            .is_retryable_later()
+        );
+    }
+}

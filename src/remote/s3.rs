@@ -1,0 +1,269 @@
+//! Step 2: the browser-style POST of one file to S3, streamed from disk.
+//!
+//! The multipart body is written here rather than by reqwest: S3 needs a Content-Length (it
+//! refuses chunked POSTs), each part's Content-Disposition must be encoded as browsers and curl
+//! do (RFC 7578: `"` as `%22`, CR and LF as `%0D`/`%0A`, UTF-8 as is), and the file's MD5 is
+//! computed from the very bytes that are sent, to compare with the ETag S3 answers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use tokio::io::AsyncReadExt;
+
+use super::api::Form;
+use super::{Client, RemoteError, upload_timeout};
+
+/// What S3 stored.
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    /// The MD5 of the bytes sent, in hex; S3's ETag matched it (when S3 gave one).
+    pub md5: String,
+}
+
+/// A multipart field name or file name as browsers write it inside `"…"`.
+fn quote(s: &str) -> String {
+    s.replace('"', "%22")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+fn random_boundary() -> String {
+    use rand::Rng;
+    let tail: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    format!("----opcrm-import-{tail}")
+}
+
+/// The bytes before and after the file, for `fields` then `key`, `filename` and the file part.
+fn envelope(
+    boundary: &str,
+    fields: &[(String, String)],
+    key: &str,
+    filename: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(4096);
+    let mut text_part = |name: &str, value: &str| {
+        head.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n{value}\r\n",
+                quote(name)
+            )
+            .as_bytes(),
+        );
+    };
+    for (name, value) in fields {
+        text_part(name, value);
+    }
+    text_part("key", key);
+    text_part("filename", filename);
+    head.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            quote(filename)
+        )
+        .as_bytes(),
+    );
+    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+    (head, tail)
+}
+
+impl Client {
+    /// Uploads `size` bytes of `path` under `key` with the fields of `form`.
+    pub async fn upload(
+        &self,
+        form: &Form,
+        key: &str,
+        filename: &str,
+        path: &Path,
+        size: u64,
+    ) -> Result<Uploaded, RemoteError> {
+        let unreadable =
+            |e: std::io::Error| RemoteError::FileUnreadable(format!("{}: {e}", path.display()));
+        let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+        let boundary = random_boundary();
+        let (head, tail) = envelope(&boundary, &form.fields, key, filename);
+        let length = head.len() as u64 + size + tail.len() as u64;
+
+        // Exactly `size` bytes of the file, hashed as they go out.
+        let sent = Arc::new(Mutex::new((Md5::new(), 0u64)));
+        let counter = sent.clone();
+        let file_stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), 64 * 1024)
+            .map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    let mut guard = counter.lock().unwrap_or_else(|e| e.into_inner());
+                    guard.0.update(bytes);
+                    guard.1 += bytes.len() as u64;
+                }
+                chunk
+            });
+        let body =
+            futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+                .chain(file_stream)
+                .chain(futures_util::stream::once(
+                    async move { Ok(Bytes::from(tail)) },
+                ));
+
+        let response = self
+            .http
+            .post(&form.url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .timeout(upload_timeout(size))
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
+        let (md5, count) = {
+            let guard = sent.lock().unwrap_or_else(|e| e.into_inner());
+            (hex::encode(guard.0.clone().finalize()), guard.1)
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(_) if count < size && file_shrank(path, size) => {
+                return Err(RemoteError::FileChanged(format!(
+                    "it is no longer {size} bytes"
+                )));
+            }
+            Err(e) => return Err(RemoteError::network(e)),
+        };
+        let status = response.status().as_u16();
+        let header_etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.text().await.map_err(RemoteError::network)?;
+        if !(200..300).contains(&status) {
+            let (code, message) = parse_error(&body);
+            return Err(RemoteError::S3 {
+                status,
+                code,
+                message,
+            });
+        }
+        if count != size {
+            return Err(RemoteError::FileChanged(format!(
+                "{count} bytes read, {size} expected"
+            )));
+        }
+        if std::fs::metadata(path).map(|m| m.len()).ok() != Some(size) {
+            return Err(RemoteError::FileChanged(format!(
+                "it is no longer {size} bytes"
+            )));
+        }
+        let etag = parse_etag(&body).or(header_etag);
+        if let Some(etag) = etag {
+            let etag = etag.trim().trim_matches('"').to_ascii_lowercase();
+            if etag != md5 {
+                return Err(RemoteError::EtagMismatch { etag, md5 });
+            }
+        }
+        Ok(Uploaded { md5 })
+    }
+}
+
+fn file_shrank(path: &Path, size: u64) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.len() < size)
+        .unwrap_or(true)
+}
+
+/// The text of the first element named one of `names` (S3 writes `ETag`, some servers `Etag`),
+/// with entity references resolved (`&quot;abc&quot;` is `"abc"`).
+fn element_text(xml: &str, names: &[&str]) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut text: Option<String> = None;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e))
+                if names
+                    .iter()
+                    .any(|n| e.local_name().as_ref() == n.as_bytes()) =>
+            {
+                text = Some(String::new());
+            }
+            Ok(Event::Text(t)) => {
+                if let (Some(text), Ok(piece)) = (text.as_mut(), t.decode()) {
+                    text.push_str(&piece);
+                }
+            }
+            Ok(Event::GeneralRef(r)) => {
+                if let (Some(text), Ok(name)) = (text.as_mut(), r.decode()) {
+                    let resolved =
+                        quick_xml::escape::resolve_predefined_entity(&name).unwrap_or_default();
+                    text.push_str(resolved);
+                }
+            }
+            Ok(Event::End(_)) if text.is_some() => return text,
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+fn parse_etag(xml: &str) -> Option<String> {
+    element_text(xml, &["ETag", "Etag"]).filter(|s| !s.trim().trim_matches('"').is_empty())
+}
+
+/// S3's `<Error><Code>…</Code><Message>…</Message></Error>`, or the body itself.
+fn parse_error(xml: &str) -> (String, String) {
+    let code = element_text(xml, &["Code"]).unwrap_or_else(|| "UnknownError".to_string());
+    let message =
+        element_text(xml, &["Message"]).unwrap_or_else(|| xml.chars().take(200).collect());
+    (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_is_encoded_as_browsers_do() {
+        assert_eq!(quote("Report \"v2\"\r\n.pdf"), "Report %22v2%22%0D%0A.pdf");
+        assert_eq!(quote("Müller.pdf"), "Müller.pdf");
+        let (head, tail) = envelope(
+            "B",
+            &[("acl".into(), "private".into())],
+            "c/1/a\".pdf",
+            "a\".pdf",
+        );
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with(
+                "--B\r\nContent-Disposition: form-data; name=\"acl\"\r\n\r\nprivate\r\n"
+            )
+        );
+        assert!(head.contains("name=\"key\"\r\n\r\nc/1/a\".pdf\r\n"));
+        assert!(head.ends_with(
+            "name=\"file\"; filename=\"a%22.pdf\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ));
+        assert_eq!(tail, b"\r\n--B--\r\n");
+    }
+
+    #[test]
+    fn etags_and_errors_are_read_leniently() {
+        let quoted = "<PostResponse><Location>x</Location><ETag>\"abc\"</ETag></PostResponse>";
+        assert_eq!(parse_etag(quoted).unwrap().trim_matches('"'), "abc");
+        let escaped = "<PostResponse><ETag>&quot;abc&quot;</ETag></PostResponse>";
+        assert_eq!(parse_etag(escaped).as_deref(), Some("\"abc\""));
+        let lower = "<PostResponse><Etag>abc</Etag></PostResponse>";
+        assert_eq!(parse_etag(lower).as_deref(), Some("abc"));
+        assert_eq!(parse_etag(""), None);
+        let (code, message) = parse_error(
+            "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce</Message></Error>",
+        );
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("SlowDown", "Please reduce")
+        );
+    }
+}
