@@ -22,7 +22,13 @@ pub enum Command {
     ///
     /// Example: opcrm-import check samples/manifest.csv
     Check(CheckArgs),
-    /// Upload every row of a manifest (not yet available in this version).
+    /// Upload every row of a manifest, resuming where the last run stopped.
+    ///
+    /// Checks the manifest and the storage quota first; records every row in the state file;
+    /// then takes each row through the three steps. Credentials come from ONEPAGECRM_USER_ID and
+    /// ONEPAGECRM_API_KEY (or --api-key-file), never from the command line.
+    ///
+    /// Example: opcrm-import run samples/manifest.csv
     Run(RunArgs),
     /// Show how far a migration has got (not yet available in this version).
     Status(StatusArgs),
@@ -70,8 +76,65 @@ pub struct RunArgs {
     pub manifest: ManifestArgs,
 
     /// The checkpoint file; default `<manifest without .csv>.opcrm.sqlite` beside the manifest.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+
+    /// Rows under way at once (and so S3 uploads at once).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// API requests per second, on average (`off`: no client-side limit, for the emulator).
+    #[arg(long, value_name = "R|off", default_value = "4.8", value_parser = parse_rate)]
+    // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
+    pub rate: std::option::Option<f64>,
+
+    /// API requests the client may send at once after a pause.
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub burst: u32,
+
+    /// Retries of a row's retryable failures (5xx, timeouts, dropped connections) in one run.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+
+    /// Show what a run would do (and check the quota) without uploading anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Record invalid rows as rejected and upload the valid ones.
+    #[arg(long)]
+    pub skip_invalid: bool,
+
+    /// Also retry rows that failed for good in an earlier run.
+    #[arg(long)]
+    pub retry_failed: bool,
+
+    /// Upload again a done row whose file changed since (it gets a second attachment).
+    #[arg(long)]
+    pub reupload_changed: bool,
+
+    /// Print the summary as one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<Option<f64>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000.0 => Ok(Some(r)),
+        _ => Err(format!(
+            "{s:?} is not a rate: give requests per second above 0, or off"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

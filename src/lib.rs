@@ -8,8 +8,10 @@ pub mod checkpoint;
 pub mod cli;
 pub mod emulator;
 pub mod manifest;
+pub mod pipeline;
 pub mod preflight;
 pub mod remote;
+pub mod run;
 
 use std::process::ExitCode;
 
@@ -42,7 +44,7 @@ impl From<ExitStatus> for ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Check(args) => check::run(&args),
-        Command::Run(_) => not_yet("run"),
+        Command::Run(args) => run::run(&args),
         Command::Status(_) => not_yet("status"),
         Command::Report(_) => not_yet("report"),
         Command::Emulator(args) => emulator_command(args),

@@ -7,6 +7,15 @@ use opcrm_import::{ExitStatus, cli::Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; OPCRM_LOG (e.g. `info`, `debug`) says how much, warnings by default.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OPCRM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     match opcrm_import::run(cli) {
         Ok(status) => status.into(),
         Err(err) => {

@@ -18,6 +18,9 @@ use crate::manifest::{
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FileFacts {
     pub size: u64,
+    /// Modification time in nanoseconds since the epoch (0 when the platform gives none), to
+    /// notice a file that changed after it was uploaded.
+    pub mtime_ns: i64,
     /// Identity of the file on disk (device, inode), so two paths to one file are one file.
     identity: Option<(u64, u64)>,
 }
@@ -237,10 +240,19 @@ fn check_file(row: &Row) -> (Option<FileFacts>, Vec<Problem>) {
     (
         Some(FileFacts {
             size,
+            mtime_ns: mtime_ns(&meta),
             identity: identity(&meta),
         }),
         problems,
     )
+}
+
+/// A file's modification time in nanoseconds since the epoch; 0 when it cannot be read.
+pub fn mtime_ns(meta: &fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(unix)]

@@ -1,0 +1,613 @@
+//! The run: every row through the three steps, concurrently, inside the API's rate limit, each
+//! state committed to the checkpoint before the side effect it names.
+//!
+//! Rate and concurrency are kept apart: one limiter hands out API calls at `--rate` (all workers
+//! share it, and share one gate that a throttled answer closes for everybody), while
+//! `--concurrency` workers bound how many rows, and so how many S3 uploads, are under way.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{self, Store, StoredRow, Transition};
+use crate::remote::api::{Attach, Form};
+use crate::remote::{Client, RemoteError};
+
+/// The client's default limit on API calls: 4.8 requests/s in bursts of 5. OnePageCRM (and the
+/// emulator) throttle at 5/s with bursts of 10: staying 4% under the average keeps the server's
+/// bucket from draining, and half its burst leaves room for requests that network jitter brings
+/// closer together than they were sent, so no answer is throttled.
+pub const DEFAULT_RATE: f64 = 4.8;
+pub const DEFAULT_BURST: u32 = 5;
+
+/// What the pipeline is told.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub concurrency: usize,
+    /// `None`: no client-side limit (`--rate off`).
+    pub rate: Option<f64>,
+    pub burst: u32,
+    pub retries: u32,
+}
+
+/// What to do with a row in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// From step 1.
+    Upload,
+    /// Step 3 with the stored key.
+    Attach,
+    /// Ask the record whether it holds the attachment, then attach only if not.
+    Verify,
+}
+
+/// Why a run stopped starting new rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stop {
+    None = 0,
+    Credentials = 1,
+    Quota = 2,
+}
+
+/// Counts a run keeps, shown in its summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub api_calls: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttles: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub verified_present: AtomicU64,
+}
+
+/// The shared limit on API calls, and the gate a throttled answer closes for every worker.
+pub struct ApiGate {
+    limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
+    rate: Mutex<Option<f64>>,
+    burst: u32,
+    /// No API call starts before this instant.
+    resume_at: Mutex<Option<Instant>>,
+    consecutive: AtomicU32,
+    recent: Mutex<VecDeque<Instant>>,
+}
+
+/// Throttled answers in a row after which the call gives up (as a retryable failure).
+const MAX_CONSECUTIVE_THROTTLES: u32 = 30;
+/// This many throttled answers within `THROTTLE_WINDOW` lower the client's rate.
+const THROTTLES_TO_SLOW_DOWN: usize = 3;
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
+fn limiter(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let quota = Quota::with_period(period)
+        .expect("a positive rate")
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"));
+    Arc::new(RateLimiter::direct(quota))
+}
+
+impl ApiGate {
+    pub fn new(rate: Option<f64>, burst: u32) -> Self {
+        Self {
+            limiter: RwLock::new(rate.map(|r| limiter(r, burst))),
+            rate: Mutex::new(rate),
+            burst,
+            resume_at: Mutex::new(None),
+            consecutive: AtomicU32::new(0),
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits until the gate is open and the limiter grants a call.
+    async fn turn(&self) {
+        loop {
+            let until = *self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => break,
+            }
+        }
+        let limiter = self
+            .limiter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(limiter) = limiter {
+            limiter.until_ready().await;
+        }
+    }
+
+    /// A throttled answer: close the gate for everybody, longer each time, and slow down for good
+    /// when they keep coming.
+    fn throttled(&self, retry_after: Option<Duration>) -> u32 {
+        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
+        let backoff = Duration::from_millis(500u64.saturating_mul(1 << n.min(7)));
+        let pause = retry_after.unwrap_or(backoff) + jitter(Duration::from_millis(250));
+        {
+            let mut resume = self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
+            let at = Instant::now() + pause;
+            if resume.is_none_or(|r| r < at) {
+                *resume = Some(at);
+            }
+        }
+        let now = Instant::now();
+        let slow_down = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.push_back(now);
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > THROTTLE_WINDOW)
+            {
+                recent.pop_front();
+            }
+            let slow = recent.len() >= THROTTLES_TO_SLOW_DOWN;
+            if slow {
+                recent.clear();
+            }
+            slow
+        };
+        if slow_down {
+            let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+            let new = (rate.unwrap_or(10.0) * 0.75).max(0.2);
+            warn!(
+                "the API keeps throttling; lowering the request rate from {} to {new:.2}/s",
+                rate.map_or("unlimited".to_string(), |r| format!("{r:.2}/s"))
+            );
+            *rate = Some(new);
+            *self.limiter.write().unwrap_or_else(|e| e.into_inner()) =
+                Some(limiter(new, self.burst.min(5)));
+        }
+        n
+    }
+
+    fn answered(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+    }
+
+    pub fn current_rate(&self) -> Option<f64> {
+        *self.rate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A random share of `max`.
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Full-jitter exponential backoff before retry number `attempt` (1-based).
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)))
+        .min(Duration::from_secs(30));
+    jitter(cap)
+}
+
+/// Everything workers share.
+pub struct Context {
+    pub client: Client,
+    pub store: Store,
+    pub gate: ApiGate,
+    pub settings: Settings,
+    pub counters: Counters,
+    stop: AtomicU8,
+    /// Serializes the checks of attaches whose answer was lost, so two rows with one name and
+    /// size on one record cannot claim the same attachment.
+    verify: tokio::sync::Mutex<()>,
+    interrupted: AtomicBool,
+}
+
+/// How a row ended in this run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed {
+        kind: &'static str,
+        retryable: bool,
+        message: String,
+    },
+    /// Not started, because the run stopped starting new rows.
+    NotStarted,
+}
+
+impl Context {
+    pub fn new(client: Client, store: Store, settings: Settings) -> Self {
+        Self {
+            client,
+            store,
+            gate: ApiGate::new(settings.rate, settings.burst),
+            settings,
+            counters: Counters::default(),
+            stop: AtomicU8::new(Stop::None as u8),
+            verify: tokio::sync::Mutex::new(()),
+            interrupted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn stop_reason(&self) -> Stop {
+        match self.stop.load(Ordering::SeqCst) {
+            1 => Stop::Credentials,
+            2 => Stop::Quota,
+            _ => Stop::None,
+        }
+    }
+
+    fn stop(&self, why: Stop) {
+        let _ = self.stop.compare_exchange(
+            Stop::None as u8,
+            why as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// One API call through the limiter and the throttle gate; throttled answers are waited out
+    /// and tried again, and do not count as failed attempts.
+    pub async fn api<T, F, Fut>(&self, call: F) -> Result<T, RemoteError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
+        loop {
+            self.gate.turn().await;
+            self.counters.api_calls.fetch_add(1, Ordering::Relaxed);
+            match call().await {
+                Err(RemoteError::Throttled {
+                    status,
+                    retry_after,
+                }) => {
+                    self.counters.throttles.fetch_add(1, Ordering::Relaxed);
+                    let n = self.gate.throttled(retry_after);
+                    debug!("throttled ({status}), pause {n}");
+                    if n >= MAX_CONSECUTIVE_THROTTLES {
+                        return Err(RemoteError::Throttled {
+                            status,
+                            retry_after,
+                        });
+                    }
+                }
+                Err(RemoteError::Unauthorized { message }) => {
+                    self.gate.answered();
+                    self.stop(Stop::Credentials);
+                    return Err(RemoteError::Unauthorized { message });
+                }
+                other => {
+                    self.gate.answered();
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, key: &str, t: Transition) -> Result<(), RowError> {
+        let key = key.to_string();
+        self.store
+            .call(move |c| checkpoint::transition(c, &key, &t))
+            .await
+            .map_err(|e| RowError::Store(e.to_string()))
+    }
+
+    fn record_later(&self, key: &str, t: Transition) {
+        let key = key.to_string();
+        self.store
+            .submit(move |c| checkpoint::transition(c, &key, &t));
+    }
+
+    /// Takes a row through what `plan` says is left of it; records how it ended.
+    pub async fn process(&self, row: &StoredRow, plan: Plan) -> Outcome {
+        if self.stop_reason() != Stop::None || self.interrupted.load(Ordering::SeqCst) {
+            return Outcome::NotStarted;
+        }
+        match self.run_row(row, plan).await {
+            Ok(()) => {
+                self.counters.done.fetch_add(1, Ordering::Relaxed);
+                Outcome::Done
+            }
+            Err(RowError::Remote(e)) => {
+                let kind = e.kind();
+                let retryable = e.is_retryable_later();
+                if matches!(e, RemoteError::Quota { .. }) {
+                    self.stop(Stop::Quota);
+                }
+                warn!("line {}: {} ({kind}): {e}", row.line, row.file);
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let message = e.to_string();
+                self.record_later(
+                    &row.key,
+                    Transition::Failed {
+                        kind: kind.to_string(),
+                        message: message.clone(),
+                        retryable,
+                    },
+                );
+                Outcome::Failed {
+                    kind,
+                    retryable,
+                    message,
+                }
+            }
+            Err(RowError::Store(message)) => {
+                warn!("line {}: cannot record progress: {message}", row.line);
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                Outcome::Failed {
+                    kind: "state_file",
+                    retryable: true,
+                    message,
+                }
+            }
+        }
+    }
+
+    async fn run_row(&self, row: &StoredRow, plan: Plan) -> Result<(), RowError> {
+        let mut attempts = 0u32;
+        let mut stage = plan;
+        let mut key = row.s3_key.clone();
+        loop {
+            match stage {
+                Plan::Upload => {
+                    key = Some(self.upload(row, &mut attempts).await?);
+                    stage = Plan::Attach;
+                }
+                Plan::Attach => {
+                    let Some(k) = key.as_deref() else {
+                        stage = Plan::Upload;
+                        continue;
+                    };
+                    self.commit(&row.key, Transition::Attaching).await?;
+                    let attach = Attach {
+                        reference_id: &row.reference_id,
+                        reference_type: row.reference_type,
+                        contact_id: &row.contact_id,
+                        name: &row.name,
+                        key: k,
+                        size: row.size,
+                    };
+                    match self.api(|| self.client.attach(&attach)).await {
+                        Ok(id) => {
+                            self.record_later(&row.key, Transition::Done { attachment_id: id });
+                            return Ok(());
+                        }
+                        Err(e) if e.is_retryable() => {
+                            // Unless the request certainly never arrived, its outcome is unknown.
+                            let never_sent =
+                                matches!(&e, RemoteError::Network(n) if !n.maybe_delivered);
+                            self.retry(e, row, &mut attempts).await?;
+                            stage = if never_sent {
+                                Plan::Attach
+                            } else {
+                                Plan::Verify
+                            };
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Plan::Verify => match self.verify(row).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => stage = Plan::Attach,
+                    Err(RowError::Remote(e)) if e.is_retryable() => {
+                        self.retry(e, row, &mut attempts).await?
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Counts a retryable failure; gives up (with `e`) past `--retries`, else waits its backoff.
+    async fn retry(
+        &self,
+        e: RemoteError,
+        row: &StoredRow,
+        attempts: &mut u32,
+    ) -> Result<(), RowError> {
+        *attempts += 1;
+        if *attempts > self.settings.retries {
+            return Err(RowError::Remote(e));
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        info!(
+            "line {}: retry {}/{} after: {e}",
+            row.line, attempts, self.settings.retries
+        );
+        tokio::time::sleep(backoff(*attempts)).await;
+        Ok(())
+    }
+
+    /// Steps 1 and 2; returns the key the object is stored under.
+    async fn upload(&self, row: &StoredRow, attempts: &mut u32) -> Result<String, RowError> {
+        let mut form = self.form(row, attempts).await?;
+        // A key no other row of this state file holds (committed before the upload starts).
+        let mut sequence = 0;
+        let key = loop {
+            let key = form.key(&row.name, sequence);
+            match self
+                .commit(
+                    &row.key,
+                    Transition::Uploading {
+                        s3_key: key.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(()) => break key,
+                Err(RowError::Store(m)) if m.contains("UNIQUE") && sequence < 999 => sequence += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        loop {
+            match self
+                .client
+                .upload(&form, &key, &row.name, &row.path, row.size)
+                .await
+            {
+                Ok(uploaded) => {
+                    self.counters
+                        .bytes_uploaded
+                        .fetch_add(row.size, Ordering::Relaxed);
+                    self.record_later(&row.key, Transition::Uploaded { etag: uploaded.md5 });
+                    return Ok(key);
+                }
+                Err(e) if e.is_form_expired() => {
+                    info!(
+                        "line {}: the upload form expired; getting a new one",
+                        row.line
+                    );
+                    self.retry(e, row, attempts).await?;
+                    form = self.form(row, attempts).await?;
+                }
+                Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Step 1, retried on retryable failures; refuses a file the storage left cannot hold.
+    async fn form(&self, row: &StoredRow, attempts: &mut u32) -> Result<Form, RowError> {
+        loop {
+            match self.api(|| self.client.s3_form(&row.contact_id)).await {
+                Ok(form) if form.storage_left < row.size => {
+                    return Err(RowError::Remote(RemoteError::Quota {
+                        message: format!(
+                            "{} needs {} bytes and the account has {} left",
+                            row.file, row.size, form.storage_left
+                        ),
+                    }));
+                }
+                Ok(form) => return Ok(form),
+                Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether the record already holds this row's attachment (an attach whose answer was lost).
+    /// Matches by name and size, counting the rows already done with the same name and size on
+    /// the same record; claims an unclaimed match and records the row done.
+    async fn verify(&self, row: &StoredRow) -> Result<bool, RowError> {
+        let _one_at_a_time = self.verify.lock().await;
+        let listed = self
+            .api(|| {
+                self.client
+                    .attachments_of(row.reference_type, &row.reference_id)
+            })
+            .await?;
+        let (rt, rid, name, size, key) = (
+            row.reference_type,
+            row.reference_id.clone(),
+            row.name.clone(),
+            row.size,
+            row.key.clone(),
+        );
+        let claimed = self
+            .store
+            .call(move |c| checkpoint::claimed_attachments(c, rt, &rid, &name, size, &key))
+            .await
+            .map_err(|e| RowError::Store(e.to_string()))?;
+        let matching: Vec<_> = listed
+            .iter()
+            .filter(|a| a.filename == row.name && a.size == row.size)
+            .collect();
+        let unclaimed = matching.iter().find(|a| !claimed.contains(&a.id));
+        match unclaimed {
+            Some(a) if matching.len() > claimed.len() => {
+                info!(
+                    "line {}: the record already holds this attachment ({}); not attaching again",
+                    row.line, a.id
+                );
+                self.counters
+                    .verified_present
+                    .fetch_add(1, Ordering::Relaxed);
+                self.commit(
+                    &row.key,
+                    Transition::Done {
+                        attachment_id: a.id.clone(),
+                    },
+                )
+                .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Why a row could not go on.
+#[derive(Debug)]
+enum RowError {
+    Remote(RemoteError),
+    Store(String),
+}
+
+impl From<RemoteError> for RowError {
+    fn from(e: RemoteError) -> Self {
+        RowError::Remote(e)
+    }
+}
+
+/// Runs every (row, plan) with `concurrency` workers, in the order given (put `Verify` rows
+/// first: their checks run one at a time).
+pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>) -> Vec<(StoredRow, Outcome)> {
+    let queue = Arc::new(Mutex::new(
+        work.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..ctx.settings.concurrency.max(1) {
+        let (ctx, queue, results) = (ctx.clone(), queue.clone(), results.clone());
+        workers.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some((i, (row, plan))) = next else { break };
+                let outcome = ctx.process(&row, plan).await;
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, row, outcome));
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    results.sort_by_key(|(i, _, _)| *i);
+    results
+        .into_iter()
+        .map(|(_, row, outcome)| (row, outcome))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..20 {
+            assert!(backoff(attempt) <= Duration::from_secs(30));
+        }
+        assert!(
+            (0..50)
+                .map(|_| backoff(1))
+                .all(|d| d <= Duration::from_millis(500))
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_throttles_lower_the_rate() {
+        let gate = ApiGate::new(Some(4.0), 5);
+        for _ in 0..THROTTLES_TO_SLOW_DOWN {
+            gate.throttled(Some(Duration::ZERO));
+        }
+        assert_eq!(gate.current_rate(), Some(3.0));
+        gate.answered();
+        assert_eq!(gate.consecutive.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,704 @@
+//! `opcrm-import run`: check the manifest, record every row, check the storage quota, then take
+//! each row through the three steps and say at the end what happened and what to type next.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::ExitStatus;
+use crate::checkpoint::{self, NewRow, RowState, StoredRow};
+use crate::cli::RunArgs;
+use crate::manifest::{ReadOptions, Severity};
+use crate::pipeline::{self, Context, Outcome, Plan, Settings, Stop};
+use crate::preflight::{self, Checked, human_bytes};
+use crate::remote::{self, Client, Credentials, RemoteError};
+
+/// `<manifest without .csv>.opcrm.sqlite`, beside the manifest.
+pub fn default_state_path(manifest: &Path) -> PathBuf {
+    let stem = match manifest.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("csv") => manifest.with_extension(""),
+        _ => manifest.to_path_buf(),
+    };
+    let mut name = stem
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".opcrm.sqlite");
+    stem.with_file_name(name)
+}
+
+/// The rows of a checked manifest as the checkpoint records them; invalid rows carry their
+/// errors. Rows of identical meaning after the first are left out (they are errors already).
+pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
+    let mut errors: HashMap<u64, Vec<&str>> = HashMap::new();
+    for p in &checked.manifest.problems {
+        if let (Severity::Error, Some(line)) = (p.severity, p.line) {
+            errors.entry(line).or_default().push(&p.message);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::with_capacity(checked.manifest.rows.len());
+    for ((row, facts), valid) in checked
+        .manifest
+        .rows
+        .iter()
+        .zip(&checked.files)
+        .zip(&checked.valid)
+    {
+        let (size, mtime) = facts.map_or((0, 0), |f| (f.size, f.mtime_ns));
+        let rejected = (!valid).then(|| {
+            errors
+                .get(&row.line)
+                .map(|e| e.join("; "))
+                .unwrap_or_default()
+        });
+        if let Some(new) = NewRow::from_row(row, size, mtime, rejected)
+            && seen.insert(new.key.clone())
+        {
+            rows.push(new);
+        }
+    }
+    rows
+}
+
+/// What a run will do with each row of the manifest.
+#[derive(Default)]
+struct Work {
+    todo: Vec<(StoredRow, Plan)>,
+    already_done: usize,
+    changed: Vec<StoredRow>,
+    failed_permanent: Vec<StoredRow>,
+    rejected: usize,
+}
+
+impl Work {
+    fn count(&self, plan: Plan) -> usize {
+        self.todo.iter().filter(|(_, p)| *p == plan).count()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.todo.iter().map(|(r, _)| r.size).sum()
+    }
+}
+
+/// Decides, from the state file and the files as they are now, what is left of each row.
+fn plan(
+    new_rows: &[NewRow],
+    stored: Vec<StoredRow>,
+    args: &RunArgs,
+) -> (Work, Vec<(String, u64, i64)>) {
+    let mut by_key: HashMap<String, StoredRow> =
+        stored.into_iter().map(|r| (r.key.clone(), r)).collect();
+    let mut work = Work::default();
+    let mut refresh = Vec::new();
+    let mut verify = Vec::new();
+    for new in new_rows {
+        let Some(mut row) = by_key.remove(&new.key) else {
+            continue;
+        };
+        let changed = row.size != new.size || row.mtime_ns != new.mtime_ns;
+        let plan = match row.state {
+            RowState::Done if changed && args.reupload_changed && new.rejected.is_none() => {
+                Some(Plan::Upload)
+            }
+            RowState::Done if changed => {
+                work.changed.push(row.clone());
+                work.already_done += 1;
+                None
+            }
+            RowState::Done => {
+                work.already_done += 1;
+                None
+            }
+            RowState::Rejected => {
+                work.rejected += 1;
+                None
+            }
+            RowState::Failed if row.retryable == Some(false) && !args.retry_failed => {
+                work.failed_permanent.push(row.clone());
+                None
+            }
+            RowState::Uploaded if row.s3_key.is_some() => Some(Plan::Attach),
+            RowState::Attaching if row.s3_key.is_some() => Some(Plan::Verify),
+            _ => Some(Plan::Upload),
+        };
+        let Some(plan) = plan else { continue };
+        if plan == Plan::Upload && changed {
+            row.size = new.size;
+            row.mtime_ns = new.mtime_ns;
+            refresh.push((row.key.clone(), new.size, new.mtime_ns));
+        }
+        if plan == Plan::Verify {
+            verify.push((row, plan));
+        } else {
+            work.todo.push((row, plan));
+        }
+    }
+    verify.append(&mut work.todo);
+    work.todo = verify;
+    (work, refresh)
+}
+
+/// The end of a run, for people and for `--json`.
+#[derive(Serialize)]
+struct Summary {
+    manifest: String,
+    state: String,
+    rows: usize,
+    done_before: usize,
+    done_now: usize,
+    failed_permanent: usize,
+    failed_retryable: usize,
+    rejected: usize,
+    not_started: usize,
+    changed_since_upload: Vec<ChangedFile>,
+    failures: Vec<FailureLine>,
+    bytes_uploaded: u64,
+    elapsed_seconds: f64,
+    api_calls: u64,
+    retries: u64,
+    throttles: u64,
+    stopped: Option<&'static str>,
+    exit_code: u8,
+}
+
+#[derive(Serialize)]
+struct ChangedFile {
+    line: u64,
+    file: String,
+}
+
+#[derive(Serialize)]
+struct FailureLine {
+    line: u64,
+    file: String,
+    kind: String,
+    retryable: bool,
+    message: String,
+}
+
+fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<ExitStatus> {
+    eprintln!("error: {message}");
+    Ok(status)
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    let manifest_path = &args.manifest.manifest;
+    let checked = preflight::check(
+        manifest_path,
+        ReadOptions {
+            delimiter: args.manifest.delimiter,
+        },
+    );
+    let mut err = std::io::stderr().lock();
+    for p in &checked.manifest.problems {
+        writeln!(err, "{p}")?;
+    }
+    drop(err);
+    if !checked.manifest.readable {
+        return fail(
+            "the manifest cannot be read; nothing was uploaded",
+            ExitStatus::Usage,
+        );
+    }
+    if !checked.is_valid() && !args.skip_invalid {
+        return fail(
+            format!(
+                "the manifest has {} invalid {} (above); nothing was uploaded. Fix them, or pass --skip-invalid to upload the valid rows",
+                checked.summary.invalid,
+                if checked.summary.invalid == 1 {
+                    "row"
+                } else {
+                    "rows"
+                }
+            ),
+            ExitStatus::Usage,
+        );
+    }
+    let credentials = match Credentials::from_env(args.api_key_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e, ExitStatus::Stopped),
+    };
+    let base = match remote::api_url_from_env() {
+        Ok(u) => u,
+        Err(e) => return fail(format!("{e:#}"), ExitStatus::Stopped),
+    };
+    let client = Client::new(base, credentials)?;
+    let state_path = args
+        .state
+        .clone()
+        .unwrap_or_else(|| default_state_path(manifest_path));
+    let new_rows = manifest_rows(&checked);
+    let settings = Settings {
+        concurrency: usize::from(args.concurrency),
+        rate: args.rate,
+        burst: args.burst,
+        retries: args.retries,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    if args.dry_run {
+        return dry_run(args, &runtime, client, &state_path, &new_rows, settings);
+    }
+
+    let conn = match checkpoint::open(&state_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e, ExitStatus::Stopped),
+    };
+    let manifest_id =
+        std::fs::canonicalize(manifest_path).unwrap_or_else(|_| manifest_path.clone());
+    let manifest_id = manifest_id.to_string_lossy().into_owned();
+    match checkpoint::manifest_of(&conn) {
+        Ok(Some(recorded)) if recorded != manifest_id => {
+            return fail(
+                format!(
+                    "state file {} belongs to the manifest {recorded}, not {manifest_id}; give that manifest, or another --state",
+                    state_path.display()
+                ),
+                ExitStatus::Stopped,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return fail(
+                format!("cannot read state file {}: {e}", state_path.display()),
+                ExitStatus::Stopped,
+            );
+        }
+    }
+    let (store, writer) = checkpoint::store::spawn(conn);
+    let recorded = {
+        let rows = new_rows.clone();
+        let id = manifest_id.clone();
+        store.call_blocking(move |c| {
+            checkpoint::set_manifest(c, &id)?;
+            checkpoint::record_rows(c, &rows)?;
+            checkpoint::load_rows(c)
+        })
+    };
+    let stored = match recorded {
+        Ok(rows) => rows,
+        Err(e) => {
+            return fail(
+                format!("cannot record the rows in {}: {e}", state_path.display()),
+                ExitStatus::Stopped,
+            );
+        }
+    };
+    let (work, refresh) = plan(&new_rows, stored, args);
+    if !refresh.is_empty() {
+        store.call_blocking(move |c| {
+            for (key, size, mtime) in &refresh {
+                checkpoint::refresh_file(c, key, *size, *mtime)?;
+            }
+            Ok(())
+        })?;
+    }
+    for row in &work.changed {
+        eprintln!(
+            "warning: line {}: {} changed after it was uploaded; left as it is (pass --reupload-changed to upload it again)",
+            row.line, row.file
+        );
+    }
+
+    let ctx = Arc::new(Context::new(client, store.clone(), settings));
+    let started = Instant::now();
+    let quota = runtime.block_on(quota_check(&ctx, &work));
+    if let Err((message, status)) = quota {
+        drop(ctx);
+        drop(store);
+        writer.join();
+        return fail(message, status);
+    }
+    let run_id = store.call_blocking(checkpoint::start_run)?;
+
+    let results = runtime.block_on(async {
+        let progress =
+            (!args.no_progress).then(|| tokio::spawn(progress(ctx.clone(), work.todo.len())));
+        let results = pipeline::run_all(ctx.clone(), work.todo.clone()).await;
+        if let Some(p) = progress {
+            p.abort();
+        }
+        results
+    });
+
+    let summary = summarize(
+        args,
+        &state_path,
+        &new_rows,
+        &work,
+        &results,
+        &ctx,
+        started.elapsed(),
+    );
+    let counts = checkpoint::RunCounts {
+        rows_done: summary.done_now as u64,
+        rows_failed: (summary.failed_permanent + summary.failed_retryable) as u64,
+        api_calls: summary.api_calls,
+        retries: summary.retries,
+        throttles: summary.throttles,
+    };
+    let exit = summary.exit_code;
+    store.submit(move |c| checkpoint::finish_run(c, run_id, i32::from(exit), counts));
+    drop(ctx);
+    drop(store);
+    writer.join();
+    print_summary(args, &summary)?;
+    Ok(match exit {
+        0 => ExitStatus::Success,
+        1 => ExitStatus::Failed,
+        3 => ExitStatus::Stopped,
+        _ => ExitStatus::Retryable,
+    })
+}
+
+/// One step-1 call for the first row still to upload: the bytes still to upload must fit in the
+/// storage left.
+async fn quota_check(ctx: &Context, work: &Work) -> Result<(), (String, ExitStatus)> {
+    let Some((first, _)) = work.todo.iter().find(|(_, p)| *p == Plan::Upload) else {
+        return Ok(());
+    };
+    let needed = work.bytes();
+    match ctx.api(|| ctx.client.s3_form(&first.contact_id)).await {
+        Ok(form) if needed > form.storage_left => Err((
+            format!(
+                "the files still to upload need {} ({needed} bytes) but the account has {} ({} bytes) of storage left; nothing was uploaded",
+                human_bytes(needed),
+                human_bytes(form.storage_left),
+                form.storage_left
+            ),
+            ExitStatus::Stopped,
+        )),
+        Ok(_) => Ok(()),
+        Err(e @ RemoteError::Unauthorized { .. }) => Err((e.to_string(), ExitStatus::Stopped)),
+        Err(e) => Err((
+            format!(
+                "the storage quota check (step 1 for line {}) failed: {e}",
+                first.line
+            ),
+            ExitStatus::Stopped,
+        )),
+    }
+}
+
+fn dry_run(
+    args: &RunArgs,
+    runtime: &tokio::runtime::Runtime,
+    client: Client,
+    state_path: &Path,
+    new_rows: &[NewRow],
+    settings: Settings,
+) -> anyhow::Result<ExitStatus> {
+    // Read what an existing state file says, without creating or changing it.
+    let stored = if state_path.exists() {
+        let conn = rusqlite::Connection::open_with_flags(
+            state_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        checkpoint::load_rows(&conn)
+            .map_err(|e| anyhow::anyhow!("cannot read state file {}: {e}", state_path.display()))?
+    } else {
+        new_rows
+            .iter()
+            .map(|n| StoredRow {
+                key: n.key.clone(),
+                line: n.line,
+                file: n.file.clone(),
+                path: n.path.clone(),
+                size: n.size,
+                mtime_ns: n.mtime_ns,
+                contact_id: n.contact_id.clone(),
+                reference_type: n.reference_type,
+                reference_id: n.reference_id.clone(),
+                name: n.name.clone(),
+                state: if n.rejected.is_some() {
+                    RowState::Rejected
+                } else {
+                    RowState::Pending
+                },
+                s3_key: None,
+                etag: None,
+                attachment_id: None,
+                attempts: 0,
+                error_kind: None,
+                last_error: n.rejected.clone(),
+                retryable: None,
+            })
+            .collect()
+    };
+    let (work, _) = plan(new_rows, stored, args);
+    let rate = settings.rate;
+    let conn = rusqlite::Connection::open_in_memory()?;
+    let (store, writer) = checkpoint::store::spawn(conn);
+    let ctx = Context::new(client, store.clone(), settings);
+    let quota = runtime.block_on(quota_check(&ctx, &work));
+    drop(ctx);
+    drop(store);
+    writer.join();
+    let (upload, attach, verify) = (
+        work.count(Plan::Upload),
+        work.count(Plan::Attach),
+        work.count(Plan::Verify),
+    );
+    let calls = 2 * upload + attach + 2 * verify;
+    let duration = rate.map(|r| Duration::from_secs_f64(calls as f64 / r));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Plan for {} (state {}), nothing sent but the quota check:",
+        args.manifest.manifest.display(),
+        state_path.display()
+    )?;
+    writeln!(out, "  to upload (all three steps): {upload}")?;
+    writeln!(out, "  to attach only (uploaded):   {attach}")?;
+    writeln!(out, "  to verify, then attach:      {verify}")?;
+    writeln!(out, "  already done (skipped):      {}", work.already_done)?;
+    writeln!(
+        out,
+        "  failed for good (skipped):   {} (pass --retry-failed to retry)",
+        work.failed_permanent.len()
+    )?;
+    writeln!(out, "  rejected (invalid):          {}", work.rejected)?;
+    writeln!(
+        out,
+        "  bytes:                       {} ({} bytes)",
+        human_bytes(work.bytes()),
+        work.bytes()
+    )?;
+    match duration {
+        Some(d) => writeln!(
+            out,
+            "  API calls: {calls}, about {} at {:.1} requests/s (plus the uploads themselves)",
+            human_duration(d),
+            rate.unwrap_or_default()
+        )?,
+        None => writeln!(out, "  API calls: {calls} (no client-side rate limit)")?,
+    }
+    match quota {
+        Ok(()) => {
+            writeln!(out, "  storage quota: enough")?;
+            Ok(ExitStatus::Success)
+        }
+        Err((message, status)) => {
+            drop(out);
+            fail(message, status)
+        }
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1} s", d.as_secs_f64()),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+async fn progress(ctx: Arc<Context>, total: usize) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = &ctx.counters;
+        eprintln!(
+            "progress: {}/{total} rows done, {} failed, {} uploaded, {} API calls, {} retries, {} throttled",
+            c.done.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+            human_bytes(c.bytes_uploaded.load(Ordering::Relaxed)),
+            c.api_calls.load(Ordering::Relaxed),
+            c.retries.load(Ordering::Relaxed),
+            c.throttles.load(Ordering::Relaxed),
+        );
+    }
+}
+
+fn summarize(
+    args: &RunArgs,
+    state_path: &Path,
+    new_rows: &[NewRow],
+    work: &Work,
+    results: &[(StoredRow, Outcome)],
+    ctx: &Context,
+    elapsed: Duration,
+) -> Summary {
+    let mut failures: Vec<FailureLine> = Vec::new();
+    let (mut done_now, mut failed_retryable, mut not_started) = (0, 0, 0);
+    let mut failed_permanent = work.failed_permanent.len();
+    for row in &work.failed_permanent {
+        failures.push(FailureLine {
+            line: row.line,
+            file: row.file.clone(),
+            kind: row.error_kind.clone().unwrap_or_default(),
+            retryable: false,
+            message: row.last_error.clone().unwrap_or_default(),
+        });
+    }
+    for (row, outcome) in results {
+        match outcome {
+            Outcome::Done => done_now += 1,
+            Outcome::NotStarted => not_started += 1,
+            Outcome::Failed {
+                kind,
+                retryable,
+                message,
+            } => {
+                if *retryable {
+                    failed_retryable += 1;
+                } else {
+                    failed_permanent += 1;
+                }
+                failures.push(FailureLine {
+                    line: row.line,
+                    file: row.file.clone(),
+                    kind: kind.to_string(),
+                    retryable: *retryable,
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+    failures.sort_by_key(|f| f.line);
+    let stopped = match ctx.stop_reason() {
+        Stop::None => None,
+        Stop::Credentials => Some("credentials"),
+        Stop::Quota => Some("quota"),
+    };
+    let exit_code = if stopped.is_some() {
+        3
+    } else if failed_permanent + work.rejected > 0 {
+        1
+    } else if failed_retryable + not_started > 0 {
+        4
+    } else {
+        0
+    };
+    let c = &ctx.counters;
+    Summary {
+        manifest: args.manifest.manifest.display().to_string(),
+        state: state_path.display().to_string(),
+        rows: new_rows.len(),
+        done_before: work.already_done,
+        done_now,
+        failed_permanent,
+        failed_retryable,
+        rejected: work.rejected,
+        not_started,
+        changed_since_upload: work
+            .changed
+            .iter()
+            .map(|r| ChangedFile {
+                line: r.line,
+                file: r.file.clone(),
+            })
+            .collect(),
+        failures,
+        bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+        elapsed_seconds: elapsed.as_secs_f64(),
+        api_calls: c.api_calls.load(Ordering::Relaxed),
+        retries: c.retries.load(Ordering::Relaxed),
+        throttles: c.throttles.load(Ordering::Relaxed),
+        stopped,
+        exit_code,
+    }
+}
+
+fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, s)?;
+        return writeln!(out);
+    }
+    writeln!(out, "Run of {} (state {})", s.manifest, s.state)?;
+    writeln!(out, "  rows:               {}", s.rows)?;
+    writeln!(out, "  done before:        {}", s.done_before)?;
+    writeln!(out, "  done in this run:   {}", s.done_now)?;
+    writeln!(out, "  failed for good:    {}", s.failed_permanent)?;
+    writeln!(out, "  failed, retryable:  {}", s.failed_retryable)?;
+    writeln!(out, "  rejected (invalid): {}", s.rejected)?;
+    writeln!(out, "  not started:        {}", s.not_started)?;
+    writeln!(
+        out,
+        "  uploaded:           {} ({} bytes)",
+        human_bytes(s.bytes_uploaded),
+        s.bytes_uploaded
+    )?;
+    writeln!(
+        out,
+        "  elapsed:            {}",
+        human_duration(Duration::from_secs_f64(s.elapsed_seconds))
+    )?;
+    writeln!(
+        out,
+        "  API calls:          {} ({} retries, {} throttled)",
+        s.api_calls, s.retries, s.throttles
+    )?;
+    for f in &s.failures {
+        let what = if f.retryable { "retryable" } else { "for good" };
+        writeln!(
+            out,
+            "  line {}: {} failed {what}: {}: {}",
+            f.line,
+            f.file,
+            describe_kind(&f.kind),
+            f.message
+        )?;
+    }
+    let rerun = format!("opcrm-import run {}", s.manifest);
+    let next = match (s.stopped, s.exit_code) {
+        (Some("credentials"), _) => "stopped: the API refused the credentials; fix ONEPAGECRM_USER_ID / ONEPAGECRM_API_KEY, then rerun".to_string(),
+        (Some(_), _) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
+        (_, 0) => "all rows done".to_string(),
+        (_, 1) => format!("some rows failed for good: fix them in the manifest, then rerun: {rerun}"),
+        _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
+    };
+    writeln!(out, "Result: {next}")
+}
+
+fn describe_kind(kind: &str) -> &'static str {
+    match kind {
+        "throttled" => "the API kept throttling",
+        "credentials" => "the API refused the credentials",
+        "quota" => "the account's storage is full",
+        "server_error" => "the API kept failing (5xx)",
+        "api_rejected" => "the API refused the request (check the contact and record ids)",
+        "s3_busy" => "S3 kept failing or asking to slow down",
+        "s3_rejected" => "S3 refused the upload",
+        "timeout" => "requests kept timing out",
+        "network" => "the network kept failing",
+        "etag_mismatch" => "uploads arrived damaged",
+        "file_changed" => "the file changed during the upload",
+        "file_unreadable" => "the file could not be read",
+        "protocol" => "unexpected answers",
+        "state_file" => "the state file could not be written",
+        _ => "an error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_sits_beside_the_manifest() {
+        assert_eq!(
+            default_state_path(Path::new("a/b/manifest.csv")),
+            Path::new("a/b/manifest.opcrm.sqlite")
+        );
+        assert_eq!(
+            default_state_path(Path::new("m.CSV")),
+            Path::new("m.opcrm.sqlite")
+        );
+        assert_eq!(
+            default_state_path(Path::new("list.txt")),
+            Path::new("list.txt.opcrm.sqlite")
+        );
+    }
+}
