@@ -28,7 +28,19 @@ impl Emulator {
 
     /// As `start`, with `ONEPAGECRM_USER_ID` and `ONEPAGECRM_API_KEY` set to `credentials`.
     pub fn start_with_credentials(args: &[&str], credentials: Option<(&str, &str)>) -> Self {
-        let seed = super::samples().join("emulator-seed.json");
+        Self::start_seeded(
+            &super::samples().join("emulator-seed.json"),
+            args,
+            credentials,
+        )
+    }
+
+    /// As `start_with_credentials`, with another seed file.
+    pub fn start_seeded(
+        seed: &std::path::Path,
+        args: &[&str],
+        credentials: Option<(&str, &str)>,
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
         cmd.args(["emulator", "--listen", "127.0.0.1:0", "--seed"])
             .arg(seed)
@@ -109,6 +121,18 @@ impl Emulator {
             format!("{}{path}", self.api),
         ];
         curl(&args, Some((USER_ID, API_KEY)))
+    }
+
+    /// The command `opcrm-import run`, pointed at this emulator with its demo credentials.
+    pub fn run_cmd(&self, manifest: &std::path::Path) -> assert_cmd::Command {
+        let mut cmd = super::bin();
+        cmd.env("ONEPAGECRM_API_URL", &self.api)
+            .env("ONEPAGECRM_USER_ID", USER_ID)
+            .env("ONEPAGECRM_API_KEY", API_KEY)
+            .arg("run")
+            .arg(manifest)
+            .arg("--no-progress");
+        cmd
     }
 
     /// Step 1 for a contact; panics unless it succeeds.
