@@ -8,15 +8,86 @@ use crate::ExitStatus;
 use crate::cli::CheckArgs;
 use crate::manifest::{Problem, ReadOptions};
 use crate::preflight::{self, Checked, Summary, human_bytes};
+use crate::remote::{self, Client, Credentials};
 
 /// The document `check --json` prints (its shape is documented in README.md).
 #[derive(Serialize)]
 struct JsonReport<'a> {
     manifest: String,
     valid: bool,
-    quota_checked: bool,
+    quota: &'a Quota,
     summary: &'a Summary,
     problems: &'a [Problem],
+}
+
+/// The online storage check: one step-1 call.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Quota {
+    /// `--offline`.
+    Offline,
+    /// Not checked, and why (no credentials, or the manifest is invalid anyway).
+    NotChecked { reason: String },
+    /// Checked: `storage_left` covers the bytes to upload, or not.
+    Checked {
+        storage_left: u64,
+        bytes_to_upload: u64,
+        enough: bool,
+    },
+    /// The check itself failed (credentials refused, API unreachable).
+    Failed { error: String },
+}
+
+/// One step-1 call for the first valid row's contact, compared with the bytes to upload.
+fn check_quota(checked: &Checked, api_key_file: Option<&std::path::Path>) -> Quota {
+    if !checked.is_valid() {
+        return Quota::NotChecked {
+            reason: "the manifest is invalid".into(),
+        };
+    }
+    let Some(first) = checked.manifest.rows.first() else {
+        return Quota::NotChecked {
+            reason: "no rows".into(),
+        };
+    };
+    let credentials = match Credentials::from_env(api_key_file) {
+        Ok(c) => c,
+        Err(e) => {
+            return Quota::NotChecked {
+                reason: format!("{e}; or pass --offline"),
+            };
+        }
+    };
+    let client = match remote::api_url_from_env().and_then(|url| Client::new(url, credentials)) {
+        Ok(c) => c,
+        Err(e) => {
+            return Quota::Failed {
+                error: format!("{e:#}"),
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Quota::Failed {
+                error: e.to_string(),
+            };
+        }
+    };
+    let bytes = checked.summary.bytes_to_upload;
+    match runtime.block_on(client.s3_form(&first.contact_id)) {
+        Ok(form) => Quota::Checked {
+            storage_left: form.storage_left,
+            bytes_to_upload: bytes,
+            enough: bytes <= form.storage_left,
+        },
+        Err(e) => Quota::Failed {
+            error: format!("step 1 for line {}: {e}", first.line),
+        },
+    }
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
@@ -24,29 +95,34 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
         delimiter: args.manifest.delimiter,
     };
     let checked = preflight::check(&args.manifest.manifest, options);
+    let quota = if args.offline {
+        Quota::Offline
+    } else {
+        check_quota(&checked, args.api_key_file.as_deref())
+    };
     let mut out = io::stdout().lock();
     if args.json {
         let report = JsonReport {
             manifest: checked.manifest.path.display().to_string(),
             valid: checked.is_valid(),
-            quota_checked: false,
+            quota: &quota,
             summary: &checked.summary,
             problems: &checked.manifest.problems,
         };
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        write_text(&mut out, &checked, args.offline)?;
+        write_text(&mut out, &checked, &quota)?;
     }
     out.flush()?;
-    Ok(if checked.is_valid() {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Usage
+    Ok(match quota {
+        _ if !checked.is_valid() => ExitStatus::Usage,
+        Quota::Checked { enough: false, .. } | Quota::Failed { .. } => ExitStatus::Stopped,
+        _ => ExitStatus::Success,
     })
 }
 
-fn write_text(out: &mut impl Write, checked: &Checked, offline: bool) -> io::Result<()> {
+fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Result<()> {
     for problem in &checked.manifest.problems {
         writeln!(out, "{problem}")?;
     }
@@ -90,13 +166,42 @@ fn write_text(out: &mut impl Write, checked: &Checked, offline: bool) -> io::Res
             l.line
         )?;
     }
-    let why = if offline {
-        "--offline"
-    } else {
-        "this version checks offline only; `run` will check it"
-    };
-    writeln!(out, "Quota:     storage left not checked ({why})")?;
-    if checked.is_valid() {
+    match quota {
+        Quota::Offline => writeln!(out, "Quota:     storage left not checked (--offline)")?,
+        Quota::NotChecked { reason } => {
+            writeln!(out, "Quota:     storage left not checked: {reason}")?
+        }
+        Quota::Checked {
+            storage_left,
+            enough: true,
+            ..
+        } => writeln!(
+            out,
+            "Quota:     enough: {} of storage left",
+            human_bytes(*storage_left)
+        )?,
+        Quota::Checked {
+            storage_left,
+            bytes_to_upload,
+            enough: false,
+        } => writeln!(
+            out,
+            "Quota:     NOT ENOUGH: the files need {} ({bytes_to_upload} bytes) and the account has {} ({storage_left} bytes) left",
+            human_bytes(*bytes_to_upload),
+            human_bytes(*storage_left)
+        )?,
+        Quota::Failed { error } => writeln!(out, "Quota:     the check failed: {error}")?,
+    }
+    if matches!(
+        quota,
+        Quota::Checked { enough: false, .. } | Quota::Failed { .. }
+    ) && checked.is_valid()
+    {
+        writeln!(
+            out,
+            "Result:    valid, but the storage check did not pass (see Quota)"
+        )?;
+    } else if checked.is_valid() {
         writeln!(out, "Result:    valid")?;
     } else {
         writeln!(

@@ -17,8 +17,9 @@ pub struct Cli {
 pub enum Command {
     /// Check a manifest and every file it names, without uploading anything.
     ///
-    /// Every problem of every row is reported with its line number; exit 0 when the manifest is
-    /// valid (warnings allowed), 2 when it is not.
+    /// Every problem of every row is reported with its line number; then, unless --offline and
+    /// when credentials are set, one API call checks that the storage left covers the files.
+    /// Exit 0 when valid (warnings allowed), 2 when not, 3 when the storage check fails.
     ///
     /// Example: opcrm-import check samples/manifest.csv
     Check(CheckArgs),
@@ -68,6 +69,10 @@ pub struct CheckArgs {
     /// Print one JSON document on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,
+
+    /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

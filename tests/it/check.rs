@@ -37,7 +37,7 @@ fn sample_manifest_json_document() {
     let (code, doc) = check_json(&samples().join("manifest.csv"), &["--offline"]);
     assert_eq!(code, 0);
     assert_eq!(doc["valid"], true);
-    assert_eq!(doc["quota_checked"], false);
+    assert_eq!(doc["quota"]["status"], "offline");
     assert_eq!(doc["summary"]["rows"], 20);
     assert_eq!(doc["summary"]["valid"], 20);
     assert_eq!(doc["summary"]["bytes_to_upload"], 2355532);

@@ -374,6 +374,60 @@ fn too_little_storage_stops_before_anything_is_uploaded() {
 }
 
 #[test]
+fn check_asks_the_api_for_the_storage_left() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = sample_copy();
+    let check = || {
+        let mut cmd = crate::common::bin();
+        cmd.env("ONEPAGECRM_API_URL", &emu.api)
+            .env("ONEPAGECRM_USER_ID", USER_ID)
+            .env("ONEPAGECRM_API_KEY", API_KEY)
+            .arg("check")
+            .arg(&manifest);
+        cmd
+    };
+    check()
+        .assert()
+        .code(0)
+        .stdout(contains("Quota:     enough: 199.9 GiB of storage left"));
+    let out = check().arg("--json").output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["quota"]["status"], "checked");
+    assert_eq!(doc["quota"]["bytes_to_upload"], 2355532);
+    assert_eq!(doc["quota"]["enough"], true);
+    assert_eq!(
+        requests(&emu.state()).get("GET /api/v3/attachments/s3_form 200"),
+        Some(&2)
+    );
+    check()
+        .arg("--offline")
+        .assert()
+        .code(0)
+        .stdout(contains("not checked (--offline)"));
+    assert_eq!(
+        requests(&emu.state()).get("GET /api/v3/attachments/s3_form 200"),
+        Some(&2)
+    );
+
+    let s = Scratch::new();
+    let mut seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(samples().join("emulator-seed.json")).unwrap(),
+    )
+    .unwrap();
+    seed["storage_left"] = json!(2_000_000);
+    let small = Emulator::start_seeded(&s.file("seed.json", seed.to_string()), &[], None);
+    crate::common::bin()
+        .env("ONEPAGECRM_API_URL", &small.api)
+        .env("ONEPAGECRM_USER_ID", USER_ID)
+        .env("ONEPAGECRM_API_KEY", API_KEY)
+        .arg("check")
+        .arg(&manifest)
+        .assert()
+        .code(3)
+        .stdout(contains("NOT ENOUGH: the files need 2.2 MiB (2355532 bytes) and the account has 1.9 MiB (2000000 bytes) left"));
+}
+
+#[test]
 fn wrong_api_key_stops_the_run_and_never_shows_the_key() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let (s, manifest) = sample_copy();
