@@ -31,9 +31,18 @@ pub enum Command {
     ///
     /// Example: opcrm-import run samples/manifest.csv
     Run(RunArgs),
-    /// Show how far a migration has got (not yet available in this version).
+    /// Show how far a migration has got: rows by state, bytes, failures by kind, the runs.
+    ///
+    /// Reads the state file without changing it; safe while a run is going on.
+    ///
+    /// Example: opcrm-import status samples/manifest.csv
     Status(StatusArgs),
-    /// Write the rows of a migration as CSV (not yet available in this version).
+    /// Write the rows of a migration as CSV.
+    ///
+    /// `--only failed` writes a manifest of the rows still to fix (with `error_kind` and `error`
+    /// columns that `check` and `run` ignore): fix it, then run it.
+    ///
+    /// Example: opcrm-import report samples/manifest.csv --only failed -o fix.csv
     Report(ReportArgs),
     /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
     ///
@@ -128,6 +137,10 @@ pub struct RunArgs {
     /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// After Ctrl-C or SIGTERM, seconds the rows under way get to finish (no new row starts).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub grace: u64,
 }
 
 fn parse_rate(s: &str) -> Result<Option<f64>, String> {
@@ -144,22 +157,42 @@ fn parse_rate(s: &str) -> Result<Option<f64>, String> {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The manifest whose default state file to read.
+    /// The manifest whose state file to read (`<manifest without .csv>.opcrm.sqlite`).
     pub manifest: Option<PathBuf>,
 
     /// The state file to read.
-    #[arg(long, conflicts_with = "manifest")]
+    #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
     pub state: Option<PathBuf>,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The manifest whose default state file to read.
+    /// The manifest whose state file to read (`<manifest without .csv>.opcrm.sqlite`).
     pub manifest: Option<PathBuf>,
 
     /// The state file to read.
-    #[arg(long, conflicts_with = "manifest")]
+    #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
     pub state: Option<PathBuf>,
+
+    /// Which rows: `failed` (failed and rejected; the CSV is a manifest to fix and run), `done`,
+    /// or `all`.
+    #[arg(long, value_enum, default_value_t = ReportOnly::All)]
+    pub only: ReportOnly,
+
+    /// Write the CSV to this file instead of stdout (its `file` paths are relative to its folder).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportOnly {
+    Failed,
+    Done,
+    All,
 }
 
 #[derive(Debug, Args)]

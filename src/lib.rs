@@ -11,7 +11,9 @@ pub mod manifest;
 pub mod pipeline;
 pub mod preflight;
 pub mod remote;
+pub mod report;
 pub mod run;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -45,8 +47,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Run(args) => run::run(&args),
-        Command::Status(_) => not_yet("status"),
-        Command::Report(_) => not_yet("report"),
+        Command::Status(args) => status::run(&args),
+        Command::Report(args) => report::run(&args),
         Command::Emulator(args) => emulator_command(args),
         Command::Demo => not_yet("demo"),
     }

@@ -282,7 +282,9 @@ fn read_csv(
         }
     };
     let columns = parse_header(&record, header_line, options.delimiter)?;
+    // Absolute, so that the paths recorded in the state file mean the same from any folder.
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = std::path::absolute(&base).unwrap_or(base);
 
     while let Some(line) = reader.next(&mut record).map_err(io_problem)? {
         if is_blank(&record) {

@@ -54,6 +54,9 @@ pub enum Stop {
     None = 0,
     Credentials = 1,
     Quota = 2,
+    /// The state file could not be written (a full or read-only disk): going on would upload
+    /// what cannot be recorded.
+    StateFile = 3,
 }
 
 /// Counts a run keeps, shown in its summary.
@@ -233,6 +236,7 @@ impl Context {
         match self.stop.load(Ordering::SeqCst) {
             1 => Stop::Credentials,
             2 => Stop::Quota,
+            3 => Stop::StateFile,
             _ => Stop::None,
         }
     }
@@ -332,7 +336,11 @@ impl Context {
                 }
             }
             Err(RowError::Store(message)) => {
-                warn!("line {}: cannot record progress: {message}", row.line);
+                self.stop(Stop::StateFile);
+                warn!(
+                    "line {}: cannot record progress in the state file: {message}",
+                    row.line
+                );
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 Outcome::Failed {
                     kind: "state_file",
@@ -535,8 +543,13 @@ impl Context {
         }
     }
 
+    /// No new row starts after this; rows under way go on.
     pub fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
     }
 }
 
@@ -553,13 +566,16 @@ impl From<RemoteError> for RowError {
     }
 }
 
+/// Each row's outcome, in the order the rows were given, as workers finish them.
+pub type Results = Arc<Mutex<Vec<(usize, StoredRow, Outcome)>>>;
+
 /// Runs every (row, plan) with `concurrency` workers, in the order given (put `Verify` rows
-/// first: their checks run one at a time).
-pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>) -> Vec<(StoredRow, Outcome)> {
+/// first: their checks run one at a time). Outcomes land in `results` as they come, so that a
+/// run cut short still knows what finished.
+pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>, results: Results) {
     let queue = Arc::new(Mutex::new(
         work.into_iter().enumerate().collect::<VecDeque<_>>(),
     ));
-    let results = Arc::new(Mutex::new(Vec::new()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
         let (ctx, queue, results) = (ctx.clone(), queue.clone(), results.clone());
@@ -576,12 +592,6 @@ pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>) -> Vec<(St
         });
     }
     while workers.join_next().await.is_some() {}
-    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
-    results.sort_by_key(|(i, _, _)| *i);
-    results
-        .into_iter()
-        .map(|(_, row, outcome)| (row, outcome))
-        .collect()
 }
 
 #[cfg(test)]

@@ -248,6 +248,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         return dry_run(args, &runtime, client, &state_path, &new_rows, settings);
     }
 
+    // Held until the run ends; the OS drops it with the process, however the process ends.
+    let _lock = match lock_state(&state_path) {
+        Ok(lock) => lock,
+        Err(message) => return fail(message, ExitStatus::Stopped),
+    };
     let conn = match checkpoint::open(&state_path) {
         Ok(c) => c,
         Err(e) => return fail(e, ExitStatus::Stopped),
@@ -294,12 +299,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
     };
     let (work, refresh) = plan(&new_rows, stored, args);
     if !refresh.is_empty() {
-        store.call_blocking(move |c| {
+        let refreshed = store.call_blocking(move |c| {
             for (key, size, mtime) in &refresh {
                 checkpoint::refresh_file(c, key, *size, *mtime)?;
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = refreshed {
+            return fail(
+                format!("cannot write state file {}: {e}", state_path.display()),
+                ExitStatus::Stopped,
+            );
+        }
     }
     for row in &work.changed {
         eprintln!(
@@ -317,17 +328,52 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         writer.join();
         return fail(message, status);
     }
-    let run_id = store.call_blocking(checkpoint::start_run)?;
+    let run_id = match store.call_blocking(checkpoint::start_run) {
+        Ok(id) => id,
+        Err(e) => {
+            return fail(
+                format!("cannot write state file {}: {e}", state_path.display()),
+                ExitStatus::Stopped,
+            );
+        }
+    };
 
-    let results = runtime.block_on(async {
-        let progress =
-            (!args.no_progress).then(|| tokio::spawn(progress(ctx.clone(), work.todo.len())));
-        let results = pipeline::run_all(ctx.clone(), work.todo.clone()).await;
+    let results: pipeline::Results = Default::default();
+    let grace = Duration::from_secs(args.grace);
+    let interrupted = runtime.block_on(async {
+        let progress = (!args.no_progress).then(|| tokio::spawn(progress(ctx.clone(), work.todo.len())));
+        let run = pipeline::run_all(ctx.clone(), work.todo.clone(), results.clone());
+        tokio::pin!(run);
+        let interrupted = tokio::select! {
+            _ = &mut run => false,
+            _ = signal() => {
+                ctx.interrupt();
+                eprintln!(
+                    "interrupted: no new row starts; rows under way get up to {} s to finish (interrupt again to stop at once)",
+                    grace.as_secs()
+                );
+                tokio::select! {
+                    _ = &mut run => {}
+                    _ = tokio::time::sleep(grace) => {
+                        eprintln!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
+                    }
+                    _ = signal() => eprintln!("stopping at once (a rerun resumes from the state file)"),
+                }
+                true
+            }
+        };
         if let Some(p) = progress {
             p.abort();
         }
-        results
+        interrupted
     });
+    let results: Vec<(StoredRow, Outcome)> = {
+        let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+        r.sort_by_key(|(i, _, _)| *i);
+        r.into_iter()
+            .map(|(_, row, outcome)| (row, outcome))
+            .collect()
+    };
 
     let summary = summarize(
         args,
@@ -337,6 +383,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         &results,
         &ctx,
         started.elapsed(),
+        interrupted,
     );
     let counts = checkpoint::RunCounts {
         rows_done: summary.done_now as u64,
@@ -355,8 +402,77 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
         0 => ExitStatus::Success,
         1 => ExitStatus::Failed,
         3 => ExitStatus::Stopped,
+        130 => ExitStatus::Interrupted,
         _ => ExitStatus::Retryable,
     })
+}
+
+/// Takes the run lock: an exclusive lock on `<state>.lock`, which the OS releases when the
+/// process ends, however it ends, so a killed run never blocks the next.
+fn lock_state(state: &Path) -> Result<std::fs::File, String> {
+    let mut name = state
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    let path = state.with_file_name(name);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            format!(
+                "cannot create the run lock {}: {e} (is the folder writable?)",
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Seek;
+            let _ = file.set_len(0);
+            let _ = file.seek(std::io::SeekFrom::Start(0));
+            let _ = writeln!(
+                file,
+                "pid {} since {}",
+                std::process::id(),
+                chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(format!(
+                "another run is using state file {} ({}); wait for it to end, or stop it first",
+                state.display(),
+                holder.trim()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// One step-1 call for the first row still to upload: the bytes still to upload must fit in the
@@ -520,6 +636,7 @@ async fn progress(ctx: Arc<Context>, total: usize) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     args: &RunArgs,
     state_path: &Path,
@@ -528,6 +645,7 @@ fn summarize(
     results: &[(StoredRow, Outcome)],
     ctx: &Context,
     elapsed: Duration,
+    interrupted: bool,
 ) -> Summary {
     let mut failures: Vec<FailureLine> = Vec::new();
     let (mut done_now, mut failed_retryable, mut not_started) = (0, 0, 0);
@@ -566,12 +684,18 @@ fn summarize(
         }
     }
     failures.sort_by_key(|f| f.line);
+    // Rows cut short by an interruption have no outcome.
+    not_started += work.todo.len() - results.len();
     let stopped = match ctx.stop_reason() {
+        Stop::None if interrupted => Some("interrupted"),
         Stop::None => None,
         Stop::Credentials => Some("credentials"),
         Stop::Quota => Some("quota"),
+        Stop::StateFile => Some("state_file"),
     };
-    let exit_code = if stopped.is_some() {
+    let exit_code = if interrupted {
+        130
+    } else if stopped.is_some() {
         3
     } else if failed_permanent + work.rejected > 0 {
         1
@@ -654,6 +778,8 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
     let rerun = format!("opcrm-import run {}", s.manifest);
     let next = match (s.stopped, s.exit_code) {
         (Some("credentials"), _) => "stopped: the API refused the credentials; fix ONEPAGECRM_USER_ID / ONEPAGECRM_API_KEY, then rerun".to_string(),
+        (Some("interrupted"), _) => format!("interrupted; the state is saved, rerun to resume: {rerun}"),
+        (Some("state_file"), _) => format!("stopped: the state file could not be written (is the disk full or read-only?); fix it, then rerun: {rerun}"),
         (Some(_), _) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
         (_, 0) => "all rows done".to_string(),
         (_, 1) => format!("some rows failed for good: fix them in the manifest, then rerun: {rerun}"),

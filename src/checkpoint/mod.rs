@@ -225,6 +225,84 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
     Ok(conn)
 }
 
+/// Opens an existing state file for reading only (for `status` and `report`): never creates,
+/// migrates or changes it.
+pub fn open_read_only(path: &Path) -> Result<Connection, OpenError> {
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(OpenError::Other {
+            path: shown,
+            reason: "it does not exist (no run has used it yet)".into(),
+        });
+    }
+    let other = |e: &dyn std::fmt::Display| OpenError::Other {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| other(&e))?;
+    let not_sqlite = |e: rusqlite::Error| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            OpenError::NotSqlite {
+                path: shown.clone(),
+            }
+        }
+        e => other(&e),
+    };
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(not_sqlite)?;
+    if app_id != APPLICATION_ID {
+        return Err(OpenError::Foreign { path: shown });
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(not_sqlite)?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(OpenError::Newer {
+            path: shown,
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    Ok(conn)
+}
+
+/// One run as the runs table holds it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub rows_done: i64,
+    pub rows_failed: i64,
+    pub api_calls: i64,
+    pub retries: i64,
+    pub throttles: i64,
+}
+
+pub fn load_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, started_at, finished_at, exit_code, rows_done, rows_failed, api_calls, retries, throttles
+         FROM runs ORDER BY id",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(RunRecord {
+            id: r.get(0)?,
+            started_at: r.get(1)?,
+            finished_at: r.get(2)?,
+            exit_code: r.get(3)?,
+            rows_done: r.get(4)?,
+            rows_failed: r.get(5)?,
+            api_calls: r.get(6)?,
+            retries: r.get(7)?,
+            throttles: r.get(8)?,
+        })
+    })?
+    .collect()
+}
+
 fn now() -> String {
     chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")

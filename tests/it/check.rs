@@ -436,7 +436,7 @@ fn hostile_bytes_never_panic() {
 #[test]
 fn commands_of_later_versions_say_so() {
     bin()
-        .args(["status", "samples/manifest.csv"])
+        .arg("demo")
         .assert()
         .code(2)
         .stderr(contains("not yet available"));

@@ -3,4 +3,5 @@
 mod check;
 mod common;
 mod emulator;
+mod faults;
 mod run;

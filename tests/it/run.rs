@@ -14,7 +14,7 @@ use crate::common::emulator::{API_KEY, Emulator, USER_ID, tutorial_fields, tutor
 use crate::common::{Scratch, samples};
 
 /// A copy of `samples/manifest.csv` and its files in a scratch folder (the state file goes there).
-fn sample_copy() -> (Scratch, PathBuf) {
+pub fn sample_copy() -> (Scratch, PathBuf) {
     let s = Scratch::new();
     for entry in std::fs::read_dir(samples().join("files")).unwrap() {
         let entry = entry.unwrap();
@@ -38,7 +38,7 @@ fn md5_hex(path: &Path) -> String {
 
 /// Every manifest row has exactly one attachment, on its record, with its name, size and MD5;
 /// no attachment lacks a row.
-fn assert_exactly_once(state: &Value, manifest: &Path) {
+pub fn assert_exactly_once(state: &Value, manifest: &Path) {
     let attachments = state["attachments"].as_array().unwrap();
     let rows = manifest_rows(manifest);
     let mut used = vec![false; attachments.len()];

@@ -1,0 +1,214 @@
+//! `opcrm-import status`: how far a migration has got, read from its state file without
+//! changing it (safe while a run is going on).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::ExitStatus;
+use crate::checkpoint::{self, RowState, RunRecord, StoredRow};
+use crate::preflight::human_bytes;
+
+/// The state file named by `--state`, or the default one of the manifest.
+pub fn state_path(manifest: Option<&PathBuf>, state: Option<&PathBuf>) -> Result<PathBuf, String> {
+    match (manifest, state) {
+        (_, Some(state)) => Ok(state.clone()),
+        (Some(manifest), None) => Ok(crate::run::default_state_path(manifest)),
+        (None, None) => Err("give the manifest, or --state FILE".into()),
+    }
+}
+
+/// Opens a state file for reading, or says why not (exit 2 when there is none, 3 otherwise).
+pub fn open(path: &std::path::Path) -> Result<rusqlite::Connection, (String, ExitStatus)> {
+    checkpoint::open_read_only(path).map_err(|e| {
+        let status = if path.exists() {
+            ExitStatus::Stopped
+        } else {
+            ExitStatus::Usage
+        };
+        (e.to_string(), status)
+    })
+}
+
+#[derive(Serialize)]
+struct Status {
+    state: String,
+    manifest: Option<String>,
+    rows: usize,
+    by_state: BTreeMap<&'static str, usize>,
+    bytes_done: u64,
+    bytes_to_do: u64,
+    failures: Vec<FailureGroup>,
+    runs: Vec<RunRecord>,
+}
+
+#[derive(Serialize)]
+struct FailureGroup {
+    kind: String,
+    retryable: bool,
+    rows: usize,
+    examples: Vec<Example>,
+}
+
+#[derive(Serialize)]
+struct Example {
+    line: u64,
+    file: String,
+    error: String,
+}
+
+const EXAMPLES: usize = 3;
+
+fn build(
+    path: &std::path::Path,
+    rows: &[StoredRow],
+    runs: Vec<RunRecord>,
+    manifest: Option<String>,
+) -> Status {
+    let mut by_state: BTreeMap<&'static str, usize> =
+        RowState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let (mut bytes_done, mut bytes_to_do) = (0, 0);
+    let mut groups: BTreeMap<(String, bool), FailureGroup> = BTreeMap::new();
+    for row in rows {
+        *by_state.entry(row.state.as_str()).or_default() += 1;
+        match row.state {
+            RowState::Done => bytes_done += row.size,
+            RowState::Rejected => {}
+            _ => bytes_to_do += row.size,
+        }
+        if matches!(row.state, RowState::Failed | RowState::Rejected) {
+            let kind = row.error_kind.clone().unwrap_or_else(|| "unknown".into());
+            let retryable = row.retryable.unwrap_or(false);
+            let group = groups
+                .entry((kind.clone(), retryable))
+                .or_insert_with(|| FailureGroup {
+                    kind,
+                    retryable,
+                    rows: 0,
+                    examples: Vec::new(),
+                });
+            group.rows += 1;
+            if group.examples.len() < EXAMPLES {
+                group.examples.push(Example {
+                    line: row.line,
+                    file: row.file.clone(),
+                    error: row.last_error.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let mut failures: Vec<FailureGroup> = groups.into_values().collect();
+    failures.sort_by_key(|g| std::cmp::Reverse(g.rows));
+    Status {
+        state: path.display().to_string(),
+        manifest,
+        rows: rows.len(),
+        by_state,
+        bytes_done,
+        bytes_to_do,
+        failures,
+        runs,
+    }
+}
+
+pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
+    let path = match state_path(args.manifest.as_ref(), args.state.as_ref()) {
+        Ok(p) => p,
+        Err(m) => return fail(m, ExitStatus::Usage),
+    };
+    let conn = match open(&path) {
+        Ok(c) => c,
+        Err((m, status)) => return fail(m, status),
+    };
+    let read = || -> rusqlite::Result<_> {
+        Ok((
+            checkpoint::load_rows(&conn)?,
+            checkpoint::load_runs(&conn)?,
+            checkpoint::manifest_of(&conn)?,
+        ))
+    };
+    let (rows, runs, manifest) = match read() {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                format!("cannot read state file {}: {e}", path.display()),
+                ExitStatus::Stopped,
+            );
+        }
+    };
+    let status = build(&path, &rows, runs, manifest);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &status)?;
+        writeln!(out)?;
+        return Ok(ExitStatus::Success);
+    }
+    writeln!(out, "State file: {}", status.state)?;
+    if let Some(m) = &status.manifest {
+        writeln!(out, "Manifest:   {m}")?;
+    }
+    let done = status.by_state["done"];
+    writeln!(
+        out,
+        "Rows:       {} ({done} done, {} to go)",
+        status.rows,
+        status.rows - done
+    )?;
+    for state in RowState::ALL {
+        writeln!(
+            out,
+            "  {:<10} {}",
+            state.as_str(),
+            status.by_state[state.as_str()]
+        )?;
+    }
+    writeln!(
+        out,
+        "Bytes:      {} done, {} to go",
+        human_bytes(status.bytes_done),
+        human_bytes(status.bytes_to_do)
+    )?;
+    if !status.failures.is_empty() {
+        writeln!(out, "Failures:")?;
+        for g in &status.failures {
+            let what = if g.retryable {
+                "retryable: a rerun tries again"
+            } else {
+                "for good: fix, then rerun"
+            };
+            writeln!(
+                out,
+                "  {} ({} {}, {what})",
+                g.kind,
+                g.rows,
+                if g.rows == 1 { "row" } else { "rows" }
+            )?;
+            for e in &g.examples {
+                writeln!(out, "    line {}: {}: {}", e.line, e.file, e.error)?;
+            }
+        }
+    }
+    writeln!(out, "Runs:")?;
+    if status.runs.is_empty() {
+        writeln!(out, "  none yet")?;
+    }
+    for r in &status.runs {
+        let end = match (&r.finished_at, r.exit_code) {
+            (Some(at), Some(code)) => format!("ended {at}, exit {code}"),
+            _ => "running, or stopped without an end (killed)".to_string(),
+        };
+        writeln!(
+            out,
+            "  #{} started {}, {end}: {} done, {} failed, {} API calls, {} retries, {} throttled",
+            r.id, r.started_at, r.rows_done, r.rows_failed, r.api_calls, r.retries, r.throttles
+        )?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<ExitStatus> {
+    eprintln!("error: {message}");
+    Ok(status)
+}
