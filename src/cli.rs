@@ -11,6 +11,31 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Where logs go and how much of them; they never hold the API key, a policy or a signature.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// More log lines: -v for each row's retries and decisions, -vv for every request.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Write the log to this file (appended) instead of stderr.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub log_file: Option<PathBuf>,
+
+    /// The log's format: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,8 +76,22 @@ pub enum Command {
     ///
     /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
     Emulator(EmulatorArgs),
-    /// Run the sample migration against an in-process emulator (not yet available in this version).
+    /// Run the sample migration against an in-process emulator, twice, and show the result.
+    ///
+    /// Starts the emulator with samples/emulator-seed.json, runs samples/manifest.csv with a
+    /// temporary state file, runs it again to show that nothing is sent twice, and lists what
+    /// the emulator then holds. Needs no credentials and sends nothing off this machine.
+    ///
+    /// Example: opcrm-import demo
     Demo,
+    /// Print a shell completion script.
+    ///
+    /// Example: opcrm-import completions bash > /etc/bash_completion.d/opcrm-import
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How the manifest is read; shared by every command that reads one.

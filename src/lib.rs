@@ -6,10 +6,13 @@
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
+pub mod demo;
 pub mod emulator;
+pub mod logging;
 pub mod manifest;
 pub mod pipeline;
 pub mod preflight;
+pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod run;
@@ -50,7 +53,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Status(args) => status::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Emulator(args) => emulator_command(args),
-        Command::Demo => not_yet("demo"),
+        Command::Demo => demo::run(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "opcrm-import",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
@@ -82,11 +95,4 @@ fn parse_listen(s: &str) -> anyhow::Result<std::net::SocketAddr> {
         return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     }
     anyhow::bail!("--listen {s:?} is not an address and port such as 127.0.0.1:8787")
-}
-
-fn not_yet(command: &str) -> anyhow::Result<ExitStatus> {
-    eprintln!(
-        "opcrm-import {command} is not yet available in this version; `opcrm-import check MANIFEST` is"
-    );
-    Ok(ExitStatus::Usage)
 }

@@ -69,6 +69,8 @@ pub struct Counters {
     pub done: AtomicU64,
     pub failed: AtomicU64,
     pub verified_present: AtomicU64,
+    /// Rows waiting out a backoff right now.
+    pub retrying: AtomicU64,
 }
 
 /// The shared limit on API calls, and the gate a throttled answer closes for every worker.
@@ -284,6 +286,26 @@ impl Context {
                     self.gate.answered();
                     return other;
                 }
+            }
+        }
+    }
+
+    /// An API call outside any row (the quota check), retried as a row's calls are.
+    pub async fn api_retrying<T, F, Fut>(&self, call: F) -> Result<T, RemoteError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match self.api(&call).await {
+                Err(e) if e.is_retryable() && attempt < self.settings.retries => {
+                    attempt += 1;
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    info!("retry {attempt}/{} after: {e}", self.settings.retries);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::warn;
 
 use crate::ExitStatus;
 use crate::checkpoint::{self, NewRow, RowState, StoredRow};
@@ -16,6 +17,7 @@ use crate::cli::RunArgs;
 use crate::manifest::{ReadOptions, Severity};
 use crate::pipeline::{self, Context, Outcome, Plan, Settings, Stop};
 use crate::preflight::{self, Checked, human_bytes};
+use crate::progress::{self, human_duration};
 use crate::remote::{self, Client, Credentials, RemoteError};
 
 /// `<manifest without .csv>.opcrm.sqlite`, beside the manifest.
@@ -83,6 +85,14 @@ impl Work {
 
     fn bytes(&self) -> u64 {
         self.todo.iter().map(|(r, _)| r.size).sum()
+    }
+
+    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach.
+    fn api_calls(&self) -> usize {
+        self.todo
+            .iter()
+            .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
+            .sum()
     }
 }
 
@@ -187,7 +197,19 @@ fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<E
     Ok(status)
 }
 
+/// Where to send requests, and as whom.
+pub struct Remote {
+    pub url: reqwest::Url,
+    pub credentials: Credentials,
+}
+
+/// `opcrm-import run`, with the API and credentials from the environment.
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    run_with(args, None)
+}
+
+/// `opcrm-import run` against `remote` (the environment's when `None`).
+pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitStatus> {
     let manifest_path = &args.manifest.manifest;
     let checked = preflight::check(
         manifest_path,
@@ -220,14 +242,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
             ExitStatus::Usage,
         );
     }
-    let credentials = match Credentials::from_env(args.api_key_file.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(e, ExitStatus::Stopped),
+    let remote = match remote {
+        Some(r) => r,
+        None => {
+            let credentials = match Credentials::from_env(args.api_key_file.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return fail(e, ExitStatus::Stopped),
+            };
+            match remote::api_url_from_env() {
+                Ok(url) => Remote { url, credentials },
+                Err(e) => return fail(format!("{e:#}"), ExitStatus::Stopped),
+            }
+        }
     };
-    let base = match remote::api_url_from_env() {
-        Ok(u) => u,
-        Err(e) => return fail(format!("{e:#}"), ExitStatus::Stopped),
-    };
+    let (base, credentials) = (remote.url, remote.credentials);
     let client = Client::new(base, credentials)?;
     let state_path = args
         .state
@@ -341,7 +369,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let results: pipeline::Results = Default::default();
     let grace = Duration::from_secs(args.grace);
     let interrupted = runtime.block_on(async {
-        let progress = (!args.no_progress).then(|| tokio::spawn(progress(ctx.clone(), work.todo.len())));
+        let totals = progress::Totals {
+            rows: work.todo.len() as u64,
+            bytes: work.bytes(),
+            api_calls: work.api_calls() as u64,
+        };
+        let progress = tokio::spawn(progress::show(ctx.clone(), totals, progress::Mode::choose(args.no_progress)));
         let run = pipeline::run_all(ctx.clone(), work.todo.clone(), results.clone());
         tokio::pin!(run);
         let interrupted = tokio::select! {
@@ -362,9 +395,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitStatus> {
                 true
             }
         };
-        if let Some(p) = progress {
-            p.abort();
-        }
+        progress.abort();
+        let _ = progress.await;
         interrupted
     });
     let results: Vec<(StoredRow, Outcome)> = {
@@ -482,7 +514,10 @@ async fn quota_check(ctx: &Context, work: &Work) -> Result<(), (String, ExitStat
         return Ok(());
     };
     let needed = work.bytes();
-    match ctx.api(|| ctx.client.s3_form(&first.contact_id)).await {
+    match ctx
+        .api_retrying(|| ctx.client.s3_form(&first.contact_id))
+        .await
+    {
         Ok(form) if needed > form.storage_left => Err((
             format!(
                 "the files still to upload need {} ({needed} bytes) but the account has {} ({} bytes) of storage left; nothing was uploaded",
@@ -494,13 +529,21 @@ async fn quota_check(ctx: &Context, work: &Work) -> Result<(), (String, ExitStat
         )),
         Ok(_) => Ok(()),
         Err(e @ RemoteError::Unauthorized { .. }) => Err((e.to_string(), ExitStatus::Stopped)),
-        Err(e) => Err((
+        Err(e) if e.is_retryable() => Err((
             format!(
-                "the storage quota check (step 1 for line {}) failed: {e}",
-                first.line
+                "the API kept failing at the storage quota check ({e}); nothing was uploaded, run again later"
             ),
-            ExitStatus::Stopped,
+            ExitStatus::Retryable,
         )),
+        Err(e) => {
+            // This row's contact is refused (a 404, say): the row will fail on its own; the
+            // quota cannot be learnt from it, and the run goes on without that check.
+            warn!(
+                "storage quota not checked: step 1 for line {} failed: {e}",
+                first.line
+            );
+            Ok(())
+        }
     }
 }
 
@@ -563,7 +606,7 @@ fn dry_run(
         work.count(Plan::Attach),
         work.count(Plan::Verify),
     );
-    let calls = 2 * upload + attach + 2 * verify;
+    let calls = work.api_calls();
     let duration = rate.map(|r| Duration::from_secs_f64(calls as f64 / r));
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -606,33 +649,6 @@ fn dry_run(
             drop(out);
             fail(message, status)
         }
-    }
-}
-
-fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{:.1} s", d.as_secs_f64()),
-        60..3600 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
-}
-
-async fn progress(ctx: Arc<Context>, total: usize) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let c = &ctx.counters;
-        eprintln!(
-            "progress: {}/{total} rows done, {} failed, {} uploaded, {} API calls, {} retries, {} throttled",
-            c.done.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
-            human_bytes(c.bytes_uploaded.load(Ordering::Relaxed)),
-            c.api_calls.load(Ordering::Relaxed),
-            c.retries.load(Ordering::Relaxed),
-            c.throttles.load(Ordering::Relaxed),
-        );
     }
 }
 

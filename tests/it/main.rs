@@ -5,3 +5,4 @@ mod common;
 mod emulator;
 mod faults;
 mod run;
+mod ux;

@@ -1,0 +1,134 @@
+//! What a person sees while a run goes on: a bar on a terminal, a plain line every 10 s
+//! otherwise, nothing with `--no-progress`. Always on stderr, so stdout (and `--json`) stays clean.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::pipeline::Context;
+use crate::preflight::human_bytes;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Bar,
+    Lines,
+    Off,
+}
+
+impl Mode {
+    /// A bar when stderr is a terminal, plain lines otherwise, nothing when asked.
+    pub fn choose(no_progress: bool) -> Self {
+        match (no_progress, std::io::stderr().is_terminal()) {
+            (true, _) => Mode::Off,
+            (false, true) => Mode::Bar,
+            (false, false) => Mode::Lines,
+        }
+    }
+}
+
+/// The work of a run, to measure progress against.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals {
+    pub rows: u64,
+    pub bytes: u64,
+    /// API calls the rows still need (2 to upload and attach, 1 to attach, 2 to verify and attach).
+    pub api_calls: u64,
+}
+
+/// The time left: the slower of what the rows have been taking and what the API calls still
+/// needed take at the client's rate.
+fn eta(ctx: &Context, totals: Totals, started: Instant) -> Option<Duration> {
+    let c = &ctx.counters;
+    let finished = c.done.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
+    let left = totals.rows.saturating_sub(finished);
+    if left == 0 {
+        return Some(Duration::ZERO);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let by_rows = (finished > 0).then(|| elapsed / finished as f64 * left as f64);
+    let calls_left = totals
+        .api_calls
+        .saturating_sub(c.api_calls.load(Ordering::Relaxed));
+    let by_rate = ctx.gate.current_rate().map(|r| calls_left as f64 / r);
+    match (by_rows, by_rate) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+    .map(Duration::from_secs_f64)
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1} s", d.as_secs_f64()),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn status_text(ctx: &Context, totals: Totals, started: Instant) -> String {
+    let c = &ctx.counters;
+    let eta = eta(ctx, totals, started).map_or("unknown".to_string(), human_duration);
+    format!(
+        "{}/{} · {} failed · {} retrying · {} throttled · ETA {eta}",
+        human_bytes(c.bytes_uploaded.load(Ordering::Relaxed)),
+        human_bytes(totals.bytes),
+        c.failed.load(Ordering::Relaxed),
+        c.retrying.load(Ordering::Relaxed),
+        c.throttles.load(Ordering::Relaxed),
+    )
+}
+
+/// Shows progress until the task is aborted (the bar is cleared when it is dropped).
+pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
+    let started = Instant::now();
+    match mode {
+        Mode::Off => {}
+        Mode::Lines => {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let c = &ctx.counters;
+                eprintln!(
+                    "progress: {}/{} rows done · {} · {} API calls",
+                    c.done.load(Ordering::Relaxed),
+                    totals.rows,
+                    status_text(&ctx, totals, started),
+                    c.api_calls.load(Ordering::Relaxed)
+                );
+            }
+        }
+        Mode::Bar => {
+            let bar =
+                ProgressBar::with_draw_target(Some(totals.rows), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows · {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            struct Clear(ProgressBar);
+            impl Drop for Clear {
+                fn drop(&mut self) {
+                    self.0.finish_and_clear();
+                }
+            }
+            let bar = Clear(bar);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let c = &ctx.counters;
+                bar.0.set_position(
+                    c.done.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed),
+                );
+                bar.0.set_message(status_text(&ctx, totals, started));
+            }
+        }
+    }
+}

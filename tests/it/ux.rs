@@ -1,0 +1,259 @@
+//! What a person sees: help, completions, the demo, JSON documents of the documented shape,
+//! and logs that never hold a secret.
+
+use predicates::str::contains;
+use serde_json::Value;
+
+use crate::common::bin;
+use crate::common::emulator::Emulator;
+use crate::run::sample_copy;
+
+/// The JSON type of each documented key (README.md); a document must have exactly these keys.
+fn assert_shape(doc: &Value, shape: &[(&str, &str)], what: &str) {
+    let object = doc
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {doc}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut documented: Vec<&str> = shape.iter().map(|(k, _)| *k).collect();
+    keys.sort();
+    documented.sort();
+    assert_eq!(keys, documented, "{what}: keys differ from README.md");
+    for (key, kind) in shape {
+        let v = &object[*key];
+        let ok = match *kind {
+            "string" => v.is_string(),
+            "string|null" => v.is_string() || v.is_null(),
+            "integer" => v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            "object|null" => v.is_object() || v.is_null(),
+            other => panic!("unknown kind {other}"),
+        };
+        assert!(ok, "{what}: {key} should be {kind}, is {v}");
+    }
+}
+
+#[test]
+fn json_documents_have_the_documented_shape() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = sample_copy();
+
+    let out = bin()
+        .args(["check", "--json", "--offline"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_shape(
+        &check,
+        &[
+            ("manifest", "string"),
+            ("valid", "boolean"),
+            ("quota", "object"),
+            ("summary", "object"),
+            ("problems", "array"),
+        ],
+        "check",
+    );
+    assert_shape(
+        &check["summary"],
+        &[
+            ("rows", "integer"),
+            ("valid", "integer"),
+            ("invalid", "integer"),
+            ("errors", "integer"),
+            ("warnings", "integer"),
+            ("files_to_upload", "integer"),
+            ("bytes_to_upload", "integer"),
+            ("largest_file", "object|null"),
+        ],
+        "check.summary",
+    );
+
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let run: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_shape(
+        &run,
+        &[
+            ("manifest", "string"),
+            ("state", "string"),
+            ("rows", "integer"),
+            ("done_before", "integer"),
+            ("done_now", "integer"),
+            ("failed_permanent", "integer"),
+            ("failed_retryable", "integer"),
+            ("rejected", "integer"),
+            ("not_started", "integer"),
+            ("changed_since_upload", "array"),
+            ("failures", "array"),
+            ("bytes_uploaded", "integer"),
+            ("elapsed_seconds", "number"),
+            ("api_calls", "integer"),
+            ("retries", "integer"),
+            ("throttles", "integer"),
+            ("stopped", "string|null"),
+            ("exit_code", "integer"),
+        ],
+        "run",
+    );
+    assert_eq!(run["done_now"], 20);
+
+    let out = bin()
+        .args(["status", "--json"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_shape(
+        &status,
+        &[
+            ("state", "string"),
+            ("manifest", "string|null"),
+            ("rows", "integer"),
+            ("by_state", "object"),
+            ("bytes_done", "integer"),
+            ("bytes_to_do", "integer"),
+            ("failures", "array"),
+            ("runs", "array"),
+        ],
+        "status",
+    );
+    assert_shape(
+        &status["runs"][0],
+        &[
+            ("id", "integer"),
+            ("started_at", "string"),
+            ("finished_at", "string|null"),
+            ("exit_code", "integer"),
+            ("rows_done", "integer"),
+            ("rows_failed", "integer"),
+            ("api_calls", "integer"),
+            ("retries", "integer"),
+            ("throttles", "integer"),
+        ],
+        "status.runs[]",
+    );
+}
+
+#[test]
+fn logs_never_hold_the_key_a_policy_or_a_signature() {
+    let (user, key) = (
+        "0123456789abcdef01234567",
+        "log-test-key-91b2c3d4-never-logged",
+    );
+    let emu = Emulator::start_with_credentials(
+        &[
+            "--rate-limit",
+            "off",
+            "--fault-rate",
+            "0.15",
+            "--fault-seed",
+            "2",
+        ],
+        Some((user, key)),
+    );
+    let mut logs = String::new();
+    for format in ["text", "json"] {
+        // A fresh copy each time, so each run does the whole job.
+        let (s, manifest) = sample_copy();
+        let log = s.path("run.log");
+        let out = emu
+            .run_cmd(&manifest)
+            .env("ONEPAGECRM_USER_ID", user)
+            .env("ONEPAGECRM_API_KEY", key)
+            .args([
+                "--rate",
+                "off",
+                "-vv",
+                "--retries",
+                "10",
+                "--log-format",
+                format,
+                "--log-file",
+            ])
+            .arg(&log)
+            .output()
+            .unwrap();
+        logs.push_str(&String::from_utf8_lossy(&out.stderr));
+        logs.push_str(&String::from_utf8_lossy(&out.stdout));
+        logs.push_str(&std::fs::read_to_string(&log).unwrap());
+    }
+    assert!(logs.contains("retry"), "the log shows the retries: {logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with('{') && l.contains("\"level\"")),
+        "JSON lines were written"
+    );
+    assert!(!logs.contains(key), "the API key is in the logs");
+    // A policy is base64 JSON starting with {"expiration": ...
+    assert!(
+        !logs.contains("eyJleHBpcmF0aW9u"),
+        "a policy is in the logs"
+    );
+    assert!(
+        !logs.to_ascii_lowercase().contains("x-amz-signature"),
+        "a signature field is in the logs"
+    );
+    let hex64 = logs
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .any(|w| w.len() == 64);
+    assert!(!hex64, "something like a signature is in the logs");
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for sub in [
+        "check",
+        "run",
+        "status",
+        "report",
+        "emulator",
+        "demo",
+        "completions",
+    ] {
+        bin()
+            .args([sub, "--help"])
+            .assert()
+            .code(0)
+            .stdout(contains("Example: opcrm-import"));
+    }
+}
+
+#[test]
+fn completions_for_each_shell() {
+    bin()
+        .args(["completions", "bash"])
+        .assert()
+        .code(0)
+        .stdout(contains("_opcrm__import()"));
+    bin()
+        .args(["completions", "zsh"])
+        .assert()
+        .code(0)
+        .stdout(contains("#compdef opcrm-import"));
+    bin()
+        .args(["completions", "fish"])
+        .assert()
+        .code(0)
+        .stdout(contains("complete -c opcrm-import"));
+}
+
+#[test]
+fn demo_runs_twice_and_the_second_run_sends_nothing() {
+    bin()
+        .arg("demo")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .code(0)
+        .stdout(contains("done in this run:   20"))
+        .stdout(contains("in the first run and 0 in the second"))
+        .stdout(contains("20 attachments, 20 stored objects"));
+}
