@@ -1,5 +1,9 @@
 -- The checkpoint of one manifest's migration. Forward-only: once landed, never edited.
 
+-- Marks the file as opcrm-import's ("OPCR"), in the same transaction as the tables, so that a
+-- reader never sees one without the other.
+PRAGMA application_id = 1330660178;
+
 -- What this file is: the tool that owns it and the manifest it belongs to.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

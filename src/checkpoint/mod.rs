@@ -21,7 +21,7 @@ const MIGRATIONS: &[(&str, &str)] = &[(
     include_str!("../../migrations/0001_init.sql"),
 )];
 
-/// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR".
+/// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR", set by the first migration.
 const APPLICATION_ID: i32 = 0x4F50_4352;
 
 /// A row's place in the three steps.
@@ -217,8 +217,6 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| other(&e))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(|e| other(&e))?;
-    conn.pragma_update(None, "application_id", APPLICATION_ID)
         .map_err(|e| other(&e))?;
     let migrations = Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect());
     migrations.to_latest(&mut conn).map_err(|e| other(&e))?;

@@ -432,12 +432,3 @@ fn hostile_bytes_never_panic() {
             .stdout(contains("error:"));
     }
 }
-
-#[test]
-fn commands_of_later_versions_say_so() {
-    bin()
-        .arg("demo")
-        .assert()
-        .code(2)
-        .stderr(contains("not yet available"));
-}

@@ -53,8 +53,17 @@ fn status(manifest: &Path) -> Value {
 fn wait_for_done(manifest: &Path, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = opcrm_import::run::default_state_path(manifest);
-        if state.exists() && status(manifest)["by_state"]["done"].as_u64().unwrap_or(0) >= n {
+        // The state file may be a moment old and still empty: only a readable one counts.
+        let out = bin()
+            .arg("status")
+            .arg(manifest)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let done = serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|s| s["by_state"]["done"].as_u64());
+        if done.unwrap_or(0) >= n {
             return;
         }
         assert!(Instant::now() < deadline, "the run never got to {n} rows");
