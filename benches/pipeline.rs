@@ -1,7 +1,7 @@
 //! `cargo bench --bench pipeline`: the real `opcrm-import run` against the emulator.
 //!
 //! It makes its own files in a temporary folder, starts the emulator in this process (objects
-//! kept on disk), runs the release binary and reads its wall time and peak RSS (wait4). Figures:
+//! kept in its memory), runs the release binary and reads its wall time and peak RSS (wait4). Figures:
 //!
 //! 1. 2,000 files of 1 KB, throttle off, `--concurrency 32`: rows/s. Baseline measured in the same
 //!    run: the tutorial's three `curl` commands per file, one file after another, on 200 files.
@@ -62,7 +62,6 @@ fn main() {
     config.user_id = DEMO_USER_ID.into();
     config.api_key = DEMO_API_KEY.into();
     config.seed = Some(seed);
-    config.data_dir = Some(dir.path().join("objects"));
     let emu = runtime
         .block_on(emulator::start(config))
         .expect("start the emulator");

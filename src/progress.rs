@@ -108,7 +108,7 @@ pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
                 ProgressBar::with_draw_target(Some(totals.rows), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows · {msg}",
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows ({per_sec}) · {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),

@@ -798,7 +798,10 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
         (Some("state_file"), _) => format!("stopped: the state file could not be written (is the disk full or read-only?); fix it, then rerun: {rerun}"),
         (Some(_), _) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
         (_, 0) => "all rows done".to_string(),
-        (_, 1) => format!("some rows failed for good: fix them in the manifest, then rerun: {rerun}"),
+        (_, 1) => format!(
+            "some rows failed for good: list them with `opcrm-import report {} --only failed -o fix.csv`, fix them there, then run that file",
+            s.manifest
+        ),
         _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
     };
     writeln!(out, "Result: {next}")

@@ -454,34 +454,22 @@ pub enum Transition {
 pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Result<()> {
     let now = now();
     let changed = match t {
-        Transition::Uploading { s3_key } => conn.execute(
+        Transition::Uploading { s3_key } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
-                 attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1",
-            params![key, s3_key, now],
-        )?,
-        Transition::Uploaded { etag } => conn.execute(
-            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1",
-            params![key, etag, now],
-        )?,
-        Transition::Attaching => conn.execute(
-            "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1",
-            params![key, now],
-        )?,
-        Transition::Done { attachment_id } => conn.execute(
+                 attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, s3_key, now])?,
+        Transition::Uploaded { etag } => conn.prepare_cached(
+            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
+        Transition::Attaching => conn.prepare_cached(
+            "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
+        Transition::Done { attachment_id } => conn.prepare_cached(
             "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
-                 retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1",
-            params![key, attachment_id, now],
-        )?,
-        Transition::Failed { kind, message, retryable } => conn.execute(
+                 retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?,
+        Transition::Failed { kind, message, retryable } => conn.prepare_cached(
             "UPDATE rows SET state = 'failed', error_kind = ?2, last_error = ?3, retryable = ?4, updated_at = ?5
-             WHERE row_key = ?1",
-            params![key, kind, message, retryable, now],
-        )?,
-        Transition::Pending => conn.execute(
+             WHERE row_key = ?1")?.execute(params![key, kind, message, retryable, now])?,
+        Transition::Pending => conn.prepare_cached(
             "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL, error_kind = NULL,
-                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE row_key = ?1",
-            params![key, now],
-        )?,
+                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
     };
     if changed != 1 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
