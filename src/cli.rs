@@ -137,7 +137,7 @@ pub struct RunArgs {
     pub concurrency: u16,
 
     /// API requests per second, on average (`off`: no client-side limit, for the emulator).
-    #[arg(long, value_name = "R|off", default_value = "4.8", value_parser = parse_rate)]
+    #[arg(long, value_name = "R|off", default_value = "4.9", value_parser = parse_rate)]
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
     pub rate: std::option::Option<f64>,
 

@@ -157,10 +157,8 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug)]
 pub struct Row {
     pub line: u64,
-    /// The `file` field as written.
+    /// The `file` field as written (resolve it with [`Manifest::path_of`]).
     pub file: String,
-    /// `file` resolved against the manifest's folder.
-    pub path: PathBuf,
     pub contact_id: String,
     pub reference_type: Option<ReferenceType>,
     pub reference_id: String,
@@ -172,6 +170,8 @@ pub struct Row {
 #[derive(Debug)]
 pub struct Manifest {
     pub path: PathBuf,
+    /// The manifest's folder, absolute: the rows' paths resolve against it.
+    pub base: PathBuf,
     pub rows: Vec<Row>,
     pub problems: Vec<Problem>,
     /// False when the manifest could not be read as a whole (missing, binary, bad header); then
@@ -185,6 +185,14 @@ pub struct ReadOptions {
     pub delimiter: u8,
 }
 
+impl Manifest {
+    /// A row's file, resolved against the manifest's folder (computed, not stored: a million
+    /// rows would otherwise hold a million copies of the folder's path).
+    pub fn path_of(&self, row: &Row) -> PathBuf {
+        self.base.join(&row.file)
+    }
+}
+
 impl Default for ReadOptions {
     fn default() -> Self {
         Self { delimiter: b',' }
@@ -193,8 +201,12 @@ impl Default for ReadOptions {
 
 /// Reads `path` as a manifest. Never fails: whatever goes wrong is a problem in the result.
 pub fn read(path: &Path, options: ReadOptions) -> Manifest {
+    // Absolute, so that the paths recorded in the state file mean the same from any folder.
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = std::path::absolute(&base).unwrap_or(base);
     let mut manifest = Manifest {
         path: path.to_path_buf(),
+        base,
         rows: Vec::new(),
         problems: Vec::new(),
         readable: false,
@@ -282,10 +294,6 @@ fn read_csv(
         }
     };
     let columns = parse_header(&record, header_line, options.delimiter)?;
-    // Absolute, so that the paths recorded in the state file mean the same from any folder.
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = std::path::absolute(&base).unwrap_or(base);
-
     while let Some(line) = reader.next(&mut record).map_err(io_problem)? {
         if is_blank(&record) {
             continue;
@@ -304,7 +312,7 @@ fn read_csv(
             ));
             continue;
         }
-        if let Some(row) = parse_row(&record, &columns, line, &base, &mut manifest.problems) {
+        if let Some(row) = parse_row(&record, &columns, line, &mut manifest.problems) {
             manifest.rows.push(row);
         }
     }
@@ -480,7 +488,6 @@ fn parse_row(
     record: &csv::ByteRecord,
     columns: &[Option<&'static str>],
     line: u64,
-    base: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Row> {
     let mut field = |col: &'static str| -> Option<String> {
@@ -565,7 +572,6 @@ fn parse_row(
             "the path holds a NUL character".to_string(),
         ));
     }
-    let path = base.join(&file);
     let name = match name.filter(|n| !n.is_empty()) {
         Some(name) => {
             check_name(&name, line, "name", problems);
@@ -594,7 +600,6 @@ fn parse_row(
     Some(Row {
         line,
         file,
-        path,
         contact_id,
         reference_type,
         reference_id,
@@ -685,7 +690,8 @@ mod tests {
         assert_eq!(row.line, 2);
         assert_eq!(row.reference_type, Some(ReferenceType::Note));
         assert_eq!(row.name, "a.pdf");
-        assert!(row.path.ends_with("a.pdf"));
+        assert!(m.path_of(row).ends_with("a.pdf"));
+        assert!(m.path_of(row).is_absolute());
     }
 
     #[test]

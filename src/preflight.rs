@@ -70,8 +70,12 @@ pub fn check(path: &Path, options: manifest::ReadOptions) -> Checked {
 
 /// Checks every row's file, then what rows share, and sums it all up.
 pub fn check_manifest(mut manifest: Manifest) -> Checked {
-    let results: Vec<(Option<FileFacts>, Vec<Problem>)> =
-        manifest.rows.par_iter().map(check_file).collect();
+    let base = manifest.base.clone();
+    let results: Vec<(Option<FileFacts>, Vec<Problem>)> = manifest
+        .rows
+        .par_iter()
+        .map(|row| check_file(row, &base))
+        .collect();
     let mut files = Vec::with_capacity(results.len());
     for (facts, problems) in results {
         files.push(facts);
@@ -159,20 +163,21 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
     }
 }
 
-fn check_file(row: &Row) -> (Option<FileFacts>, Vec<Problem>) {
+fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     let mut problems = Vec::new();
     if row.file.trim().is_empty() || row.file.contains('\0') {
         return (None, problems); // already reported by the reader
     }
+    let path = base.join(&row.file);
     let line = Some(row.line);
     let mut error =
         |kind, message| problems.push(Problem::error(line, Some("file"), kind, message));
     let file = &row.file;
-    let meta = match fs::metadata(&row.path) {
+    let meta = match fs::metadata(&path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if fs::symlink_metadata(&row.path).is_ok() {
-                let target = fs::read_link(&row.path)
+            if fs::symlink_metadata(&path).is_ok() {
+                let target = fs::read_link(&path)
                     .map(|t| t.display().to_string())
                     .unwrap_or_default();
                 error(
@@ -182,10 +187,7 @@ fn check_file(row: &Row) -> (Option<FileFacts>, Vec<Problem>) {
             } else {
                 error(
                     ProblemKind::FileMissing,
-                    format!(
-                        "{file:?} does not exist (looked for {})",
-                        row.path.display()
-                    ),
+                    format!("{file:?} does not exist (looked for {})", path.display()),
                 );
             }
             return (None, problems);
@@ -212,7 +214,7 @@ fn check_file(row: &Row) -> (Option<FileFacts>, Vec<Problem>) {
         );
         return (None, problems);
     }
-    if let Err(e) = File::open(&row.path) {
+    if let Err(e) = File::open(&path) {
         error(
             ProblemKind::FileUnreadable,
             format!("{file:?} cannot be opened for reading: {}", io_reason(&e)),
@@ -271,7 +273,7 @@ fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec
     #[derive(Hash, PartialEq, Eq)]
     enum FileKey<'a> {
         Inode(u64, u64),
-        Path(&'a Path),
+        Path(&'a str),
     }
     let mut first: HashMap<(FileKey<'_>, ReferenceType, &str), u64> =
         HashMap::with_capacity(rows.len());
@@ -284,7 +286,7 @@ fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec
         }
         let file = match facts.identity {
             Some((dev, ino)) => FileKey::Inode(dev, ino),
-            None => FileKey::Path(&row.path),
+            None => FileKey::Path(&row.file),
         };
         match first.entry((file, reference_type, row.reference_id.as_str())) {
             std::collections::hash_map::Entry::Occupied(seen) => problems.push(Problem::error(

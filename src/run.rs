@@ -59,7 +59,8 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 .map(|e| e.join("; "))
                 .unwrap_or_default()
         });
-        if let Some(new) = NewRow::from_row(row, size, mtime, rejected)
+        if let Some(new) =
+            NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected)
             && seen.insert(new.key.clone())
         {
             rows.push(new);
@@ -277,9 +278,14 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
     }
 
     // Held until the run ends; the OS drops it with the process, however the process ends.
-    let _lock = match lock_state(&state_path) {
-        Ok(lock) => lock,
-        Err(message) => return fail(message, ExitStatus::Stopped),
+    // An in-memory state (`:memory:`) is this process's alone and needs none.
+    let in_memory = state_path.as_os_str() == ":memory:";
+    let _lock = match in_memory {
+        true => None,
+        false => match lock_state(&state_path) {
+            Ok(lock) => Some(lock),
+            Err(message) => return fail(message, ExitStatus::Stopped),
+        },
     };
     let conn = match checkpoint::open(&state_path) {
         Ok(c) => c,

@@ -128,7 +128,13 @@ pub struct NewRow {
 }
 
 impl NewRow {
-    pub fn from_row(row: &Row, size: u64, mtime_ns: i64, rejected: Option<String>) -> Option<Self> {
+    pub fn from_row(
+        row: &Row,
+        path: PathBuf,
+        size: u64,
+        mtime_ns: i64,
+        rejected: Option<String>,
+    ) -> Option<Self> {
         let reference_type = row.reference_type?;
         Some(Self {
             key: row_key(
@@ -140,7 +146,7 @@ impl NewRow {
             ),
             line: row.line,
             file: row.file.clone(),
-            path: row.path.clone(),
+            path,
             size,
             mtime_ns,
             contact_id: row.contact_id.clone(),
@@ -179,6 +185,7 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
         path: shown.clone(),
         reason: e.to_string(),
     };
+    // `:memory:` is SQLite's own name for a database that lives and dies with the connection.
     let mut conn = Connection::open(path).map_err(|e| other(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| other(&e))?;

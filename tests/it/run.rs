@@ -27,9 +27,28 @@ pub fn sample_copy() -> (Scratch, PathBuf) {
     (s, manifest)
 }
 
-/// The manifest's rows as the library reads them: (file path, contact, type, record, name).
-fn manifest_rows(manifest: &Path) -> Vec<opcrm_import::manifest::Row> {
-    opcrm_import::manifest::read(manifest, ReadOptions::default()).rows
+/// A manifest row as the library reads it, with its file's path.
+pub struct MRow {
+    row: opcrm_import::manifest::Row,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for MRow {
+    type Target = opcrm_import::manifest::Row;
+    fn deref(&self) -> &Self::Target {
+        &self.row
+    }
+}
+
+fn manifest_rows(manifest: &Path) -> Vec<MRow> {
+    let m = opcrm_import::manifest::read(manifest, ReadOptions::default());
+    m.rows
+        .iter()
+        .map(|row| MRow {
+            path: m.path_of(row),
+            row: row.clone(),
+        })
+        .collect()
 }
 
 fn md5_hex(path: &Path) -> String {
@@ -147,7 +166,7 @@ fn set(state: &Path, line: u64, transitions: &[Transition]) {
 }
 
 /// Steps 1 and 2 for a manifest row, by hand; returns the key.
-fn stage_row(emu: &Emulator, row: &opcrm_import::manifest::Row) -> String {
+fn stage_row(emu: &Emulator, row: &MRow) -> String {
     let form = emu.form(&row.contact_id);
     let key = tutorial_key(&form, &row.contact_id, &row.name);
     let reply = upload(
@@ -160,7 +179,7 @@ fn stage_row(emu: &Emulator, row: &opcrm_import::manifest::Row) -> String {
     key
 }
 
-fn attach_row(emu: &Emulator, row: &opcrm_import::manifest::Row, key: &str) {
+fn attach_row(emu: &Emulator, row: &MRow, key: &str) {
     let body = json!({
         "reference_id": row.reference_id, "reference_type": row.reference_type.unwrap().as_str(),
         "contact_id": row.contact_id, "name": row.name, "key": key,
@@ -596,7 +615,7 @@ fn dry_run_plans_without_uploading() {
         .assert()
         .code(0)
         .stdout(contains("to upload (all three steps): 20"))
-        .stdout(contains("API calls: 40, about 8.3 s at 4.8 requests/s"))
+        .stdout(contains("API calls: 40, about 8.2 s at 4.9 requests/s"))
         .stdout(contains("storage quota: enough"));
     let state = emu.state();
     assert_eq!(
