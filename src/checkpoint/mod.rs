@@ -356,7 +356,15 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
                 WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN excluded.last_error
                 WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN NULL
                 ELSE rows.last_error END,
-            updated_at = excluded.updated_at",
+            updated_at = excluded.updated_at
+         -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
+         WHERE rows.line IS NOT excluded.line
+            OR rows.path IS NOT excluded.path
+            OR (rows.state IN ('pending', 'failed', 'rejected')
+                AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
+            OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
+            OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.last_error IS NOT excluded.last_error)
+            OR (excluded.state = 'pending' AND rows.state = 'rejected')",
     )?;
     for r in rows {
         let (state, kind, error, retryable) = match &r.rejected {
