@@ -45,6 +45,15 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
+/// Says what stopped a command, on stderr, and hands back the exit status to end with.
+pub(crate) fn fail(
+    message: impl std::fmt::Display,
+    status: ExitStatus,
+) -> anyhow::Result<ExitStatus> {
+    eprintln!("error: {message}");
+    Ok(status)
+}
+
 /// Runs one command line to its end.
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {

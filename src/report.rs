@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::ExitStatus;
 use crate::checkpoint::{self, RowState, StoredRow};
 use crate::cli::{ReportArgs, ReportOnly};
-use crate::status::{open, state_path};
+use crate::status::open;
+use crate::{ExitStatus, fail};
 
 /// `path` as the report's `file` column: relative to the report's folder when the file lies
 /// under it, else absolute, so that the report works as a manifest where it is written.
@@ -19,12 +19,8 @@ fn file_column(path: &Path, report_dir: &Path) -> String {
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
-    let path = match state_path(args.manifest.as_ref(), args.state.as_ref()) {
-        Ok(p) => p,
-        Err(m) => return fail(m, ExitStatus::Usage),
-    };
-    let conn = match open(&path) {
-        Ok(c) => c,
+    let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
+        Ok(opened) => opened,
         Err((m, status)) => return fail(m, status),
     };
     let rows = match checkpoint::load_rows(&conn) {
@@ -109,9 +105,4 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     Ok(ExitStatus::Success)
-}
-
-fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {message}");
-    Ok(status)
 }

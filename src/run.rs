@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::warn;
 
-use crate::ExitStatus;
 use crate::checkpoint::{self, NewRow, RowState, StoredRow};
 use crate::cli::RunArgs;
 use crate::manifest::{ReadOptions, Severity};
@@ -19,6 +18,7 @@ use crate::pipeline::{self, Context, Outcome, Plan, Settings, Stop};
 use crate::preflight::{self, Checked, human_bytes};
 use crate::progress::{self, human_duration};
 use crate::remote::{self, Client, Credentials, RemoteError};
+use crate::{ExitStatus, fail};
 
 /// `<manifest without .csv>.opcrm.sqlite`, beside the manifest.
 pub fn default_state_path(manifest: &Path) -> PathBuf {
@@ -191,11 +191,6 @@ struct FailureLine {
     kind: String,
     retryable: bool,
     message: String,
-}
-
-fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {message}");
-    Ok(status)
 }
 
 /// Where to send requests, and as whom.
@@ -570,33 +565,7 @@ fn dry_run(
         checkpoint::load_rows(&conn)
             .map_err(|e| anyhow::anyhow!("cannot read state file {}: {e}", state_path.display()))?
     } else {
-        new_rows
-            .iter()
-            .map(|n| StoredRow {
-                key: n.key.clone(),
-                line: n.line,
-                file: n.file.clone(),
-                path: n.path.clone(),
-                size: n.size,
-                mtime_ns: n.mtime_ns,
-                contact_id: n.contact_id.clone(),
-                reference_type: n.reference_type,
-                reference_id: n.reference_id.clone(),
-                name: n.name.clone(),
-                state: if n.rejected.is_some() {
-                    RowState::Rejected
-                } else {
-                    RowState::Pending
-                },
-                s3_key: None,
-                etag: None,
-                attachment_id: None,
-                attempts: 0,
-                error_kind: None,
-                last_error: n.rejected.clone(),
-                retryable: None,
-            })
-            .collect()
+        new_rows.iter().map(StoredRow::from).collect()
     };
     let (work, _) = plan(new_rows, stored, args);
     let rate = settings.rate;

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::ExitStatus;
 use crate::checkpoint::{self, RowState, RunRecord, StoredRow};
 use crate::preflight::human_bytes;
+use crate::{ExitStatus, fail};
 
 /// The state file named by `--state`, or the default one of the manifest.
 pub fn state_path(manifest: Option<&PathBuf>, state: Option<&PathBuf>) -> Result<PathBuf, String> {
@@ -20,16 +20,24 @@ pub fn state_path(manifest: Option<&PathBuf>, state: Option<&PathBuf>) -> Result
     }
 }
 
-/// Opens a state file for reading, or says why not (exit 2 when there is none, 3 otherwise).
-pub fn open(path: &std::path::Path) -> Result<rusqlite::Connection, (String, ExitStatus)> {
-    checkpoint::open_read_only(path).map_err(|e| {
-        let status = if path.exists() {
-            ExitStatus::Stopped
-        } else {
-            ExitStatus::Usage
-        };
-        (e.to_string(), status)
-    })
+/// Finds and opens a state file for reading, or says why not (exit 2 when none is named or it
+/// does not exist, 3 otherwise).
+pub fn open(
+    manifest: Option<&PathBuf>,
+    state: Option<&PathBuf>,
+) -> Result<(PathBuf, rusqlite::Connection), (String, ExitStatus)> {
+    let path = state_path(manifest, state).map_err(|m| (m, ExitStatus::Usage))?;
+    match checkpoint::open_read_only(&path) {
+        Ok(conn) => Ok((path, conn)),
+        Err(e) => {
+            let status = if path.exists() {
+                ExitStatus::Stopped
+            } else {
+                ExitStatus::Usage
+            };
+            Err((e.to_string(), status))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -114,12 +122,8 @@ fn build(
 }
 
 pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
-    let path = match state_path(args.manifest.as_ref(), args.state.as_ref()) {
-        Ok(p) => p,
-        Err(m) => return fail(m, ExitStatus::Usage),
-    };
-    let conn = match open(&path) {
-        Ok(c) => c,
+    let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
+        Ok(opened) => opened,
         Err((m, status)) => return fail(m, status),
     };
     let read = || -> rusqlite::Result<_> {
@@ -206,9 +210,4 @@ pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
         )?;
     }
     Ok(ExitStatus::Success)
-}
-
-fn fail(message: impl std::fmt::Display, status: ExitStatus) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {message}");
-    Ok(status)
 }

@@ -127,6 +127,36 @@ pub struct NewRow {
     pub rejected: Option<String>,
 }
 
+/// A row not yet recorded, as the state file will hold it (for a dry run's plan).
+impl From<&NewRow> for StoredRow {
+    fn from(n: &NewRow) -> Self {
+        StoredRow {
+            key: n.key.clone(),
+            line: n.line,
+            file: n.file.clone(),
+            path: n.path.clone(),
+            size: n.size,
+            mtime_ns: n.mtime_ns,
+            contact_id: n.contact_id.clone(),
+            reference_type: n.reference_type,
+            reference_id: n.reference_id.clone(),
+            name: n.name.clone(),
+            state: if n.rejected.is_some() {
+                RowState::Rejected
+            } else {
+                RowState::Pending
+            },
+            s3_key: None,
+            etag: None,
+            attachment_id: None,
+            attempts: 0,
+            error_kind: None,
+            last_error: n.rejected.clone(),
+            retryable: None,
+        }
+    }
+}
+
 impl NewRow {
     pub fn from_row(
         row: &Row,
