@@ -4,7 +4,9 @@
 use predicates::prelude::*;
 use predicates::str::contains;
 
-use crate::common::{HEADER, ID, ID2, Scratch, bin, check_json, problems, samples};
+use crate::common::{
+    HEADER, ID, ID2, Scratch, bin, check_json, problems, samples, set_mode, unprivileged_bin,
+};
 
 fn line(n: u64) -> Option<u64> {
     Some(n)
@@ -348,30 +350,12 @@ fn unreadable_file_is_reported() {
     let secret = s.file("secret.pdf", "x");
     let m = s.manifest(format!("{HEADER}secret.pdf,{ID},note,{ID},\n"));
     set_mode(&secret, 0o000);
+    set_mode(&m, 0o644);
     // Root reads any file, so as root the check runs as an unprivileged user.
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        // A copy of the binary in the scratch folder, so that the folder the build lives in
-        // need not be open to that user.
-        let exe = s.path("opcrm-import");
-        std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
-        set_mode(&exe, 0o755);
-        set_mode(s.dir.path(), 0o755);
-        set_mode(&m, 0o644);
-        let mut cmd = assert_cmd::Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&exe);
-        cmd
-    } else {
-        bin()
-    };
+    let mut cmd = unprivileged_bin(&s);
     cmd.arg("check").arg(&m).assert().code(2).stdout(contains(
         "line 2, column file: \"secret.pdf\" cannot be opened for reading: permission denied",
     ));
-}
-
-fn set_mode(path: &std::path::Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::common::emulator::{API_KEY, Emulator, USER_ID};
-use crate::common::{Scratch, bin, samples};
+use crate::common::{Scratch, bin, is_root, samples, set_mode, unprivileged_bin};
 use crate::run::{assert_exactly_once, sample_copy};
 
 /// `opcrm-import run` as a child process we can signal.
@@ -80,6 +80,15 @@ fn finish(child: Child) -> (i32, String, String) {
     )
 }
 
+/// Reruns the manifest (no client limit): every row ends done, each attached exactly once.
+fn rerun_to_the_end(emu: &Emulator, manifest: &Path) {
+    emu.run_cmd(manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    assert_exactly_once(&emu.state(), manifest);
+}
+
 /// An emulator slow enough that a run of the samples takes a few seconds.
 fn slow_emulator() -> Emulator {
     Emulator::start(&["--rate-limit", "off", "--latency-ms", "60..60"])
@@ -110,11 +119,7 @@ fn a_killed_run_leaves_no_lock_and_the_rerun_finishes() {
     signal(&first, libc::SIGKILL);
     let (code, _, _) = finish(first);
     assert_eq!(code, -1, "killed by a signal");
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0);
-    assert_exactly_once(&emu.state(), &manifest);
+    rerun_to_the_end(&emu, &manifest);
     let runs = status(&manifest)["runs"].as_array().unwrap().clone();
     assert_eq!(runs.len(), 2);
     assert!(
@@ -149,11 +154,7 @@ fn sigterm_lets_rows_under_way_finish_and_exits_130() {
         by_state["pending"].as_u64().unwrap() > 0,
         "the run stopped early: {by_state}"
     );
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0);
-    assert_exactly_once(&emu.state(), &manifest);
+    rerun_to_the_end(&emu, &manifest);
 }
 
 #[test]
@@ -173,11 +174,7 @@ fn a_second_ctrl_c_stops_at_once_and_the_rerun_resumes() {
         second.elapsed() < Duration::from_secs(5),
         "it did not stop at once"
     );
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0);
-    assert_exactly_once(&emu.state(), &manifest);
+    rerun_to_the_end(&emu, &manifest);
 }
 
 #[test]
@@ -345,23 +342,12 @@ fn state_files_that_are_not_this_manifests_are_refused_untouched() {
 fn a_folder_the_user_cannot_write_is_a_clear_error() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let (s, manifest) = sample_copy();
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        // Root writes anywhere: run as an unprivileged user in a folder that root owns.
-        let exe = s.path("opcrm-import");
-        std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        for p in [s.dir.path().to_path_buf(), s.path("files")] {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let mut cmd = assert_cmd::Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&exe);
-        cmd
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
-        assert_cmd::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
-    };
+    // Root writes anywhere: as root the run goes as an unprivileged user, in a folder root owns.
+    let mut cmd = unprivileged_bin(&s);
+    set_mode(&s.path("files"), 0o755);
+    if !is_root() {
+        set_mode(s.dir.path(), 0o555);
+    }
     cmd.env("ONEPAGECRM_API_URL", &emu.api)
         .env("ONEPAGECRM_USER_ID", USER_ID)
         .env("ONEPAGECRM_API_KEY", API_KEY)

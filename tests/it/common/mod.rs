@@ -26,6 +26,36 @@ pub fn bin() -> Command {
     cmd
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The binary, run as an unprivileged user (uid 65534) when the tests run as root, since root
+/// reads and writes anything: a copy of it in the scratch folder (so the build's own folder need
+/// not be open to that user), with the scratch folder opened for reading. Otherwise `bin()`.
+pub fn unprivileged_bin(s: &Scratch) -> Command {
+    if !is_root() {
+        return bin();
+    }
+    let exe = s.path("opcrm-import");
+    std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
+    set_mode(&exe, 0o755);
+    set_mode(s.dir.path(), 0o755);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .env_remove("ONEPAGECRM_USER_ID")
+        .env_remove("ONEPAGECRM_API_KEY")
+        .env_remove("ONEPAGECRM_API_URL");
+    cmd
+}
+
 /// A scratch folder holding a manifest and the files it names.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
