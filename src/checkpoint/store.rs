@@ -1,9 +1,10 @@
 //! The one SQLite connection, on a thread of its own so that no async task ever blocks on disk.
 //!
-//! Work arrives as closures. The thread takes every closure waiting, runs them in one transaction
-//! (each in a savepoint, so one failing statement spoils nothing else), commits once, and only
-//! then answers each caller: a caller that awaits its answer knows its change is on disk, which is
-//! what "committed before the side effect starts" needs, while many callers share one commit.
+//! Work arrives as closures. The thread takes every closure waiting, runs them in one transaction,
+//! commits once, and only then answers each caller: a caller that awaits its answer knows its
+//! change is on disk, which is what "committed before the side effect starts" needs, while many
+//! callers share one commit. One failing closure spoils nothing else: a failing statement undoes
+//! itself, and a closure of several statements (`call_blocking`) runs in a savepoint of its own.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -36,7 +37,14 @@ impl StoreError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// A closure to run; `atomic` ones get a savepoint (the row transitions, one statement each, need
+/// none, and skipping it saves two statements per transition).
+struct Job {
+    atomic: bool,
+    run: Run,
+}
 
 /// Most closures run in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -90,8 +98,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         let committed = (|| -> Result<(), StoreError> {
             let mut tx = conn.transaction()?;
             for job in batch.drain(..) {
+                if !job.atomic {
+                    let (_, completion) = (job.run)(&tx);
+                    completions.push(completion);
+                    continue;
+                }
                 let sp = tx.savepoint()?;
-                let (ok, completion) = job(&sp);
+                let (ok, completion) = (job.run)(&sp);
                 if ok {
                     sp.commit()?;
                 } else {
@@ -111,13 +124,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 }
 
 impl Store {
-    fn job<T, F>(&self, f: F) -> oneshot::Receiver<Answer<T>>
+    fn job<T, F>(&self, atomic: bool, f: F) -> oneshot::Receiver<Answer<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let run: Run = Box::new(move |conn| {
             let result = f(conn).map_err(StoreError::from);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit| {
@@ -126,37 +139,40 @@ impl Store {
             (ok, completion)
         });
         // A closed channel answers through the dropped sender: the receiver sees Closed.
-        let _ = self.tx.send(job);
+        let _ = self.tx.send(Job { atomic, run });
         rx
     }
 
-    /// Runs `f` on the writer thread and waits until its change is committed.
+    /// Runs `f` on the writer thread and waits until its change is committed. `f` writes with one
+    /// statement at most (or only reads): it gets no savepoint of its own.
     pub async fn call<T, F>(&self, f: F) -> Answer<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.job(f).await.unwrap_or(Err(StoreError::Closed))
+        self.job(false, f).await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// As `call`, for code that is not async (never call it from inside the runtime).
+    /// Runs `f`, of any number of statements and all or nothing, and waits for its commit; for
+    /// code that is not async (never call it from inside the runtime).
     pub fn call_blocking<T, F>(&self, f: F) -> Answer<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.job(f)
+        self.job(true, f)
             .blocking_recv()
             .unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Queues `f` without waiting for its commit: for results recorded after a side effect, where
-    /// the next step that needs them waits on a later call anyway (calls commit in order).
+    /// Queues `f` (one statement, as for `call`) without waiting for its commit: for results
+    /// recorded after a side effect, where the next step that needs them waits on a later call
+    /// anyway (calls commit in order).
     pub fn submit<F>(&self, f: F)
     where
         F: FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
-        drop(self.job(f));
+        drop(self.job(false, f));
     }
 }
 
@@ -174,8 +190,8 @@ mod tests {
     #[test]
     fn a_failing_closure_spoils_nothing_else_in_its_batch() {
         let (store, thread) = store();
-        let a = store.job(|c| c.execute("INSERT INTO t VALUES ('a', 1)", []));
-        let dup = store.job(|c| {
+        let a = store.job(false, |c| c.execute("INSERT INTO t VALUES ('a', 1)", []));
+        let dup = store.job(true, |c| {
             c.execute("INSERT INTO t VALUES ('b', 2)", [])?;
             c.execute("INSERT INTO t VALUES ('a', 3)", [])
         });
