@@ -69,7 +69,6 @@ pub struct Counters {
     pub bytes_uploaded: AtomicU64,
     pub done: AtomicU64,
     pub failed: AtomicU64,
-    pub verified_present: AtomicU64,
     /// Rows waiting out a backoff right now.
     pub retrying: AtomicU64,
 }
@@ -316,7 +315,7 @@ impl Context {
         self.store
             .call(move |c| checkpoint::transition(c, &key, &t))
             .await
-            .map_err(|e| RowError::Store(e.to_string()))
+            .map_err(RowError::Store)
     }
 
     fn record_later(&self, key: &str, t: Transition) {
@@ -358,7 +357,8 @@ impl Context {
                     message,
                 }
             }
-            Err(RowError::Store(message)) => {
+            Err(RowError::Store(e)) => {
+                let message = e.to_string();
                 self.stop(Stop::StateFile);
                 warn!(
                     "line {}: cannot record progress in the state file: {message}",
@@ -466,7 +466,9 @@ impl Context {
                 .await
             {
                 Ok(()) => break key,
-                Err(RowError::Store(m)) if m.contains("UNIQUE") && sequence < 999 => sequence += 1,
+                Err(RowError::Store(e)) if e.is_unique_violation() && sequence < 999 => {
+                    sequence += 1
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -538,7 +540,7 @@ impl Context {
             .store
             .call(move |c| checkpoint::claimed_attachments(c, rt, &rid, &name, size, &key))
             .await
-            .map_err(|e| RowError::Store(e.to_string()))?;
+            .map_err(RowError::Store)?;
         let matching: Vec<_> = listed
             .iter()
             .filter(|a| a.filename == row.name && a.size == row.size)
@@ -550,9 +552,6 @@ impl Context {
                     "line {}: the record already holds this attachment ({}); not attaching again",
                     row.line, a.id
                 );
-                self.counters
-                    .verified_present
-                    .fetch_add(1, Ordering::Relaxed);
                 self.commit(
                     &row.key,
                     Transition::Done {
@@ -570,17 +569,13 @@ impl Context {
     pub fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
     }
-
-    pub fn is_interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
-    }
 }
 
 /// Why a row could not go on.
 #[derive(Debug)]
 enum RowError {
     Remote(RemoteError),
-    Store(String),
+    Store(checkpoint::StoreError),
 }
 
 impl From<RemoteError> for RowError {

@@ -558,10 +558,10 @@ fn dry_run(
 ) -> anyhow::Result<ExitStatus> {
     // Read what an existing state file says, without creating or changing it.
     let stored = if state_path.exists() {
-        let conn = rusqlite::Connection::open_with_flags(
-            state_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
+        let conn = match checkpoint::open_read_only(state_path) {
+            Ok(conn) => conn,
+            Err(e) => return fail(e, ExitStatus::Stopped),
+        };
         checkpoint::load_rows(&conn)
             .map_err(|e| anyhow::anyhow!("cannot read state file {}: {e}", state_path.display()))?
     } else {

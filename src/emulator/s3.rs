@@ -288,7 +288,6 @@ pub async fn download(
                 return error_response(&Refusal::new("InternalError", 500, e.to_string()), &key);
             }
         },
-        ObjectBody::None => Vec::new(),
     };
     (
         StatusCode::OK,

@@ -133,10 +133,8 @@ pub struct Object {
 }
 
 /// Where an object's bytes are: in memory, or a file under `--data-dir`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub enum Body {
-    #[default]
-    None,
     Memory(std::sync::Arc<Vec<u8>>),
     File(PathBuf),
 }

@@ -176,11 +176,7 @@ fn tutorial_three_steps_with_curl_attach_the_file() {
     assert_eq!(state["requests"]["POST /api/v3/attachments 201"], 1);
 
     // The stored object is byte for byte the file.
-    let stored = std::process::Command::new("curl")
-        .args(["-s", &format!("{}{key}", emu.s3)])
-        .output()
-        .unwrap();
-    assert_eq!(stored.stdout, std::fs::read(&file).unwrap());
+    assert_eq!(emu.object(&key), std::fs::read(&file).unwrap());
 }
 
 #[test]
@@ -685,11 +681,7 @@ fn data_dir_keeps_objects_on_disk() {
         std::fs::read(&stored[0]).unwrap(),
         std::fs::read(&file).unwrap()
     );
-    let fetched = std::process::Command::new("curl")
-        .args(["-s", &format!("{}{key}", emu.s3)])
-        .output()
-        .unwrap();
-    assert_eq!(fetched.stdout, std::fs::read(&file).unwrap());
+    assert_eq!(emu.object(&key), std::fs::read(&file).unwrap());
 }
 
 #[test]

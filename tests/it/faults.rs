@@ -348,9 +348,7 @@ fn a_folder_the_user_cannot_write_is_a_clear_error() {
     if !is_root() {
         set_mode(s.dir.path(), 0o555);
     }
-    cmd.env("ONEPAGECRM_API_URL", &emu.api)
-        .env("ONEPAGECRM_USER_ID", USER_ID)
-        .env("ONEPAGECRM_API_KEY", API_KEY)
+    emu.point(&mut cmd)
         .arg("run")
         .arg(&manifest)
         .assert()

@@ -397,12 +397,8 @@ fn check_asks_the_api_for_the_storage_left() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let (_s, manifest) = sample_copy();
     let check = || {
-        let mut cmd = crate::common::bin();
-        cmd.env("ONEPAGECRM_API_URL", &emu.api)
-            .env("ONEPAGECRM_USER_ID", USER_ID)
-            .env("ONEPAGECRM_API_KEY", API_KEY)
-            .arg("check")
-            .arg(&manifest);
+        let mut cmd = emu.cmd();
+        cmd.arg("check").arg(&manifest);
         cmd
     };
     check()
@@ -435,10 +431,8 @@ fn check_asks_the_api_for_the_storage_left() {
     .unwrap();
     seed["storage_left"] = json!(2_000_000);
     let small = Emulator::start_seeded(&s.file("seed.json", seed.to_string()), &[], None);
-    crate::common::bin()
-        .env("ONEPAGECRM_API_URL", &small.api)
-        .env("ONEPAGECRM_USER_ID", USER_ID)
-        .env("ONEPAGECRM_API_KEY", API_KEY)
+    small
+        .cmd()
         .arg("check")
         .arg(&manifest)
         .assert()

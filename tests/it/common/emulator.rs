@@ -123,16 +123,35 @@ impl Emulator {
         curl(&args, Some((USER_ID, API_KEY)))
     }
 
-    /// The command `opcrm-import run`, pointed at this emulator with its demo credentials.
-    pub fn run_cmd(&self, manifest: &std::path::Path) -> assert_cmd::Command {
-        let mut cmd = super::bin();
+    /// Points `cmd` (the binary, however it is run) at this emulator with its demo credentials.
+    pub fn point<'a>(&self, cmd: &'a mut assert_cmd::Command) -> &'a mut assert_cmd::Command {
         cmd.env("ONEPAGECRM_API_URL", &self.api)
             .env("ONEPAGECRM_USER_ID", USER_ID)
             .env("ONEPAGECRM_API_KEY", API_KEY)
-            .arg("run")
-            .arg(manifest)
-            .arg("--no-progress");
+    }
+
+    /// The binary, pointed at this emulator with its demo credentials.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut cmd = super::bin();
+        self.point(&mut cmd);
         cmd
+    }
+
+    /// The command `opcrm-import run`, pointed at this emulator with its demo credentials.
+    pub fn run_cmd(&self, manifest: &std::path::Path) -> assert_cmd::Command {
+        let mut cmd = self.cmd();
+        cmd.arg("run").arg(manifest).arg("--no-progress");
+        cmd
+    }
+
+    /// A stored object's bytes, fetched from the bucket.
+    pub fn object(&self, key: &str) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{}{key}", self.s3)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
     }
 
     /// Step 1 for a contact; panics unless it succeeds.
