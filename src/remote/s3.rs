@@ -141,14 +141,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = response.text().await.map_err(RemoteError::network)?;
-        if !(200..300).contains(&status) {
-            let (code, message) = parse_error(&body);
-            return Err(RemoteError::S3 {
-                status,
-                code,
-                message,
-            });
-        }
+        let etag = read_answer(status, header_etag, &body)?;
         if count != size {
             return Err(RemoteError::FileChanged(format!(
                 "{count} bytes read, {size} expected"
@@ -159,12 +152,10 @@ impl Client {
                 "it is no longer {size} bytes"
             )));
         }
-        let etag = parse_etag(&body).or(header_etag);
-        if let Some(etag) = etag {
-            let etag = etag.trim().trim_matches('"').to_ascii_lowercase();
-            if etag != md5 {
-                return Err(RemoteError::EtagMismatch { etag, md5 });
-            }
+        if let Some(etag) = etag
+            && etag != md5
+        {
+            return Err(RemoteError::EtagMismatch { etag, md5 });
         }
         Ok(Uploaded { md5 })
     }
@@ -210,16 +201,46 @@ fn element_text(xml: &str, names: &[&str]) -> Option<String> {
     }
 }
 
+/// S3's answer to the POST: an error, or the ETag it gave (unquoted, lower case), if any.
+///
+/// Read leniently, as real servers differ: the ETag from the `<ETag>` or `<Etag>` of a
+/// `PostResponse`, else from the `ETag` header, quoted or not; `Location` absolute or relative
+/// (it is not used: the key is known). An empty 2xx body and no ETag header (204, or a 201 from
+/// a server that writes no `PostResponse`) is a success whose bytes cannot be checked here; step 3
+/// then checks them, since the API refuses an attachment unless the object is there with the
+/// stated size.
+fn read_answer(
+    status: u16,
+    header_etag: Option<String>,
+    body: &str,
+) -> Result<Option<String>, RemoteError> {
+    if !(200..300).contains(&status) {
+        let (code, message) = parse_error(body);
+        return Err(RemoteError::S3 {
+            status,
+            code,
+            message,
+        });
+    }
+    Ok(parse_etag(body)
+        .or(header_etag)
+        .map(|etag| etag.trim().trim_matches('"').to_ascii_lowercase())
+        .filter(|etag| !etag.is_empty()))
+}
+
 fn parse_etag(xml: &str) -> Option<String> {
     element_text(xml, &["ETag", "Etag"]).filter(|s| !s.trim().trim_matches('"').is_empty())
 }
 
-/// S3's `<Error><Code>…</Code><Message>…</Message></Error>`, or the body itself.
+/// S3's `<Error><Code>…</Code><Message>…</Message></Error>`; without a code, the body's start.
 fn parse_error(xml: &str) -> (String, String) {
-    let code = element_text(xml, &["Code"]).unwrap_or_else(|| "UnknownError".to_string());
-    let message =
-        element_text(xml, &["Message"]).unwrap_or_else(|| xml.chars().take(200).collect());
-    (code, message)
+    match element_text(xml, &["Code"]) {
+        Some(code) => (code, element_text(xml, &["Message"]).unwrap_or_default()),
+        None => (
+            "UnknownError".to_string(),
+            xml.trim().chars().take(200).collect(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -265,5 +286,48 @@ mod tests {
             (code.as_str(), message.as_str()),
             ("SlowDown", "Please reduce")
         );
+        let (code, message) = parse_error("<Error><Code>MalformedPOSTRequest</Code></Error>");
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("MalformedPOSTRequest", "")
+        );
+        let (code, message) = parse_error("Bad Gateway\n");
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("UnknownError", "Bad Gateway")
+        );
+    }
+
+    #[test]
+    fn answers_of_different_servers_are_read_alike() {
+        let etag = |status, header: Option<&str>, body: &str| {
+            read_answer(status, header.map(str::to_string), body).unwrap()
+        };
+        let abc = Some("abc".to_string());
+        // S3: absolute Location, quoted ETag escaped in XML, and the header too.
+        let s3 = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<PostResponse><Location>https://b.s3.amazonaws.com/c%2F1%2Fa.pdf</Location><Bucket>b</Bucket><Key>c/1/a.pdf</Key><ETag>&quot;ABC&quot;</ETag></PostResponse>";
+        assert_eq!(etag(201, Some("\"abc\""), s3), abc);
+        // s3s: relative Location.
+        let s3s = "<PostResponse><Location>/b/c/1/a.pdf</Location><Bucket>b</Bucket><Key>c/1/a.pdf</Key><ETag>\"abc\"</ETag></PostResponse>";
+        assert_eq!(etag(201, None, s3s), abc);
+        // `<Etag>`, unquoted.
+        assert_eq!(
+            etag(201, None, "<PostResponse><Etag>abc</Etag></PostResponse>"),
+            abc
+        );
+        // An empty body: the header's ETag, quoted or not, or none at all.
+        assert_eq!(etag(201, Some("\"abc\""), ""), abc);
+        assert_eq!(etag(204, Some("abc"), ""), abc);
+        assert_eq!(etag(201, None, ""), None);
+        assert_eq!(etag(200, Some("\"\""), ""), None);
+        // A failure is an error whatever the body.
+        match read_answer(
+            403,
+            None,
+            "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        ) {
+            Err(e) => assert!(e.is_form_expired(), "{e}"),
+            Ok(v) => panic!("{v:?}"),
+        }
     }
 }
