@@ -273,6 +273,51 @@ pub struct EmulatorArgs {
     /// Keep uploaded objects in this folder instead of in memory.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Hand out forms for this S3 server instead of the built-in endpoint (loopback, path-style
+    /// buckets, e.g. http://127.0.0.1:9000); step 3 then asks it whether the object is there.
+    #[arg(long, value_name = "URL", help_heading = "External S3",
+          requires_all = ["s3_bucket", "s3_access_key", "s3_secret_key"], conflicts_with = "data_dir")]
+    pub s3_endpoint: Option<String>,
+
+    /// The external server's bucket the forms upload into (it must exist).
+    #[arg(
+        long,
+        value_name = "BUCKET",
+        help_heading = "External S3",
+        requires = "s3_endpoint"
+    )]
+    pub s3_bucket: Option<String>,
+
+    /// The external server's access key.
+    #[arg(
+        long,
+        value_name = "KEY",
+        help_heading = "External S3",
+        env = "OPCRM_EMULATOR_S3_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub s3_access_key: Option<String>,
+
+    /// The external server's secret key; prefer the environment variable, as other users of
+    /// the machine can read a command line.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        help_heading = "External S3",
+        env = "OPCRM_EMULATOR_S3_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_key: Option<crate::emulator::external::Secret>,
+
+    /// The region the forms and requests are signed for.
+    #[arg(
+        long,
+        value_name = "REGION",
+        help_heading = "External S3",
+        default_value = "us-east-1"
+    )]
+    pub s3_region: String,
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {

@@ -89,6 +89,19 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
     };
     config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
     config.data_dir = args.data_dir;
+    if let Some(endpoint) = &args.s3_endpoint {
+        // clap makes `--s3-endpoint` require the other three.
+        let missing = || {
+            anyhow::anyhow!("--s3-endpoint needs --s3-bucket, --s3-access-key and --s3-secret-key")
+        };
+        config.external_s3 = Some(emulator::external::ExternalS3::new(
+            endpoint,
+            args.s3_bucket.as_deref().ok_or_else(missing)?,
+            &args.s3_region,
+            args.s3_access_key.as_deref().ok_or_else(missing)?,
+            args.s3_secret_key.ok_or_else(missing)?,
+        )?);
+    }
     emulator::serve_forever(config)?;
     Ok(ExitStatus::Success)
 }

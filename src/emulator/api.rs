@@ -215,12 +215,13 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         return invalid("size", "must be the size of the uploaded file in bytes");
     };
 
-    let mut guard = app.state();
-    let state: &mut State = &mut guard;
-    let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
-        return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
+    let contact_id = {
+        let state = app.state();
+        let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
+            return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
+        };
+        record.contact_id.clone()
     };
-    let contact_id = record.contact_id.clone();
     if let Some(given) = text("contact_id")
         && given != contact_id
     {
@@ -235,15 +236,23 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
             &format!("must start with the contact id {contact_id}/"),
         );
     }
-    let Some(object) = state.objects.get(&key) else {
-        return invalid("key", "does not name an uploaded file");
+    let (stored_size, md5) = match stored_object(&app, &key).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return invalid("key", "does not name an uploaded file"),
+        Err(e) => {
+            tracing::warn!("emulator: step 3 cannot check {key:?}: {e}");
+            return internal_error();
+        }
     };
-    if object.size != size {
+    if stored_size != size {
         return invalid(
             "size",
-            &format!("is {size}, but the uploaded file has {} bytes", object.size),
+            &format!("is {size}, but the uploaded file has {stored_size} bytes"),
         );
     }
+
+    let mut guard = app.state();
+    let state: &mut State = &mut guard;
     if size > state.storage_left {
         return error(
             StatusCode::FORBIDDEN,
@@ -256,7 +265,6 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
             json!({}),
         );
     }
-    let md5 = object.md5.clone();
     let filename =
         text("name").unwrap_or_else(|| key.rsplit('/').next().unwrap_or_default().to_string());
     let id = state.new_id();
@@ -282,6 +290,22 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
     state.attachments.insert(id, attachment);
     drop(guard);
     ok(StatusCode::CREATED, json!({ "attachment": shown }))
+}
+
+/// The size and MD5 of the object `key`: from the built-in store, or, in external-S3 mode, from
+/// a `HEAD` to that server (its ETag is the MD5 of a single-part upload).
+async fn stored_object(app: &App, key: &str) -> Result<Option<(u64, String)>, String> {
+    match (&app.config.external_s3, &app.external_http) {
+        (Some(external), Some(http)) => Ok(external
+            .head_object(http, key)
+            .await?
+            .map(|head| (head.size, head.etag))),
+        _ => Ok(app
+            .state()
+            .objects
+            .get(key)
+            .map(|object| (object.size, object.md5.clone()))),
+    }
 }
 
 fn capitalized(kind: ReferenceType) -> String {

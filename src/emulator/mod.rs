@@ -3,6 +3,7 @@
 //! faults. Every test runs against it, and a person rehearses a migration with it.
 
 pub mod api;
+pub mod external;
 pub mod faults;
 pub mod policy;
 pub mod s3;
@@ -51,6 +52,8 @@ pub struct Config {
     pub api_key: String,
     /// Where the key came from, for the ready line (which never prints a key from the environment).
     pub api_key_source: KeySource,
+    /// Another S3 server to sign forms for and to ask about uploads, instead of the built-in one.
+    pub external_s3: Option<external::ExternalS3>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +85,7 @@ impl Config {
             user_id: user_id.unwrap_or_else(|| DEMO_USER_ID.to_string()),
             api_key,
             api_key_source,
+            external_s3: None,
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct App {
     faults: Faults,
     /// `http://127.0.0.1:PORT`
     pub origin: String,
+    /// The client for the external S3 server, in external-S3 mode.
+    pub external_http: Option<reqwest::Client>,
 }
 
 impl App {
@@ -107,8 +113,12 @@ impl App {
         format!("{}/api/v3", self.origin)
     }
 
+    /// The bucket URL forms upload to: the built-in endpoint's, or the external server's.
     pub fn s3_url(&self) -> String {
-        format!("{}/{}/", self.origin, self.signer.bucket)
+        match &self.config.external_s3 {
+            Some(external) => external.bucket_url(),
+            None => format!("{}/{}/", self.origin, self.signer.bucket),
+        }
     }
 }
 
@@ -155,17 +165,30 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         std::fs::create_dir_all(dir.join("objects"))
             .with_context(|| format!("cannot create data folder {}", dir.display()))?;
     }
+    let external_http = match &config.external_s3 {
+        Some(external) => {
+            let http = external::ExternalS3::client()?;
+            external.check_bucket(&http).await?;
+            Some(http)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = Arc::new(App {
-        signer: Signer {
+    let signer = match &config.external_s3 {
+        Some(external) => external.signer(),
+        None => Signer {
             access_key: ACCESS_KEY.to_string(),
             secret: emulator_secret(),
             region: REGION.to_string(),
             bucket: BUCKET.to_string(),
         },
+    };
+    let app = Arc::new(App {
+        signer,
+        external_http,
         state: Mutex::new(state),
         throttle: config.rate_limit.map(Throttle::new),
         faults: Faults::new(config.faults),

@@ -22,6 +22,11 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// The hex HMAC-SHA256 of `data`: a SigV4 signature when `key` is a signing key.
+pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
+    hex::encode(hmac(key, data))
+}
+
 /// The SigV4 signing key for one day, region and service.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
     let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
@@ -32,10 +37,10 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec
 
 /// The signature of a base64 policy: the hex HMAC of the policy text under the signing key.
 pub fn sign_policy(secret: &str, date: &str, region: &str, policy_b64: &str) -> String {
-    hex::encode(hmac(
+    hmac_hex(
         &signing_key(secret, date, region, "s3"),
         policy_b64.as_bytes(),
-    ))
+    )
 }
 
 /// Whether `signature` is the signature of `policy_b64`, compared in constant time.

@@ -93,7 +93,8 @@ pub fn check_url(raw: &str, what: &str) -> anyhow::Result<reqwest::Url> {
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Whether `url` names this machine: a loopback address or `localhost`.
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -30,7 +30,7 @@ pub fn sample_copy() -> (Scratch, PathBuf) {
 /// A manifest row as the library reads it, with its file's path.
 pub struct MRow {
     row: opcrm_import::manifest::Row,
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl std::ops::Deref for MRow {
@@ -40,7 +40,7 @@ impl std::ops::Deref for MRow {
     }
 }
 
-fn manifest_rows(manifest: &Path) -> Vec<MRow> {
+pub fn manifest_rows(manifest: &Path) -> Vec<MRow> {
     let m = opcrm_import::manifest::read(manifest, ReadOptions::default());
     m.rows
         .iter()

@@ -41,10 +41,43 @@ impl Emulator {
         args: &[&str],
         credentials: Option<(&str, &str)>,
     ) -> Self {
+        Self::start_full(seed, args, credentials, &[])
+    }
+
+    /// In external-S3 mode against `server`, with the sample seed, the throttle off and `args`.
+    pub fn start_external(server: &super::s3s::S3sFs, args: &[&str]) -> Self {
+        let mut all: Vec<&str> = vec!["--rate-limit", "off"];
+        let external = server.emulator_args();
+        all.extend(external.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        let emu = Self::start_full(
+            &super::samples().join("emulator-seed.json"),
+            &all,
+            None,
+            &super::s3s::S3sFs::envs(),
+        );
+        assert_eq!(
+            emu.s3,
+            format!("{}/{}/", server.endpoint, super::s3s::BUCKET),
+            "forms point at the external server"
+        );
+        emu
+    }
+
+    /// Starts the emulator with `seed`, `args`, `credentials` and more environment `envs`.
+    fn start_full(
+        seed: &std::path::Path,
+        args: &[&str],
+        credentials: Option<(&str, &str)>,
+        envs: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
         cmd.args(["emulator", "--listen", "127.0.0.1:0", "--seed"])
             .arg(seed)
-            .args(args);
+            .args(args)
+            .env_remove("OPCRM_EMULATOR_S3_ACCESS_KEY")
+            .env_remove("OPCRM_EMULATOR_S3_SECRET_KEY")
+            .envs(envs.iter().copied());
         match credentials {
             Some((user, key)) => cmd
                 .env("ONEPAGECRM_USER_ID", user)

@@ -1,0 +1,240 @@
+//! The emulator in external-S3 mode against s3s-fs, an S3 server we did not write that checks
+//! the signature, the expiration and every condition of a POST policy: what the tool sends must
+//! pass there too, and every stored object must be the file's very bytes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use predicates::str::contains;
+use serde_json::Value;
+
+use crate::common::emulator::Emulator;
+use crate::common::s3s::{self, S3sFs};
+use crate::common::{Scratch, bin, samples};
+use crate::run::{assert_exactly_once, manifest_rows, sample_copy};
+
+/// Each row's attachment names an object in s3s-fs holding exactly the row's file, and s3s-fs
+/// holds nothing else.
+fn assert_objects_are_the_files(server: &S3sFs, state: &Value, manifest: &Path) {
+    let objects: std::collections::HashMap<String, Vec<u8>> =
+        server.objects().into_iter().collect();
+    let attachments = state["attachments"].as_array().unwrap();
+    let rows = manifest_rows(manifest);
+    assert_eq!(
+        objects.len(),
+        rows.len(),
+        "objects in s3s-fs: {:?}",
+        objects.keys().collect::<Vec<_>>()
+    );
+    for row in &rows {
+        let attachment = attachments
+            .iter()
+            .find(|a| {
+                a["reference_id"] == row.reference_id.as_str() && a["filename"] == row.name.as_str()
+            })
+            .unwrap_or_else(|| panic!("line {}: no attachment", row.line));
+        let key = attachment["key"].as_str().unwrap();
+        assert!(
+            key.starts_with(&format!("{}/", row.contact_id)) && key.ends_with(&row.name),
+            "line {}: key {key:?}",
+            row.line
+        );
+        let stored = objects
+            .get(key)
+            .unwrap_or_else(|| panic!("line {}: s3s-fs has no object {key:?}", row.line));
+        assert!(
+            *stored == std::fs::read(&row.path).unwrap(),
+            "line {}: the object {key:?} differs from {}",
+            row.line,
+            row.path.display()
+        );
+    }
+}
+
+fn forms_given(state: &Value) -> u64 {
+    state["requests"]["GET /api/v3/attachments/s3_form 200"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Bytes no text file has: every value, and long runs of `\r`, `\n` and `-` as in a boundary.
+fn awkward_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match (i / 4096) % 4 {
+                0 => b"\r\n--"[i % 4],
+                _ => x as u8,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sample_manifest_lands_in_s3s_fs_once_and_byte_identical() {
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(&server, &[]);
+    let (_s, manifest) = sample_copy();
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stdout(contains("done in this run:   20"));
+    let state = emu.state();
+    assert_exactly_once(&state, &manifest);
+    assert_objects_are_the_files(&server, &state, &manifest);
+    assert_eq!(
+        state["requests"]["POST /api/v3/attachments 201"].as_u64(),
+        Some(20),
+        "{}",
+        state["requests"]
+    );
+
+    // The rerun sends nothing.
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stdout(contains("done in this run:   0"));
+    let again = emu.state();
+    assert_eq!(again["requests"], state["requests"]);
+    assert_objects_are_the_files(&server, &again, &manifest);
+}
+
+#[test]
+fn file_names_with_quotes_non_ascii_spaces_percent_hash_and_plus() {
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(&server, &[]);
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(samples().join("emulator-seed.json")).unwrap(),
+    )
+    .unwrap();
+    let names = [
+        "Report \"final\".txt",
+        "Angebot Müller Straße.pdf",
+        "meeting  notes 2024.txt",
+        "100% done.txt",
+        "#1 item.txt",
+        "a+b=c.txt",
+        "all \"of\" it % # + ü.bin",
+    ];
+    let s = Scratch::new();
+    let mut manifest = String::from("file,contact_id,reference_type,reference_id,name\n");
+    for (i, name) in names.iter().enumerate() {
+        s.file(&format!("files/{name}"), awkward_bytes(1000 + i * 7919));
+        let contact = &seed["contacts"][i % 4];
+        manifest.push_str(&format!(
+            "\"files/{}\",{},note,{},\n",
+            name.replace('"', "\"\""),
+            contact["id"].as_str().unwrap(),
+            contact["notes"][0]["id"].as_str().unwrap()
+        ));
+    }
+    let manifest = s.manifest(manifest);
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stdout(contains(format!("done in this run:   {}", names.len())));
+    let state = emu.state();
+    assert_exactly_once(&state, &manifest);
+    assert_objects_are_the_files(&server, &state, &manifest);
+}
+
+#[test]
+fn an_expired_form_is_renewed_and_the_file_uploaded() {
+    // Forms live 1 s; s3s-fs holds the first three uploads 1.5 s, so their forms have expired
+    // when it reads them (it answers 403 AccessDenied "Request has expired").
+    let held = 3;
+    let server = S3sFs::start_holding(held, Duration::from_millis(1500));
+    let emu = Emulator::start_external(&server, &["--form-ttl", "1"]);
+    let (_s, manifest) = sample_copy();
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "-v"])
+        .assert()
+        .code(0)
+        .stderr(contains("the upload form expired; getting a new one"));
+    let state = emu.state();
+    assert_exactly_once(&state, &manifest);
+    assert_objects_are_the_files(&server, &state, &manifest);
+    // One form per row, one for the quota check before the first upload, one per expired form.
+    assert_eq!(
+        forms_given(&state),
+        20 + 1 + held as u64,
+        "{}",
+        state["requests"]
+    );
+}
+
+#[test]
+fn a_file_of_exactly_the_limit_is_accepted() {
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(&server, &[]);
+    let s = Scratch::new();
+    s.file("files/ten.bin", awkward_bytes(10_485_760));
+    let contact = "ca929443ed449d7679121de5";
+    let note = "064132394d9b497f536b2bb7";
+    let manifest = s.manifest(format!(
+        "file,contact_id,reference_type,reference_id,name\nfiles/ten.bin,{contact},note,{note},\n"
+    ));
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stdout(contains("done in this run:   1"));
+    let state = emu.state();
+    assert_exactly_once(&state, &manifest);
+    assert_objects_are_the_files(&server, &state, &manifest);
+    assert_eq!(state["attachments"][0]["size"], 10_485_760);
+}
+
+#[test]
+fn a_wrong_bucket_secret_or_endpoint_stops_the_emulator_with_a_clear_error() {
+    let server = S3sFs::start();
+    let emulator = |args: &[&str], secret: &str| {
+        let mut cmd = bin();
+        cmd.args(["emulator", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("OPCRM_EMULATOR_S3_ACCESS_KEY", s3s::ACCESS_KEY)
+            .env("OPCRM_EMULATOR_S3_SECRET_KEY", secret)
+            .timeout(Duration::from_secs(30));
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!stderr.contains(secret), "the secret shows: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+        stderr
+    };
+    let endpoint = server.endpoint.as_str();
+    let stderr = emulator(
+        &["--s3-endpoint", endpoint, "--s3-bucket", "no-such-bucket"],
+        s3s::SECRET_KEY,
+    );
+    assert!(
+        stderr.contains("has no bucket \"no-such-bucket\""),
+        "{stderr}"
+    );
+    let stderr = emulator(
+        &["--s3-endpoint", endpoint, "--s3-bucket", s3s::BUCKET],
+        "not-the-secret-key",
+    );
+    assert!(
+        stderr.contains("refused the access key and secret key"),
+        "{stderr}"
+    );
+    let stderr = emulator(
+        &[
+            "--s3-endpoint",
+            "http://192.0.2.1:9000",
+            "--s3-bucket",
+            s3s::BUCKET,
+        ],
+        s3s::SECRET_KEY,
+    );
+    assert!(stderr.contains("not on loopback"), "{stderr}");
+    let stderr = emulator(&["--s3-endpoint", endpoint], s3s::SECRET_KEY);
+    assert!(stderr.contains("--s3-bucket"), "{stderr}");
+}
