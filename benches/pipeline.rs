@@ -16,14 +16,14 @@
 //! `PIPELINE_BENCH_SMALL=1` shrinks every figure (for CI, so the bench cannot rot; nothing is
 //! judged then).
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opcrm_import::emulator::state::{generated_contact_id, generated_record_id};
-use opcrm_import::emulator::{self, Config, DEMO_API_KEY, DEMO_USER_ID, Emulator};
-use opcrm_import::manifest::ReferenceType;
+use opcrm_import::emulator::{self, DEMO_API_KEY, DEMO_USER_ID, Emulator};
 use serde_json::{Value, json};
 
 struct Sizes {
@@ -87,7 +87,8 @@ fn main() {
         None,
     );
     let api = emu.app.api_base();
-    let small_manifest = make_files(&dir.path().join("small"), sizes.small_files, 1024, contacts);
+    let small_manifest =
+        common::make_files(&dir.path().join("small"), sizes.small_files, 1024, contacts);
     let fast = ["--rate", "off", "--concurrency", "32"];
     // Three runs each way, each with a fresh state; the best of each (the least disturbed by
     // whatever else the machine does) is the figure.
@@ -97,11 +98,13 @@ fn main() {
         for suffix in ["opcrm.sqlite", "opcrm.sqlite-wal", "opcrm.sqlite-shm"] {
             let _ = std::fs::remove_file(small_manifest.with_extension(suffix));
         }
-        with_file = with_file.min(run_tool(&api, &small_manifest, &fast, None).elapsed);
-        in_memory = in_memory.min(run_tool(&api, &small_manifest, &fast, Some(":memory:")).elapsed);
+        with_file = with_file.min(common::run_tool(&api, &small_manifest, &fast, None).elapsed);
+        in_memory =
+            in_memory.min(common::run_tool(&api, &small_manifest, &fast, Some(":memory:")).elapsed);
     }
     let rows_per_s = sizes.small_files as f64 / with_file.as_secs_f64();
-    let curl_manifest = make_files(&dir.path().join("curl"), sizes.curl_files, 1024, contacts);
+    let curl_manifest =
+        common::make_files(&dir.path().join("curl"), sizes.curl_files, 1024, contacts);
     let curl_rows_per_s = sizes.curl_files as f64 / curl_loop(&api, &curl_manifest).as_secs_f64();
     figures.push(Figure {
         what: format!(
@@ -125,10 +128,11 @@ fn main() {
     });
 
     // 4: a rerun of a state where every row is done.
-    let rerun_manifest = make_files(&dir.path().join("rerun"), sizes.rerun_rows, 16, contacts);
+    let rerun_manifest =
+        common::make_files(&dir.path().join("rerun"), sizes.rerun_rows, 16, contacts);
     mark_all_done(&rerun_manifest);
     let before = total_requests(&emu);
-    let rerun = run_tool(&api, &rerun_manifest, &[], None);
+    let rerun = common::run_tool(&api, &rerun_manifest, &[], None);
     let sent = total_requests(&emu) - before;
     figures.push(Figure {
         what: format!(
@@ -143,13 +147,13 @@ fn main() {
     });
 
     // 3: memory with large files.
-    let big = make_files(
+    let big = common::make_files(
         &dir.path().join("big"),
         sizes.big_files,
         sizes.big_size,
         contacts,
     );
-    let run = run_tool(&api, &big, &["--rate", "off", "--concurrency", "16"], None);
+    let run = common::run_tool(&api, &big, &["--rate", "off", "--concurrency", "16"], None);
     let rss_mb = run.peak_rss_kb as f64 / 1024.0;
     let mb = (sizes.big_files * sizes.big_size) as f64 / f64::from(1 << 20);
     figures.push(Figure {
@@ -175,13 +179,13 @@ fn main() {
         sizes.throttled_files,
         Some("5/10"),
     );
-    let manifest = make_files(
+    let manifest = common::make_files(
         &dir.path().join("throttled"),
         sizes.throttled_files,
         1024,
         contacts,
     );
-    let run = run_tool(&throttled.app.api_base(), &manifest, &[], None);
+    let run = common::run_tool(&throttled.app.api_base(), &manifest, &[], None);
     let calls = run.summary["api_calls"].as_f64().unwrap();
     let use_of_limit = calls / run.elapsed.as_secs_f64() / 5.0;
     let refused = throttled.app.state().throttled;
@@ -199,12 +203,13 @@ fn main() {
     runtime.block_on(throttled.stop());
 
     // 6: check of a large manifest.
-    let check_manifest = make_files(&dir.path().join("check"), sizes.check_rows, 16, contacts);
+    let check_manifest =
+        common::make_files(&dir.path().join("check"), sizes.check_rows, 16, contacts);
     let mut check_cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
     check_cmd
         .args(["check", "--offline", "--json"])
         .arg(&check_manifest);
-    let check = measure(&check_cmd);
+    let check = common::measure(&check_cmd);
     let check_mb = check.peak_rss_kb as f64 / 1024.0;
     figures.push(Figure {
         what: format!(
@@ -255,18 +260,8 @@ fn start(
     rows: usize,
     throttle: Option<&str>,
 ) -> Emulator {
-    let seed = dir.join(format!("seed-{rows}.json"));
-    let notes = (rows as u64).div_ceil(contacts);
-    std::fs::write(
-        &seed,
-        json!({"generate": {"contacts": contacts, "notes": notes}}).to_string(),
-    )
-    .unwrap();
-    let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+    let mut config = common::config(dir, contacts, rows);
     config.rate_limit = throttle.map(|t| emulator::faults::parse_rate_limit(t).unwrap().unwrap());
-    config.user_id = DEMO_USER_ID.into();
-    config.api_key = DEMO_API_KEY.into();
-    config.seed = Some(seed);
     runtime
         .block_on(emulator::start(config))
         .expect("start the emulator")
@@ -274,35 +269,6 @@ fn start(
 
 fn total_requests(emu: &Emulator) -> u64 {
     emu.app.state().requests.values().sum()
-}
-
-/// Writes `n` files of `size` bytes (distinct contents) and a manifest spreading them over the
-/// generated contacts' notes.
-fn make_files(dir: &Path, n: usize, size: usize, contacts: u64) -> PathBuf {
-    let mut manifest = String::from("file,contact_id,reference_type,reference_id\n");
-    let mut body = vec![0u8; size];
-    let per_contact = (n as u64).div_ceil(contacts);
-    for i in 0..n {
-        let folder = format!("files/{:03}", i % 1000);
-        if i < 1000 {
-            std::fs::create_dir_all(dir.join(&folder)).unwrap();
-        }
-        for (j, b) in body.iter_mut().enumerate() {
-            *b = (j as u64).wrapping_mul(31).wrapping_add(i as u64 * 7919) as u8;
-        }
-        let rel = format!("{folder}/doc-{i:07}.bin");
-        std::fs::write(dir.join(&rel), &body).unwrap();
-        let k = i as u64 % contacts;
-        let j = (i as u64 / contacts) % per_contact;
-        let (contact, note) = (
-            generated_contact_id(k),
-            generated_record_id(ReferenceType::Note, k, j),
-        );
-        manifest.push_str(&format!("{rel},{contact},note,{note}\n"));
-    }
-    let path = dir.join("manifest.csv");
-    std::fs::write(&path, manifest).unwrap();
-    path
 }
 
 /// Records every row of `manifest` in its default state file as done, as a finished run leaves it.
@@ -321,84 +287,6 @@ fn mark_all_done(manifest: &Path) {
         "UPDATE rows SET state = 'done', s3_key = 'done/' || row_key, attachment_id = substr(row_key, 1, 24)",
     )
     .unwrap();
-}
-
-struct Measured {
-    elapsed: Duration,
-    peak_rss_kb: u64,
-    summary: Value,
-}
-
-/// Runs a command to its end and reads its wall time and peak RSS; panics unless it exits 0.
-///
-/// The peak RSS comes from GNU time, not from this process's wait4: Linux carries the parent's
-/// high-water RSS into a child spawned with vfork (as Rust spawns), and this process holds the
-/// emulator's objects, so wait4 here would report this process's memory, not the tool's.
-fn measure(cmd: &Command) -> Measured {
-    let rss_file = tempfile::NamedTempFile::new().unwrap();
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .args(["-f", "%M", "-o"])
-        .arg(rss_file.path())
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => timed.env(k, v),
-            None => timed.env_remove(k),
-        };
-    }
-    let start = Instant::now();
-    let status = timed
-        .stdout(Stdio::null())
-        .status()
-        .expect("GNU time is installed (package `time`)");
-    let elapsed = start.elapsed();
-    assert!(status.success(), "the command did not exit 0");
-    let kb = std::fs::read_to_string(rss_file.path()).unwrap();
-    let peak_rss_kb = kb
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("GNU time printed the peak RSS");
-    Measured {
-        elapsed,
-        peak_rss_kb,
-        summary: Value::Null,
-    }
-}
-
-/// Runs `opcrm-import run --json` to its end (every row done) and keeps its summary.
-fn run_tool(api: &str, manifest: &Path, args: &[&str], state: Option<&str>) -> Measured {
-    let summary = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
-    cmd.env("ONEPAGECRM_API_URL", api)
-        .env("ONEPAGECRM_USER_ID", DEMO_USER_ID)
-        .env("ONEPAGECRM_API_KEY", DEMO_API_KEY)
-        .args(["run", "--no-progress", "--json", "--log-file"])
-        .arg(summary.path().with_extension("log"))
-        .arg(manifest)
-        .args(args);
-    if let Some(state) = state {
-        cmd.args(["--state", state]);
-    }
-    // The summary goes to a file (GNU time's stdout is discarded).
-    let sh = format!("exec \"$0\" \"$@\" > '{}'", summary.path().display());
-    let mut wrapped = Command::new("sh");
-    wrapped
-        .arg("-c")
-        .arg(sh)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            wrapped.env(k, v);
-        }
-    }
-    let mut measured = measure(&wrapped);
-    measured.summary =
-        serde_json::from_str(&std::fs::read_to_string(summary.path()).unwrap()).unwrap();
-    measured
 }
 
 /// The tutorial's way: for each file, `curl` step 1, `curl` step 2 with the form's fields, `curl`
