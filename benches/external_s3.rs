@@ -45,14 +45,10 @@ fn main() {
     } else {
         [(1_000, 4 << 10), (200, 512 << 10)]
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let contacts = 50u64;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = common::cores();
     if small {
         println!("small run (EXTERNAL_S3_BENCH_SMALL=1)");
     }

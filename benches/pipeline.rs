@@ -69,11 +69,7 @@ fn main() {
             check_rows: 1_000_000,
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let contacts = 100u64;
     let mut figures = Vec::new();
@@ -226,7 +222,7 @@ fn main() {
     figures.sort_by(|a, b| a.what.cmp(&b.what));
     println!(
         "pipeline bench on {} cores (the tool and the emulator share them)",
-        cores()
+        common::cores()
     );
     println!(
         "{:<70} {:>18} {:>18} {:>8} {:>24} {:>7}",
@@ -246,10 +242,6 @@ fn main() {
     if small {
         println!("small run (PIPELINE_BENCH_SMALL=1): targets are not judged");
     }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// An emulator with `contacts` generated contacts holding enough notes for `rows` rows.

@@ -10,6 +10,19 @@ use opcrm_import::emulator::{Config, DEMO_API_KEY, DEMO_USER_ID};
 use opcrm_import::manifest::ReferenceType;
 use serde_json::{Value, json};
 
+/// The runtime the bench's emulators (and servers) run on: two worker threads.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// An emulator's configuration: throttle off, the demo credentials, and `contacts` generated
 /// contacts holding enough notes for `rows` rows.
 pub fn config(dir: &Path, contacts: u64, rows: usize) -> Config {
