@@ -9,7 +9,7 @@ use predicates::str::contains;
 use serde_json::Value;
 
 use crate::common::emulator::Emulator;
-use crate::common::s3s::{self, S3sFs};
+use crate::common::s3s::{self, Answer, Quirks, S3sFs};
 use crate::common::{Scratch, bin, samples};
 use crate::run::{assert_exactly_once, manifest_rows, sample_copy};
 
@@ -105,6 +105,49 @@ fn sample_manifest_lands_in_s3s_fs_once_and_byte_identical() {
 }
 
 #[test]
+fn answers_of_other_servers_are_read_alike() {
+    // An absolute Location and a quoted `<Etag>`; then no body and no ETag at all, where
+    // step 3 is the check (the API refuses an attachment unless the object has the stated size).
+    for answer in [Answer::Rewritten, Answer::Empty] {
+        let server = S3sFs::start_with(Quirks {
+            answer,
+            ..Quirks::default()
+        });
+        let emu = Emulator::start_external(&server, &[]);
+        let (_s, manifest) = sample_copy();
+        emu.run_cmd(&manifest)
+            .args(["--rate", "off"])
+            .assert()
+            .code(0)
+            .stdout(contains("done in this run:   20"));
+        let state = emu.state();
+        assert_exactly_once(&state, &manifest);
+        assert_objects_are_the_files(&server, &state, &manifest);
+    }
+
+    // That ETag is read, not skipped: one that is not the file's MD5 fails the upload.
+    let server = S3sFs::start_with(Quirks {
+        answer: Answer::WrongEtag,
+        ..Quirks::default()
+    });
+    let emu = Emulator::start_external(&server, &[]);
+    let s = Scratch::new();
+    s.file("files/one.txt", "one file\n");
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id,name\n\
+         files/one.txt,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7,\n",
+    );
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0"])
+        .assert()
+        .code(4)
+        .stderr(contains(
+            "S3's ETag is 0123456789abcdef0123456789abcdef but the file's MD5 is",
+        ));
+    assert_eq!(emu.state()["attachments"].as_array().unwrap().len(), 0);
+}
+
+#[test]
 fn file_names_with_quotes_non_ascii_spaces_percent_hash_and_plus() {
     let server = S3sFs::start();
     let emu = Emulator::start_external(&server, &[]);
@@ -149,7 +192,11 @@ fn an_expired_form_is_renewed_and_the_file_uploaded() {
     // Forms live 1 s; s3s-fs holds the first three uploads 1.5 s, so their forms have expired
     // when it reads them (it answers 403 AccessDenied "Request has expired").
     let held = 3;
-    let server = S3sFs::start_holding(held, Duration::from_millis(1500));
+    let server = S3sFs::start_with(Quirks {
+        held,
+        hold: Duration::from_millis(1500),
+        ..Quirks::default()
+    });
     let emu = Emulator::start_external(&server, &["--form-ttl", "1"]);
     let (_s, manifest) = sample_copy();
     emu.run_cmd(&manifest)

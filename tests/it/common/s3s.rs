@@ -33,15 +33,40 @@ pub struct S3sFs {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// How the test server departs from plain s3s-fs, to stand for other servers and conditions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quirks {
+    /// The first `held` uploads wait `hold` before s3s sees them: a form that lives less than
+    /// `hold` has expired by then.
+    pub held: usize,
+    pub hold: Duration,
+    /// How a successful upload is answered.
+    pub answer: Answer,
+}
+
+/// The `201` answer to an upload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Answer {
+    /// As s3s writes it: a `PostResponse` with a relative `Location` and an unquoted `<ETag>`
+    /// (and no `ETag` header).
+    #[default]
+    AsWritten,
+    /// An absolute `Location` and `<Etag>&quot;…&quot;</Etag>`.
+    Rewritten,
+    /// As `Rewritten`, with an ETag that is not the object's MD5.
+    WrongEtag,
+    /// No body and no `ETag` header.
+    Empty,
+}
+
 impl S3sFs {
     /// Starts the server with one empty bucket, `BUCKET`, and one account.
     pub fn start() -> Self {
-        Self::start_holding(0, Duration::ZERO)
+        Self::start_with(Quirks::default())
     }
 
-    /// As `start`, and the first `held` POSTs (uploads) wait `hold` before s3s sees them: a
-    /// form that lives less than `hold` has expired by then.
-    pub fn start_holding(held: usize, hold: Duration) -> Self {
+    /// As `start`, with `quirks`.
+    pub fn start_with(quirks: Quirks) -> Self {
         let root = tempfile::tempdir().expect("a temporary folder");
         std::fs::create_dir(root.path().join(BUCKET)).expect("the bucket's folder");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -71,12 +96,15 @@ impl S3sFs {
                     let service = service.clone();
                     let posts = posts.clone();
                     async move {
-                        if req.method() == hyper::Method::POST
-                            && posts.fetch_add(1, Ordering::SeqCst) < held
-                        {
-                            tokio::time::sleep(hold).await;
+                        let upload = req.method() == hyper::Method::POST;
+                        if upload && posts.fetch_add(1, Ordering::SeqCst) < quirks.held {
+                            tokio::time::sleep(quirks.hold).await;
                         }
-                        service.oneshot(req.map(small_frames)).await
+                        let response = service.oneshot(req.map(small_frames)).await?;
+                        if !upload || response.status() != hyper::StatusCode::CREATED {
+                            return Ok::<_, s3s::HttpError>(response);
+                        }
+                        Ok(reanswer(response, quirks.answer, addr).await)
                     }
                 });
                 tokio::spawn(
@@ -146,6 +174,39 @@ impl Drop for S3sFs {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A `201` to an upload answered as `answer` says.
+async fn reanswer(
+    response: hyper::Response<s3s::Body>,
+    answer: Answer,
+    addr: SocketAddr,
+) -> hyper::Response<s3s::Body> {
+    if answer == Answer::AsWritten {
+        return response;
+    }
+    let (mut parts, mut body) = response.into_parts();
+    parts.headers.remove(hyper::header::ETAG);
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let body = match answer {
+        Answer::Empty | Answer::AsWritten => s3s::Body::empty(),
+        Answer::Rewritten | Answer::WrongEtag => {
+            let xml = body.store_all_limited(1 << 20).await.expect("s3s's answer");
+            let xml = String::from_utf8(xml.to_vec()).expect("UTF-8 XML");
+            let mut rewritten = xml
+                .replace("<Location>/", &format!("<Location>http://{addr}/"))
+                .replace("<ETag>", "<Etag>&quot;")
+                .replace("</ETag>", "&quot;</Etag>");
+            assert_ne!(rewritten, xml, "s3s's PostResponse is as expected");
+            if answer == Answer::WrongEtag {
+                let start = rewritten.find("<Etag>&quot;").unwrap() + "<Etag>&quot;".len();
+                let end = rewritten.find("&quot;</Etag>").unwrap();
+                rewritten.replace_range(start..end, "0123456789abcdef0123456789abcdef");
+            }
+            s3s::Body::from(rewritten)
+        }
+    };
+    hyper::Response::from_parts(parts, body)
 }
 
 /// The request body cut into frames of at most 16 KiB.
