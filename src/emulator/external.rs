@@ -148,10 +148,7 @@ impl ExternalS3 {
     ) -> Result<reqwest::Response, reqwest::Error> {
         let host = host_header(&self.endpoint);
         let now = Utc::now();
-        let authorization = authorization(
-            &self.access_key,
-            &self.secret_key.0,
-            &self.region,
+        let authorization = self.authorization(
             now,
             "HEAD",
             path,
@@ -236,6 +233,46 @@ impl ExternalS3 {
             .to_ascii_lowercase();
         Ok(Some(Head { size, etag }))
     }
+
+    /// The `Authorization` header of a SigV4-signed request without a query string: `headers` are
+    /// the signed headers with lower-case names, `path` the URI-encoded path.
+    pub fn authorization(
+        &self,
+        now: DateTime<Utc>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        payload_sha256: &str,
+    ) -> String {
+        let mut headers = headers.to_vec();
+        headers.sort_by_key(|(name, _)| *name);
+        let canonical_headers: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}:{}\n", value.trim()))
+            .collect();
+        let signed_headers = headers
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(";");
+        let canonical_request =
+            format!("{method}\n{path}\n\n{canonical_headers}\n{signed_headers}\n{payload_sha256}");
+        let day = now.format("%Y%m%d").to_string();
+        let scope = format!("{day}/{}/s3/aws4_request", self.region);
+        let string_to_sign = format!(
+            "{ALGORITHM}\n{}\n{scope}\n{}",
+            amz_date(now),
+            hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        );
+        let signature = hmac_hex(
+            &signing_key(&self.secret_key.0, &day, &self.region, "s3"),
+            string_to_sign.as_bytes(),
+        );
+        format!(
+            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            self.access_key
+        )
+    }
 }
 
 /// `host` or `host:port` as the `Host` header carries it.
@@ -251,48 +288,6 @@ fn amz_date(now: DateTime<Utc>) -> String {
     now.format("%Y%m%dT%H%M%SZ").to_string()
 }
 
-/// The `Authorization` header of a SigV4-signed request without a query string: `headers` are
-/// the signed headers with lower-case names, `path` the URI-encoded path.
-#[allow(clippy::too_many_arguments)]
-pub fn authorization(
-    access_key: &str,
-    secret: &str,
-    region: &str,
-    now: DateTime<Utc>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    payload_sha256: &str,
-) -> String {
-    let mut headers = headers.to_vec();
-    headers.sort_by_key(|(name, _)| *name);
-    let canonical_headers: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}:{}\n", value.trim()))
-        .collect();
-    let signed_headers = headers
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(";");
-    let canonical_request =
-        format!("{method}\n{path}\n\n{canonical_headers}\n{signed_headers}\n{payload_sha256}");
-    let day = now.format("%Y%m%d").to_string();
-    let scope = format!("{day}/{region}/s3/aws4_request");
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{}\n{scope}\n{}",
-        amz_date(now),
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    );
-    let signature = hmac_hex(
-        &signing_key(secret, &day, region, "s3"),
-        string_to_sign.as_bytes(),
-    );
-    format!(
-        "{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,10 +298,14 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2013-05-24T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let header = authorization(
-            "AKIAIOSFODNN7EXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-            "us-east-1",
+        let account = ExternalS3 {
+            endpoint: "https://examplebucket.s3.amazonaws.com".parse().unwrap(),
+            bucket: "examplebucket".into(),
+            region: "us-east-1".into(),
+            access_key: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_key: Secret("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
+        };
+        let header = account.authorization(
             now,
             "GET",
             "/test.txt",
