@@ -3,12 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -130,6 +129,7 @@ impl S3sFs {
             .to_vec()
     }
 
+    /// The environment that gives the emulator this server's access key and secret key.
     pub fn envs() -> [(&'static str, &'static str); 2] {
         [
             ("OPCRM_EMULATOR_S3_ACCESS_KEY", ACCESS_KEY),
