@@ -215,12 +215,13 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         return invalid("size", "must be the size of the uploaded file in bytes");
     };
 
-    let contact_id = {
+    let (contact_id, built_in_object) = {
         let state = app.state();
         let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
             return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
         };
-        record.contact_id.clone()
+        let object = state.objects.get(&key).map(|o| (o.size, o.md5.clone()));
+        (record.contact_id.clone(), object)
     };
     if let Some(given) = text("contact_id")
         && given != contact_id
@@ -236,7 +237,16 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
             &format!("must start with the contact id {contact_id}/"),
         );
     }
-    let (stored_size, md5) = match stored_object(&app, &key).await {
+    // The object's size and MD5: from the built-in store, or, in external-S3 mode, from a
+    // `HEAD` to that server (its ETag is the MD5 of a single-part upload).
+    let stored = match &app.config.external_s3 {
+        Some(external) => external
+            .head_object(&key)
+            .await
+            .map(|head| head.map(|h| (h.size, h.etag))),
+        None => Ok(built_in_object),
+    };
+    let (stored_size, md5) = match stored {
         Ok(Some(object)) => object,
         Ok(None) => return invalid("key", "does not name an uploaded file"),
         Err(e) => {
@@ -290,22 +300,6 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
     state.attachments.insert(id, attachment);
     drop(guard);
     ok(StatusCode::CREATED, json!({ "attachment": shown }))
-}
-
-/// The size and MD5 of the object `key`: from the built-in store, or, in external-S3 mode, from
-/// a `HEAD` to that server (its ETag is the MD5 of a single-part upload).
-async fn stored_object(app: &App, key: &str) -> Result<Option<(u64, String)>, String> {
-    match (&app.config.external_s3, &app.external_http) {
-        (Some(external), Some(http)) => Ok(external
-            .head_object(http, key)
-            .await?
-            .map(|head| (head.size, head.etag))),
-        _ => Ok(app
-            .state()
-            .objects
-            .get(key)
-            .map(|object| (object.size, object.md5.clone()))),
-    }
 }
 
 fn capitalized(kind: ReferenceType) -> String {

@@ -38,6 +38,8 @@ pub struct ExternalS3 {
     pub region: String,
     pub access_key: String,
     pub secret_key: Secret,
+    /// The client the emulator asks the server with: no proxy, short timeouts.
+    http: reqwest::Client,
 }
 
 /// What `HEAD` tells of a stored object.
@@ -102,12 +104,19 @@ impl ExternalS3 {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
             "--s3-region {region:?} is not a region name"
         );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot set up the HTTP client for the external S3 server")?;
         Ok(Self {
             endpoint: url,
             bucket: bucket.to_string(),
             region: region.to_string(),
             access_key: access_key.to_string(),
             secret_key,
+            http,
         })
     }
 
@@ -130,22 +139,8 @@ impl ExternalS3 {
         }
     }
 
-    /// The HTTP client the emulator talks to the server with: no proxy, short timeouts.
-    pub fn client() -> anyhow::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot set up the HTTP client for the external S3 server")
-    }
-
     /// A `HEAD` of `path` (already URI-encoded), signed with SigV4 in the `Authorization` header.
-    async fn head(
-        &self,
-        http: &reqwest::Client,
-        path: &str,
-    ) -> Result<reqwest::Response, reqwest::Error> {
+    async fn head(&self, path: &str) -> Result<reqwest::Response, reqwest::Error> {
         let host = host_header(&self.endpoint);
         let now = Utc::now();
         let authorization = self.authorization(
@@ -160,7 +155,8 @@ impl ExternalS3 {
             EMPTY_SHA256,
         );
         let url = format!("{}{}", self.endpoint.as_str().trim_end_matches('/'), path);
-        http.head(url)
+        self.http
+            .head(url)
             .header("x-amz-content-sha256", EMPTY_SHA256)
             .header("x-amz-date", amz_date(now))
             .header(reqwest::header::AUTHORIZATION, authorization)
@@ -170,9 +166,9 @@ impl ExternalS3 {
 
     /// Whether the bucket is there and the account may use it; said at start, so that a wrong
     /// endpoint, key or bucket shows before the first upload does.
-    pub async fn check_bucket(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+    pub async fn check_bucket(&self) -> anyhow::Result<()> {
         let response = self
-            .head(http, &format!("/{}", self.bucket))
+            .head(&format!("/{}", self.bucket))
             .await
             .with_context(|| format!("cannot reach the S3 server at {}", self.endpoint))?;
         match response.status().as_u16() {
@@ -196,14 +192,10 @@ impl ExternalS3 {
     }
 
     /// The size and ETag of the object `key`, or `None` when the server has no such object.
-    pub async fn head_object(
-        &self,
-        http: &reqwest::Client,
-        key: &str,
-    ) -> Result<Option<Head>, String> {
+    pub async fn head_object(&self, key: &str) -> Result<Option<Head>, String> {
         let path = format!("/{}/{}", self.bucket, utf8_percent_encode(key, PATH));
         let response = self
-            .head(http, &path)
+            .head(&path)
             .await
             .map_err(|e| format!("cannot reach the S3 server: {e}"))?;
         let status = response.status().as_u16();
@@ -304,6 +296,7 @@ mod tests {
             region: "us-east-1".into(),
             access_key: "AKIAIOSFODNN7EXAMPLE".into(),
             secret_key: Secret("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
+            http: reqwest::Client::new(),
         };
         let header = account.authorization(
             now,

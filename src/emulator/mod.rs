@@ -99,8 +99,6 @@ pub struct App {
     faults: Faults,
     /// `http://127.0.0.1:PORT`
     pub origin: String,
-    /// The client for the external S3 server, in external-S3 mode.
-    pub external_http: Option<reqwest::Client>,
 }
 
 impl App {
@@ -165,14 +163,9 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         std::fs::create_dir_all(dir.join("objects"))
             .with_context(|| format!("cannot create data folder {}", dir.display()))?;
     }
-    let external_http = match &config.external_s3 {
-        Some(external) => {
-            let http = external::ExternalS3::client()?;
-            external.check_bucket(&http).await?;
-            Some(http)
-        }
-        None => None,
-    };
+    if let Some(external) = &config.external_s3 {
+        external.check_bucket().await?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -188,7 +181,6 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
     };
     let app = Arc::new(App {
         signer,
-        external_http,
         state: Mutex::new(state),
         throttle: config.rate_limit.map(Throttle::new),
         faults: Faults::new(config.faults),

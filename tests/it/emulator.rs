@@ -9,7 +9,9 @@ use std::path::Path;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use crate::common::emulator::{Emulator, Reply, curl, tutorial_fields, tutorial_key, upload};
+use crate::common::emulator::{
+    Emulator, Reply, TUTORIAL_FIELDS, curl, curl_output, tutorial_fields, tutorial_key, upload,
+};
 use crate::common::{Scratch, bin, samples};
 
 /// The sample seed's contacts, with their records.
@@ -112,20 +114,12 @@ fn tutorial_three_steps_with_curl_attach_the_file() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(
-        names,
-        [
-            "acl",
-            "success_action_status",
-            "policy",
-            "x-amz-credential",
-            "x-amz-algorithm",
-            "x-amz-date",
-            "x-amz-signature",
-            "key",
-            "x-ignore-pattern"
-        ]
-    );
+    let expected: Vec<&str> = TUTORIAL_FIELDS
+        .iter()
+        .copied()
+        .chain(["key", "x-ignore-pattern"])
+        .collect();
+    assert_eq!(names, expected);
 
     // Step 2: the tutorial's curl, field by field in its order, the file last.
     let key = tutorial_key(&form, &ada.id, "logo.png");
@@ -488,26 +482,13 @@ fn burst(emu: &Emulator, n: usize) -> Vec<(u16, String)> {
     for _ in 0..n {
         args.extend(["-o".to_string(), "/dev/null".to_string(), url.clone()]);
     }
-    let mut child = std::process::Command::new("curl")
-        .args(["-K", "-"])
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    let auth = format!(
-        "user = \"{}:{}\"\n",
-        crate::common::emulator::USER_ID,
-        crate::common::emulator::API_KEY
+    let out = curl_output(
+        &args,
+        Some((
+            crate::common::emulator::USER_ID,
+            crate::common::emulator::API_KEY,
+        )),
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(auth.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()

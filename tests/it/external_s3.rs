@@ -2,7 +2,7 @@
 //! the signature, the expiration and every condition of a POST policy: what the tool sends must
 //! pass there too, and every stored object must be the file's very bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use predicates::str::contains;
@@ -51,6 +51,39 @@ fn assert_objects_are_the_files(server: &S3sFs, state: &Value, manifest: &Path) 
     }
 }
 
+/// Runs `manifest` to its end (`run --rate off` and `args`): exit 0 with `rows` rows done in this
+/// run, and every row attached once with its file's very bytes in s3s-fs. Returns the emulator's
+/// state and the run's stderr.
+fn run_to_the_end(
+    emu: &Emulator,
+    server: &S3sFs,
+    manifest: &Path,
+    rows: usize,
+    args: &[&str],
+) -> (Value, String) {
+    let assert = emu
+        .run_cmd(manifest)
+        .args(["--rate", "off"])
+        .args(args)
+        .assert()
+        .code(0)
+        .stdout(contains(format!("done in this run:   {rows}")));
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let state = emu.state();
+    assert_exactly_once(&state, manifest);
+    assert_objects_are_the_files(server, &state, manifest);
+    (state, stderr)
+}
+
+/// A manifest of one file, `files/NAME` holding `bytes`, on a note of the samples' first contact.
+fn one_file_manifest(s: &Scratch, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+    s.file(&format!("files/{name}"), bytes);
+    s.manifest(format!(
+        "file,contact_id,reference_type,reference_id,name\n\
+         files/{name},ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7,\n"
+    ))
+}
+
 fn forms_given(state: &Value) -> u64 {
     state["requests"]["GET /api/v3/attachments/s3_form 200"]
         .as_u64()
@@ -78,14 +111,7 @@ fn sample_manifest_lands_in_s3s_fs_once_and_byte_identical() {
     let server = S3sFs::start();
     let emu = Emulator::start_external(&server, &[]);
     let (_s, manifest) = sample_copy();
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0)
-        .stdout(contains("done in this run:   20"));
-    let state = emu.state();
-    assert_exactly_once(&state, &manifest);
-    assert_objects_are_the_files(&server, &state, &manifest);
+    let (state, _) = run_to_the_end(&emu, &server, &manifest, 20, &[]);
     assert_eq!(
         state["requests"]["POST /api/v3/attachments 201"].as_u64(),
         Some(20),
@@ -94,14 +120,8 @@ fn sample_manifest_lands_in_s3s_fs_once_and_byte_identical() {
     );
 
     // The rerun sends nothing.
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0)
-        .stdout(contains("done in this run:   0"));
-    let again = emu.state();
+    let (again, _) = run_to_the_end(&emu, &server, &manifest, 0, &[]);
     assert_eq!(again["requests"], state["requests"]);
-    assert_objects_are_the_files(&server, &again, &manifest);
 }
 
 #[test]
@@ -115,14 +135,7 @@ fn answers_of_other_servers_are_read_alike() {
         });
         let emu = Emulator::start_external(&server, &[]);
         let (_s, manifest) = sample_copy();
-        emu.run_cmd(&manifest)
-            .args(["--rate", "off"])
-            .assert()
-            .code(0)
-            .stdout(contains("done in this run:   20"));
-        let state = emu.state();
-        assert_exactly_once(&state, &manifest);
-        assert_objects_are_the_files(&server, &state, &manifest);
+        run_to_the_end(&emu, &server, &manifest, 20, &[]);
     }
 
     // That ETag is read, not skipped: one that is not the file's MD5 fails the upload.
@@ -132,11 +145,7 @@ fn answers_of_other_servers_are_read_alike() {
     });
     let emu = Emulator::start_external(&server, &[]);
     let s = Scratch::new();
-    s.file("files/one.txt", "one file\n");
-    let manifest = s.manifest(
-        "file,contact_id,reference_type,reference_id,name\n\
-         files/one.txt,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7,\n",
-    );
+    let manifest = one_file_manifest(&s, "one.txt", "one file\n");
     emu.run_cmd(&manifest)
         .args(["--rate", "off", "--retries", "0"])
         .assert()
@@ -177,14 +186,7 @@ fn file_names_with_quotes_non_ascii_spaces_percent_hash_and_plus() {
         ));
     }
     let manifest = s.manifest(manifest);
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0)
-        .stdout(contains(format!("done in this run:   {}", names.len())));
-    let state = emu.state();
-    assert_exactly_once(&state, &manifest);
-    assert_objects_are_the_files(&server, &state, &manifest);
+    run_to_the_end(&emu, &server, &manifest, names.len(), &[]);
 }
 
 #[test]
@@ -199,14 +201,11 @@ fn an_expired_form_is_renewed_and_the_file_uploaded() {
     });
     let emu = Emulator::start_external(&server, &["--form-ttl", "1"]);
     let (_s, manifest) = sample_copy();
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off", "-v"])
-        .assert()
-        .code(0)
-        .stderr(contains("the upload form expired; getting a new one"));
-    let state = emu.state();
-    assert_exactly_once(&state, &manifest);
-    assert_objects_are_the_files(&server, &state, &manifest);
+    let (state, stderr) = run_to_the_end(&emu, &server, &manifest, 20, &["-v"]);
+    assert!(
+        stderr.contains("the upload form expired; getting a new one"),
+        "{stderr}"
+    );
     // One form per row, one for the quota check before the first upload, one per expired form.
     assert_eq!(
         forms_given(&state),
@@ -221,20 +220,8 @@ fn a_file_of_exactly_the_limit_is_accepted() {
     let server = S3sFs::start();
     let emu = Emulator::start_external(&server, &[]);
     let s = Scratch::new();
-    s.file("files/ten.bin", awkward_bytes(10_485_760));
-    let contact = "ca929443ed449d7679121de5";
-    let note = "064132394d9b497f536b2bb7";
-    let manifest = s.manifest(format!(
-        "file,contact_id,reference_type,reference_id,name\nfiles/ten.bin,{contact},note,{note},\n"
-    ));
-    emu.run_cmd(&manifest)
-        .args(["--rate", "off"])
-        .assert()
-        .code(0)
-        .stdout(contains("done in this run:   1"));
-    let state = emu.state();
-    assert_exactly_once(&state, &manifest);
-    assert_objects_are_the_files(&server, &state, &manifest);
+    let manifest = one_file_manifest(&s, "ten.bin", awkward_bytes(10_485_760));
+    let (state, _) = run_to_the_end(&emu, &server, &manifest, 1, &[]);
     assert_eq!(state["attachments"][0]["size"], 10_485_760);
 }
 

@@ -223,25 +223,15 @@ const MARK: &str = "\n--curl-status--";
 
 /// Runs curl; credentials go through its config on stdin, never its command line.
 pub fn curl(args: &[String], auth: Option<(&str, &str)>) -> Reply {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "-w"])
-        .arg(format!("{MARK}%{{http_code}} %{{content_type}}"))
-        .args(["-K", "-"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("curl is installed");
-    let config = auth
-        .map(|(u, k)| format!("user = \"{u}:{k}\"\n"))
-        .unwrap_or_default();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut all = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "60".into(),
+        "-w".into(),
+        format!("{MARK}%{{http_code}} %{{content_type}}"),
+    ];
+    all.extend_from_slice(args);
+    let out = curl_output(&all, auth);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, tail) = text.rsplit_once(MARK).unwrap_or((&text, "000 "));
     let (code, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
@@ -253,6 +243,39 @@ pub fn curl(args: &[String], auth: Option<(&str, &str)>) -> Reply {
     }
 }
 
+/// Runs curl with `args` to its end; the credentials go in on stdin (`-K -`), never in argv.
+pub fn curl_output(args: &[String], auth: Option<(&str, &str)>) -> std::process::Output {
+    let mut child = Command::new("curl")
+        .args(["-K", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    let config = auth
+        .map(|(u, k)| format!("user = \"{u}:{k}\"\n"))
+        .unwrap_or_default();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The form fields of the tutorial's step 2, in its order (`key`, `filename` and the file follow).
+pub const TUTORIAL_FIELDS: [&str; 7] = [
+    "acl",
+    "success_action_status",
+    "policy",
+    "x-amz-credential",
+    "x-amz-algorithm",
+    "x-amz-date",
+    "x-amz-signature",
+];
+
 /// The fields of a step-1 answer in the tutorial's order, `key` filled in and `filename` added.
 pub fn tutorial_fields(form: &Value, key: &str, filename: &str) -> Vec<(String, String)> {
     let fields = &form["data"]["fields"];
@@ -260,18 +283,10 @@ pub fn tutorial_fields(form: &Value, key: &str, filename: &str) -> Vec<(String, 
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut out: Vec<(String, String)> = [
-        "acl",
-        "success_action_status",
-        "policy",
-        "x-amz-credential",
-        "x-amz-algorithm",
-        "x-amz-date",
-        "x-amz-signature",
-    ]
-    .iter()
-    .map(|n| (n.to_string(), text(n)))
-    .collect();
+    let mut out: Vec<(String, String)> = TUTORIAL_FIELDS
+        .iter()
+        .map(|n| (n.to_string(), text(n)))
+        .collect();
     out.push(("key".into(), key.into()));
     out.push(("filename".into(), filename.into()));
     out
