@@ -16,6 +16,19 @@ pub struct Cli {
     pub log: LogArgs,
 }
 
+impl Cli {
+    /// `run`'s flags at their defaults, from clap's own definitions (so nothing repeats them).
+    pub fn run_defaults() -> RunArgs {
+        match Self::try_parse_from(["opcrm-import", "run", "manifest.csv"]) {
+            Ok(Cli {
+                command: Command::Run(args),
+                ..
+            }) => args,
+            other => unreachable!("`run manifest.csv` parses as run: {other:?}"),
+        }
+    }
+}
+
 /// Where logs go and how much of them; they never hold the API key, a policy or a signature.
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -165,6 +178,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub reupload_changed: bool,
 
+    /// Attach the rows that failed as `attach_unsettled` (you looked at their records and their
+    /// files are not there); without it such rows are checked again and never attached twice.
+    #[arg(long)]
+    pub attach_unsettled: bool,
+
     /// Print the summary as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -265,6 +283,22 @@ pub struct EmulatorArgs {
     /// Seed of the fault generator: the same seed gives the same faults to the same requests.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub fault_seed: u64,
+
+    /// The Nth request of one route meets a fault, whatever the rates draw: `METHOD /route:N:FAULT`
+    /// with N as `N`, `N-M` or `N-`, FAULT `error`, `drop-before` or `drop-after` (repeatable;
+    /// e.g. 'POST /api/v3/attachments:1:drop-after' loses the first attach's answer).
+    #[arg(long, value_name = "SPEC", value_parser = crate::emulator::faults::parse_fault_at)]
+    pub fault_at: Vec<crate::emulator::faults::PlannedFault>,
+
+    /// How the attachments' `url` is made: `presigned` (a SigV4 presigned GET of the object, as
+    /// OnePageCRM's S3-hosted links are) or `opaque` (a link that does not show the object's key).
+    #[arg(long, value_enum, value_name = "STYLE", default_value_t = crate::emulator::AttachmentUrls::Presigned)]
+    pub attachment_urls: crate::emulator::AttachmentUrls,
+
+    /// Every step-1 answer carries this `timestamp` (Unix seconds) instead of the clock's: for
+    /// rehearsing two uploads of one name to one contact in the same second.
+    #[arg(long, value_name = "UNIX_SECS")]
+    pub form_timestamp: Option<i64>,
 
     /// How long an upload form stays valid, in seconds (short values make forms expire).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]

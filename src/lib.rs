@@ -86,7 +86,10 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
         drop_rate: args.drop_rate,
         latency_ms: args.latency_ms,
         seed: args.fault_seed,
+        planned: args.fault_at,
     };
+    config.attachment_urls = args.attachment_urls;
+    config.form_timestamp = args.form_timestamp;
     config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
     config.data_dir = args.data_dir;
     if let Some(endpoint) = &args.s3_endpoint {

@@ -417,7 +417,7 @@ impl Context {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Plan::Verify => match self.verify(row).await {
+                Plan::Verify => match self.verify(row, key.as_deref()).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => stage = Plan::Attach,
                     Err(RowError::Remote(e)) if e.is_retryable() => {
@@ -452,10 +452,11 @@ impl Context {
     /// Steps 1 and 2; returns the key the object is stored under.
     async fn upload(&self, row: &StoredRow, attempts: &mut u32) -> Result<String, RowError> {
         let mut form = self.form(row, attempts).await?;
-        // A key no other row of this state file holds (committed before the upload starts).
-        let mut sequence = 0;
+        // A new key, unique everywhere by its random part; the state file's UNIQUE constraint
+        // catches the one-in-a-billion repeat within this file, and another draw settles it.
+        let mut draws = 0;
         let key = loop {
-            let key = form.key(&row.name, sequence);
+            let key = form.key(&row.name);
             match self
                 .commit(
                     &row.key,
@@ -466,9 +467,7 @@ impl Context {
                 .await
             {
                 Ok(()) => break key,
-                Err(RowError::Store(e)) if e.is_unique_violation() && sequence < 999 => {
-                    sequence += 1
-                }
+                Err(RowError::Store(e)) if e.is_unique_violation() && draws < 10 => draws += 1,
                 Err(e) => return Err(e),
             }
         };
@@ -518,10 +517,18 @@ impl Context {
         }
     }
 
-    /// Whether the record already holds this row's attachment (an attach whose answer was lost).
-    /// Matches by name and size, counting the rows already done with the same name and size on
-    /// the same record; claims an unclaimed match and records the row done.
-    async fn verify(&self, row: &StoredRow) -> Result<bool, RowError> {
+    /// Whether the record already holds this row's attachment (step 3 was sent with `key` and
+    /// its answer may be lost). The record's attachments show their keys in their `url` (a
+    /// presigned URL of the object): the one with this row's key is adopted, and if none has it
+    /// the row is not attached. An attachment of the same name and size whose URL shows no key
+    /// (and that no other row of this state file holds) may be this upload or may have been
+    /// there before: that is never guessed, the row fails as `attach_unsettled` for a person to
+    /// look at.
+    async fn verify(&self, row: &StoredRow, key: Option<&str>) -> Result<bool, RowError> {
+        let Some(key) = key else {
+            // No key was ever chosen, so no attach was ever sent.
+            return Ok(false);
+        };
         let _one_at_a_time = self.verify.lock().await;
         let listed = self
             .api(|| {
@@ -529,7 +536,24 @@ impl Context {
                     .attachments_of(row.reference_type, &row.reference_id)
             })
             .await?;
-        let (rt, rid, name, size, key) = (
+        if let Some(a) = listed
+            .iter()
+            .find(|a| a.key(&row.contact_id).as_deref() == Some(key))
+        {
+            info!(
+                "line {}: the record already holds this upload as attachment {}; not attaching again",
+                row.line, a.id
+            );
+            self.commit(
+                &row.key,
+                Transition::Done {
+                    attachment_id: a.id.clone(),
+                },
+            )
+            .await?;
+            return Ok(true);
+        }
+        let (rt, rid, name, size, row_key) = (
             row.reference_type,
             row.reference_id.clone(),
             row.name.clone(),
@@ -538,31 +562,28 @@ impl Context {
         );
         let claimed = self
             .store
-            .call(move |c| checkpoint::claimed_attachments(c, rt, &rid, &name, size, &key))
+            .call(move |c| checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key))
             .await
             .map_err(RowError::Store)?;
-        let matching: Vec<_> = listed
+        let unsure: Vec<&str> = listed
             .iter()
             .filter(|a| a.filename == row.name && a.size == row.size)
+            .filter(|a| !claimed.contains(&a.id) && a.key(&row.contact_id).is_none())
+            .map(|a| a.id.as_str())
             .collect();
-        let unclaimed = matching.iter().find(|a| !claimed.contains(&a.id));
-        match unclaimed {
-            Some(a) if matching.len() > claimed.len() => {
-                info!(
-                    "line {}: the record already holds this attachment ({}); not attaching again",
-                    row.line, a.id
-                );
-                self.commit(
-                    &row.key,
-                    Transition::Done {
-                        attachment_id: a.id.clone(),
-                    },
-                )
-                .await?;
-                Ok(true)
-            }
-            _ => Ok(false),
+        if unsure.is_empty() {
+            return Ok(false);
         }
+        Err(RowError::Remote(RemoteError::Unsettled(format!(
+            "the answer to attaching was lost, and {} {} holds {} attachment(s) named {:?} of {} bytes ({}) whose links do not show which upload they are, so whether this file was attached cannot be told. Look at the {} in OnePageCRM: if this file is there, leave this row out of the manifest; if it is not, rerun with --attach-unsettled to attach it",
+            row.reference_type.as_str(),
+            row.reference_id,
+            unsure.len(),
+            row.name,
+            row.size,
+            unsure.join(", "),
+            row.reference_type.as_str(),
+        ))))
     }
 
     /// No new row starts after this; rows under way go on.

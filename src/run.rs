@@ -69,6 +69,9 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
     rows
 }
 
+/// The failure kind of a row whose attach answer was lost and could not be settled.
+const UNSETTLED: &str = "attach_unsettled";
+
 /// What a run will do with each row of the manifest.
 #[derive(Default)]
 struct Work {
@@ -130,10 +133,27 @@ fn plan(
                 work.rejected += 1;
                 None
             }
+            RowState::Failed
+                if row.error_kind.as_deref() == Some(UNSETTLED) && row.s3_key.is_some() =>
+            {
+                match args.attach_unsettled {
+                    // A person looked at the record: the file is not there.
+                    true => Some(Plan::Attach),
+                    // `--retry-failed` too asks the record again: the answer may be clear now.
+                    false if args.retry_failed => Some(Plan::Verify),
+                    false => {
+                        work.failed_permanent.push(row.clone());
+                        None
+                    }
+                }
+            }
             RowState::Failed if row.retryable == Some(false) && !args.retry_failed => {
                 work.failed_permanent.push(row.clone());
                 None
             }
+            // Uploaded (an ETag is recorded for its key), so step 3 may have been sent before it
+            // failed: ask the record first, never upload and attach it a second time.
+            RowState::Failed if row.s3_key.is_some() && row.etag.is_some() => Some(Plan::Verify),
             RowState::Uploaded if row.s3_key.is_some() => Some(Plan::Attach),
             RowState::Attaching if row.s3_key.is_some() => Some(Plan::Verify),
             _ => Some(Plan::Upload),
@@ -440,50 +460,59 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
     })
 }
 
-/// Takes the run lock: an exclusive lock on `<state>.lock`, which the OS releases when the
-/// process ends, however it ends, so a killed run never blocks the next.
+/// Takes the run lock: an exclusive lock on the state file itself, so that it follows the file
+/// through every name it has (a hard or symbolic link is the same file), and the OS releases
+/// it when the process ends, however it ends, so a killed run never blocks the next. It is a
+/// BSD `flock`, which SQLite's own POSIX locks on the file neither see nor disturb; the handle
+/// stays open until the state file is closed.
 fn lock_state(state: &Path) -> Result<std::fs::File, String> {
-    let mut name = state
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".lock");
-    let path = state.with_file_name(name);
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(state)
         .map_err(|e| {
             format!(
-                "cannot create the run lock {}: {e} (is the folder writable?)",
-                path.display()
+                "cannot open state file {} for writing: {e} (is the folder writable?)",
+                state.display()
             )
         })?;
     match file.try_lock() {
-        Ok(()) => {
-            use std::io::Seek;
-            let _ = file.set_len(0);
-            let _ = file.seek(std::io::SeekFrom::Start(0));
-            let _ = writeln!(
-                file,
-                "pid {} since {}",
-                std::process::id(),
-                chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-            );
-            Ok(file)
-        }
+        Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = lock_holder(&file)
+                .map(|pid| format!("pid {pid}, "))
+                .unwrap_or_default();
             Err(format!(
-                "another run is using state file {} ({}); wait for it to end, or stop it first",
-                state.display(),
-                holder.trim()
+                "another run is using state file {} ({holder}perhaps through another name of the same file); wait for it to end, or stop it first",
+                state.display()
             ))
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock state file {}: {e}", state.display()))
+        }
     }
+}
+
+/// The process holding the `flock` of `file`, as Linux's `/proc/locks` tells (elsewhere: none).
+#[cfg(unix)]
+fn lock_holder(file: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = file.metadata().ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF`
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, id) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let lock_inode: u64 = id.rsplit(':').next()?.parse().ok()?;
+        (*kind == "FLOCK" && lock_inode == inode).then(|| pid.parse().ok())?
+    })
+}
+
+#[cfg(not(unix))]
+fn lock_holder(_: &std::fs::File) -> Option<u32> {
+    None
 }
 
 /// Ctrl-C or SIGTERM.
@@ -766,7 +795,7 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
             f.message
         )?;
     }
-    let rerun = format!("opcrm-import run {}", s.manifest);
+    let rerun = resume_command(args);
     let next = match (s.stopped, s.exit_code) {
         (Some("credentials"), _) => "stopped: the API refused the credentials; fix ONEPAGECRM_USER_ID / ONEPAGECRM_API_KEY, then rerun".to_string(),
         (Some("interrupted"), _) => format!("interrupted; the state is saved, rerun to resume: {rerun}"),
@@ -774,12 +803,94 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
         (Some(_), _) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
         (_, 0) => "all rows done".to_string(),
         (_, 1) => format!(
-            "some rows failed for good: list them with `opcrm-import report {} --only failed -o fix.csv`, fix them there, then run that file",
-            s.manifest
+            "some rows failed for good: list them with `{}`, fix them there, then run that file",
+            report_command(args)
         ),
         _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
     };
     writeln!(out, "Result: {next}")
+}
+
+/// `s` as one word of a POSIX shell command: as it is when that is safe, else in single quotes.
+fn shell_quote(s: &std::ffi::OsStr) -> String {
+    let text = s.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.into_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The flags of this run that a command resuming it must repeat: the state file, how the
+/// manifest is read, where the key comes from, and every flag that changes what is sent or how.
+fn resume_flags(args: &RunArgs) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut path = |flag: &str, value: &Path| {
+        flags.push(format!("{flag} {}", shell_quote(value.as_os_str())));
+    };
+    if let Some(state) = &args.state {
+        path("--state", state);
+    }
+    if let Some(key_file) = &args.api_key_file {
+        path("--api-key-file", key_file);
+    }
+    if args.manifest.delimiter != b',' {
+        let d = match args.manifest.delimiter {
+            b'\t' => "tab".to_string(),
+            d => shell_quote(std::ffi::OsStr::new(&char::from(d).to_string())),
+        };
+        flags.push(format!("--delimiter {d}"));
+    }
+    let defaults = crate::cli::Cli::run_defaults();
+    if args.rate != defaults.rate {
+        flags.push(match args.rate {
+            Some(r) => format!("--rate {r}"),
+            None => "--rate off".into(),
+        });
+    }
+    for (flag, value, default) in [
+        ("--burst", args.burst, defaults.burst),
+        (
+            "--concurrency",
+            u32::from(args.concurrency),
+            u32::from(defaults.concurrency),
+        ),
+        ("--retries", args.retries, defaults.retries),
+    ] {
+        if value != default {
+            flags.push(format!("{flag} {value}"));
+        }
+    }
+    for (flag, on) in [
+        ("--skip-invalid", args.skip_invalid),
+        ("--retry-failed", args.retry_failed),
+        ("--reupload-changed", args.reupload_changed),
+        ("--attach-unsettled", args.attach_unsettled),
+    ] {
+        if on {
+            flags.push(flag.into());
+        }
+    }
+    flags
+}
+
+/// The exact command that resumes this run, ready to paste into a shell.
+fn resume_command(args: &RunArgs) -> String {
+    let mut words = vec![
+        "opcrm-import run".to_string(),
+        shell_quote(args.manifest.manifest.as_os_str()),
+    ];
+    words.extend(resume_flags(args));
+    words.join(" ")
+}
+
+/// The command that lists this run's failed rows as a manifest to fix.
+fn report_command(args: &RunArgs) -> String {
+    let target = match &args.state {
+        Some(state) => format!("--state {}", shell_quote(state.as_os_str())),
+        None => shell_quote(args.manifest.manifest.as_os_str()),
+    };
+    format!("opcrm-import report {target} --only failed -o fix.csv")
 }
 
 fn describe_kind(kind: &str) -> &'static str {
@@ -798,6 +909,7 @@ fn describe_kind(kind: &str) -> &'static str {
         "file_unreadable" => "the file could not be read",
         "protocol" => "unexpected answers",
         "state_file" => "the state file could not be written",
+        "attach_unsettled" => "whether it was attached cannot be told (look at the record)",
         _ => "an error",
     }
 }

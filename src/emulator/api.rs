@@ -23,9 +23,14 @@ fn now_secs() -> i64 {
 
 /// `{status: 0, message: "OK", timestamp, data}`.
 fn ok(status: StatusCode, data: Value) -> Response {
+    ok_at(status, data, now_secs())
+}
+
+/// As `ok`, with the envelope's `timestamp` given.
+fn ok_at(status: StatusCode, data: Value, timestamp: i64) -> Response {
     (
         status,
-        axum::Json(json!({"status": 0, "message": "OK", "timestamp": now_secs(), "data": data})),
+        axum::Json(json!({"status": 0, "message": "OK", "timestamp": timestamp, "data": data})),
     )
         .into_response()
 }
@@ -169,7 +174,11 @@ pub async fn s3_form(
             "x-ignore-pattern": format!("{contact_id}/__timestamp__/${{filename}}"),
         }
     });
-    ok(StatusCode::OK, data)
+    ok_at(
+        StatusCode::OK,
+        data,
+        app.config.form_timestamp.unwrap_or_else(now_secs),
+    )
 }
 
 /// `200 GB`, `1024MB`: the way OnePageCRM shows a quota.
@@ -289,7 +298,7 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         md5,
         created_at: now_iso(),
     };
-    let shown = state.attachment_json(&attachment, &app.s3_url());
+    let shown = state.attachment_json(&attachment, app.attachment_url(&attachment));
     state.storage_left -= size;
     state
         .records
@@ -308,12 +317,12 @@ fn capitalized(kind: ReferenceType) -> String {
 }
 
 /// A record as the API shows it under `data.note`, `data.deal`, `data.call` or `data.meeting`.
-fn record_json(state: &State, record: &Record, s3_url: &str) -> Value {
+fn record_json(state: &State, record: &Record, app: &App) -> Value {
     let attachments: Vec<Value> = record
         .attachments
         .iter()
         .filter_map(|id| state.attachments.get(id))
-        .map(|a| state.attachment_json(a, s3_url))
+        .map(|a| state.attachment_json(a, app.attachment_url(a)))
         .collect();
     let mut v = json!({
         "id": record.id,
@@ -338,10 +347,7 @@ fn get_record(app: &App, kind: ReferenceType, id: &str) -> Response {
     match state.records.get(&(kind, id.to_string())) {
         Some(record) => {
             let mut data = Map::new();
-            data.insert(
-                kind.as_str().to_string(),
-                record_json(&state, record, &app.s3_url()),
-            );
+            data.insert(kind.as_str().to_string(), record_json(&state, record, app));
             ok(StatusCode::OK, Value::Object(data))
         }
         None => not_found_envelope(&format!("{} {id}", capitalized(kind))),
@@ -392,7 +398,7 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
         created_at: now_iso(),
         attachments: Vec::new(),
     };
-    let shown = record_json(&state, &record, &app.s3_url());
+    let shown = record_json(&state, &record, &app);
     state.records.insert((ReferenceType::Note, id), record);
     ok(StatusCode::CREATED, json!({ "note": shown }))
 }

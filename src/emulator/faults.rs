@@ -2,6 +2,7 @@
 //! injected faults (errors, dropped connections, slow answers) drawn from one seeded generator so
 //! that a sequence of requests meets the same faults on every run with the same `--fault-seed`.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -97,38 +98,113 @@ pub enum Fault {
     DropAfter,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// `--fault-at 'METHOD /route:N:FAULT'`: the Nth request of one route (counted from 1, among
+/// those that pass the throttle) meets FAULT whatever the rates draw, so that a test can lose
+/// exactly the answer it means to. N is `N`, `N-M` or `N-` (from N on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedFault {
+    /// As the emulator counts requests: `POST /api/v3/attachments`, `GET /api/v3/notes/{id}`.
+    pub route: String,
+    pub from: u64,
+    pub to: u64,
+    pub fault: Fault,
+}
+
+/// Parses `METHOD /route:N:FAULT`, FAULT one of `error`, `drop-before`, `drop-after`.
+pub fn parse_fault_at(s: &str) -> Result<PlannedFault, String> {
+    let usage = || {
+        format!(
+            "{s:?} is not 'METHOD /route:N:FAULT' (e.g. 'POST /api/v3/attachments:1:drop-after')"
+        )
+    };
+    let mut parts = s.rsplitn(3, ':');
+    let (Some(fault), Some(range), Some(route)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    let fault = match fault.trim() {
+        "error" => Fault::Error,
+        "drop-before" => Fault::DropBefore,
+        "drop-after" => Fault::DropAfter,
+        other => return Err(format!("{other:?} is not error, drop-before or drop-after")),
+    };
+    let number = |v: &str| v.trim().parse::<u64>().ok().filter(|n| *n >= 1);
+    let (from, to) = match range.split_once('-') {
+        None => number(range).map(|n| (n, n)),
+        Some((a, "")) => number(a).map(|n| (n, u64::MAX)),
+        Some((a, b)) => number(a).zip(number(b)),
+    }
+    .filter(|(a, b)| a <= b)
+    .ok_or_else(usage)?;
+    let route = route.trim().to_string();
+    if !route.contains(" /") {
+        return Err(usage());
+    }
+    Ok(PlannedFault {
+        route,
+        from,
+        to,
+        fault,
+    })
+}
+
+#[derive(Clone, Debug, Default)]
 pub struct FaultConfig {
     pub fault_rate: f64,
     pub drop_rate: f64,
     pub latency_ms: Option<(u64, u64)>,
     pub seed: u64,
+    pub planned: Vec<PlannedFault>,
 }
 
 pub struct Faults {
     config: FaultConfig,
     rng: Mutex<StdRng>,
+    /// Requests seen per route named by a planned fault.
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl Faults {
     pub fn new(config: FaultConfig) -> Self {
+        let rng = Mutex::new(StdRng::seed_from_u64(config.seed));
         Self {
             config,
-            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            rng,
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Draws the fate of the next request, and how long to hold it first.
-    pub fn draw(&self) -> (Fault, Option<Duration>) {
+    /// The planned fault of the next request of `route`, if any.
+    fn planned(&self, route: &str) -> Option<Fault> {
+        if !self.config.planned.iter().any(|p| p.route == route) {
+            return None;
+        }
+        let n = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let n = seen.entry(route.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.config
+            .planned
+            .iter()
+            .find(|p| p.route == route && (p.from..=p.to).contains(&n))
+            .map(|p| p.fault)
+    }
+
+    /// Draws the fate of the next request of `route`, and how long to hold it first.
+    pub fn draw(&self, route: &str) -> (Fault, Option<Duration>) {
+        let planned = self.planned(route);
         let c = &self.config;
         if c.fault_rate <= 0.0 && c.drop_rate <= 0.0 && c.latency_ms.is_none() {
-            return (Fault::None, None);
+            return (planned.unwrap_or(Fault::None), None);
         }
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         let delay = c
             .latency_ms
             .map(|(min, max)| Duration::from_millis(rng.random_range(min..=max)));
-        let fault = if rng.random::<f64>() < c.fault_rate {
+        let fault = if let Some(planned) = planned {
+            planned
+        } else if rng.random::<f64>() < c.fault_rate {
             Fault::Error
         } else if rng.random::<f64>() < c.drop_rate {
             if rng.random::<bool>() {
@@ -185,10 +261,11 @@ mod tests {
             drop_rate: 0.3,
             latency_ms: None,
             seed: 42,
+            planned: Vec::new(),
         };
         let run = || {
-            let f = Faults::new(config);
-            (0..200).map(|_| f.draw().0).collect::<Vec<_>>()
+            let f = Faults::new(config.clone());
+            (0..200).map(|_| f.draw("GET /x").0).collect::<Vec<_>>()
         };
         let first = run();
         assert_eq!(first, run());
@@ -203,13 +280,57 @@ mod tests {
     }
 
     #[test]
+    fn planned_faults_hit_the_nth_request_of_their_route_only() {
+        let at = |s: &str| parse_fault_at(s).unwrap();
+        assert_eq!(
+            at("POST /api/v3/attachments:2-3:drop-after"),
+            PlannedFault {
+                route: "POST /api/v3/attachments".into(),
+                from: 2,
+                to: 3,
+                fault: Fault::DropAfter
+            }
+        );
+        assert_eq!(at("GET /a:4-:error").to, u64::MAX);
+        for bad in [
+            "POST /a:0:error",
+            "POST /a:1:boom",
+            "POST:1:error",
+            "POST /a:3-2:error",
+            "x",
+        ] {
+            assert!(parse_fault_at(bad).is_err(), "{bad}");
+        }
+        let f = Faults::new(FaultConfig {
+            planned: vec![at("POST /a:2:drop-before"), at("POST /a:4-:error")],
+            ..Default::default()
+        });
+        let seen: Vec<Fault> = (0..5).map(|_| f.draw("POST /a").0).collect();
+        assert_eq!(
+            seen,
+            [
+                Fault::None,
+                Fault::DropBefore,
+                Fault::None,
+                Fault::Error,
+                Fault::Error
+            ]
+        );
+        assert_eq!(
+            f.draw("GET /a").0,
+            Fault::None,
+            "other routes are not counted"
+        );
+    }
+
+    #[test]
     fn latency_is_drawn_within_its_bounds() {
         let f = Faults::new(FaultConfig {
             latency_ms: Some((5, 9)),
             ..Default::default()
         });
         for _ in 0..100 {
-            let (fault, delay) = f.draw();
+            let (fault, delay) = f.draw("GET /x");
             assert_eq!(fault, Fault::None);
             let ms = delay.unwrap().as_millis();
             assert!((5..=9).contains(&ms), "{ms}");

@@ -54,6 +54,21 @@ pub struct Config {
     pub api_key_source: KeySource,
     /// Another S3 server to sign forms for and to ask about uploads, instead of the built-in one.
     pub external_s3: Option<external::ExternalS3>,
+    pub attachment_urls: AttachmentUrls,
+    /// The `timestamp` of every step-1 answer, instead of the clock's.
+    pub form_timestamp: Option<i64>,
+}
+
+/// How long an attachment's presigned `url` is valid, as OnePageCRM's links: an hour.
+pub const ATTACHMENT_URL_SECONDS: u64 = 3600;
+
+/// How an attachment's `url` is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachmentUrls {
+    /// A SigV4 presigned GET of the object, valid for an hour: its path ends with the key.
+    Presigned,
+    /// A link that does not show the key (`/_emulator/files/<id>`), as a server might hand out.
+    Opaque,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +101,8 @@ impl Config {
             api_key,
             api_key_source,
             external_s3: None,
+            attachment_urls: AttachmentUrls::Presigned,
+            form_timestamp: None,
         }
     }
 }
@@ -109,6 +126,22 @@ impl App {
 
     pub fn api_base(&self) -> String {
         format!("{}/api/v3", self.origin)
+    }
+
+    /// An attachment's `url`: a presigned GET of its object (the key shows in the path, as in
+    /// OnePageCRM's S3-hosted links), or with `--attachment-urls opaque` a link that hides it.
+    pub fn attachment_url(&self, a: &state::Attachment) -> String {
+        match self.config.attachment_urls {
+            AttachmentUrls::Opaque => format!("{}/_emulator/files/{}", self.origin, a.id),
+            AttachmentUrls::Presigned => {
+                let signer = match &self.config.external_s3 {
+                    Some(external) => external.signer(),
+                    None => self.signer.clone(),
+                };
+                let object = format!("{}{}", self.s3_url(), s3::encode_key(&a.key));
+                signer.presign_get(&object, chrono::Utc::now(), ATTACHMENT_URL_SECONDS)
+            }
+        }
     }
 
     /// The bucket URL forms upload to: the built-in endpoint's, or the external server's.
@@ -183,7 +216,7 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         signer,
         state: Mutex::new(state),
         throttle: config.rate_limit.map(Throttle::new),
-        faults: Faults::new(config.faults),
+        faults: Faults::new(config.faults.clone()),
         origin: format!("http://{addr}"),
         config,
     });
@@ -338,12 +371,12 @@ async fn s3_faults(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
 
 /// Holds, fails or hangs up on a request as the fault generator draws.
 async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Response) -> Response {
-    let (fault, delay) = app.faults.draw();
+    let route = route_of(&req);
+    let (fault, delay) = app.faults.draw(&route);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     let hangup = req.extensions().get::<Hangup>().cloned();
-    let route = route_of(&req);
     match fault {
         faults::Fault::None => next.run(req).await,
         faults::Fault::Error => error(),

@@ -244,7 +244,7 @@ fn success(
 }
 
 /// A key as it appears in a URL path: each segment percent-encoded, the slashes kept.
-fn encode_key(key: &str) -> String {
+pub fn encode_key(key: &str) -> String {
     key.split('/')
         .map(|segment| {
             segment
@@ -261,13 +261,32 @@ fn encode_key(key: &str) -> String {
         .join("/")
 }
 
-/// `GET /{bucket}/{key}`: a stored object's bytes, so a test can compare them with the file.
+/// `GET /{bucket}/{key}`: a stored object's bytes. With a presigned query (an attachment's
+/// `url`) the signature and expiry are checked as S3 does; without one the object is served
+/// as it is, so a test can compare it with the file.
 pub async fn download(
     AxState(app): AxState<Arc<App>>,
     Path((bucket, key)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     if bucket != app.signer.bucket {
         return no_such_bucket(&bucket);
+    }
+    if let Some(query) = uri.query().filter(|q| q.contains("X-Amz-Signature")) {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if let Err(refusal) =
+            app.signer
+                .check_presigned_get(uri.path(), host, &pairs, chrono::Utc::now())
+        {
+            return error_response(&refusal, &key);
+        }
     }
     let found = app
         .state()

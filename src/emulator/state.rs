@@ -275,15 +275,16 @@ impl State {
         *self.requests.entry(key).or_default() += 1;
     }
 
-    /// An attachment as the API shows it: the OpenAPI `Attachment`, without the S3 key.
-    pub fn attachment_json(&self, a: &Attachment, base_url: &str) -> Value {
+    /// An attachment as the API shows it: the OpenAPI `Attachment` (no `key` field), with its
+    /// `url` made by `App::attachment_url`, valid until `url_expires_at`.
+    pub fn attachment_json(&self, a: &Attachment, url: String) -> Value {
         json!({
             "id": a.id,
             "filename": a.filename,
             "size": a.size,
             "storage_provider": "amazon",
-            "url": format!("{base_url}{}", a.key),
-            "url_expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "url": url,
+            "url_expires_at": (chrono::Utc::now() + chrono::Duration::seconds(super::ATTACHMENT_URL_SECONDS as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         })
     }
 

@@ -32,16 +32,16 @@ const FIELD_ORDER: [&str; 7] = [
 ];
 
 impl Form {
-    /// The object key for `filename`. Its timestamp part is the answer's timestamp, or, when
-    /// `sequence` > 0 (that key is taken), the timestamp in milliseconds plus `sequence`: the key
-    /// keeps the documented `<contact>/<timestamp>/<name>` shape and differs in its timestamp.
-    pub fn key(&self, filename: &str, sequence: u32) -> String {
-        let stamp = match sequence {
-            0 => self.timestamp,
-            n => self.timestamp * 1000 + i64::from(n % 1000),
-        };
+    /// A new object key for `filename`, in OnePageCRM's `<contact>/<timestamp>/<name>` shape. Its
+    /// timestamp part is the answer's timestamp followed by nine random digits, so that no two
+    /// uploads get one key, whatever state file, process or machine they come from: two files of
+    /// one name for one contact in the same second would otherwise overwrite each other in S3
+    /// (OnePageCRM's own clients make this part themselves too, from their clock's milliseconds).
+    pub fn key(&self, filename: &str) -> String {
+        let unique: u32 = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000_000);
+        let stamp = format!("{}{unique:09}", self.timestamp);
         self.key_pattern
-            .replace("__timestamp__", &stamp.to_string())
+            .replace("__timestamp__", &stamp)
             .replace("${filename}", filename)
     }
 }
@@ -52,6 +52,35 @@ pub struct RemoteAttachment {
     pub id: String,
     pub filename: String,
     pub size: u64,
+    /// Where it can be fetched: for S3-hosted files a presigned URL of the object.
+    pub url: Option<String>,
+}
+
+impl RemoteAttachment {
+    /// The object key its `url` shows, if the URL's path ends with one of `contact_id`'s keys
+    /// (`…/<contact>/<digits>/<name>`, percent-decoded; the query is ignored). An S3-hosted
+    /// attachment's `url` is a presigned URL of its object, so its path ends with the key
+    /// (virtual-hosted or path-style alike).
+    pub fn key(&self, contact_id: &str) -> Option<String> {
+        let url = reqwest::Url::parse(self.url.as_deref()?).ok()?;
+        let segments: Vec<String> = url
+            .path_segments()?
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|d| d.into_owned())
+            })
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [.., contact, stamp, name] = segments.as_slice() else {
+            return None;
+        };
+        let is_key = contact == contact_id
+            && !stamp.is_empty()
+            && stamp.bytes().all(|b| b.is_ascii_digit())
+            && !name.is_empty();
+        is_key.then(|| format!("{contact}/{stamp}/{name}"))
+    }
 }
 
 /// Step 3's request.
@@ -191,6 +220,7 @@ impl Client {
                     id: a.get("id")?.as_str()?.to_string(),
                     filename: a.get("filename")?.as_str()?.to_string(),
                     size: a.get("size")?.as_u64()?,
+                    url: a.get("url").and_then(Value::as_str).map(str::to_string),
                 })
             })
             .collect())
@@ -290,7 +320,65 @@ mod tests {
             ]
         );
         assert_eq!(form.fields[1].1, "201");
-        assert_eq!(form.key("a b.pdf", 0), "c/1697212380/a b.pdf");
-        assert_eq!(form.key("a b.pdf", 7), "c/1697212380007/a b.pdf");
+        let key = form.key("a b.pdf");
+        let stamp = key
+            .strip_prefix("c/1697212380")
+            .and_then(|k| k.strip_suffix("/a b.pdf"))
+            .unwrap_or_else(|| panic!("{key}"));
+        assert!(
+            stamp.len() == 9 && stamp.bytes().all(|b| b.is_ascii_digit()),
+            "{key}"
+        );
+    }
+
+    #[test]
+    fn keys_from_one_form_for_one_name_do_not_repeat() {
+        let form = Form {
+            url: String::new(),
+            fields: Vec::new(),
+            key_pattern: "c/__timestamp__/${filename}".into(),
+            timestamp: 1_697_212_380,
+            storage_left: 0,
+        };
+        let keys: std::collections::HashSet<String> =
+            (0..10_000).map(|_| form.key("same.pdf")).collect();
+        assert_eq!(keys.len(), 10_000);
+    }
+
+    #[test]
+    fn an_attachment_url_shows_its_key() {
+        let at = |url: &str| RemoteAttachment {
+            id: "a".into(),
+            filename: "a b.pdf".into(),
+            size: 1,
+            url: Some(url.into()),
+        };
+        let contact = "5d2f4a0e1c9b8a7f6e5d4c3b";
+        // Virtual-hosted and path-style presigned URLs, encoded names.
+        assert_eq!(
+            at("https://b.s3.amazonaws.com/5d2f4a0e1c9b8a7f6e5d4c3b/1697212380123/a%20b.pdf?X-Amz-Signature=x")
+                .key(contact)
+                .as_deref(),
+            Some("5d2f4a0e1c9b8a7f6e5d4c3b/1697212380123/a b.pdf")
+        );
+        assert_eq!(
+            at("http://127.0.0.1:1/bucket/5d2f4a0e1c9b8a7f6e5d4c3b/17/M%C3%BCller%2B.pdf")
+                .key(contact)
+                .as_deref(),
+            Some("5d2f4a0e1c9b8a7f6e5d4c3b/17/Müller+.pdf")
+        );
+        for opaque in [
+            "https://app.example/files/64f0c1",
+            "https://b.s3.amazonaws.com/othercontact/17/a.pdf",
+            "https://b.s3.amazonaws.com/5d2f4a0e1c9b8a7f6e5d4c3b/x17/a.pdf",
+            "not a url",
+        ] {
+            assert_eq!(at(opaque).key(contact), None, "{opaque}");
+        }
+        let no_url = RemoteAttachment {
+            url: None,
+            ..at("x")
+        };
+        assert_eq!(no_url.key(contact), None);
     }
 }

@@ -139,6 +139,9 @@ pub enum RemoteError {
     FileUnreadable(String),
     #[error("unexpected answer from {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// Step 3's answer was lost and the record's attachments cannot tell whether it took effect.
+    #[error("{0}")]
+    Unsettled(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,7 @@ impl RemoteError {
             Self::FileChanged(_) => "file_changed",
             Self::FileUnreadable(_) => "file_unreadable",
             Self::Protocol { .. } => "protocol",
+            Self::Unsettled(_) => "attach_unsettled",
         }
     }
 
@@ -187,7 +191,8 @@ impl RemoteError {
             Self::Unauthorized { .. }
             | Self::Quota { .. }
             | Self::FileChanged(_)
-            | Self::FileUnreadable(_) => false,
+            | Self::FileUnreadable(_)
+            | Self::Unsettled(_) => false,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::common::{Scratch, bin, is_root, samples, set_mode, unprivileged_bin};
 use crate::run::{assert_exactly_once, sample_copy};
 
 /// `opcrm-import run` as a child process we can signal.
-fn spawn_run(emu: &Emulator, manifest: &Path, args: &[&str]) -> Child {
+pub fn spawn_run(emu: &Emulator, manifest: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
         .env("ONEPAGECRM_API_URL", &emu.api)
         .env("ONEPAGECRM_USER_ID", USER_ID)
@@ -71,7 +71,7 @@ fn wait_for_done(manifest: &Path, n: u64) {
     }
 }
 
-fn finish(child: Child) -> (i32, String, String) {
+pub fn finish(child: Child) -> (i32, String, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -358,7 +358,7 @@ fn a_folder_the_user_cannot_write_is_a_clear_error() {
 }
 
 /// Files and a manifest of `n` rows over the generated contacts of `seed`.
-fn generated(s: &Scratch, n: usize) -> (PathBuf, PathBuf) {
+pub fn generated(s: &Scratch, n: usize) -> (PathBuf, PathBuf) {
     let seed = s.file(
         "seed.json",
         format!(
