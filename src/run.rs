@@ -59,10 +59,31 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 .map(|e| e.join("; "))
                 .unwrap_or_default()
         });
-        if let Some(new) =
-            NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected)
-            && seen.insert(new.key.clone())
-        {
+        let new = NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected);
+        if seen.insert(new.key.clone()) {
+            rows.push(new);
+        }
+    }
+    // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
+    // too, as written, so that every line of the manifest is in `status` and the report.
+    for u in &checked.manifest.unparsed {
+        let mut reason = errors
+            .get(&u.line)
+            .map(|e| e.join("; "))
+            .unwrap_or_default();
+        if !u.extra.is_empty() {
+            let extra: Vec<String> = u
+                .extra
+                .iter()
+                .map(|f| crate::manifest::shown(&String::from_utf8_lossy(f)))
+                .collect();
+            reason.push_str(&format!(
+                "; the fields past the header's, as written: {}",
+                crate::manifest::cut(&extra.join(", "))
+            ));
+        }
+        let new = NewRow::from_unparsed(u, &checked.manifest.base, reason);
+        if seen.insert(new.key.clone()) {
             rows.push(new);
         }
     }

@@ -5,5 +5,6 @@ mod common;
 mod emulator;
 mod external_s3;
 mod faults;
+mod hostile_input;
 mod run;
 mod ux;
