@@ -165,6 +165,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub reupload_changed: bool,
 
+    /// Take over a state file that belongs to this manifest at another path (the manifest was
+    /// moved or renamed); its done rows stay done.
+    #[arg(long)]
+    pub adopt_state: bool,
+
     /// Print the summary as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,

@@ -43,6 +43,7 @@ fn args(manifest: PathBuf, state: PathBuf) -> RunArgs {
         skip_invalid: false,
         retry_failed: false,
         reupload_changed: false,
+        adopt_state: false,
         json: false,
         no_progress: false,
         api_key_file: None,

@@ -1023,6 +1023,60 @@ mod tests {
     }
 
     #[test]
+    fn formula_escape_is_undone_exactly() {
+        for value in [
+            "=SUM(1)",
+            "+cmd|x",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'=x",
+            "''+x",
+            "'",
+            "''",
+            "'a",
+            "a=b",
+            "",
+            "plain.pdf",
+            "-",
+        ] {
+            let escaped = formula_escape(value.as_bytes());
+            assert!(
+                !matches!(
+                    escaped.first(),
+                    Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+                ),
+                "{value:?}"
+            );
+            assert_eq!(formula_unescape(&escaped), value.as_bytes(), "{value:?}");
+        }
+        assert_eq!(&*formula_escape(b"=x"), b"'=x");
+        assert_eq!(&*formula_escape(b"'a"), b"'a");
+    }
+
+    #[test]
+    fn utf16_is_told_from_utf8_and_binary() {
+        let text = "file,contact_id\n";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert!(is_utf16(&le) && is_utf16(&be));
+        assert!(is_utf16(b"\xFF\xFEf\x00"));
+        assert!(!is_utf16(text.as_bytes()));
+        assert!(!is_utf16(b"PK\x03\x04\x00\x00binary"));
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(150);
+        let shown = cut(&long);
+        assert!(shown.ends_with("… (300 bytes)"), "{shown}");
+        assert!(shown.len() < 220);
+        assert!(super::shown(&long).starts_with("\"é"));
+    }
+
+    #[test]
     fn object_ids() {
         assert!(is_object_id(ID));
         assert!(!is_object_id("5a1b2c3d4e5f60718293a4b"));

@@ -278,6 +278,10 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         .state
         .clone()
         .unwrap_or_else(|| default_state_path(manifest_path));
+    // Before the lock file is made beside it: `--state /dev/null` is refused, not used.
+    if let Err(e) = checkpoint::check_regular(&state_path) {
+        return fail(e, ExitStatus::Stopped);
+    }
     let new_rows = manifest_rows(&checked);
     let settings = Settings {
         concurrency: usize::from(args.concurrency),
@@ -311,10 +315,16 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         std::fs::canonicalize(manifest_path).unwrap_or_else(|_| manifest_path.clone());
     let manifest_id = manifest_id.to_string_lossy().into_owned();
     match checkpoint::manifest_of(&conn) {
+        Ok(Some(recorded)) if recorded != manifest_id && args.adopt_state => {
+            eprintln!(
+                "note: state file {} belonged to the manifest {recorded}; it now belongs to {manifest_id} (--adopt-state)",
+                state_path.display()
+            );
+        }
         Ok(Some(recorded)) if recorded != manifest_id => {
             return fail(
                 format!(
-                    "state file {} belongs to the manifest {recorded}, not {manifest_id}; give that manifest, or another --state",
+                    "state file {} belongs to the manifest {recorded}, not {manifest_id}; give that manifest, or another --state. If you moved or renamed the manifest (with its files), pass --adopt-state: rows are matched by what they mean, so done rows are not uploaded again",
                     state_path.display()
                 ),
                 ExitStatus::Stopped,
@@ -604,6 +614,33 @@ fn dry_run(
     );
     let calls = work.api_calls();
     let duration = rate.map(|r| Duration::from_secs_f64(calls as f64 / r));
+    if args.json {
+        let status = quota
+            .as_ref()
+            .map_or_else(|(_, s)| *s, |_| ExitStatus::Success);
+        let doc = serde_json::json!({
+            "manifest": args.manifest.manifest.display().to_string(),
+            "state": state_path.display().to_string(),
+            "dry_run": true,
+            "to_upload": upload,
+            "to_attach": attach,
+            "to_verify": verify,
+            "already_done": work.already_done,
+            "failed_permanent": work.failed_permanent.len(),
+            "rejected": work.rejected,
+            "bytes_to_upload": work.bytes(),
+            "api_calls": calls,
+            "estimated_seconds": duration.map(|d| d.as_secs_f64()),
+            "error": quota.as_ref().err().map(|(m, _)| m),
+            "exit_code": status as u8,
+        });
+        if let Err((message, _)) = &quota {
+            eprintln!("error: {message}");
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{doc:#}")?;
+        return Ok(status);
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -782,7 +819,7 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
             out,
             "  line {}: {} failed {what}: {}: {}",
             f.line,
-            f.file,
+            crate::manifest::cut(&f.file),
             describe_kind(&f.kind),
             f.message
         )?;

@@ -335,8 +335,35 @@ pub enum OpenError {
         found: i64,
         known: usize,
     },
+    #[error(
+        "state file {path} is {what}, not a regular file; give the path of a file with --state (it is created if missing)"
+    )]
+    NotRegular { path: String, what: &'static str },
     #[error("cannot open state file {path}: {reason}")]
     Other { path: String, reason: String },
+}
+
+/// Refuses a state path that exists and is not a regular file (`/dev/null`, a folder, a pipe):
+/// SQLite would read it as an empty database, or the lock and journal files would land beside a
+/// device. `:memory:` is SQLite's own name, not a path.
+pub fn check_regular(path: &Path) -> Result<(), OpenError> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // missing (created at open) or unreadable (open says why)
+    };
+    let what = if meta.is_file() {
+        return Ok(());
+    } else if meta.is_dir() {
+        "a folder"
+    } else {
+        "a device, pipe or socket"
+    };
+    Err(OpenError::NotRegular {
+        path: path.display().to_string(),
+        what,
+    })
 }
 
 /// Opens (creating if needed) the state file and brings its schema up to date.
@@ -346,6 +373,7 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
         path: shown.clone(),
         reason: e.to_string(),
     };
+    check_regular(path)?;
     // `:memory:` is SQLite's own name for a database that lives and dies with the connection.
     let mut conn = Connection::open(path).map_err(|e| other(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -401,6 +429,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, OpenError> {
             reason: "it does not exist (no run has used it yet)".into(),
         });
     }
+    check_regular(path)?;
     let other = |e: &dyn std::fmt::Display| OpenError::Other {
         path: shown.clone(),
         reason: e.to_string(),
@@ -774,6 +803,25 @@ mod tests {
             row_key("ab", "c", ReferenceType::Note, "n", "x"),
             row_key("a", "bc", ReferenceType::Note, "n", "x")
         );
+    }
+
+    #[test]
+    fn escaped_bytes_come_back_and_raw_keys_differ_from_row_keys() {
+        for bytes in [
+            &b"caf\xE9.pdf"[..],
+            b"C:\\x\\a.pdf",
+            b"\\xZZ",
+            b"\xFF\xFE",
+            b"",
+        ] {
+            assert_eq!(unescape_bytes(&escape_bytes(bytes)), bytes);
+        }
+        assert_eq!(escape_bytes(b"caf\xE9\\"), "caf\\xE9\\\\");
+        let raw = raw_row_key(&[b"a.pdf", b"c", b"task", b"n", b"a.pdf"]);
+        assert!(raw.starts_with("raw:"), "{raw}");
+        assert!(raw_row_key(&[b"caf\xE9"]).starts_with("rawb:"));
+        assert_ne!(raw_row_key(&[b"ab", b"c"]), raw_row_key(&[b"a", b"bc"]));
+        assert_eq!(row_key("a", "b", ReferenceType::Note, "c", "d").len(), 32);
     }
 
     fn new_row(key: &str, rejected: Option<&str>) -> NewRow {

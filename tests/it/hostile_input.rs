@@ -417,3 +417,208 @@ fn report_cells_that_spreadsheets_run_are_neutralized_and_read_back() {
     assert_eq!(values(&fix), original);
     assert!(original.iter().any(|r| r.4 == "'=quoted"));
 }
+
+// Case 15: `.` and `..` are not names.
+#[test]
+fn dot_and_dot_dot_are_invalid_names() {
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let manifest = s.manifest(format!(
+        "{HEADER}a.txt,{CONTACT},note,{NOTE},.\na.txt,{CONTACT},deal,{DEAL},..\n"
+    ));
+    let (code, doc) = check_json(&manifest, &["--offline"]);
+    assert_eq!(code, 2, "{doc}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (
+                Some(2),
+                Some("name".to_string()),
+                "invalid_name".to_string()
+            ),
+            (
+                Some(3),
+                Some("name".to_string()),
+                "invalid_name".to_string()
+            ),
+        ]
+    );
+}
+
+// Case 15: a huge value or header does not make a huge message.
+#[test]
+fn long_values_and_wide_headers_make_short_messages() {
+    let s = Scratch::new();
+    let long = "d/".repeat(2_500_000) + "a.txt";
+    let manifest = s.manifest(format!("{HEADER}{long},{CONTACT},note,{NOTE},\n"));
+    let out = bin()
+        .args(["check", "--offline"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.len() < 4_000,
+        "{} bytes of output for one bad row",
+        stdout.len()
+    );
+    assert!(stdout.contains("… (5000005 bytes)"), "{stdout}");
+
+    let wide = (0..1_000_000)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let manifest = s.manifest(format!("file,contact_id,reference_id,{wide}\na,b,c\n"));
+    let out = bin()
+        .args(["check", "--offline"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.len() < 10_000, "{} bytes of output", stdout.len());
+    assert!(stdout.contains("unknown column `c19`"), "{stdout}");
+    assert!(!stdout.contains("unknown column `c20`"), "{stdout}");
+    assert!(
+        stdout.contains("and 999980 more unknown or empty columns"),
+        "{stdout}"
+    );
+}
+
+// Case 15: UTF-16 is named, with the way to convert it.
+#[test]
+fn utf16_manifests_are_named_with_how_to_convert() {
+    let s = Scratch::new();
+    let text = format!("{HEADER}a.txt,{CONTACT},note,{NOTE},\n");
+    let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let with_bom = [&[0xFF, 0xFE][..], &le].concat();
+    for (what, bytes) in [("BOM", with_bom), ("LE", le), ("BE", be)] {
+        let manifest = s.manifest(&bytes);
+        let (code, doc) = check_json(&manifest, &["--offline"]);
+        assert_eq!(code, 2, "{what}: {doc}");
+        let message = doc["problems"][0]["message"].as_str().unwrap();
+        assert_eq!(doc["problems"][0]["kind"], "not_text", "{what}");
+        assert!(message.contains("is UTF-16"), "{what}: {message}");
+        assert!(
+            message.contains("iconv -f UTF-16 -t UTF-8 in.csv > out.csv"),
+            "{what}: {message}"
+        );
+        assert!(!message.contains("binary"), "{what}: {message}");
+    }
+}
+
+// Case 15: a state path that is not a regular file is refused before anything is made.
+#[test]
+fn a_state_path_that_is_not_a_regular_file_is_refused() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let manifest = s.manifest(format!("{HEADER}a.txt,{CONTACT},note,{NOTE},\n"));
+    // The folder first: a binary without the check fails there, before it can touch /dev.
+    for state in [s.dir.path(), Path::new("/dev/null")] {
+        emu.run_cmd(&manifest)
+            .arg("--state")
+            .arg(state)
+            .assert()
+            .code(3)
+            .stderr(contains("not a regular file"));
+        for command in ["status", "report"] {
+            bin()
+                .args([command, "--state"])
+                .arg(state)
+                .assert()
+                .code(3)
+                .stderr(contains("not a regular file"));
+        }
+    }
+    assert!(emu.state()["requests"].as_object().unwrap().is_empty());
+}
+
+// Case 15: every `--json` exit of `run` prints one JSON document.
+#[test]
+fn every_json_exit_of_run_prints_one_document() {
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let manifest = s.manifest(format!("{HEADER}a.txt,{CONTACT},note,{NOTE},\n"));
+
+    // The quota check fails: the account has 0 bytes left.
+    let mut seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::common::samples().join("emulator-seed.json")).unwrap(),
+    )
+    .unwrap();
+    seed["storage_left"] = 0.into();
+    let seed_path = s.file("seed.json", seed.to_string());
+    let emu = Emulator::start_seeded(&seed_path, &["--rate-limit", "off"], None);
+    let json_exit = |cmd: &mut assert_cmd::Command| {
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap(), json_of(&out))
+    };
+    let (code, doc) = json_exit(emu.run_cmd(&manifest).arg("--json"));
+    assert_eq!((code, &doc["exit_code"]), (3, &Value::from(3)), "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("storage left"),
+        "{doc}"
+    );
+    let (code, doc) = json_exit(emu.run_cmd(&manifest).args(["--json", "--dry-run"]));
+    assert_eq!((code, &doc["exit_code"]), (3, &Value::from(3)), "{doc}");
+    assert_eq!(doc["to_upload"], 1);
+
+    // Missing credentials, an invalid manifest, a refused command line.
+    let (code, doc) = json_exit(bin().arg("run").arg(&manifest).arg("--json"));
+    assert_eq!((code, &doc["exit_code"]), (3, &Value::from(3)), "{doc}");
+    let invalid = s.file(
+        "invalid.csv",
+        format!("{HEADER}nope.txt,{CONTACT},note,{NOTE},\n"),
+    );
+    let (code, doc) = json_exit(emu.run_cmd(&invalid).arg("--json"));
+    assert_eq!((code, &doc["exit_code"]), (2, &Value::from(2)), "{doc}");
+    let (code, doc) = json_exit(emu.run_cmd(&manifest).args(["--json", "--rate", "fast"]));
+    assert_eq!((code, &doc["exit_code"]), (2, &Value::from(2)), "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("fast"), "{doc}");
+    let (code, doc) = json_exit(bin().arg("check").arg(s.path("nope.csv")).arg("--json"));
+    assert_eq!(code, 2, "{doc}");
+}
+
+// Case 15: a manifest moved with its folder goes on with --adopt-state, uploading nothing again.
+#[test]
+fn a_moved_manifest_adopts_its_state_without_uploading_again() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("old/files/a.txt", "a");
+    s.file("old/files/b.txt", "b");
+    s.file(
+        "old/m.csv",
+        format!("{HEADER}files/a.txt,{CONTACT},note,{NOTE},\nfiles/b.txt,{CONTACT},deal,{DEAL},\n"),
+    );
+    emu.run_cmd(&s.path("old/m.csv"))
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    std::fs::rename(s.path("old"), s.path("new")).unwrap();
+    let manifest = s.path("new/m.csv");
+    let before = emu.state();
+
+    emu.run_cmd(&manifest)
+        .assert()
+        .code(3)
+        .stderr(contains("belongs to the manifest"))
+        .stderr(contains("--adopt-state"));
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--adopt-state"])
+        .assert()
+        .code(0)
+        .stdout(contains("done before:        2"))
+        .stdout(contains("done in this run:   0"));
+    let after = emu.state();
+    assert_eq!(after["requests"], before["requests"], "nothing was sent");
+    assert_eq!(after["attachments"], before["attachments"]);
+    // The state now belongs to the moved manifest: a plain rerun is accepted.
+    emu.run_cmd(&manifest).assert().code(0);
+    let status = status_json(&manifest);
+    assert!(
+        status["manifest"].as_str().unwrap().ends_with("/new/m.csv"),
+        "{status}"
+    );
+}
