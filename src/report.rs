@@ -112,11 +112,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         .map(Path::to_path_buf);
     let dir = report_dir(args.output.as_deref());
 
-    let mut body = Vec::new();
-    let mut count = 0;
-    {
-        let mut csv = csv::Writer::from_writer(&mut body);
-        csv.write_record(header(args.only))?;
+    let only = args.only;
+    let write = |sink: &mut dyn Write| -> io::Result<usize> {
+        let mut csv = csv::Writer::from_writer(sink);
+        csv.write_record(header(only))?;
+        let mut count = 0;
         for row in rows.iter().filter(|r| keep(r)) {
             let file = row_path(row, manifest_dir.as_deref())
                 .map(|p| file_column(&p, &dir))
@@ -129,7 +129,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
                 row.field_bytes(&row.name),
             ];
             let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
-            match args.only {
+            match only {
                 ReportOnly::Failed => record.extend([text(&row.error_kind), text(&row.last_error)]),
                 ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
                 ReportOnly::All => record.extend([
@@ -144,12 +144,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
             count += 1;
         }
         csv.flush()?;
-    }
+        Ok(count)
+    };
 
     let Some(out) = &args.output else {
         let mut stdout = io::stdout().lock();
-        stdout.write_all(&body)?;
-        stdout.flush()?;
+        write(&mut stdout)?;
         return Ok(ExitStatus::Success);
     };
     let mut manifests: Vec<PathBuf> = recorded_manifest.into_iter().map(PathBuf::from).collect();
@@ -158,16 +158,19 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         Ok(target) => target,
         Err(message) => return fail(message, ExitStatus::Usage),
     };
-    if let Err(e) = write_atomically(&target, &body) {
-        return fail(
-            format!(
-                "cannot write {}: {}; nothing was written",
-                out.display(),
-                manifest::io_reason(&e)
-            ),
-            ExitStatus::Stopped,
-        );
-    }
+    let count = match write_atomically(&target, write) {
+        Ok(count) => count,
+        Err(e) => {
+            return fail(
+                format!(
+                    "cannot write {}: {}; nothing was written",
+                    out.display(),
+                    manifest::io_reason(&e)
+                ),
+                ExitStatus::Stopped,
+            );
+        }
+    };
     eprintln!(
         "wrote {count} {} to {}",
         if count == 1 { "row" } else { "rows" },
@@ -272,9 +275,12 @@ fn is_report(path: &Path) -> bool {
         .any(|only| first == header(*only).join(",").as_bytes())
 }
 
-/// Writes `body` to a new file beside `target` and renames it into place: `target` is either
+/// Writes a new file beside `target` with `write` and renames it into place: `target` is either
 /// left as it was or replaced whole.
-fn write_atomically(target: &Path, body: &[u8]) -> io::Result<()> {
+fn write_atomically<T>(
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<T>,
+) -> io::Result<T> {
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -285,13 +291,18 @@ fn write_atomically(target: &Path, body: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
     let written = (|| {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)?;
-        file.write_all(body)?;
+        let mut buffered = io::BufWriter::new(file);
+        let value = write(&mut buffered)?;
+        let file = buffered
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
-        fs::rename(&temp, target)
+        fs::rename(&temp, target)?;
+        Ok(value)
     })();
     if written.is_err() {
         let _ = fs::remove_file(&temp);
@@ -325,11 +336,19 @@ mod tests {
     fn an_atomic_write_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.csv");
-        write_atomically(&p, b"a\n").unwrap();
-        write_atomically(&p, b"b\n").unwrap();
+        let put = |text: &'static [u8]| move |w: &mut dyn Write| w.write_all(text);
+        write_atomically(&p, put(b"a\n")).unwrap();
+        write_atomically(&p, put(b"b\n")).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"b\n");
+        // A writer that fails half-way leaves the old file whole, and no temporary file.
+        let failing = |w: &mut dyn Write| {
+            w.write_all(b"half a rep")?;
+            Err::<(), _>(io::Error::other("disk full"))
+        };
+        assert!(write_atomically(&p, failing).is_err());
         assert_eq!(fs::read(&p).unwrap(), b"b\n");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         let missing = dir.path().join("no-such-folder").join("r.csv");
-        assert!(write_atomically(&missing, b"c\n").is_err());
+        assert!(write_atomically(&missing, put(b"c\n")).is_err());
     }
 }

@@ -345,6 +345,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         store.call_blocking(move |c| {
             checkpoint::set_manifest(c, &id)?;
             checkpoint::record_rows(c, &rows)?;
+            checkpoint::forget_stale_rejected(c, &rows.iter().map(|r| r.key.as_str()).collect())?;
             checkpoint::load_rows(c)
         })
     };

@@ -587,6 +587,26 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Forgets the rejected rows that the manifest no longer has (`keys` are its rows) and that never
+/// reached S3. A row fixed in the manifest can be a new row (a row recorded as written always is,
+/// see [`raw_row_key`]); its old rejected self would stay in `status` and the failed report for
+/// ever. A rejected row sent nothing, so forgetting it loses nothing.
+pub fn forget_stale_rejected(
+    conn: &Connection,
+    keys: &std::collections::HashSet<&str>,
+) -> rusqlite::Result<usize> {
+    let stale: Vec<String> = conn
+        .prepare("SELECT row_key FROM rows WHERE state = 'rejected' AND s3_key IS NULL")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter(|k| k.as_ref().map_or(true, |k| !keys.contains(k.as_str())))
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare("DELETE FROM rows WHERE row_key = ?1 AND state = 'rejected'")?;
+    for key in &stale {
+        delete.execute([key])?;
+    }
+    Ok(stale.len())
+}
+
 const ROW_COLUMNS: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
      state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable";

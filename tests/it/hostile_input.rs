@@ -182,6 +182,34 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
     );
 }
 
+// Case 6: a row recorded as written, once fixed, is a new row; its rejected record goes.
+#[test]
+fn a_fixed_row_replaces_its_rejected_record() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    s.file("b.txt", "b");
+    let good = format!("a.txt,{CONTACT},note,{NOTE},\n");
+    let manifest = s.manifest(format!("{HEADER}{good}b.txt,{CONTACT},task,{NOTE},\n"));
+    emu.run_cmd(&manifest)
+        .args(["--skip-invalid", "--rate", "off"])
+        .assert()
+        .code(1);
+    assert_eq!(status_json(&manifest)["by_state"]["rejected"], 1);
+    s.manifest(format!("{HEADER}{good}b.txt,{CONTACT},note,{NOTE},\n"));
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    let status = status_json(&manifest);
+    assert_eq!(status["rows"], 2, "{status}");
+    assert_eq!(status["by_state"]["rejected"], 0);
+    assert_eq!(status["by_state"]["done"], 2);
+    let fix = s.path("fix.csv");
+    failed_report(&manifest, &fix);
+    assert_eq!(csv_records(&fix).len(), 1, "only the header");
+}
+
 // Case 14.
 #[test]
 fn lone_cr_line_ends_are_read_like_crlf() {
