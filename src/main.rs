@@ -11,7 +11,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // `--json` asks for one JSON document on stdout, even for a command line clap refuses.
             if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
-                opcrm_import::print_json_error(e.render().to_string().trim(), ExitStatus::Usage);
+                let message = e.render().to_string();
+                let message = message.trim().trim_start_matches("error: ");
+                opcrm_import::print_json_error(message, ExitStatus::Usage);
             }
             e.exit()
         }

@@ -45,6 +45,21 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
     }
     let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::with_capacity(checked.manifest.rows.len());
+    // Identical lines that are not rows are each recorded: the second gets `~2`, and so on (a
+    // count of identical lines, so it does not depend on their order).
+    let mut push = |mut new: NewRow| {
+        if checkpoint::is_raw_key(&new.key) {
+            let first = new.key.clone();
+            let mut n = 1;
+            while seen.contains(&new.key) {
+                n += 1;
+                new.key = format!("{first}~{n}");
+            }
+        }
+        if seen.insert(new.key.clone()) {
+            rows.push(new);
+        }
+    };
     for ((row, facts), valid) in checked
         .manifest
         .rows
@@ -59,10 +74,13 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 .map(|e| e.join("; "))
                 .unwrap_or_default()
         });
-        let new = NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected);
-        if seen.insert(new.key.clone()) {
-            rows.push(new);
-        }
+        push(NewRow::from_row(
+            row,
+            checked.manifest.path_of(row),
+            size,
+            mtime,
+            rejected,
+        ));
     }
     // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
     // too, as written, so that every line of the manifest is in `status` and the report.
@@ -82,10 +100,7 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 crate::manifest::cut(&extra.join(", "))
             ));
         }
-        let new = NewRow::from_unparsed(u, &checked.manifest.base, reason);
-        if seen.insert(new.key.clone()) {
-            rows.push(new);
-        }
+        push(NewRow::from_unparsed(u, &checked.manifest.base, reason));
     }
     rows
 }

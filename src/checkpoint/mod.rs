@@ -107,6 +107,11 @@ pub fn raw_row_key(fields: &[&[u8]]) -> String {
     format!("{prefix}{}", hex::encode(&h.finalize()[..16]))
 }
 
+/// Whether `key` is one of a row recorded as written (see [`raw_row_key`]).
+pub fn is_raw_key(key: &str) -> bool {
+    key.starts_with(RAW_TEXT) || key.starts_with(RAW_BYTES)
+}
+
 const RAW_TEXT: &str = "raw:";
 const RAW_BYTES: &str = "rawb:";
 
@@ -201,7 +206,7 @@ pub struct NewRow {
 impl StoredRow {
     /// Whether this row was recorded as written (see [`raw_row_key`]).
     pub fn is_raw(&self) -> bool {
-        self.key.starts_with(RAW_TEXT) || self.key.starts_with(RAW_BYTES)
+        is_raw_key(&self.key)
     }
 
     /// A text field of this row as the manifest had it, in bytes (a `rawb:` row's fields are

@@ -86,6 +86,8 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
     text.extend_from_slice(format!(",{CONTACT},note,{NOTE},\n").as_bytes());
     text.extend_from_slice(format!("f.txt,{CONTACT},note,{NOTE},na").as_bytes());
     text.extend_from_slice(b"\xEFve.txt\n");
+    // The same short line again: a row of its own.
+    text.extend_from_slice(format!("c.txt,{CONTACT},note\n").as_bytes());
     let manifest = s.manifest(&text);
 
     let out = emu
@@ -95,14 +97,14 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
         .unwrap();
     let doc = json_of(&out);
     assert_eq!(out.status.code(), Some(1), "{doc}");
-    assert_eq!(doc["rows"], 7, "every manifest row is counted: {doc}");
+    assert_eq!(doc["rows"], 8, "every manifest row is counted: {doc}");
     assert_eq!(doc["done_now"], 2);
-    assert_eq!(doc["rejected"], 5);
+    assert_eq!(doc["rejected"], 6);
     assert_eq!(emu.state()["attachments"].as_array().unwrap().len(), 2);
 
     let status = status_json(&manifest);
-    assert_eq!(status["rows"], 7, "{status}");
-    assert_eq!(status["by_state"]["rejected"], 5);
+    assert_eq!(status["rows"], 8, "{status}");
+    assert_eq!(status["by_state"]["rejected"], 6);
     assert_eq!(status["by_state"]["done"], 2);
 
     // A rerun records nothing twice.
@@ -110,13 +112,13 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
         .args(["--skip-invalid", "--rate", "off"])
         .assert()
         .code(1)
-        .stdout(contains("rows:               7"));
-    assert_eq!(status_json(&manifest)["rows"], 7);
+        .stdout(contains("rows:               8"));
+    assert_eq!(status_json(&manifest)["rows"], 8);
 
     let fix = s.path("fix.csv");
     failed_report(&manifest, &fix);
     let records = csv_records(&fix);
-    assert_eq!(records.len(), 6, "header and the 5 rejected rows");
+    assert_eq!(records.len(), 7, "header and the 6 rejected rows");
     let row = |file: &[u8]| -> Vec<Vec<u8>> {
         records
             .iter()
@@ -176,6 +178,7 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
         rows,
         [
             ("b.txt", "task", NOTE),
+            ("c.txt", "note", ""),
             ("c.txt", "note", ""),
             ("d.txt", "note", NOTE)
         ]
