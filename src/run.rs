@@ -250,9 +250,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         },
     );
     let mut err = std::io::stderr().lock();
-    for p in &checked.manifest.problems {
-        writeln!(err, "{p}")?;
-    }
+    crate::check::write_problems(&mut err, &checked.manifest.problems)?;
     drop(err);
     if !checked.manifest.readable {
         return fail(

@@ -517,6 +517,46 @@ fn long_values_and_wide_headers_make_short_messages() {
     );
 }
 
+// Case 15: the same mistake on many rows is shown 20 times, then counted.
+#[test]
+fn repeated_problems_are_collapsed_after_twenty_of_a_kind() {
+    let s = Scratch::new();
+    s.file("x.txt", "x");
+    let mut text = HEADER.to_string();
+    for i in 0..30 {
+        text.push_str(&format!("missing-{i}.txt,{CONTACT},note,{NOTE},\n"));
+    }
+    text.push_str(&format!("x.txt,{CONTACT},task,{NOTE},\n"));
+    let manifest = s.manifest(text);
+    let out = bin()
+        .args(["check", "--offline"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("does not exist").count(), 20, "{stdout}");
+    assert!(
+        stdout.contains("\"missing-19.txt\" does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\"missing-20.txt\" does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("... and 10 more file_missing errors like those above"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("unknown reference type \"task\""),
+        "{stdout}"
+    );
+    // JSON still lists every problem.
+    let (_, doc) = check_json(&manifest, &["--offline"]);
+    assert_eq!(doc["problems"].as_array().unwrap().len(), 31);
+}
+
 // Case 15: UTF-16 is named, with the way to convert it.
 #[test]
 fn utf16_manifests_are_named_with_how_to_convert() {
