@@ -161,12 +161,24 @@ pub struct Row {
     pub file: String,
     pub contact_id: String,
     pub reference_type: Option<ReferenceType>,
-    /// The `reference_type` field as written (trimmed; empty when the row gives none), so that a
-    /// row rejected for an unknown type can be recorded and reported with the type it has.
-    pub reference_type_text: String,
+    /// The `reference_type` field as written (trimmed) when it is no known type, so that the row,
+    /// rejected, is recorded and reported with the type it has. (Boxed: a million valid rows
+    /// should not pay for it.)
+    pub unknown_reference_type: Option<Box<str>>,
     pub reference_id: String,
     /// The attachment name: the `name` column, or the file's own name.
     pub name: String,
+}
+
+impl Row {
+    /// The reference type as written: the known type's name, or the unknown text.
+    pub fn reference_type_text(&self) -> &str {
+        match (&self.unknown_reference_type, self.reference_type) {
+            (Some(text), _) => text,
+            (None, Some(t)) => t.as_str(),
+            (None, None) => "",
+        }
+    }
 }
 
 /// A data record that could not be read as a [`Row`]: it has more or fewer fields than the
@@ -638,8 +650,8 @@ fn parse_row(
         }
     }
 
-    let reference_type_text = reference_type.as_deref().unwrap_or("").trim().to_string();
-    let reference_type = match reference_type_text.as_str() {
+    let mut unknown_reference_type = None;
+    let reference_type = match reference_type.as_deref().unwrap_or("").trim() {
         "" => Some(ReferenceType::Note),
         t => match ReferenceType::parse(t) {
             Some(t) => Some(t),
@@ -653,13 +665,10 @@ fn parse_row(
                         shown(t)
                     ),
                 ));
+                unknown_reference_type = Some(t.into());
                 None
             }
         },
-    };
-    let reference_type_text = match reference_type {
-        Some(t) => t.as_str().to_string(),
-        None => reference_type_text,
     };
 
     if file.contains('\0') {
@@ -700,7 +709,7 @@ fn parse_row(
         file,
         contact_id,
         reference_type,
-        reference_type_text,
+        unknown_reference_type,
         reference_id,
         name,
     })

@@ -264,7 +264,7 @@ impl NewRow {
             None => raw_row_key(&[
                 row.file.as_bytes(),
                 row.contact_id.as_bytes(),
-                row.reference_type_text.as_bytes(),
+                row.reference_type_text().as_bytes(),
                 row.reference_id.as_bytes(),
                 row.name.as_bytes(),
             ]),
@@ -278,7 +278,7 @@ impl NewRow {
             mtime_ns,
             contact_id: row.contact_id.clone(),
             reference_type: row.reference_type.unwrap_or(ReferenceType::Note),
-            reference_type_text: row.reference_type_text.clone(),
+            reference_type_text: row.reference_type_text().to_string(),
             reference_id: row.reference_id.clone(),
             name: row.name.clone(),
             rejected,

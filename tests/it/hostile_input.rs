@@ -168,7 +168,7 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
         .map(|r| {
             (
                 r.file.as_str(),
-                r.reference_type_text.as_str(),
+                r.reference_type_text(),
                 r.reference_id.as_str(),
             )
         })
@@ -434,7 +434,7 @@ fn report_cells_that_spreadsheets_run_are_neutralized_and_read_back() {
                 (
                     m.path_of(r),
                     r.contact_id.clone(),
-                    r.reference_type_text.clone(),
+                    r.reference_type_text().to_string(),
                     r.reference_id.clone(),
                     r.name.clone(),
                 )
