@@ -295,6 +295,10 @@ fn write_atomically<T>(
             .write(true)
             .create_new(true)
             .open(&temp)?;
+        // A replaced report keeps its permissions (someone may have made it private).
+        if let Ok(old) = fs::metadata(target) {
+            file.set_permissions(old.permissions())?;
+        }
         let mut buffered = io::BufWriter::new(file);
         let value = write(&mut buffered)?;
         let file = buffered
@@ -340,6 +344,14 @@ mod tests {
         write_atomically(&p, put(b"a\n")).unwrap();
         write_atomically(&p, put(b"b\n")).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"b\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            write_atomically(&p, put(b"b\n")).unwrap();
+            let mode = fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "a replaced report keeps its mode");
+        }
         // A writer that fails half-way leaves the old file whole, and no temporary file.
         let failing = |w: &mut dyn Write| {
             w.write_all(b"half a rep")?;
