@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::ExitStatus;
 use crate::cli::CheckArgs;
-use crate::manifest::{Problem, ReadOptions};
+use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity};
 use crate::preflight::{self, Checked, Summary, human_bytes};
 use crate::remote::{self, Client, Credentials};
 
@@ -122,10 +122,48 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Result<()> {
-    for problem in &checked.manifest.problems {
-        writeln!(out, "{problem}")?;
+/// Problems of one kind shown before the rest of that kind are counted in one line.
+const SHOWN_PER_KIND: usize = 20;
+
+/// Writes problems one a line, in order, but only the first 20 of each kind: a manifest where
+/// every one of 100,000 rows has the same mistake needs a few examples and a count, not 100,000
+/// lines (`check --json` lists them all).
+pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<()> {
+    let mut seen: Vec<(ProblemKind, Severity, usize)> = Vec::new();
+    for problem in problems {
+        let key = (problem.kind, problem.severity);
+        let count = match seen.iter_mut().find(|(k, s, _)| (*k, *s) == key) {
+            Some((_, _, n)) => n,
+            None => {
+                seen.push((problem.kind, problem.severity, 0));
+                &mut seen.last_mut().expect("just pushed").2
+            }
+        };
+        *count += 1;
+        if *count <= SHOWN_PER_KIND {
+            writeln!(out, "{problem}")?;
+        }
     }
+    for (kind, severity, n) in seen {
+        if n > SHOWN_PER_KIND {
+            let what = match severity {
+                Severity::Error => "errors",
+                Severity::Warning => "warnings",
+            };
+            let kind = serde_json::to_value(kind).unwrap_or_default();
+            writeln!(
+                out,
+                "... and {} more {} {what} like those above (check --json lists every one)",
+                n - SHOWN_PER_KIND,
+                kind.as_str().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Result<()> {
+    write_problems(out, &checked.manifest.problems)?;
     if !checked.manifest.problems.is_empty() {
         writeln!(out)?;
     }

@@ -183,6 +183,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub attach_unsettled: bool,
 
+    /// Take over a state file that belongs to this manifest at another path (the manifest was
+    /// moved or renamed); its done rows stay done.
+    #[arg(long)]
+    pub adopt_state: bool,
+
     /// Print the summary as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -241,8 +246,13 @@ pub struct ReportArgs {
     pub only: ReportOnly,
 
     /// Write the CSV to this file instead of stdout (its `file` paths are relative to its folder).
+    /// Never the state file or the manifest; an existing file only if it is a report.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Replace the `-o` file even when it is not a report this tool wrote.
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

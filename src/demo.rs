@@ -44,6 +44,7 @@ fn args(manifest: PathBuf, state: PathBuf) -> RunArgs {
         retry_failed: false,
         reupload_changed: false,
         attach_unsettled: false,
+        adopt_state: false,
         json: false,
         no_progress: false,
         api_key_file: None,

@@ -45,20 +45,42 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
-/// Says what stopped a command, on stderr, and hands back the exit status to end with.
+/// Whether the command was asked for `--json`: then whatever stops it also prints its one JSON
+/// document, `{"error": ..., "exit_code": ...}`, on stdout (so `--json` never ends in silence).
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`fail`] (and an error that ends [`run`]) print a JSON document on stdout.
+pub(crate) fn json_errors(on: bool) {
+    JSON_ERRORS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The JSON document of a command stopped by `message` with `status`, on stdout.
+pub fn print_json_error(message: &str, status: ExitStatus) {
+    use std::io::Write;
+    let doc = serde_json::json!({ "error": message, "exit_code": status as u8 });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{doc:#}");
+    let _ = out.flush();
+}
+
+/// Says what stopped a command, on stderr (and as JSON on stdout under `--json`), and hands
+/// back the exit status to end with.
 pub(crate) fn fail(
     message: impl std::fmt::Display,
     status: ExitStatus,
 ) -> anyhow::Result<ExitStatus> {
     eprintln!("error: {message}");
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        print_json_error(&message.to_string(), status);
+    }
     Ok(status)
 }
 
 /// Runs one command line to its end.
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        Command::Check(args) => check::run(&args),
-        Command::Run(args) => run::run(&args),
+        Command::Check(args) => json_or_error(args.json, || check::run(&args)),
+        Command::Run(args) => json_or_error(args.json, || run::run(&args)),
         Command::Status(args) => status::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Emulator(args) => emulator_command(args),
@@ -74,6 +96,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Success)
         }
     }
+}
+
+/// Runs a command that may have `--json`: an error that ends it prints the JSON error document
+/// (its text also goes to stderr, as for any command). A command prints its own document before
+/// it returns, so an error can only come before it.
+fn json_or_error(
+    json: bool,
+    command: impl FnOnce() -> anyhow::Result<ExitStatus>,
+) -> anyhow::Result<ExitStatus> {
+    json_errors(json);
+    let result = command();
+    if json && let Err(e) = &result {
+        print_json_error(&format!("{e:#}"), ExitStatus::Usage);
+    }
+    result
 }
 
 fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {

@@ -6,7 +6,18 @@ use clap::Parser;
 use opcrm_import::{ExitStatus, cli::Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--json` asks for one JSON document on stdout, even for a command line clap refuses.
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let message = e.render().to_string();
+                let message = message.trim().trim_start_matches("error: ");
+                opcrm_import::print_json_error(message, ExitStatus::Usage);
+            }
+            e.exit()
+        }
+    };
     if let Err(err) = opcrm_import::logging::init(&cli.log) {
         eprintln!("error: {err:#}");
         return ExitStatus::Usage.into();

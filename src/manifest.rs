@@ -161,9 +161,37 @@ pub struct Row {
     pub file: String,
     pub contact_id: String,
     pub reference_type: Option<ReferenceType>,
+    /// The `reference_type` field as written (trimmed) when it is no known type, so that the row,
+    /// rejected, is recorded and reported with the type it has. (Boxed: a million valid rows
+    /// should not pay for it.)
+    pub unknown_reference_type: Option<Box<str>>,
     pub reference_id: String,
     /// The attachment name: the `name` column, or the file's own name.
     pub name: String,
+}
+
+impl Row {
+    /// The reference type as written: the known type's name, or the unknown text.
+    pub fn reference_type_text(&self) -> &str {
+        match (&self.unknown_reference_type, self.reference_type) {
+            (Some(text), _) => text,
+            (None, Some(t)) => t.as_str(),
+            (None, None) => "",
+        }
+    }
+}
+
+/// A data record that could not be read as a [`Row`]: it has more or fewer fields than the
+/// header, or a field that is not UTF-8. It is kept with its fields as written, so that a run
+/// records it as rejected and a failed-rows report gives it back as the user wrote it.
+#[derive(Clone, Debug)]
+pub struct Unparsed {
+    pub line: u64,
+    /// The known columns' fields as written, in [`COLUMNS`] order (empty when the record has no
+    /// such field).
+    pub fields: [Vec<u8>; 5],
+    /// Fields past the header's width, as written.
+    pub extra: Vec<Vec<u8>>,
 }
 
 /// A manifest as read: its rows, and the problems found while reading them.
@@ -173,6 +201,8 @@ pub struct Manifest {
     /// The manifest's folder, absolute: the rows' paths resolve against it.
     pub base: PathBuf,
     pub rows: Vec<Row>,
+    /// Records that could not be read as rows (each has an error in `problems`).
+    pub unparsed: Vec<Unparsed>,
     pub problems: Vec<Problem>,
     /// False when the manifest could not be read as a whole (missing, binary, bad header); then
     /// `rows` is empty and `problems` says why.
@@ -201,13 +231,21 @@ impl Default for ReadOptions {
 
 /// Reads `path` as a manifest. Never fails: whatever goes wrong is a problem in the result.
 pub fn read(path: &Path, options: ReadOptions) -> Manifest {
-    // Absolute, so that the paths recorded in the state file mean the same from any folder.
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = std::path::absolute(&base).unwrap_or(base);
+    // Absolute, so that the paths recorded in the state file mean the same from any folder. A
+    // bare `m.csv` has the folder `""`, which `absolute` refuses: that is the current folder.
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = match std::env::current_dir() {
+        Ok(cwd) if base == Path::new(".") => cwd,
+        _ => std::path::absolute(&base).unwrap_or(base),
+    };
     let mut manifest = Manifest {
         path: path.to_path_buf(),
         base,
         rows: Vec::new(),
+        unparsed: Vec::new(),
         problems: Vec::new(),
         readable: false,
     };
@@ -253,6 +291,14 @@ fn read_rows(path: &Path, options: ReadOptions, manifest: &mut Manifest) -> Resu
             format!("cannot read manifest {shown}: {}", io_reason(&e)),
         )
     })?;
+    if is_utf16(head) {
+        return Err(whole(
+            ProblemKind::NotText,
+            format!(
+                "{shown} is UTF-16 text, not UTF-8; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 in.csv > out.csv) or save it from the spreadsheet as \"CSV UTF-8\""
+            ),
+        ));
+    }
     if head.contains(&0) {
         return Err(whole(
             ProblemKind::NotText,
@@ -294,10 +340,23 @@ fn read_csv(
         }
     };
     let columns = parse_header(&record, header_line, options.delimiter)?;
+    // A failed-rows report (it has both error columns) neutralizes spreadsheet formulas with a
+    // leading `'`; reading it back undoes exactly that (see `formula_unescape`).
+    let report = IGNORED_COLUMNS.iter().all(|c| columns_named(&record, c));
+    let mut unescaped = csv::ByteRecord::new();
     while let Some(line) = reader.next(&mut record).map_err(io_problem)? {
         if is_blank(&record) {
             continue;
         }
+        let record = if report {
+            unescaped.clear();
+            for field in record.iter() {
+                unescaped.push_field(formula_unescape(field));
+            }
+            &unescaped
+        } else {
+            &record
+        };
         if record.len() != columns.len() {
             manifest.problems.push(Problem::error(
                 Some(line),
@@ -310,10 +369,12 @@ fn read_csv(
                     options.delimiter as char
                 ),
             ));
+            manifest.unparsed.push(unparsed(record, &columns, line));
             continue;
         }
-        if let Some(row) = parse_row(&record, &columns, line, &mut manifest.problems) {
-            manifest.rows.push(row);
+        match parse_row(record, &columns, line, &mut manifest.problems) {
+            Some(row) => manifest.rows.push(row),
+            None => manifest.unparsed.push(unparsed(record, &columns, line)),
         }
     }
     if manifest.rows.is_empty() && manifest.problems.is_empty() {
@@ -336,6 +397,8 @@ struct Records<R> {
     /// The line the next unconsumed byte is on.
     line: u64,
     consumed: u64,
+    /// The last byte consumed was a CR (so an LF now ends no new line).
+    after_cr: bool,
     output: Vec<u8>,
     ends: Vec<usize>,
 }
@@ -348,6 +411,7 @@ impl<R: BufRead> Records<R> {
             input,
             line: 1,
             consumed: 0,
+            after_cr: false,
             output: vec![0; 4096],
             ends: vec![0; 16],
         }
@@ -367,9 +431,15 @@ impl<R: BufRead> Records<R> {
                 if start.is_none() && !matches!(b, b'\r' | b'\n') && !in_bom {
                     start = Some(self.line);
                 }
-                if b == b'\n' {
-                    self.line += 1;
+                // A line ends at LF, CRLF, or a lone CR (old Mac exports): the parser takes all
+                // three as record ends, so the count must too. A CR counts at once; the LF of a
+                // CRLF then does not, even when the two arrive in separate reads.
+                match b {
+                    b'\r' => self.line += 1,
+                    b'\n' if !self.after_cr => self.line += 1,
+                    _ => {}
                 }
+                self.after_cr = b == b'\r';
             }
             self.consumed += nin as u64;
             self.input.consume(nin);
@@ -420,6 +490,15 @@ fn parse_header(
             IGNORED_COLUMNS.join(", ")
         )
     };
+    // A header of a million unknown columns must not make a message of a million lines.
+    const SHOWN_UNKNOWN: usize = 20;
+    let mut unknown = 0;
+    let mut unknown_problem = |problems: &mut Vec<String>, message: String| {
+        unknown += 1;
+        if unknown <= SHOWN_UNKNOWN {
+            problems.push(message);
+        }
+    };
     for (i, raw) in record.iter().enumerate() {
         let Ok(text) = std::str::from_utf8(raw) else {
             return Err(Problem::error(
@@ -438,20 +517,32 @@ fn parse_header(
         } else if IGNORED_COLUMNS.contains(&name.as_str()) {
             columns.push(None);
         } else if name.is_empty() {
-            problems.push(format!(
-                "header field {} is empty; the known columns are {}",
-                i + 1,
-                known()
-            ));
+            unknown_problem(
+                &mut problems,
+                format!(
+                    "header field {} is empty; the known columns are {}",
+                    i + 1,
+                    known()
+                ),
+            );
             columns.push(None);
         } else {
-            problems.push(format!(
-                "unknown column `{}`; the known columns are {}",
-                text.trim(),
-                known()
-            ));
+            unknown_problem(
+                &mut problems,
+                format!(
+                    "unknown column `{}`; the known columns are {}",
+                    cut(text.trim()),
+                    known()
+                ),
+            );
             columns.push(None);
         }
+    }
+    if unknown > SHOWN_UNKNOWN {
+        problems.push(format!(
+            "and {} more unknown or empty columns",
+            unknown - SHOWN_UNKNOWN
+        ));
     }
     for required in REQUIRED {
         if !columns.contains(&Some(required)) {
@@ -502,9 +593,9 @@ fn parse_row(
                     Some(col),
                     ProblemKind::InvalidUtf8,
                     format!(
-                        "not valid UTF-8 (byte 0x{:02X} after {:?}); save the manifest as UTF-8 CSV",
+                        "not valid UTF-8 (byte 0x{:02X} after {}); save the manifest as UTF-8 CSV",
                         raw[at],
-                        String::from_utf8_lossy(&raw[..at])
+                        shown(&String::from_utf8_lossy(&raw[..at]))
                     ),
                 ));
                 None
@@ -516,6 +607,14 @@ fn parse_row(
     let reference_type = field("reference_type");
     let reference_id = field("reference_id");
     let name = field("name");
+    // A field that is not UTF-8 (each one reported above) makes the record unparsed: it is
+    // kept as bytes, so that its real values reach the state file and the failed-rows report.
+    let utf8 = |col: &'static str, value: &Option<String>| {
+        value.is_some() || !columns.contains(&Some(col))
+    };
+    if !(utf8("reference_type", &reference_type) && utf8("name", &name)) {
+        return None;
+    }
     let (Some(file), Some(contact_id), Some(reference_id)) = (file, contact_id, reference_id)
     else {
         return None;
@@ -543,22 +642,30 @@ fn parse_row(
                 line,
                 col,
                 ProblemKind::IdFormat,
-                format!("{value:?} is not a 24-hex-digit OnePageCRM id; check that it is the right column"),
+                format!(
+                    "{} is not a 24-hex-digit OnePageCRM id; check that it is the right column",
+                    shown(value)
+                ),
             ));
         }
     }
 
-    let reference_type = match reference_type.as_deref().map(str::trim) {
-        None | Some("") => Some(ReferenceType::Note),
-        Some(t) => match ReferenceType::parse(t) {
+    let mut unknown_reference_type = None;
+    let reference_type = match reference_type.as_deref().unwrap_or("").trim() {
+        "" => Some(ReferenceType::Note),
+        t => match ReferenceType::parse(t) {
             Some(t) => Some(t),
             None => {
                 problems.push(Problem::error(
                     Some(line),
                     Some("reference_type"),
                     ProblemKind::UnknownReferenceType,
-                    format!("unknown reference type {t:?}; use note, deal, call or meeting"),
+                    format!(
+                        "unknown reference type {}; use note, deal, call or meeting",
+                        shown(t)
+                    ),
                 ));
+                unknown_reference_type = Some(t.into());
                 None
             }
         },
@@ -588,7 +695,7 @@ fn parse_row(
                         Some(line),
                         Some("file"),
                         ProblemKind::InvalidName,
-                        format!("{file:?} has no file name to show in OnePageCRM; give one in the `name` column"),
+                        format!("{} has no file name to show in OnePageCRM; give one in the `name` column", shown(&file)),
                     ));
                 } else {
                     check_name(&own, line, "file", problems);
@@ -602,9 +709,126 @@ fn parse_row(
         file,
         contact_id,
         reference_type,
+        unknown_reference_type,
         reference_id,
         name,
     })
+}
+
+/// A record kept as written, its fields placed by the header's columns as far as both reach.
+fn unparsed(record: &csv::ByteRecord, columns: &[Option<&'static str>], line: u64) -> Unparsed {
+    let mut fields: [Vec<u8>; 5] = Default::default();
+    for (raw, col) in record.iter().zip(columns) {
+        if let Some(i) = col.and_then(|c| COLUMNS.iter().position(|k| *k == c)) {
+            fields[i] = raw.to_vec();
+        }
+    }
+    let extra = record
+        .iter()
+        .skip(columns.len())
+        .map(<[u8]>::to_vec)
+        .collect();
+    Unparsed {
+        line,
+        fields,
+        extra,
+    }
+}
+
+/// Whether a header record names `column` (as `parse_header` matches names).
+fn columns_named(header: &csv::ByteRecord, column: &str) -> bool {
+    header
+        .iter()
+        .any(|f| std::str::from_utf8(f).is_ok_and(|t| t.trim().eq_ignore_ascii_case(column)))
+}
+
+/// Characters that make a spreadsheet read a cell as a formula (OWASP's list).
+const FORMULA_STARTS: [u8; 6] = [b'=', b'+', b'-', b'@', b'\t', b'\r'];
+
+/// Whether `value` is some `'`s (maybe none) and then a formula character.
+fn quotes_then_formula(value: &[u8]) -> Option<usize> {
+    let quotes = value.iter().take_while(|b| **b == b'\'').count();
+    value
+        .get(quotes)
+        .is_some_and(|b| FORMULA_STARTS.contains(b))
+        .then_some(quotes)
+}
+
+/// A report cell that a spreadsheet will not run as a formula: a value that starts with
+/// `= + - @`, TAB or CR, after any number of `'`, gets one more `'` in front (OWASP's advice;
+/// the extra `'`s keep the escape reversible for a value that itself starts with `'=`).
+pub fn formula_escape(value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match quotes_then_formula(value) {
+        Some(_) => {
+            let mut escaped = Vec::with_capacity(value.len() + 1);
+            escaped.push(b'\'');
+            escaped.extend_from_slice(value);
+            escaped.into()
+        }
+        None => value.into(),
+    }
+}
+
+/// Undoes [`formula_escape`]: one `'` is removed from a value that is one or more `'`s and then
+/// a formula character. Applied only to files with both error columns (failed-rows reports).
+pub fn formula_unescape(value: &[u8]) -> &[u8] {
+    match quotes_then_formula(value) {
+        Some(quotes) if quotes > 0 => &value[1..],
+        _ => value,
+    }
+}
+
+/// Text in UTF-16 (a BOM, or ASCII with a NUL in every other byte), as some spreadsheets save
+/// "Unicode text".
+fn is_utf16(head: &[u8]) -> bool {
+    if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
+        return true;
+    }
+    let sample = &head[..head.len().min(4096) & !1];
+    if sample.len() < 4 {
+        return false;
+    }
+    let (mut even, mut odd) = (0, 0);
+    for (i, b) in sample.iter().enumerate() {
+        if *b == 0 {
+            if i % 2 == 0 {
+                even += 1;
+            } else {
+                odd += 1;
+            }
+        }
+    }
+    // Most code units of a CSV are ASCII: their high byte is NUL, their low byte never is.
+    let half = sample.len() / 2;
+    (odd * 2 >= half && even == 0) || (even * 2 >= half && odd == 0)
+}
+
+/// The longest value a message shows whole, in bytes.
+const SHOWN_BYTES: usize = 200;
+
+/// `value` for a message: whole when short, else its first 200 bytes and its length, so that a
+/// 50 MB field does not make a 50 MB message.
+pub fn cut(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= SHOWN_BYTES {
+        return value.into();
+    }
+    let mut end = SHOWN_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..end], value.len()).into()
+}
+
+/// `value` quoted for a message (as `{:?}` does), cut as [`cut`] does.
+pub fn shown(value: &str) -> String {
+    if value.len() <= SHOWN_BYTES {
+        return format!("{value:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
 }
 
 fn describe(column: &str) -> &'static str {
@@ -634,15 +858,22 @@ fn check_name(name: &str, line: u64, column: &'static str, problems: &mut Vec<Pr
             message,
         ));
     };
+    if name == "." || name == ".." {
+        invalid(format!(
+            "{whose} {name:?} is not a file name (it would end the object key in `/{name}`); give a name"
+        ));
+    }
     if name.contains('/') {
         invalid(format!(
-            "{whose} {name:?} contains `/`; attachment names cannot hold a path"
+            "{whose} {} contains `/`; attachment names cannot hold a path",
+            shown(name)
         ));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         invalid(format!(
-            "{whose} {:?} contains the control character U+{:04X}",
-            name, c as u32
+            "{whose} {} contains the control character U+{:04X}",
+            shown(name),
+            c as u32
         ));
     }
     if name.len() > MAX_NAME_BYTES {
@@ -798,6 +1029,60 @@ mod tests {
         let m = parse(text.as_bytes());
         assert_eq!(m.rows[0].file, long);
         assert_eq!((m.rows[0].line, m.rows[1].line), (3, 4));
+    }
+
+    #[test]
+    fn formula_escape_is_undone_exactly() {
+        for value in [
+            "=SUM(1)",
+            "+cmd|x",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'=x",
+            "''+x",
+            "'",
+            "''",
+            "'a",
+            "a=b",
+            "",
+            "plain.pdf",
+            "-",
+        ] {
+            let escaped = formula_escape(value.as_bytes());
+            assert!(
+                !matches!(
+                    escaped.first(),
+                    Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+                ),
+                "{value:?}"
+            );
+            assert_eq!(formula_unescape(&escaped), value.as_bytes(), "{value:?}");
+        }
+        assert_eq!(&*formula_escape(b"=x"), b"'=x");
+        assert_eq!(&*formula_escape(b"'a"), b"'a");
+    }
+
+    #[test]
+    fn utf16_is_told_from_utf8_and_binary() {
+        let text = "file,contact_id\n";
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        assert!(is_utf16(&le) && is_utf16(&be));
+        assert!(is_utf16(b"\xFF\xFEf\x00"));
+        assert!(!is_utf16(text.as_bytes()));
+        assert!(!is_utf16(b"PK\x03\x04\x00\x00binary"));
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(150);
+        let shown = cut(&long);
+        assert!(shown.ends_with("… (300 bytes)"), "{shown}");
+        assert!(shown.len() < 220);
+        assert!(super::shown(&long).starts_with("\"é"));
     }
 
     #[test]

@@ -119,21 +119,6 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
         .filter(|p| p.severity == Severity::Error)
         .count();
     let warnings = manifest.problems.len() - errors;
-    // Rows the reader could not turn into a row (wrong field count, bad UTF-8) are rows too.
-    let unparsed = {
-        let mut lines: Vec<u64> = manifest
-            .problems
-            .iter()
-            .filter(|p| {
-                matches!(p.kind, ProblemKind::FieldCount)
-                    || (p.kind == ProblemKind::InvalidUtf8 && p.line != Some(1))
-            })
-            .filter_map(|p| p.line)
-            .collect();
-        lines.dedup();
-        lines.retain(|l| manifest.rows.binary_search_by_key(l, |r| r.line).is_err());
-        lines.len()
-    };
     let valid_rows = valid.iter().filter(|v| **v).count();
     let mut bytes = 0;
     let mut largest: Option<LargestFile> = None;
@@ -150,7 +135,8 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
             });
         }
     }
-    let rows = manifest.rows.len() + unparsed;
+    // Records the reader could not turn into a row (wrong field count, bad UTF-8) are rows too.
+    let rows = manifest.rows.len() + manifest.unparsed.len();
     Summary {
         rows,
         valid: valid_rows,
@@ -172,7 +158,7 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     let line = Some(row.line);
     let mut error =
         |kind, message| problems.push(Problem::error(line, Some("file"), kind, message));
-    let file = &row.file;
+    let file = &manifest::shown(&row.file);
     let meta = match fs::metadata(&path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -182,12 +168,18 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
                     .unwrap_or_default();
                 error(
                     ProblemKind::DanglingLink,
-                    format!("{file:?} is a symbolic link to {target:?}, which does not exist"),
+                    format!(
+                        "{file} is a symbolic link to {}, which does not exist",
+                        manifest::shown(&target)
+                    ),
                 );
             } else {
                 error(
                     ProblemKind::FileMissing,
-                    format!("{file:?} does not exist (looked for {})", path.display()),
+                    format!(
+                        "{file} does not exist (looked for {})",
+                        manifest::cut(&path.display().to_string())
+                    ),
                 );
             }
             return (None, problems);
@@ -195,7 +187,7 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
         Err(e) => {
             error(
                 ProblemKind::FileUnreadable,
-                format!("{file:?} cannot be read: {}", io_reason(&e)),
+                format!("{file} cannot be read: {}", io_reason(&e)),
             );
             return (None, problems);
         }
@@ -203,21 +195,21 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     if meta.is_dir() {
         error(
             ProblemKind::NotRegularFile,
-            format!("{file:?} is a directory, not a file"),
+            format!("{file} is a directory, not a file"),
         );
         return (None, problems);
     }
     if !meta.is_file() {
         error(
             ProblemKind::NotRegularFile,
-            format!("{file:?} is not a regular file (a device, pipe or socket)"),
+            format!("{file} is not a regular file (a device, pipe or socket)"),
         );
         return (None, problems);
     }
     if let Err(e) = File::open(&path) {
         error(
             ProblemKind::FileUnreadable,
-            format!("{file:?} cannot be opened for reading: {}", io_reason(&e)),
+            format!("{file} cannot be opened for reading: {}", io_reason(&e)),
         );
         return (None, problems);
     }
@@ -226,7 +218,7 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
         error(
             ProblemKind::FileTooLarge,
             format!(
-                "{file:?} is {} ({size} bytes); OnePageCRM accepts at most {} ({MAX_FILE_SIZE} bytes) per file",
+                "{file} is {} ({size} bytes); OnePageCRM accepts at most {} ({MAX_FILE_SIZE} bytes) per file",
                 human_bytes(size),
                 human_bytes(MAX_FILE_SIZE)
             ),
@@ -236,7 +228,7 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
             row.line,
             "file",
             ProblemKind::EmptyFile,
-            format!("{file:?} is empty (0 bytes); it will be uploaded as an empty attachment"),
+            format!("{file} is empty (0 bytes); it will be uploaded as an empty attachment"),
         ));
     }
     (
@@ -294,9 +286,9 @@ fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec
                 Some("file"),
                 ProblemKind::DuplicateAttachment,
                 format!(
-                    "{:?} is already attached to {reference_type} {} on line {}; remove one of the two rows",
-                    row.file,
-                    row.reference_id,
+                    "{} is already attached to {reference_type} {} on line {}; remove one of the two rows",
+                    manifest::shown(&row.file),
+                    manifest::cut(&row.reference_id),
                     seen.get()
                 ),
             )),

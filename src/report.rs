@@ -1,20 +1,82 @@
 //! `opcrm-import report`: the rows of a migration as CSV. The failed-rows report is itself a
 //! manifest (plus `error_kind` and `error`, which `check` and `run` ignore), so a person can fix
 //! it and run it.
+//!
+//! A report is opened in spreadsheets, so a cell that a spreadsheet would run as a formula gets a
+//! leading `'` (see [`manifest::formula_escape`]); the manifest reader removes it again from a file
+//! with both error columns. `-o` never writes over the state file or the manifest, never replaces
+//! a file that is not a report without `--force`, and writes through a temporary file renamed
+//! into place, so a failure never leaves half a report.
 
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, RowState, StoredRow};
 use crate::cli::{ReportArgs, ReportOnly};
+use crate::manifest;
 use crate::status::open;
 use crate::{ExitStatus, fail};
 
+const KEY_COLUMNS: [&str; 5] = [
+    "file",
+    "contact_id",
+    "reference_type",
+    "reference_id",
+    "name",
+];
+
+/// The header of each kind of report, as written.
+fn header(only: ReportOnly) -> Vec<&'static str> {
+    let mut header = KEY_COLUMNS.to_vec();
+    match only {
+        ReportOnly::Failed => header.extend(["error_kind", "error"]),
+        ReportOnly::Done => header.extend(["attachment_id", "s3_key"]),
+        ReportOnly::All => {
+            header.extend(["state", "attachment_id", "s3_key", "error_kind", "error"])
+        }
+    }
+    header
+}
+
 /// `path` as the report's `file` column: relative to the report's folder when the file lies
 /// under it, else absolute, so that the report works as a manifest where it is written.
-fn file_column(path: &Path, report_dir: &Path) -> String {
-    match path.strip_prefix(report_dir) {
-        Ok(rel) => rel.to_string_lossy().into_owned(),
-        Err(_) => path.to_string_lossy().into_owned(),
+fn file_column(path: &Path, report_dir: &Path) -> Vec<u8> {
+    let shown = path.strip_prefix(report_dir).unwrap_or(path);
+    shown.as_os_str().as_encoded_bytes().to_vec()
+}
+
+/// A row's file as an absolute path (`None`: the row names no file). Paths recorded relative
+/// (by versions that took a bare `m.csv` to have no folder) resolve against the manifest's.
+fn row_path(row: &StoredRow, manifest_dir: Option<&Path>) -> Option<PathBuf> {
+    let bytes = row.field_bytes(&row.path.to_string_lossy());
+    if bytes.is_empty() {
+        return None;
+    }
+    let path = path_from_bytes(bytes);
+    match (path.is_relative(), manifest_dir) {
+        (true, Some(dir)) => Some(dir.join(path)),
+        _ => Some(path),
+    }
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The folder a report is written to (the current one for stdout or a bare file name).
+fn report_dir(output: Option<&Path>) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match output.and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() => std::path::absolute(dir).unwrap_or(cwd),
+        _ => cwd,
     }
 }
 
@@ -23,8 +85,14 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         Ok(opened) => opened,
         Err((m, status)) => return fail(m, status),
     };
-    let rows = match checkpoint::load_rows(&conn) {
-        Ok(rows) => rows,
+    let read = || -> rusqlite::Result<_> {
+        Ok((
+            checkpoint::load_rows(&conn)?,
+            checkpoint::manifest_of(&conn)?,
+        ))
+    };
+    let (rows, recorded_manifest) = match read() {
+        Ok(read) => read,
         Err(e) => {
             return fail(
                 format!("cannot read state file {}: {e}", path.display()),
@@ -32,77 +100,267 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
             );
         }
     };
+    drop(conn);
     let keep = |r: &StoredRow| match args.only {
         ReportOnly::Failed => matches!(r.state, RowState::Failed | RowState::Rejected),
         ReportOnly::Done => r.state == RowState::Done,
         ReportOnly::All => true,
     };
-    let report_dir: PathBuf = match &args.output {
-        Some(out) => {
-            let dir = out.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::path::absolute(&dir).unwrap_or(dir)
-        }
-        None => std::env::current_dir().unwrap_or_default(),
-    };
-    let sink: Box<dyn std::io::Write> = match &args.output {
-        Some(out) => match std::fs::File::create(out) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                return fail(
-                    format!("cannot write {}: {e}", out.display()),
-                    ExitStatus::Stopped,
-                );
+    let manifest_dir = recorded_manifest
+        .as_deref()
+        .and_then(|m| Path::new(m).parent())
+        .map(Path::to_path_buf);
+    let dir = report_dir(args.output.as_deref());
+
+    let only = args.only;
+    let write = |sink: &mut dyn Write| -> io::Result<usize> {
+        let mut csv = csv::Writer::from_writer(sink);
+        csv.write_record(header(only))?;
+        let mut count = 0;
+        for row in rows.iter().filter(|r| keep(r)) {
+            let file = row_path(row, manifest_dir.as_deref())
+                .map(|p| file_column(&p, &dir))
+                .unwrap_or_default();
+            let mut record = vec![
+                file,
+                row.field_bytes(&row.contact_id),
+                row.field_bytes(&row.reference_type_text),
+                row.field_bytes(&row.reference_id),
+                row.field_bytes(&row.name),
+            ];
+            let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
+            match only {
+                ReportOnly::Failed => record.extend([text(&row.error_kind), text(&row.last_error)]),
+                ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
+                ReportOnly::All => record.extend([
+                    row.state.as_str().as_bytes().to_vec(),
+                    text(&row.attachment_id),
+                    text(&row.s3_key),
+                    text(&row.error_kind),
+                    text(&row.last_error),
+                ]),
             }
-        },
-        None => Box::new(std::io::stdout().lock()),
+            csv.write_record(record.iter().map(|f| manifest::formula_escape(f)))?;
+            count += 1;
+        }
+        csv.flush()?;
+        Ok(count)
     };
-    let mut csv = csv::Writer::from_writer(sink);
-    let mut header = vec![
-        "file",
-        "contact_id",
-        "reference_type",
-        "reference_id",
-        "name",
-    ];
-    match args.only {
-        ReportOnly::Failed => header.extend(["error_kind", "error"]),
-        ReportOnly::Done => header.extend(["attachment_id", "s3_key"]),
-        ReportOnly::All => {
-            header.extend(["state", "attachment_id", "s3_key", "error_kind", "error"])
+
+    let Some(out) = &args.output else {
+        let mut stdout = io::stdout().lock();
+        write(&mut stdout)?;
+        return Ok(ExitStatus::Success);
+    };
+    let mut manifests: Vec<PathBuf> = recorded_manifest.into_iter().map(PathBuf::from).collect();
+    manifests.extend(args.manifest.clone());
+    let target = match output_target(out, &path, &manifests, args.force) {
+        Ok(target) => target,
+        Err(message) => return fail(message, ExitStatus::Usage),
+    };
+    let count = match write_atomically(&target, write) {
+        Ok(count) => count,
+        Err(e) => {
+            return fail(
+                format!(
+                    "cannot write {}: {}; nothing was written",
+                    out.display(),
+                    manifest::io_reason(&e)
+                ),
+                ExitStatus::Stopped,
+            );
         }
-    }
-    csv.write_record(&header)?;
-    let mut count = 0;
-    for row in rows.iter().filter(|r| keep(r)) {
-        let mut record = vec![
-            file_column(&row.path, &report_dir),
-            row.contact_id.clone(),
-            row.reference_type.as_str().to_string(),
-            row.reference_id.clone(),
-            row.name.clone(),
-        ];
-        let text = |v: &Option<String>| v.clone().unwrap_or_default();
-        match args.only {
-            ReportOnly::Failed => record.extend([text(&row.error_kind), text(&row.last_error)]),
-            ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
-            ReportOnly::All => record.extend([
-                row.state.as_str().to_string(),
-                text(&row.attachment_id),
-                text(&row.s3_key),
-                text(&row.error_kind),
-                text(&row.last_error),
-            ]),
-        }
-        csv.write_record(&record)?;
-        count += 1;
-    }
-    csv.flush()?;
-    if let Some(out) = &args.output {
-        eprintln!(
-            "wrote {count} {} to {}",
-            if count == 1 { "row" } else { "rows" },
-            out.display()
-        );
-    }
+    };
+    eprintln!(
+        "wrote {count} {} to {}",
+        if count == 1 { "row" } else { "rows" },
+        out.display()
+    );
     Ok(ExitStatus::Success)
+}
+
+/// A file's identity on disk (device and inode), following links.
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<PathBuf> {
+    fs::canonicalize(path).ok()
+}
+
+/// The file `-o` may be written to, or why not: never the state file (or its companions) or the
+/// manifest, even through a link; never something that is not a regular file; and an existing
+/// file only when it is a report (its first line is one of the report headers) or with `--force`.
+/// A link is followed: the file it names is replaced, not the link.
+fn output_target(
+    out: &Path,
+    state: &Path,
+    manifests: &[PathBuf],
+    force: bool,
+) -> Result<PathBuf, String> {
+    let shown = out.display();
+    let Ok(link_meta) = fs::symlink_metadata(out) else {
+        return Ok(out.to_path_buf());
+    };
+    let target = if link_meta.file_type().is_symlink() {
+        fs::canonicalize(out).map_err(|_| {
+            format!(
+                "-o {shown} is a symbolic link to nothing; give the path of the report to write"
+            )
+        })?
+    } else {
+        out.to_path_buf()
+    };
+    let meta = fs::metadata(&target).map_err(|e| {
+        format!(
+            "cannot write {shown}: {}; give another -o",
+            manifest::io_reason(&e)
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(format!(
+            "-o {shown} is a folder; give the path of the report file to write, e.g. {}",
+            out.join("report.csv").display()
+        ));
+    }
+    if !meta.is_file() {
+        return Err(format!(
+            "-o {shown} is not a regular file (a device, pipe or socket); give a file path, or leave out -o to print the report"
+        ));
+    }
+    let id = identity(&target);
+    let mut companions = vec![state.to_path_buf()];
+    for suffix in ["-wal", "-shm", ".lock"] {
+        let mut name = state.as_os_str().to_os_string();
+        name.push(suffix);
+        companions.push(PathBuf::from(name));
+    }
+    if id.is_some() && companions.iter().any(|c| identity(c) == id) {
+        return Err(format!(
+            "-o {shown} is the state file {} (or one of its companion files); writing the report there would destroy the record of the migration. Give another -o",
+            state.display()
+        ));
+    }
+    if id.is_some() && manifests.iter().any(|m| identity(m) == id) {
+        return Err(format!(
+            "-o {shown} is the manifest itself; writing the report there would replace it. Give another -o, e.g. fix.csv"
+        ));
+    }
+    if !force && !is_report(&target) {
+        return Err(format!(
+            "-o {shown} exists and is not a report written by opcrm-import (its first line is not a report header); pass --force to replace it, or give another -o"
+        ));
+    }
+    Ok(target)
+}
+
+/// Whether a file's first line is exactly one of the headers a report starts with.
+fn is_report(path: &Path) -> bool {
+    let mut head = Vec::new();
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    if file.take(4096).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let Some(end) = head.iter().position(|b| *b == b'\n') else {
+        return false;
+    };
+    let first = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+    [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
+        .iter()
+        .any(|only| first == header(*only).join(",").as_bytes())
+}
+
+/// Writes a new file beside `target` with `write` and renames it into place: `target` is either
+/// left as it was or replaced whole.
+fn write_atomically<T>(
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<T>,
+) -> io::Result<T> {
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let written = (|| {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        // A replaced report keeps its permissions (someone may have made it private).
+        if let Ok(old) = fs::metadata(target) {
+            file.set_permissions(old.permissions())?;
+        }
+        let mut buffered = io::BufWriter::new(file);
+        let value = write(&mut buffered)?;
+        let file = buffered
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        fs::rename(&temp, target)?;
+        Ok(value)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_recognised_by_its_header_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.csv");
+        for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
+            fs::write(&p, format!("{}\r\nx\n", header(only).join(","))).unwrap();
+            assert!(is_report(&p));
+        }
+        fs::write(&p, "file,contact_id,reference_type,reference_id,name\n").unwrap();
+        assert!(!is_report(&p), "a manifest is not a report");
+        fs::write(
+            &p,
+            "file,contact_id,reference_type,reference_id,name,error_kind,error",
+        )
+        .unwrap();
+        assert!(!is_report(&p), "no line end: not a whole header line");
+    }
+
+    #[test]
+    fn an_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.csv");
+        let put = |text: &'static [u8]| move |w: &mut dyn Write| w.write_all(text);
+        write_atomically(&p, put(b"a\n")).unwrap();
+        write_atomically(&p, put(b"b\n")).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"b\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            write_atomically(&p, put(b"b\n")).unwrap();
+            let mode = fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "a replaced report keeps its mode");
+        }
+        // A writer that fails half-way leaves the old file whole, and no temporary file.
+        let failing = |w: &mut dyn Write| {
+            w.write_all(b"half a rep")?;
+            Err::<(), _>(io::Error::other("disk full"))
+        };
+        assert!(write_atomically(&p, failing).is_err());
+        assert_eq!(fs::read(&p).unwrap(), b"b\n");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("no-such-folder").join("r.csv");
+        assert!(write_atomically(&missing, put(b"c\n")).is_err());
+    }
 }

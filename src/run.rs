@@ -45,6 +45,21 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
     }
     let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::with_capacity(checked.manifest.rows.len());
+    // Identical lines that are not rows are each recorded: the second gets `~2`, and so on (a
+    // count of identical lines, so it does not depend on their order).
+    let mut push = |mut new: NewRow| {
+        if checkpoint::is_raw_key(&new.key) {
+            let first = new.key.clone();
+            let mut n = 1;
+            while seen.contains(&new.key) {
+                n += 1;
+                new.key = format!("{first}~{n}");
+            }
+        }
+        if seen.insert(new.key.clone()) {
+            rows.push(new);
+        }
+    };
     for ((row, facts), valid) in checked
         .manifest
         .rows
@@ -59,12 +74,33 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 .map(|e| e.join("; "))
                 .unwrap_or_default()
         });
-        if let Some(new) =
-            NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected)
-            && seen.insert(new.key.clone())
-        {
-            rows.push(new);
+        push(NewRow::from_row(
+            row,
+            checked.manifest.path_of(row),
+            size,
+            mtime,
+            rejected,
+        ));
+    }
+    // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
+    // too, as written, so that every line of the manifest is in `status` and the report.
+    for u in &checked.manifest.unparsed {
+        let mut reason = errors
+            .get(&u.line)
+            .map(|e| e.join("; "))
+            .unwrap_or_default();
+        if !u.extra.is_empty() {
+            let extra: Vec<String> = u
+                .extra
+                .iter()
+                .map(|f| crate::manifest::shown(&String::from_utf8_lossy(f)))
+                .collect();
+            reason.push_str(&format!(
+                "; the fields past the header's, as written: {}",
+                crate::manifest::cut(&extra.join(", "))
+            ));
         }
+        push(NewRow::from_unparsed(u, &checked.manifest.base, reason));
     }
     rows
 }
@@ -234,9 +270,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         },
     );
     let mut err = std::io::stderr().lock();
-    for p in &checked.manifest.problems {
-        writeln!(err, "{p}")?;
-    }
+    crate::check::write_problems(&mut err, &checked.manifest.problems)?;
     drop(err);
     if !checked.manifest.readable {
         return fail(
@@ -277,6 +311,10 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         .state
         .clone()
         .unwrap_or_else(|| default_state_path(manifest_path));
+    // Before the lock file is made beside it: `--state /dev/null` is refused, not used.
+    if let Err(e) = checkpoint::check_regular(&state_path) {
+        return fail(e, ExitStatus::Stopped);
+    }
     let new_rows = manifest_rows(&checked);
     let settings = Settings {
         concurrency: usize::from(args.concurrency),
@@ -310,10 +348,16 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         std::fs::canonicalize(manifest_path).unwrap_or_else(|_| manifest_path.clone());
     let manifest_id = manifest_id.to_string_lossy().into_owned();
     match checkpoint::manifest_of(&conn) {
+        Ok(Some(recorded)) if recorded != manifest_id && args.adopt_state => {
+            eprintln!(
+                "note: state file {} belonged to the manifest {recorded}; it now belongs to {manifest_id} (--adopt-state)",
+                state_path.display()
+            );
+        }
         Ok(Some(recorded)) if recorded != manifest_id => {
             return fail(
                 format!(
-                    "state file {} belongs to the manifest {recorded}, not {manifest_id}; give that manifest, or another --state",
+                    "state file {} belongs to the manifest {recorded}, not {manifest_id}; give that manifest, or another --state. If you moved or renamed the manifest (with its files), pass --adopt-state: rows are matched by what they mean, so done rows are not uploaded again",
                     state_path.display()
                 ),
                 ExitStatus::Stopped,
@@ -334,6 +378,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         store.call_blocking(move |c| {
             checkpoint::set_manifest(c, &id)?;
             checkpoint::record_rows(c, &rows)?;
+            checkpoint::forget_stale_rejected(c, &rows.iter().map(|r| r.key.as_str()).collect())?;
             checkpoint::load_rows(c)
         })
     };
@@ -612,6 +657,33 @@ fn dry_run(
     );
     let calls = work.api_calls();
     let duration = rate.map(|r| Duration::from_secs_f64(calls as f64 / r));
+    if args.json {
+        let status = quota
+            .as_ref()
+            .map_or_else(|(_, s)| *s, |_| ExitStatus::Success);
+        let doc = serde_json::json!({
+            "manifest": args.manifest.manifest.display().to_string(),
+            "state": state_path.display().to_string(),
+            "dry_run": true,
+            "to_upload": upload,
+            "to_attach": attach,
+            "to_verify": verify,
+            "already_done": work.already_done,
+            "failed_permanent": work.failed_permanent.len(),
+            "rejected": work.rejected,
+            "bytes_to_upload": work.bytes(),
+            "api_calls": calls,
+            "estimated_seconds": duration.map(|d| d.as_secs_f64()),
+            "error": quota.as_ref().err().map(|(m, _)| m),
+            "exit_code": status as u8,
+        });
+        if let Err((message, _)) = &quota {
+            eprintln!("error: {message}");
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{doc:#}")?;
+        return Ok(status);
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -790,7 +862,7 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
             out,
             "  line {}: {} failed {what}: {}: {}",
             f.line,
-            f.file,
+            crate::manifest::cut(&f.file),
             describe_kind(&f.kind),
             f.message
         )?;

@@ -190,7 +190,13 @@ pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
                 if g.rows == 1 { "row" } else { "rows" }
             )?;
             for e in &g.examples {
-                writeln!(out, "    line {}: {}: {}", e.line, e.file, e.error)?;
+                writeln!(
+                    out,
+                    "    line {}: {}: {}",
+                    e.line,
+                    crate::manifest::cut(&e.file),
+                    e.error
+                )?;
             }
         }
     }

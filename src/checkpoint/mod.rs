@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{ReferenceType, Row};
+use crate::manifest::{ReferenceType, Row, Unparsed};
 pub use store::{Store, StoreError, StoreThread};
 
 /// The schema, one entry per file in `migrations/`, in order. Landed files are never edited.
@@ -87,6 +87,75 @@ pub fn row_key(
     hex::encode(&h.finalize()[..16])
 }
 
+/// The key of a row recorded as written because it could not be read as a row (a wrong field
+/// count, a field that is not UTF-8, an unknown reference type). Such a row is always
+/// `rejected`. Its key is a hash of its fields as written under its own prefix, so it is stable
+/// and can never be a valid row's key (those are 32 hex digits): a fixed row is a new row.
+/// `raw:` rows hold their fields as text; `rawb:` rows have a field that is not UTF-8, and hold
+/// every field as [`escape_bytes`] writes it.
+pub fn raw_row_key(fields: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"raw1\0");
+    for f in fields {
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    let prefix = match fields.iter().all(|f| std::str::from_utf8(f).is_ok()) {
+        true => RAW_TEXT,
+        false => RAW_BYTES,
+    };
+    format!("{prefix}{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// Whether `key` is one of a row recorded as written (see [`raw_row_key`]).
+pub fn is_raw_key(key: &str) -> bool {
+    key.starts_with(RAW_TEXT) || key.starts_with(RAW_BYTES)
+}
+
+const RAW_TEXT: &str = "raw:";
+const RAW_BYTES: &str = "rawb:";
+
+/// Bytes as text the state file can hold: UTF-8 as it is, but `\` as `\\` and each byte that is
+/// not UTF-8 as `\xNN`. Readable in `status`, and [`unescape_bytes`] gives the bytes back.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The bytes [`escape_bytes`] wrote.
+pub fn unescape_bytes(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            if bytes.get(i + 1) == Some(&b'x')
+                && let Some(b) = text
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// A row as the state file holds it.
 #[derive(Clone, Debug)]
 pub struct StoredRow {
@@ -97,7 +166,11 @@ pub struct StoredRow {
     pub size: u64,
     pub mtime_ns: i64,
     pub contact_id: String,
+    /// For a row recorded as written with an unknown type (see [`raw_row_key`]) this is `note`
+    /// and means nothing: such a row is rejected and never sent. `reference_type_text` has it.
     pub reference_type: ReferenceType,
+    /// The reference type as the state file holds it: as written for a raw row.
+    pub reference_type_text: String,
     pub reference_id: String,
     pub name: String,
     pub state: RowState,
@@ -120,11 +193,30 @@ pub struct NewRow {
     pub size: u64,
     pub mtime_ns: i64,
     pub contact_id: String,
+    /// `note` (meaning nothing) for a raw row with an unknown type; see `reference_type_text`.
     pub reference_type: ReferenceType,
+    /// What the state file records as the reference type: as written for a raw row.
+    pub reference_type_text: String,
     pub reference_id: String,
     pub name: String,
     /// `None` when valid; the reason when rejected.
     pub rejected: Option<String>,
+}
+
+impl StoredRow {
+    /// Whether this row was recorded as written (see [`raw_row_key`]).
+    pub fn is_raw(&self) -> bool {
+        is_raw_key(&self.key)
+    }
+
+    /// A text field of this row as the manifest had it, in bytes (a `rawb:` row's fields are
+    /// escaped in the state file).
+    pub fn field_bytes(&self, text: &str) -> Vec<u8> {
+        match self.key.starts_with(RAW_BYTES) {
+            true => unescape_bytes(text),
+            false => text.as_bytes().to_vec(),
+        }
+    }
 }
 
 /// A row not yet recorded, as the state file will hold it (for a dry run's plan).
@@ -139,6 +231,7 @@ impl From<&NewRow> for StoredRow {
             mtime_ns: n.mtime_ns,
             contact_id: n.contact_id.clone(),
             reference_type: n.reference_type,
+            reference_type_text: n.reference_type_text.clone(),
             reference_id: n.reference_id.clone(),
             name: n.name.clone(),
             state: if n.rejected.is_some() {
@@ -164,27 +257,70 @@ impl NewRow {
         size: u64,
         mtime_ns: i64,
         rejected: Option<String>,
-    ) -> Option<Self> {
-        let reference_type = row.reference_type?;
-        Some(Self {
-            key: row_key(
-                &row.file,
-                &row.contact_id,
-                reference_type,
-                &row.reference_id,
-                &row.name,
-            ),
+    ) -> Self {
+        let key = match row.reference_type {
+            Some(t) => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
+            // An unknown type: rejected, and recorded with the type as written.
+            None => raw_row_key(&[
+                row.file.as_bytes(),
+                row.contact_id.as_bytes(),
+                row.reference_type_text().as_bytes(),
+                row.reference_id.as_bytes(),
+                row.name.as_bytes(),
+            ]),
+        };
+        Self {
+            key,
             line: row.line,
             file: row.file.clone(),
             path,
             size,
             mtime_ns,
             contact_id: row.contact_id.clone(),
-            reference_type,
+            reference_type: row.reference_type.unwrap_or(ReferenceType::Note),
+            reference_type_text: row.reference_type_text().to_string(),
             reference_id: row.reference_id.clone(),
             name: row.name.clone(),
             rejected,
-        })
+        }
+    }
+
+    /// A record the manifest reader could not read as a row, recorded as written and rejected
+    /// with `reason`. `base` is the manifest's folder.
+    pub fn from_unparsed(u: &Unparsed, base: &Path, reason: String) -> Self {
+        let mut all: Vec<&[u8]> = u.fields.iter().map(Vec::as_slice).collect();
+        all.extend(u.extra.iter().map(Vec::as_slice));
+        let key = raw_row_key(&all);
+        let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
+            true => escape_bytes(b),
+            false => String::from_utf8_lossy(b).into_owned(),
+        };
+        let [file, contact_id, reference_type, reference_id, name] = &u.fields;
+        // The path as bytes, so that a file name that is not UTF-8 survives.
+        let path = if file.is_empty() {
+            String::new()
+        } else if file.starts_with(b"/") {
+            text(file)
+        } else {
+            let mut joined = base.as_os_str().as_encoded_bytes().to_vec();
+            joined.push(b'/');
+            joined.extend_from_slice(file);
+            text(&joined)
+        };
+        Self {
+            line: u.line,
+            file: text(file),
+            path: PathBuf::from(path),
+            size: 0,
+            mtime_ns: 0,
+            contact_id: text(contact_id),
+            reference_type: ReferenceType::Note,
+            reference_type_text: text(reference_type),
+            reference_id: text(reference_id),
+            name: text(name),
+            rejected: Some(reason),
+            key,
+        }
     }
 }
 
@@ -204,8 +340,35 @@ pub enum OpenError {
         found: i64,
         known: usize,
     },
+    #[error(
+        "state file {path} is {what}, not a regular file; give the path of a file with --state (it is created if missing)"
+    )]
+    NotRegular { path: String, what: &'static str },
     #[error("cannot open state file {path}: {reason}")]
     Other { path: String, reason: String },
+}
+
+/// Refuses a state path that exists and is not a regular file (`/dev/null`, a folder, a pipe):
+/// SQLite would read it as an empty database, or the lock and journal files would land beside a
+/// device. `:memory:` is SQLite's own name, not a path.
+pub fn check_regular(path: &Path) -> Result<(), OpenError> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // missing (created at open) or unreadable (open says why)
+    };
+    let what = if meta.is_file() {
+        return Ok(());
+    } else if meta.is_dir() {
+        "a folder"
+    } else {
+        "a device, pipe or socket"
+    };
+    Err(OpenError::NotRegular {
+        path: path.display().to_string(),
+        what,
+    })
 }
 
 /// Opens (creating if needed) the state file and brings its schema up to date.
@@ -215,6 +378,7 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
         path: shown.clone(),
         reason: e.to_string(),
     };
+    check_regular(path)?;
     // `:memory:` is SQLite's own name for a database that lives and dies with the connection.
     let mut conn = Connection::open(path).map_err(|e| other(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -270,6 +434,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, OpenError> {
             reason: "it does not exist (no run has used it yet)".into(),
         });
     }
+    check_regular(path)?;
     let other = |e: &dyn std::fmt::Display| OpenError::Other {
         path: shown.clone(),
         reason: e.to_string(),
@@ -414,7 +579,7 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             r.size as i64,
             r.mtime_ns,
             r.contact_id,
-            r.reference_type.as_str(),
+            r.reference_type_text,
             r.reference_id,
             r.name,
             state,
@@ -425,6 +590,26 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
         ])?;
     }
     Ok(())
+}
+
+/// Forgets the rejected rows that the manifest no longer has (`keys` are its rows) and that never
+/// reached S3. A row fixed in the manifest can be a new row (a row recorded as written always is,
+/// see [`raw_row_key`]); its old rejected self would stay in `status` and the failed report for
+/// ever. A rejected row sent nothing, so forgetting it loses nothing.
+pub fn forget_stale_rejected(
+    conn: &Connection,
+    keys: &std::collections::HashSet<&str>,
+) -> rusqlite::Result<usize> {
+    let stale: Vec<String> = conn
+        .prepare("SELECT row_key FROM rows WHERE state = 'rejected' AND s3_key IS NULL")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter(|k| k.as_ref().map_or(true, |k| !keys.contains(k.as_str())))
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare("DELETE FROM rows WHERE row_key = ?1 AND state = 'rejected'")?;
+    for key in &stale {
+        delete.execute([key])?;
+    }
+    Ok(stale.len())
 }
 
 const ROW_COLUMNS: &str =
@@ -439,8 +624,15 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
             format!("unknown {what}").into(),
         )
     };
-    let reference_type: String = r.get(7)?;
+    let reference_type_text: String = r.get(7)?;
     let state: String = r.get(10)?;
+    let state = RowState::parse(&state).ok_or_else(|| bad(10, "state"))?;
+    let reference_type = match ReferenceType::parse(&reference_type_text) {
+        Some(t) => t,
+        // A raw row with the type as written; it is rejected, so never sent.
+        None if state == RowState::Rejected => ReferenceType::Note,
+        None => return Err(bad(7, "reference type")),
+    };
     Ok(StoredRow {
         key: r.get(0)?,
         line: r.get::<_, i64>(1)? as u64,
@@ -449,11 +641,11 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         size: r.get::<_, i64>(4)? as u64,
         mtime_ns: r.get(5)?,
         contact_id: r.get(6)?,
-        reference_type: ReferenceType::parse(&reference_type)
-            .ok_or_else(|| bad(7, "reference type"))?,
+        reference_type,
+        reference_type_text,
         reference_id: r.get(8)?,
         name: r.get(9)?,
-        state: RowState::parse(&state).ok_or_else(|| bad(10, "state"))?,
+        state,
         s3_key: r.get(11)?,
         etag: r.get(12)?,
         attachment_id: r.get(13)?,
@@ -638,6 +830,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn escaped_bytes_come_back_and_raw_keys_differ_from_row_keys() {
+        for bytes in [
+            &b"caf\xE9.pdf"[..],
+            b"C:\\x\\a.pdf",
+            b"\\xZZ",
+            b"\xFF\xFE",
+            b"",
+        ] {
+            assert_eq!(unescape_bytes(&escape_bytes(bytes)), bytes);
+        }
+        assert_eq!(escape_bytes(b"caf\xE9\\"), "caf\\xE9\\\\");
+        let raw = raw_row_key(&[b"a.pdf", b"c", b"task", b"n", b"a.pdf"]);
+        assert!(raw.starts_with("raw:"), "{raw}");
+        assert!(raw_row_key(&[b"caf\xE9"]).starts_with("rawb:"));
+        assert_ne!(raw_row_key(&[b"ab", b"c"]), raw_row_key(&[b"a", b"bc"]));
+        assert_eq!(row_key("a", "b", ReferenceType::Note, "c", "d").len(), 32);
+    }
+
     fn new_row(key: &str, rejected: Option<&str>) -> NewRow {
         NewRow {
             key: key.into(),
@@ -648,6 +859,7 @@ mod tests {
             mtime_ns: 1,
             contact_id: "c".into(),
             reference_type: ReferenceType::Note,
+            reference_type_text: "note".into(),
             reference_id: "n".into(),
             name: "a.pdf".into(),
             rejected: rejected.map(str::to_string),

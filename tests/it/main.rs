@@ -6,5 +6,6 @@ mod emulator;
 mod exactly_once;
 mod external_s3;
 mod faults;
+mod hostile_input;
 mod run;
 mod ux;
