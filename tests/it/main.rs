@@ -5,5 +5,6 @@ mod common;
 mod emulator;
 mod external_s3;
 mod faults;
+mod hostile_server;
 mod run;
 mod ux;

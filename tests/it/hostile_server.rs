@@ -1,0 +1,156 @@
+//! Hostile servers and inputs: answers without end, throttles that never lift, an "S3" that
+//! answers with a web page, and credentials or queries where they do not belong. Each server is
+//! an in-process `common::hostile::Hostile` on loopback, in front of a real emulator or of
+//! nothing; the real binary runs against it.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::common::Scratch;
+use crate::common::emulator::{API_KEY, Emulator, USER_ID};
+use crate::common::hostile::{Answer, Hostile};
+
+/// A note of the sample seed's first contact.
+const CONTACT: &str = "ca929443ed449d7679121de5";
+const NOTE: &str = "064132394d9b497f536b2bb7";
+
+/// A manifest of `n` small files, each on the same note of the seed's first contact.
+fn small_manifest(s: &Scratch, n: usize) -> PathBuf {
+    let mut text = String::from("file,contact_id,reference_type,reference_id,name\n");
+    for i in 0..n {
+        s.file(&format!("files/f{i}.txt"), format!("file number {i}\n"));
+        text.push_str(&format!("files/f{i}.txt,{CONTACT},note,{NOTE},\n"));
+    }
+    s.manifest(text)
+}
+
+/// A server that must never be reached: it answers 404 and records what came.
+fn must_not_be_reached() -> Hostile {
+    Hostile::start(None, |call| {
+        let why = format!("request {} ({}) was not expected", call.n, call.seen.path);
+        Answer::plain(404, "text/plain", &why)
+    })
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn user_info_in_the_api_url_is_refused_without_showing_it_or_sending_it() {
+    let server = must_not_be_reached();
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let port = server.origin.rsplit(':').next().unwrap().to_string();
+    for url in [
+        format!("http://admin:hunter2-pass@127.0.0.1:{port}/api/v3"),
+        "http://admin:hunter2-pass@10.0.0.5/api/v3".to_string(),
+    ] {
+        let output = server
+            .run_cmd(&manifest)
+            .env("ONEPAGECRM_API_URL", &url)
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(3), "{url}: {stderr}");
+        assert!(stderr.contains("user name or password"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2-pass") && !stderr.contains("admin"),
+            "the refusal shows the user info: {stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2-pass"));
+    }
+    assert!(
+        server.requests().is_empty(),
+        "sent: {:?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn a_query_or_fragment_in_the_api_url_is_refused() {
+    let server = must_not_be_reached();
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    for tail in ["?account=1", "#top"] {
+        let url = format!("{}{tail}", server.api);
+        let output = server
+            .run_cmd(&manifest)
+            .env("ONEPAGECRM_API_URL", &url)
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(3), "{url}: {stderr}");
+        assert!(
+            stderr.contains("has a query (`?`) or a fragment (`#`)"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        server.requests().is_empty(),
+        "sent: {:?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn an_api_key_file_of_several_lines_is_refused_without_showing_it() {
+    let server = must_not_be_reached();
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let key_file = s.file("key.txt", format!("{API_KEY}\nsecond-line-secret\n"));
+    let output = server
+        .run_cmd(&manifest)
+        .env_remove("ONEPAGECRM_API_KEY")
+        .arg("--api-key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("holds 2 lines"), "{stderr}");
+    assert!(stderr.contains("on one line"), "{stderr}");
+    assert!(
+        !stderr.contains("second-line-secret") && !stderr.contains(API_KEY),
+        "the refusal shows the file: {stderr}"
+    );
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn an_api_key_file_of_one_crlf_line_is_accepted() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(Some(&emu), |_| Answer::Pass);
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let key_file = s.file("key.txt", format!("{API_KEY}\r\n"));
+    server
+        .run_cmd(&manifest)
+        .env_remove("ONEPAGECRM_API_KEY")
+        .arg("--api-key-file")
+        .arg(&key_file)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    let expected = format!(
+        "Basic {}",
+        base64_of(&format!("{USER_ID}:{API_KEY}")).as_str()
+    );
+    let api: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| !r.is_s3())
+        .collect();
+    assert!(!api.is_empty());
+    for r in api {
+        assert_eq!(r.authorization.as_deref(), Some(expected.as_str()), "{r:?}");
+    }
+    let state: Value = emu.state();
+    assert_eq!(state["attachments"].as_array().unwrap().len(), 1);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
