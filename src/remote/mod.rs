@@ -325,6 +325,45 @@ impl Client {
     }
 }
 
+/// The largest answer body read from step 1 or step 3 (or any API error). Real ones are a few
+/// KiB; a server that sends more is broken or hostile, and the call fails instead of the tool
+/// growing without end.
+pub const API_ANSWER_CAP: usize = 4 << 20;
+/// The largest answer body read from a record (`GET /notes/{id}`, ...): it lists every
+/// attachment of the record (a few hundred bytes each), so it may be far larger than one object.
+pub const RECORD_ANSWER_CAP: usize = 32 << 20;
+/// The largest answer body read from S3 (a `PostResponse` or an XML `Error`, under 2 KiB).
+pub const S3_ANSWER_CAP: usize = 1 << 20;
+
+/// Reads `response`'s body chunk by chunk, never holding more than `cap` bytes: a body that is
+/// (or says it is) larger fails the call as a protocol error naming the cap, and the rest is
+/// never read (the connection is dropped with the response).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, RemoteError> {
+    let status = response.status().as_u16();
+    let too_large = || RemoteError::Protocol {
+        what,
+        detail: format!(
+            "status {status} with a body over the {} MiB cap on its answers (no real answer is that large); the rest was not read",
+            cap >> 20
+        ),
+    };
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(response.content_length().map_or(8 << 10, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(RemoteError::network)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// How long an S3 upload of `size` bytes may take: a minute, plus time at a slow 100 KiB/s.
 pub fn upload_timeout(size: u64) -> Duration {
     Duration::from_secs(60 + size / (100 * 1024))
@@ -417,6 +456,27 @@ mod tests {
             err.contains("over 4096 bytes") && !err.contains("kkk"),
             "{err}"
         );
+    }
+
+    fn answer(body: Vec<u8>) -> reqwest::Response {
+        reqwest::Response::from(
+            axum::http::Response::builder()
+                .status(200)
+                .body(body)
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_their_cap_and_no_further() {
+        let body = read_capped(answer(vec![b'x'; 1 << 20]), 1 << 20, "the API").await;
+        assert_eq!(body.unwrap().len(), 1 << 20);
+        let err = read_capped(answer(vec![b'x'; (1 << 20) + 1]), 1 << 20, "the API")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "protocol");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("over the 1 MiB cap"), "{err}");
     }
 
     #[test]

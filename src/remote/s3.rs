@@ -14,7 +14,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
 use super::api::Form;
-use super::{Client, RemoteError, upload_timeout};
+use super::{Client, RemoteError, S3_ANSWER_CAP, read_capped, upload_timeout};
 
 /// What S3 stored.
 #[derive(Clone, Debug)]
@@ -140,7 +140,8 @@ impl Client {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response.text().await.map_err(RemoteError::network)?;
+        let body = read_capped(response, S3_ANSWER_CAP, "S3").await?;
+        let body = String::from_utf8_lossy(&body);
         let etag = read_answer(status, header_etag, &body)?;
         if count != size {
             return Err(RemoteError::FileChanged(format!(

@@ -154,3 +154,90 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// The body a hostile server offers: far more than any cap, made as it is sent.
+const ENDLESS: u64 = 256 << 20;
+/// What a client that stops at its cap may have let through: the cap, plus what the socket
+/// buffers held when it stopped, far less than `ENDLESS`.
+const READ_AT_MOST: u64 = 64 << 20;
+
+/// The JSON summary a `run --json` printed.
+fn summary(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr_of(output)
+        )
+    })
+}
+
+#[test]
+fn an_endless_api_answer_fails_the_call_at_its_cap() {
+    let server = Hostile::start(None, |_| Answer::Endless {
+        status: 200,
+        content_type: "application/json",
+        total: ENDLESS,
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let output = server
+        .run_cmd(&manifest)
+        .args(["--retries", "0"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("over the 4 MiB cap"), "{stderr}");
+    assert!(stderr.contains("run again later"), "{stderr}");
+    assert_eq!(server.requests().len(), 1, "one step-1 call, not retried");
+    let sent = server.body_bytes();
+    assert!(
+        sent < READ_AT_MOST,
+        "the client let the server send {sent} bytes of one answer"
+    );
+}
+
+#[test]
+fn an_endless_s3_answer_fails_the_upload_at_its_cap() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(Some(&emu), |call| match call.seen.is_s3() {
+        true => Answer::Endless {
+            status: 201,
+            content_type: "application/xml",
+            total: ENDLESS,
+        },
+        false => Answer::Pass,
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let output = server
+        .run_cmd(&manifest)
+        .args(["--retries", "0", "--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let doc = summary(&output);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr_of(&output));
+    let failure = &doc["failures"][0];
+    assert_eq!(failure["kind"], "protocol", "{doc}");
+    assert_eq!(failure["retryable"], true, "{doc}");
+    let message = failure["message"].as_str().unwrap();
+    assert!(
+        message.contains("S3") && message.contains("over the 1 MiB cap"),
+        "{message}"
+    );
+    let sent = server.body_bytes();
+    assert!(
+        sent < READ_AT_MOST,
+        "the client let S3 send {sent} bytes of one answer"
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/api/v3/attachments") && r.method == "POST"),
+        "an upload S3 never confirmed was attached: {:?}",
+        server.requests()
+    );
+    assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
+}

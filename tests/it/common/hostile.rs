@@ -1,11 +1,13 @@
 //! A hostile HTTP server in the test process, on a free loopback port: it answers as a test's
-//! rule says (a throttle that never lifts, an HTML page from "S3") and passes
-//! every other request on to a real emulator. It records the requests it sees.
+//! rule says (an endless body, a throttle that never lifts, an HTML page from "S3") and passes
+//! every other request on to a real emulator. It records the requests it sees and counts the
+//! answer-body bytes it hands out, so a test can tell whether the client stopped reading.
 //!
 //! Step 1's answers are passed on with their `url` pointed at this server's `/s3/`, so that
 //! uploads come here too (and go on to the emulator's bucket unless the rule answers them).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -48,6 +50,12 @@ pub enum Answer {
         headers: Vec<(&'static str, String)>,
         body: String,
     },
+    /// This status and `total` bytes of body, made as they are sent (no Content-Length).
+    Endless {
+        status: u16,
+        content_type: &'static str,
+        total: u64,
+    },
 }
 
 impl Answer {
@@ -68,6 +76,7 @@ struct Shared {
     upstream: Option<(String, String)>,
     rule: Box<Rule>,
     requests: Mutex<Vec<Seen>>,
+    body_bytes: AtomicU64,
     http: reqwest::Client,
 }
 
@@ -102,6 +111,7 @@ impl Hostile {
             upstream: upstream.map(|e| (e.origin.clone(), e.s3.clone())),
             rule: Box::new(rule),
             requests: Mutex::new(Vec::new()),
+            body_bytes: AtomicU64::new(0),
             http: reqwest::Client::new(),
         });
         let router = axum::Router::new()
@@ -121,6 +131,11 @@ impl Hostile {
     /// Every request seen so far, in order.
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The bytes of `Endless` answer bodies handed to the connection so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::SeqCst)
     }
 
     /// The binary, pointed at this server with the emulator's demo credentials.
@@ -186,6 +201,30 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 response = response.header(name, value);
             }
             response.body(Body::from(body)).unwrap()
+        }
+        Answer::Endless {
+            status,
+            content_type,
+            total,
+        } => {
+            const CHUNK: usize = 64 * 1024;
+            let chunk = Bytes::from(vec![b' '; CHUNK]);
+            let shared = shared.clone();
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let (chunk, shared) = (chunk.clone(), shared.clone());
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    shared.body_bytes.fetch_add(CHUNK as u64, Ordering::SeqCst);
+                    Some((Ok::<_, std::io::Error>(chunk), sent + CHUNK as u64))
+                }
+            });
+            Response::builder()
+                .status(status)
+                .header("content-type", content_type)
+                .body(Body::from_stream(stream))
+                .unwrap()
         }
     }
 }
