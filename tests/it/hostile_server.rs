@@ -241,3 +241,45 @@ fn an_endless_s3_answer_fails_the_upload_at_its_cap() {
     );
     assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_web_page_from_s3_fails_the_row_and_nothing_is_attached() {
+    const PAGE: &str = "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>";
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    for status in [200, 201] {
+        let server = Hostile::start(Some(&emu), move |call| match call.seen.is_s3() {
+            true => Answer::plain(status, "text/html", PAGE),
+            false => Answer::Pass,
+        });
+        let s = Scratch::new();
+        let manifest = small_manifest(&s, 1);
+        let output = server
+            .run_cmd(&manifest)
+            .args(["--retries", "0", "--rate", "off", "--json"])
+            .output()
+            .unwrap();
+        let doc = summary(&output);
+        assert_eq!(output.status.code(), Some(4), "{status}: {doc}");
+        let failure = &doc["failures"][0];
+        assert_eq!(failure["kind"], "protocol", "{doc}");
+        let message = failure["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("S3: status {status} with a"))
+                && message.contains("text/html"),
+            "{message}"
+        );
+        assert!(
+            server.requests().iter().any(|r| r.is_s3()),
+            "the upload went to the hostile S3"
+        );
+        assert!(
+            !server
+                .requests()
+                .iter()
+                .any(|r| r.path.starts_with("/api/v3/attachments") && r.method == "POST"),
+            "{status}: a web page was taken as an upload and attached: {:?}",
+            server.requests()
+        );
+    }
+    assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
+}
