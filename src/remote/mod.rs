@@ -210,6 +210,9 @@ pub enum RemoteError {
     FileUnreadable(String),
     #[error("unexpected answer from {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// Not sent: the run stopped (it stalled) while this call waited for its turn.
+    #[error("not sent, the run stopped: {0}; rerun later")]
+    Stopped(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +242,7 @@ impl RemoteError {
             Self::FileChanged(_) => "file_changed",
             Self::FileUnreadable(_) => "file_unreadable",
             Self::Protocol { .. } => "protocol",
+            Self::Stopped(_) => "stalled",
         }
     }
 
@@ -258,7 +262,8 @@ impl RemoteError {
             Self::Unauthorized { .. }
             | Self::Quota { .. }
             | Self::FileChanged(_)
-            | Self::FileUnreadable(_) => false,
+            | Self::FileUnreadable(_)
+            | Self::Stopped(_) => false,
         }
     }
 
@@ -267,7 +272,10 @@ impl RemoteError {
         self.is_retryable()
             || matches!(
                 self,
-                Self::Quota { .. } | Self::FileChanged(_) | Self::Unauthorized { .. }
+                Self::Quota { .. }
+                    | Self::FileChanged(_)
+                    | Self::Unauthorized { .. }
+                    | Self::Stopped(_)
             )
     }
 

@@ -283,3 +283,159 @@ fn a_web_page_from_s3_fails_the_row_and_nothing_is_attached() {
     }
     assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
 }
+
+/// The readable run's stdout and stderr, and its exit code.
+fn run_output(cmd: &mut assert_cmd::Command) -> (Option<i32>, String, String) {
+    let output = cmd.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr_of(&output),
+    )
+}
+
+/// `status --json` of a manifest's state file.
+fn status_of(manifest: &std::path::Path) -> Value {
+    let output = crate::common::bin()
+        .arg("status")
+        .arg(manifest)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_server_that_throttles_forever_stops_the_run_at_the_stall_timeout() {
+    let server = Hostile::start(None, |_| {
+        Answer::plain(403, "text/plain", "Rate Limit Exceeded")
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 3);
+    let (code, _, stderr) = run_output(server.run_cmd(&manifest).args(["--stall-timeout", "2s"]));
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no API call has succeeded for 2 s (since then the calls got 403 (throttled) "
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nothing was uploaded, rerun later"),
+        "{stderr}"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.path.contains("/attachments/s3_form")),
+        "only the quota check was tried: {:?}",
+        server.requests()
+    );
+    // The state is saved: every row is recorded, none started.
+    let status = status_of(&manifest);
+    assert_eq!(status["rows"], 3, "{status}");
+    assert_eq!(status["by_state"]["pending"], 3, "{status}");
+}
+
+#[test]
+fn a_server_failing_with_5xx_forever_stops_the_run_at_the_stall_timeout() {
+    const ERROR: &str = r#"{"status":500,"message":"Internal Server Error","error_name":"internal_error","error_message":"boom","errors":{}}"#;
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    // The quota check (the first request) passes; every API call after it fails.
+    let server = Hostile::start(Some(&emu), |call| match call.n {
+        0 => Answer::Pass,
+        _ if call.seen.is_s3() => Answer::Pass,
+        _ => Answer::plain(500, "application/json", ERROR),
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 3);
+    let output = server
+        .run_cmd(&manifest)
+        .args([
+            "--stall-timeout",
+            "2s",
+            "--retries",
+            "100",
+            "--concurrency",
+            "1",
+        ])
+        .args(["--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let doc = summary(&output);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(4), "{doc}\n{stderr}");
+    assert_eq!(doc["stopped"], "stalled", "{doc}");
+    assert_eq!(doc["exit_code"], 4, "{doc}");
+    assert_eq!(doc["failed_retryable"], 1, "the row under way ended: {doc}");
+    assert_eq!(doc["not_started"], 2, "no new row started: {doc}");
+    assert_eq!(doc["failures"][0]["kind"], "server_error", "{doc}");
+    assert!(
+        doc["retries"].as_u64().unwrap() < 100,
+        "the backoff was cut short: {doc}"
+    );
+    assert!(
+        stderr.contains(
+            "no API call has succeeded for 2 s (since then the calls got 500 (server_error) "
+        ),
+        "{stderr}"
+    );
+    assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
+    let status = status_of(&manifest);
+    assert_eq!(status["by_state"]["failed"], 1, "{status}");
+    assert_eq!(status["by_state"]["pending"], 2, "{status}");
+}
+
+#[test]
+fn a_giant_retry_after_is_capped_announced_and_cut_short_at_the_stall_timeout() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(Some(&emu), |call| match call.n {
+        0 => Answer::Pass,
+        _ => Answer::Plain {
+            status: 429,
+            headers: vec![
+                ("content-type", "text/plain".into()),
+                ("retry-after", "999999999".into()),
+            ],
+            body: "slow down".into(),
+        },
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let (code, stdout, stderr) =
+        run_output(
+            server
+                .run_cmd(&manifest)
+                .args(["--stall-timeout", "2s", "--rate", "off"]),
+        );
+    assert_eq!(code, Some(4), "{stdout}\n{stderr}");
+    // The wait is announced, and capped.
+    assert!(
+        stderr.contains("the API throttles (429) and asks to wait 999999999 s (Retry-After; waited 1 min at most)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("429 (throttled) 1 time)"), "{stderr}");
+    assert!(
+        stdout.contains("Result: stopped: no API call has succeeded for 2 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rerun later to resume (when the API answers again): opcrm-import run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("failed, retryable:  1"), "{stdout}");
+    // The throttle pause (a minute) was cut short when the run stalled: the run took about the
+    // stall timeout, far less than the pause (a bound that holds on the slowest machine).
+    let elapsed = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("elapsed:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        elapsed.ends_with(" s") && !elapsed.contains("min"),
+        "elapsed {elapsed}"
+    );
+}
