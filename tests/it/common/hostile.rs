@@ -17,13 +17,24 @@ use bytes::Bytes;
 
 use super::emulator::Emulator;
 
-/// One request as the server saw it.
-#[derive(Clone, Debug)]
+/// One request as the server saw it (`Debug` does not show its credentials).
+#[derive(Clone)]
 pub struct Seen {
     pub method: String,
     /// The path and query, as sent (`/api/v3/attachments/s3_form?contact_id=…`, `/s3/`).
     pub path: String,
     pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = self.authorization.as_ref().map(|_| "<hidden>");
+        f.debug_struct("Seen")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("authorization", &auth)
+            .finish()
+    }
 }
 
 impl Seen {
