@@ -443,3 +443,38 @@ fn a_giant_retry_after_is_capped_announced_and_cut_short_at_the_stall_timeout() 
         "elapsed {elapsed}"
     );
 }
+
+#[test]
+fn a_network_that_keeps_failing_stops_the_run_at_the_stall_timeout() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    // The quota check passes; every API answer after it breaks off mid-way.
+    let server = Hostile::start(Some(&emu), |call| match call.n {
+        0 => Answer::Pass,
+        _ => Answer::Cut,
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 2);
+    let output = server
+        .run_cmd(&manifest)
+        .args([
+            "--stall-timeout",
+            "2s",
+            "--retries",
+            "100",
+            "--concurrency",
+            "1",
+        ])
+        .args(["--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let doc = summary(&output);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(4), "{doc}\n{stderr}");
+    assert_eq!(doc["stopped"], "stalled", "{doc}");
+    assert_eq!(doc["failures"][0]["kind"], "network", "{doc}");
+    assert_eq!(doc["not_started"], 1, "{doc}");
+    assert!(
+        stderr.contains("no API call has succeeded for 2 s (since then the calls got network "),
+        "{stderr}"
+    );
+}

@@ -67,6 +67,9 @@ pub enum Answer {
         content_type: &'static str,
         total: u64,
     },
+    /// A `200` whose body breaks off after a few bytes: the connection is cut, as when the
+    /// network fails mid-answer.
+    Cut,
 }
 
 impl Answer {
@@ -212,6 +215,17 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 response = response.header(name, value);
             }
             response.body(Body::from(body)).unwrap()
+        }
+        Answer::Cut => {
+            let stream = futures_util::stream::iter([
+                Ok(Bytes::from_static(b"{\"status\": 0, ")),
+                Err(std::io::Error::other("the network failed")),
+            ]);
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap()
         }
         Answer::Endless {
             status,
