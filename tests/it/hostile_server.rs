@@ -310,6 +310,27 @@ fn status_of(manifest: &std::path::Path) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// A rule that passes everything on until the first upload has reached S3, then answers every
+/// API call with `answer()`. The stall clock starts at that upload (the last success), when the
+/// first row is under way by construction, whatever the machine's speed: the row is then cut
+/// short by the stall, and no other row starts (with `--concurrency 1`).
+fn after_the_first_upload(
+    answer: impl Fn() -> Answer + Send + Sync + 'static,
+) -> impl Fn(&crate::common::hostile::Call) -> Answer + Send + Sync + 'static {
+    let uploaded = std::sync::atomic::AtomicBool::new(false);
+    move |call| {
+        use std::sync::atomic::Ordering;
+        if call.seen.is_s3() {
+            uploaded.store(true, Ordering::SeqCst);
+            Answer::Pass
+        } else if uploaded.load(Ordering::SeqCst) {
+            answer()
+        } else {
+            Answer::Pass
+        }
+    }
+}
+
 #[test]
 fn a_server_that_throttles_forever_stops_the_run_at_the_stall_timeout() {
     let server = Hostile::start(None, |_| {
@@ -347,12 +368,10 @@ fn a_server_that_throttles_forever_stops_the_run_at_the_stall_timeout() {
 fn a_server_failing_with_5xx_forever_stops_the_run_at_the_stall_timeout() {
     const ERROR: &str = r#"{"status":500,"message":"Internal Server Error","error_name":"internal_error","error_message":"boom","errors":{}}"#;
     let emu = Emulator::start(&["--rate-limit", "off"]);
-    // The quota check (the first request) passes; every API call after it fails.
-    let server = Hostile::start(Some(&emu), |call| match call.n {
-        0 => Answer::Pass,
-        _ if call.seen.is_s3() => Answer::Pass,
-        _ => Answer::plain(500, "application/json", ERROR),
-    });
+    let server = Hostile::start(
+        Some(&emu),
+        after_the_first_upload(|| Answer::plain(500, "application/json", ERROR)),
+    );
     let s = Scratch::new();
     let manifest = small_manifest(&s, 3);
     let output = server
@@ -395,17 +414,17 @@ fn a_server_failing_with_5xx_forever_stops_the_run_at_the_stall_timeout() {
 #[test]
 fn a_giant_retry_after_is_capped_announced_and_cut_short_at_the_stall_timeout() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
-    let server = Hostile::start(Some(&emu), |call| match call.n {
-        0 => Answer::Pass,
-        _ => Answer::Plain {
+    let server = Hostile::start(
+        Some(&emu),
+        after_the_first_upload(|| Answer::Plain {
             status: 429,
             headers: vec![
                 ("content-type", "text/plain".into()),
                 ("retry-after", "999999999".into()),
             ],
             body: "slow down".into(),
-        },
-    });
+        }),
+    );
     let s = Scratch::new();
     let manifest = small_manifest(&s, 1);
     let (code, stdout, stderr) =
@@ -447,11 +466,7 @@ fn a_giant_retry_after_is_capped_announced_and_cut_short_at_the_stall_timeout() 
 #[test]
 fn a_network_that_keeps_failing_stops_the_run_at_the_stall_timeout() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
-    // The quota check passes; every API answer after it breaks off mid-way.
-    let server = Hostile::start(Some(&emu), |call| match call.n {
-        0 => Answer::Pass,
-        _ => Answer::Cut,
-    });
+    let server = Hostile::start(Some(&emu), after_the_first_upload(|| Answer::Cut));
     let s = Scratch::new();
     let manifest = small_manifest(&s, 2);
     let output = server
