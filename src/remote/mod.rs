@@ -111,7 +111,7 @@ fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
         .or_else(|| text.strip_suffix('\n'))
         .unwrap_or(&text);
     if line.contains(['\n', '\r']) {
-        let lines = line.split('\n').count();
+        let lines = line.replace("\r\n", "\n").split(['\n', '\r']).count();
         anyhow::bail!(
             "the API key file {} holds {lines} lines; it must hold the API key alone, on one line (nothing of it was sent)",
             path.display()
@@ -452,7 +452,10 @@ mod tests {
             ("cr", b"the-key\rsecond-secret"),
         ] {
             let err = read_key_file(&file(name, text)).unwrap_err().to_string();
-            assert!(err.contains("one line"), "{name}: {err}");
+            assert!(
+                err.contains("holds 2 lines") && err.contains("one line"),
+                "{name}: {err}"
+            );
             assert!(
                 !err.contains("the-key") && !err.contains("second-secret"),
                 "{err}"

@@ -119,6 +119,29 @@ fn an_api_key_file_of_several_lines_is_refused_without_showing_it() {
 }
 
 #[test]
+fn an_api_key_of_several_lines_in_the_environment_is_refused_without_showing_it() {
+    let server = must_not_be_reached();
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let output = server
+        .run_cmd(&manifest)
+        .env(
+            "ONEPAGECRM_API_KEY",
+            format!("{API_KEY}\nsecond-line-secret"),
+        )
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("ONEPAGECRM_API_KEY holds more than one line"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("second-line-secret") && !stderr.contains(API_KEY));
+    assert!(server.requests().is_empty());
+}
+
+#[test]
 fn an_api_key_file_of_one_crlf_line_is_accepted() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let server = Hostile::start(Some(&emu), |_| Answer::Pass);
