@@ -162,6 +162,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,
 
+    /// Stop the run (exit 4, state saved) when no API call has succeeded for this long: seconds,
+    /// or with a unit (`90s`, `10m`, `1h`); `off` never stops.
+    #[arg(long, value_name = "T|off", default_value = "10m", value_parser = parse_stall_timeout)]
+    // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
+    pub stall_timeout: std::option::Option<std::time::Duration>,
+
     /// Show what a run would do (and check the quota) without uploading anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -213,6 +219,31 @@ fn parse_rate(s: &str) -> Result<Option<f64>, String> {
         Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000.0 => Ok(Some(r)),
         _ => Err(format!(
             "{s:?} is not a rate: give requests per second above 0, or off"
+        )),
+    }
+}
+
+/// `600`, `90s`, `10m`, `1h`, or `off` (None).
+fn parse_stall_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let seconds = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && seconds > 0 && n <= 7 * 24 * 3600 / seconds => {
+            Ok(Some(std::time::Duration::from_secs(n * seconds)))
+        }
+        _ => Err(format!(
+            "{s:?} is not a stall timeout: give seconds (600) or a number with s, m or h (90s, 10m, 1h), up to a week, or off"
         )),
     }
 }
@@ -397,6 +428,28 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn stall_timeouts_take_seconds_units_or_off() {
+        let secs = |n| Ok(Some(std::time::Duration::from_secs(n)));
+        assert_eq!(parse_stall_timeout("600"), secs(600));
+        assert_eq!(parse_stall_timeout("30s"), secs(30));
+        assert_eq!(parse_stall_timeout("5m"), secs(300));
+        assert_eq!(parse_stall_timeout("10min"), secs(600));
+        assert_eq!(parse_stall_timeout("1h"), secs(3600));
+        assert_eq!(parse_stall_timeout("off"), Ok(None));
+        for bad in ["0", "", "m", "5x", "-1", "1.5m", "99999999999h", "8d"] {
+            assert!(parse_stall_timeout(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["opcrm-import", "run", "m.csv"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args.stall_timeout,
+            Some(crate::pipeline::DEFAULT_STALL_TIMEOUT)
+        );
     }
 
     #[test]

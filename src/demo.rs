@@ -39,6 +39,7 @@ fn args(manifest: PathBuf, state: PathBuf) -> RunArgs {
         rate: Some(crate::pipeline::DEFAULT_RATE),
         burst: crate::pipeline::DEFAULT_BURST,
         retries: 5,
+        stall_timeout: Some(crate::pipeline::DEFAULT_STALL_TIMEOUT),
         dry_run: false,
         skip_invalid: false,
         retry_failed: false,

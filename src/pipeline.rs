@@ -5,14 +5,15 @@
 //! share it, and share one gate that a throttled answer closes for everybody), while
 //! `--concurrency` workers bound how many rows, and so how many S3 uploads, are under way.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, Store, StoredRow, Transition};
@@ -26,6 +27,10 @@ use crate::remote::{Client, RemoteError};
 /// no answer is throttled, while the API is used at 98% of what it allows.
 pub const DEFAULT_RATE: f64 = 4.9;
 pub const DEFAULT_BURST: u32 = 5;
+/// `--stall-timeout`'s default: a run in which no API call has succeeded for this long stops.
+/// Long enough for any throttle pause (at most `MAX_THROTTLE_PAUSE`) and several row retries,
+/// short enough that a run against a dead or hostile server does not go on for hours.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the pipeline is told.
 #[derive(Clone, Debug)]
@@ -35,6 +40,8 @@ pub struct Settings {
     pub rate: Option<f64>,
     pub burst: u32,
     pub retries: u32,
+    /// Stop the run when no API call has succeeded for this long (`None`: never).
+    pub stall_timeout: Option<Duration>,
 }
 
 /// What to do with a row in this run.
@@ -58,6 +65,9 @@ pub enum Stop {
     /// The state file could not be written (a full or read-only disk): going on would upload
     /// what cannot be recorded.
     StateFile = 3,
+    /// No API call succeeded for `--stall-timeout`: the server is down, broken or throttling
+    /// without end, and waiting on would not help.
+    Stalled = 4,
 }
 
 /// Counts a run keeps, shown in its summary.
@@ -86,6 +96,11 @@ pub struct ApiGate {
 
 /// Throttled answers in a row after which the call gives up (as a retryable failure).
 const MAX_CONSECUTIVE_THROTTLES: u32 = 30;
+/// The longest pause one throttled answer closes the gate for: a `Retry-After` is honoured up
+/// to this (a server asking for 999999999 s would otherwise stop the run for good, in silence).
+const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
+/// A throttle pause at least this long is announced (a warning), so a waiting run is not silent.
+const ANNOUNCED_PAUSE: Duration = Duration::from_secs(5);
 /// This many throttled answers within `THROTTLE_WINDOW` lower the client's rate.
 const THROTTLES_TO_SLOW_DOWN: usize = 3;
 const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
@@ -129,19 +144,22 @@ impl ApiGate {
         }
     }
 
-    /// A throttled answer: close the gate for everybody, longer each time, and slow down for good
-    /// when they keep coming.
-    fn throttled(&self, retry_after: Option<Duration>) -> u32 {
+    /// A throttled answer: close the gate for everybody, longer each time (a `Retry-After` is
+    /// honoured up to `MAX_THROTTLE_PAUSE`), and slow down for good when they keep coming.
+    fn throttled(&self, retry_after: Option<Duration>) -> Throttle {
         let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
         let backoff = Duration::from_millis(500u64.saturating_mul(1 << n.min(7)));
-        let pause = retry_after.unwrap_or(backoff) + jitter(Duration::from_millis(250));
-        {
+        let pause = retry_after.unwrap_or(backoff).min(MAX_THROTTLE_PAUSE)
+            + jitter(Duration::from_millis(250));
+        let extended = {
             let mut resume = self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
             let at = Instant::now() + pause;
-            if resume.is_none_or(|r| r < at) {
+            let later = resume.is_none_or(|r| r < at);
+            if later {
                 *resume = Some(at);
             }
-        }
+            later
+        };
         let now = Instant::now();
         let slow_down = {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,7 +187,10 @@ impl ApiGate {
             *self.limiter.write().unwrap_or_else(|e| e.into_inner()) =
                 Some(limiter(new, self.burst.min(5)));
         }
-        n
+        Throttle {
+            n,
+            pause: extended.then_some(pause),
+        }
     }
 
     fn answered(&self) {
@@ -178,6 +199,31 @@ impl ApiGate {
 
     pub fn current_rate(&self) -> Option<f64> {
         *self.rate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What one throttled answer did to the gate.
+#[derive(Debug)]
+struct Throttle {
+    /// Throttled answers in a row, this one included.
+    n: u32,
+    /// The pause every API call now waits, when this answer made the gate close later.
+    pause: Option<Duration>,
+}
+
+/// Since when no API call has succeeded, and what the calls got since then.
+struct StallClock {
+    last_success: Instant,
+    /// Failed calls since the last success, by what they got ("403 (throttled)", "network").
+    since: BTreeMap<String, u64>,
+}
+
+/// `d` as a person would write it: `90 s`, `10 min`, `2 h`.
+pub fn show_duration(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 
@@ -205,6 +251,11 @@ pub struct Context {
     /// size on one record cannot claim the same attachment.
     verify: tokio::sync::Mutex<()>,
     interrupted: AtomicBool,
+    stall: Mutex<StallClock>,
+    /// Why the run stalled, once it has.
+    stalled: OnceLock<String>,
+    /// Cancelled when the run stalls: every wait for the gate or a backoff ends at once.
+    cancel: CancellationToken,
 }
 
 /// How a row ended in this run.
@@ -231,6 +282,12 @@ impl Context {
             stop: AtomicU8::new(Stop::None as u8),
             verify: tokio::sync::Mutex::new(()),
             interrupted: AtomicBool::new(false),
+            stall: Mutex::new(StallClock {
+                last_success: Instant::now(),
+                since: BTreeMap::new(),
+            }),
+            stalled: OnceLock::new(),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -239,6 +296,7 @@ impl Context {
             1 => Stop::Credentials,
             2 => Stop::Quota,
             3 => Stop::StateFile,
+            4 => Stop::Stalled,
             _ => Stop::None,
         }
     }
@@ -253,29 +311,57 @@ impl Context {
     }
 
     /// One API call through the limiter and the throttle gate; throttled answers are waited out
-    /// and tried again, and do not count as failed attempts.
+    /// and tried again, and do not count as failed attempts. Once the run has stalled, no call
+    /// starts: the wait ends with the last throttled answer, or `RemoteError::Stopped`.
     pub async fn api<T, F, Fut>(&self, call: F) -> Result<T, RemoteError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, RemoteError>>,
     {
+        let mut throttled: Option<(u16, Option<Duration>)> = None;
         loop {
-            self.gate.turn().await;
+            if !self.turn().await {
+                return Err(match throttled {
+                    Some((status, retry_after)) => RemoteError::Throttled {
+                        status,
+                        retry_after,
+                    },
+                    None => RemoteError::Stopped(self.stall_reason()),
+                });
+            }
             self.counters.api_calls.fetch_add(1, Ordering::Relaxed);
-            match call().await {
+            let result = call().await;
+            self.clock(&result);
+            match result {
                 Err(RemoteError::Throttled {
                     status,
                     retry_after,
                 }) => {
                     self.counters.throttles.fetch_add(1, Ordering::Relaxed);
-                    let n = self.gate.throttled(retry_after);
-                    debug!("throttled ({status}), pause {n}");
-                    if n >= MAX_CONSECUTIVE_THROTTLES {
+                    let throttle = self.gate.throttled(retry_after);
+                    debug!("throttled ({status}), pause {}", throttle.n);
+                    if let Some(pause) = throttle.pause.filter(|p| *p >= ANNOUNCED_PAUSE) {
+                        let asked = match retry_after {
+                            Some(r) if r > MAX_THROTTLE_PAUSE => format!(
+                                " and asks to wait {} s (Retry-After; waited {} at most)",
+                                r.as_secs(),
+                                show_duration(MAX_THROTTLE_PAUSE)
+                            ),
+                            Some(r) => format!(" and asks to wait {} s (Retry-After)", r.as_secs()),
+                            None => String::new(),
+                        };
+                        warn!(
+                            "the API throttles ({status}){asked}: every API call waits {:.0} s",
+                            pause.as_secs_f64()
+                        );
+                    }
+                    if throttle.n >= MAX_CONSECUTIVE_THROTTLES {
                         return Err(RemoteError::Throttled {
                             status,
                             retry_after,
                         });
                     }
+                    throttled = Some((status, retry_after));
                 }
                 Err(RemoteError::Unauthorized { message }) => {
                     self.gate.answered();
@@ -290,6 +376,97 @@ impl Context {
         }
     }
 
+    /// Waits for the gate; false, at once, when the run has stalled.
+    async fn turn(&self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = self.gate.turn() => true,
+        }
+    }
+
+    /// Sleeps `d`; false, at once, when the run has stalled.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// Sets the stall clock by an API call's result: an answer the server meant (a success, or a
+    /// refusal of this request) shows it is working; anything worth retrying is counted.
+    fn clock<T>(&self, result: &Result<T, RemoteError>) {
+        let mut clock = self.stall.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Err(e) if e.is_retryable() => {
+                let what = match e {
+                    RemoteError::Throttled { status, .. } | RemoteError::Api { status, .. } => {
+                        format!("{status} ({})", e.kind())
+                    }
+                    other => other.kind().to_string(),
+                };
+                *clock.since.entry(what).or_default() += 1;
+            }
+            _ => {
+                clock.last_success = Instant::now();
+                clock.since.clear();
+            }
+        }
+    }
+
+    /// An upload S3 took: the run is moving, even if no API call was needed meanwhile.
+    fn progressed(&self) {
+        let mut clock = self.stall.lock().unwrap_or_else(|e| e.into_inner());
+        clock.last_success = Instant::now();
+        clock.since.clear();
+    }
+
+    /// Why the run stalled (empty before it has).
+    fn stall_reason(&self) -> String {
+        self.stalled.get().cloned().unwrap_or_default()
+    }
+
+    /// What stopped the run when it stalled: for its summary.
+    pub fn stall_detail(&self) -> Option<&str> {
+        self.stalled.get().map(String::as_str)
+    }
+
+    /// Stops the run if no API call has succeeded for `--stall-timeout`; else, when to look again.
+    fn check_stall(&self) -> Option<Instant> {
+        let timeout = self.settings.stall_timeout?;
+        if self.stalled.get().is_some() {
+            return None;
+        }
+        let clock = self.stall.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = clock.last_success + timeout;
+        if Instant::now() < deadline {
+            return Some(deadline);
+        }
+        let since = match clock.since.is_empty() {
+            true => "no API call was answered since".to_string(),
+            false => {
+                let counts: Vec<String> = clock
+                    .since
+                    .iter()
+                    .map(|(what, n)| {
+                        format!("{what} {n} {}", if *n == 1 { "time" } else { "times" })
+                    })
+                    .collect();
+                format!("since then the calls got {}", counts.join(", "))
+            }
+        };
+        drop(clock);
+        let reason = format!(
+            "no API call has succeeded for {} ({since})",
+            show_duration(timeout)
+        );
+        let _ = self.stalled.set(reason);
+        self.stop(Stop::Stalled);
+        self.cancel.cancel();
+        None
+    }
+
     /// An API call outside any row (the quota check), retried as a row's calls are.
     pub async fn api_retrying<T, F, Fut>(&self, call: F) -> Result<T, RemoteError>
     where
@@ -299,11 +476,17 @@ impl Context {
         let mut attempt = 0;
         loop {
             match self.api(&call).await {
-                Err(e) if e.is_retryable() && attempt < self.settings.retries => {
+                Err(e)
+                    if e.is_retryable()
+                        && attempt < self.settings.retries
+                        && !self.cancel.is_cancelled() =>
+                {
                     attempt += 1;
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     info!("retry {attempt}/{} after: {e}", self.settings.retries);
-                    tokio::time::sleep(backoff(attempt)).await;
+                    if !self.pause(backoff(attempt)).await {
+                        return Err(e);
+                    }
                 }
                 other => return other,
             }
@@ -437,7 +620,7 @@ impl Context {
         attempts: &mut u32,
     ) -> Result<(), RowError> {
         *attempts += 1;
-        if *attempts > self.settings.retries {
+        if *attempts > self.settings.retries || self.cancel.is_cancelled() {
             return Err(RowError::Remote(e));
         }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +628,9 @@ impl Context {
             "line {}: retry {}/{} after: {e}",
             row.line, attempts, self.settings.retries
         );
-        tokio::time::sleep(backoff(*attempts)).await;
+        if !self.pause(backoff(*attempts)).await {
+            return Err(RowError::Remote(e));
+        }
         Ok(())
     }
 
@@ -478,6 +663,7 @@ impl Context {
                 .await
             {
                 Ok(uploaded) => {
+                    self.progressed();
                     self.counters
                         .bytes_uploaded
                         .fetch_add(row.size, Ordering::Relaxed);
@@ -592,6 +778,32 @@ impl Context {
     }
 }
 
+/// Watches the stall clock of `ctx` while it lives: when no API call has succeeded for
+/// `--stall-timeout`, stops the run (no new row starts; waits for the gate and backoffs end at
+/// once, so the rows under way end) and returns why. Holds no strong reference while it sleeps.
+pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
+    loop {
+        let (next, cancel) = {
+            let ctx = ctx.upgrade()?;
+            match ctx.check_stall() {
+                Some(next) => (next, ctx.cancel.clone()),
+                None => return ctx.stalled.get().cloned(),
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // Ends the stall watch (it looks at the context it watches, which is now gone).
+        self.cancel.cancel();
+    }
+}
+
 /// Why a row could not go on.
 #[derive(Debug)]
 enum RowError {
@@ -647,6 +859,37 @@ mod tests {
                 .map(|_| backoff(1))
                 .all(|d| d <= Duration::from_millis(500))
         );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_is_honoured_up_to_the_cap() {
+        let gate = ApiGate::new(None, 5);
+        let before = Instant::now();
+        for asked in [999_999_999, u64::MAX] {
+            gate.throttled(Some(Duration::from_secs(asked)));
+            let resume = gate.resume_at.lock().unwrap().unwrap();
+            assert!(
+                resume <= Instant::now() + MAX_THROTTLE_PAUSE + Duration::from_millis(250),
+                "{asked}: the gate is closed for {:?}",
+                resume - before
+            );
+        }
+        let gate = ApiGate::new(None, 5);
+        let throttle = gate.throttled(Some(Duration::from_secs(7)));
+        let pause = throttle.pause.unwrap();
+        assert!(pause >= Duration::from_secs(7) && pause < Duration::from_secs(8));
+        assert!(
+            gate.throttled(Some(Duration::ZERO)).pause.is_none(),
+            "not later"
+        );
+    }
+
+    #[test]
+    fn durations_are_shown_as_given() {
+        assert_eq!(show_duration(Duration::from_secs(600)), "10 min");
+        assert_eq!(show_duration(Duration::from_secs(2)), "2 s");
+        assert_eq!(show_duration(Duration::from_secs(90)), "90 s");
+        assert_eq!(show_duration(Duration::from_secs(7200)), "2 h");
     }
 
     #[tokio::test]

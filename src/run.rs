@@ -231,6 +231,9 @@ struct Summary {
     retries: u64,
     throttles: u64,
     stopped: Option<&'static str>,
+    /// Why the run stalled (`stopped` is then `"stalled"`), for the readable summary.
+    #[serde(skip)]
+    stall: Option<String>,
     exit_code: u8,
 }
 
@@ -321,6 +324,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
         rate: args.rate,
         burst: args.burst,
         retries: args.retries,
+        stall_timeout: args.stall_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -414,6 +418,7 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
     }
 
     let ctx = Arc::new(Context::new(client, store.clone(), settings));
+    watch_stall(&runtime, &ctx);
     let started = Instant::now();
     let quota = runtime.block_on(quota_check(&ctx, &work));
     if let Err((message, status)) = quota {
@@ -560,6 +565,18 @@ fn lock_holder(_: &std::fs::File) -> Option<u32> {
     None
 }
 
+/// Stops the run when it stalls (see `pipeline::watch_stall`), and says so at once.
+fn watch_stall(runtime: &tokio::runtime::Runtime, ctx: &Arc<Context>) {
+    let watch = pipeline::watch_stall(Arc::downgrade(ctx));
+    runtime.spawn(async move {
+        if let Some(why) = watch.await {
+            eprintln!(
+                "error: {why}; the run stops: no new row starts and the rows under way end (the state is saved; rerun later)"
+            );
+        }
+    });
+}
+
 /// Ctrl-C or SIGTERM.
 async fn signal() {
     #[cfg(unix)]
@@ -593,6 +610,13 @@ async fn quota_check(ctx: &Context, work: &Work) -> Result<(), (String, ExitStat
         .api_retrying(|| ctx.client.s3_form(&first.contact_id))
         .await
     {
+        Err(_) if ctx.stop_reason() == Stop::Stalled => Err((
+            format!(
+                "the storage quota check could not finish: {}; nothing was uploaded, rerun later",
+                ctx.stall_detail().unwrap_or_default()
+            ),
+            ExitStatus::Retryable,
+        )),
         Ok(form) if needed > form.storage_left => Err((
             format!(
                 "the files still to upload need {} ({needed} bytes) but the account has {} ({} bytes) of storage left; nothing was uploaded",
@@ -645,7 +669,8 @@ fn dry_run(
     let rate = settings.rate;
     let conn = rusqlite::Connection::open_in_memory()?;
     let (store, writer) = checkpoint::store::spawn(conn);
-    let ctx = Context::new(client, store.clone(), settings);
+    let ctx = Arc::new(Context::new(client, store.clone(), settings));
+    watch_stall(runtime, &ctx);
     let quota = runtime.block_on(quota_check(&ctx, &work));
     drop(ctx);
     drop(store);
@@ -784,9 +809,12 @@ fn summarize(
         Stop::Credentials => Some("credentials"),
         Stop::Quota => Some("quota"),
         Stop::StateFile => Some("state_file"),
+        Stop::Stalled => Some("stalled"),
     };
     let exit_code = if interrupted {
         130
+    } else if stopped == Some("stalled") {
+        4
     } else if stopped.is_some() {
         3
     } else if failed_permanent + work.rejected > 0 {
@@ -822,6 +850,7 @@ fn summarize(
         retries: c.retries.load(Ordering::Relaxed),
         throttles: c.throttles.load(Ordering::Relaxed),
         stopped,
+        stall: ctx.stall_detail().map(str::to_string),
         exit_code,
     }
 }
@@ -872,6 +901,10 @@ fn print_summary(args: &RunArgs, s: &Summary) -> std::io::Result<()> {
         (Some("credentials"), _) => "stopped: the API refused the credentials; fix ONEPAGECRM_USER_ID / ONEPAGECRM_API_KEY, then rerun".to_string(),
         (Some("interrupted"), _) => format!("interrupted; the state is saved, rerun to resume: {rerun}"),
         (Some("state_file"), _) => format!("stopped: the state file could not be written (is the disk full or read-only?); fix it, then rerun: {rerun}"),
+        (Some("stalled"), _) => format!(
+            "stopped: {}; the state is saved, rerun later to resume (when the API answers again): {rerun}",
+            s.stall.as_deref().unwrap_or("no API call succeeded for --stall-timeout")
+        ),
         (Some(_), _) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
         (_, 0) => "all rows done".to_string(),
         (_, 1) => format!(
@@ -918,6 +951,12 @@ fn resume_flags(args: &RunArgs) -> Vec<String> {
         flags.push(match args.rate {
             Some(r) => format!("--rate {r}"),
             None => "--rate off".into(),
+        });
+    }
+    if args.stall_timeout != defaults.stall_timeout {
+        flags.push(match args.stall_timeout {
+            Some(t) => format!("--stall-timeout {}", t.as_secs()),
+            None => "--stall-timeout off".into(),
         });
     }
     for (flag, value, default) in [
@@ -982,6 +1021,7 @@ fn describe_kind(kind: &str) -> &'static str {
         "protocol" => "unexpected answers",
         "state_file" => "the state file could not be written",
         "attach_unsettled" => "whether it was attached cannot be told (look at the record)",
+        "stalled" => "the run stopped (it stalled) before this row could finish",
         _ => "an error",
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{API_TIMEOUT, Client, RemoteError};
+use super::{API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, read_capped};
 use crate::manifest::ReferenceType;
 
 /// Step 1's answer: where and how to upload.
@@ -97,6 +97,15 @@ pub struct Attach<'a> {
 impl Client {
     /// Sends an API request and returns the envelope's `data` (and the whole envelope).
     async fn api(&self, request: reqwest::RequestBuilder) -> Result<Value, RemoteError> {
+        self.api_capped(request, API_ANSWER_CAP).await
+    }
+
+    /// As `api`, reading at most `cap` bytes of the answer.
+    async fn api_capped(
+        &self,
+        request: reqwest::RequestBuilder,
+        cap: usize,
+    ) -> Result<Value, RemoteError> {
         let response = request
             .basic_auth(&self.credentials.user_id, Some(self.credentials.api_key()))
             .timeout(API_TIMEOUT)
@@ -110,7 +119,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(std::time::Duration::from_secs);
-        let body = response.bytes().await.map_err(RemoteError::network)?;
+        let body = read_capped(response, cap, "the API").await?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if status == 429 || (status == 403 && json.is_none()) {
             return Err(RemoteError::Throttled {
@@ -205,7 +214,9 @@ impl Client {
         reference_id: &str,
     ) -> Result<Vec<RemoteAttachment>, RemoteError> {
         let path = format!("/{}s/{reference_id}", reference_type.as_str());
-        let json = self.api(self.http.get(self.api_url(&path))).await?;
+        let json = self
+            .api_capped(self.http.get(self.api_url(&path)), RECORD_ANSWER_CAP)
+            .await?;
         let list = json
             .pointer(&format!("/data/{}/attachments", reference_type.as_str()))
             .and_then(Value::as_array)

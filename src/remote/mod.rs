@@ -47,14 +47,16 @@ impl Credentials {
             );
         };
         let api_key = match key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API key file {}", path.display()))?
-                .trim()
-                .to_string(),
-            None => std::env::var("ONEPAGECRM_API_KEY")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
+            Some(path) => read_key_file(path)?,
+            None => {
+                let key = std::env::var("ONEPAGECRM_API_KEY").unwrap_or_default();
+                let key = key.trim();
+                anyhow::ensure!(
+                    !key.contains(['\n', '\r']),
+                    "ONEPAGECRM_API_KEY holds more than one line; set it to the API key alone"
+                );
+                key.to_string()
+            }
         };
         anyhow::ensure!(
             !api_key.is_empty(),
@@ -79,17 +81,86 @@ pub fn api_url_from_env() -> anyhow::Result<reqwest::Url> {
     )
 }
 
-/// Parses a URL the tool may send to: `https`, or plain `http` to a loopback address only.
+/// The longest API key file read: a key is a few dozen characters, so anything longer is not one.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// The API key from `path`: exactly one line (its line end trimmed). The file's content is never
+/// shown in an error, since it is, or holds, a secret.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let cannot = || format!("cannot read the API key file {}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .with_context(cannot)?
+        .take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(cannot)?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_KEY_FILE,
+        "the API key file {} is over {MAX_KEY_FILE} bytes; it must hold the API key alone, on one line",
+        path.display()
+    );
+    let Ok(text) = String::from_utf8(bytes) else {
+        anyhow::bail!(
+            "the API key file {} is not UTF-8 text; it must hold the API key alone, on one line",
+            path.display()
+        );
+    };
+    let line = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if line.contains(['\n', '\r']) {
+        let lines = line.replace("\r\n", "\n").split(['\n', '\r']).count();
+        anyhow::bail!(
+            "the API key file {} holds {lines} lines; it must hold the API key alone, on one line (nothing of it was sent)",
+            path.display()
+        );
+    }
+    Ok(line.trim().to_string())
+}
+
+/// `raw` as it may be shown: any user info (`user:password@`) cut out, even when `raw` is not
+/// a URL at all.
+fn without_user_info(raw: &str) -> String {
+    let raw = raw.trim();
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => raw.split_at(i + 3),
+        None => ("", raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+        None => raw.to_string(),
+    }
+}
+
+/// Parses a URL the tool may send to: `https`, or plain `http` to a loopback address only; no
+/// user info (credentials come from the environment only) and no query or fragment (paths are
+/// appended to it). Errors never show user info.
 pub fn check_url(raw: &str, what: &str) -> anyhow::Result<reqwest::Url> {
-    let url =
-        reqwest::Url::parse(raw.trim()).with_context(|| format!("{what} {raw:?} is not a URL"))?;
+    let shown = without_user_info(raw);
+    let Ok(url) = reqwest::Url::parse(raw.trim()) else {
+        anyhow::bail!("{what} {shown:?} is not a URL; give one such as {DEFAULT_API_URL}");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        anyhow::bail!(
+            "{what} {shown:?} holds a user name or password before the host; remove it (the credentials come only from ONEPAGECRM_USER_ID and ONEPAGECRM_API_KEY or --api-key-file)"
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        anyhow::bail!(
+            "{what} {shown:?} has a query (`?`) or a fragment (`#`); give the base URL alone, such as {DEFAULT_API_URL}"
+        );
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
         "http" => anyhow::bail!(
-            "{what} {raw:?} uses plain http to a host that is not loopback; use https (plain http is allowed only for a local emulator)"
+            "{what} {shown:?} uses plain http to a host that is not loopback; use https (plain http is allowed only for a local emulator)"
         ),
-        other => anyhow::bail!("{what} {raw:?} has scheme {other:?}; use https"),
+        // Not the scheme itself: in `user:password@host` it would be the user name.
+        _ => anyhow::bail!("{what} {shown:?} does not start with https://; use https"),
     }
 }
 
@@ -142,6 +213,9 @@ pub enum RemoteError {
     /// Step 3's answer was lost and the record's attachments cannot tell whether it took effect.
     #[error("{0}")]
     Unsettled(String),
+    /// Not sent: the run stopped (it stalled) while this call waited for its turn.
+    #[error("not sent, the run stopped: {0}; rerun later")]
+    Stopped(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +246,7 @@ impl RemoteError {
             Self::FileUnreadable(_) => "file_unreadable",
             Self::Protocol { .. } => "protocol",
             Self::Unsettled(_) => "attach_unsettled",
+            Self::Stopped(_) => "stalled",
         }
     }
 
@@ -192,7 +267,8 @@ impl RemoteError {
             | Self::Quota { .. }
             | Self::FileChanged(_)
             | Self::FileUnreadable(_)
-            | Self::Unsettled(_) => false,
+            | Self::Unsettled(_)
+            | Self::Stopped(_) => false,
         }
     }
 
@@ -201,7 +277,10 @@ impl RemoteError {
         self.is_retryable()
             || matches!(
                 self,
-                Self::Quota { .. } | Self::FileChanged(_) | Self::Unauthorized { .. }
+                Self::Quota { .. }
+                    | Self::FileChanged(_)
+                    | Self::Unauthorized { .. }
+                    | Self::Stopped(_)
             )
     }
 
@@ -259,6 +338,45 @@ impl Client {
     }
 }
 
+/// The largest answer body read from step 1 or step 3 (or any API error). Real ones are a few
+/// KiB; a server that sends more is broken or hostile, and the call fails instead of the tool
+/// growing without end.
+pub const API_ANSWER_CAP: usize = 4 << 20;
+/// The largest answer body read from a record (`GET /notes/{id}`, ...): it lists every
+/// attachment of the record (a few hundred bytes each), so it may be far larger than one object.
+pub const RECORD_ANSWER_CAP: usize = 32 << 20;
+/// The largest answer body read from S3 (a `PostResponse` or an XML `Error`, under 2 KiB).
+pub const S3_ANSWER_CAP: usize = 1 << 20;
+
+/// Reads `response`'s body chunk by chunk, never holding more than `cap` bytes: a body that is
+/// (or says it is) larger fails the call as a protocol error naming the cap, and the rest is
+/// never read (the connection is dropped with the response).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, RemoteError> {
+    let status = response.status().as_u16();
+    let too_large = || RemoteError::Protocol {
+        what,
+        detail: format!(
+            "status {status} with a body over the {} MiB cap on its answers (no real answer is that large); the rest was not read",
+            cap >> 20
+        ),
+    };
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(response.content_length().map_or(8 << 10, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(RemoteError::network)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// How long an S3 upload of `size` bytes may take: a minute, plus time at a slow 100 KiB/s.
 pub fn upload_timeout(size: u64) -> Duration {
     Duration::from_secs(60 + size / (100 * 1024))
@@ -279,6 +397,102 @@ mod tests {
             .to_string();
         assert!(err.contains("not loopback"), "{err}");
         assert!(check_url("ftp://127.0.0.1/", "x").is_err());
+    }
+
+    #[test]
+    fn user_info_query_and_fragment_are_refused_without_showing_the_password() {
+        for raw in [
+            "http://admin:hunter2@127.0.0.1:8787/api/v3",
+            "https://admin:hunter2@app.onepagecrm.com/api/v3",
+            "http://admin:hunter2@10.0.0.5/api/v3",
+            "http://admin@127.0.0.1/api/v3",
+            "http://:hunter2@127.0.0.1/api/v3",
+            "http://admin:hunter2@[::1/api/v3",
+            "admin:hunter2@127.0.0.1/api/v3",
+        ] {
+            let err = format!("{:#}", check_url(raw, "ONEPAGECRM_API_URL").unwrap_err());
+            assert!(
+                !err.contains("hunter2") && !err.contains("admin"),
+                "{raw}: {err}"
+            );
+        }
+        let err = check_url("http://admin:hunter2@127.0.0.1:8787/api/v3", "U")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"http://127.0.0.1:8787/api/v3\""), "{err}");
+        assert!(err.contains("user name or password"), "{err}");
+        for raw in [
+            "http://127.0.0.1:8787/api/v3?x=1",
+            "http://127.0.0.1:8787/api/v3?",
+            "https://app.onepagecrm.com/api/v3#top",
+        ] {
+            let err = check_url(raw, "U").unwrap_err().to_string();
+            assert!(err.contains("query"), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_key_file_holds_exactly_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        for (name, text) in [
+            ("lf", &b"the-key\n"[..]),
+            ("crlf", b"the-key\r\n"),
+            ("bare", b"the-key"),
+            ("spaces", b"  the-key \n"),
+        ] {
+            assert_eq!(
+                read_key_file(&file(name, text)).unwrap(),
+                "the-key",
+                "{name}"
+            );
+        }
+        for (name, text) in [
+            ("two", &b"the-key\nsecond-secret\n"[..]),
+            ("blank", b"the-key\n\n"),
+            ("cr", b"the-key\rsecond-secret"),
+        ] {
+            let err = read_key_file(&file(name, text)).unwrap_err().to_string();
+            assert!(
+                err.contains("holds 2 lines") && err.contains("one line"),
+                "{name}: {err}"
+            );
+            assert!(
+                !err.contains("the-key") && !err.contains("second-secret"),
+                "{err}"
+            );
+        }
+        let big = file("big", &vec![b'k'; 10_000]);
+        let err = read_key_file(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("over 4096 bytes") && !err.contains("kkk"),
+            "{err}"
+        );
+    }
+
+    fn answer(body: Vec<u8>) -> reqwest::Response {
+        reqwest::Response::from(
+            axum::http::Response::builder()
+                .status(200)
+                .body(body)
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_their_cap_and_no_further() {
+        let body = read_capped(answer(vec![b'x'; 1 << 20]), 1 << 20, "the API").await;
+        assert_eq!(body.unwrap().len(), 1 << 20);
+        let err = read_capped(answer(vec![b'x'; (1 << 20) + 1]), 1 << 20, "the API")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "protocol");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("over the 1 MiB cap"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
 use super::api::Form;
-use super::{Client, RemoteError, upload_timeout};
+use super::{Client, RemoteError, S3_ANSWER_CAP, read_capped, upload_timeout};
 
 /// What S3 stored.
 #[derive(Clone, Debug)]
@@ -135,12 +135,25 @@ impl Client {
             Err(e) => return Err(RemoteError::network(e)),
         };
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_string();
         let header_etag = response
             .headers()
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response.text().await.map_err(RemoteError::network)?;
+        let body = read_capped(response, S3_ANSWER_CAP, "S3").await?;
+        let body = String::from_utf8_lossy(&body);
+        let asked = form
+            .fields
+            .iter()
+            .find(|(name, _)| name == "success_action_status")
+            .map(|(_, value)| value.as_str());
+        check_success(asked, status, &content_type, &body)?;
         let etag = read_answer(status, header_etag, &body)?;
         if count != size {
             return Err(RemoteError::FileChanged(format!(
@@ -228,6 +241,61 @@ fn read_answer(
         .filter(|etag| !etag.is_empty()))
 }
 
+/// Whether a 2xx answer is one of S3's success answers: the status the form's
+/// `success_action_status` asked for (200, 201 or 204), or 204 (what S3 answers when the form
+/// asks for nothing else), with an empty body or a `PostResponse`. Anything else (a proxy's or a
+/// web server's `200` page, say) is not taken as an upload: the object may not be there.
+fn check_success(
+    asked: Option<&str>,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> Result<(), RemoteError> {
+    if !(200..300).contains(&status) {
+        return Ok(());
+    }
+    let asked = asked
+        .map(str::trim)
+        .filter(|a| matches!(*a, "200" | "201" | "204"));
+    let expected = match asked {
+        Some("201") => "201 with a PostResponse (as the form asks) or 204".to_string(),
+        Some(a) if a != "204" => format!("{a} (as the form asks) or 204"),
+        _ => "204".to_string(),
+    };
+    let status_ok = status == 204 || asked == Some(status.to_string().as_str());
+    let body_ok = body.trim().is_empty() || is_post_response(body);
+    if status_ok && body_ok {
+        return Ok(());
+    }
+    let what = if body.trim().is_empty() {
+        "an empty body".to_string()
+    } else {
+        format!("a {}-byte {content_type} body", body.len())
+    };
+    Err(RemoteError::Protocol {
+        what: "S3",
+        detail: format!(
+            "status {status} with {what}, not S3's success answer ({expected}); the file is not taken as uploaded (is something other than S3 answering at the form's URL?)"
+        ),
+    })
+}
+
+/// Whether `body` is an XML document whose root element is a `PostResponse`.
+fn is_post_response(body: &str) -> bool {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(body.trim());
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                return e.local_name().as_ref() == b"PostResponse";
+            }
+            Ok(Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_)) => {}
+            Ok(Event::Text(t)) if t.iter().all(u8::is_ascii_whitespace) => {}
+            _ => return false,
+        }
+    }
+}
+
 fn parse_etag(xml: &str) -> Option<String> {
     element_text(xml, &["ETag", "Etag"]).filter(|s| !s.trim().trim_matches('"').is_empty())
 }
@@ -299,6 +367,51 @@ mod tests {
     }
 
     #[test]
+    fn only_s3_success_answers_count_as_uploads() {
+        let post = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<PostResponse><Location>/b/k</Location><ETag>\"abc\"</ETag></PostResponse>";
+        let html = "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>";
+        let ok = |asked, status, body| check_success(asked, status, "application/xml", body);
+        // What the form asks for, with S3's body for it, or 204 whatever it asks.
+        assert!(ok(Some("201"), 201, post).is_ok());
+        assert!(
+            ok(Some("201"), 201, "").is_ok(),
+            "an empty 201 (some servers)"
+        );
+        assert!(ok(Some("201"), 204, "").is_ok());
+        assert!(ok(Some("200"), 200, "").is_ok());
+        assert!(ok(Some("204"), 204, "").is_ok());
+        assert!(ok(None, 204, "").is_ok());
+        // A status the form did not ask for, or a body that is not S3's.
+        for (asked, status, body) in [
+            (Some("201"), 200, html),
+            (Some("201"), 200, ""),
+            (Some("201"), 201, html),
+            (Some("201"), 201, "OK"),
+            (Some("201"), 202, ""),
+            (Some("200"), 200, html),
+            (None, 200, ""),
+            (None, 201, post),
+            (Some("204"), 204, html),
+        ] {
+            let err = check_success(asked, status, "text/html", body).unwrap_err();
+            assert_eq!(err.kind(), "protocol", "{asked:?} {status} {body}");
+            assert!(
+                err.to_string().contains(&format!("status {status}")),
+                "{err}"
+            );
+        }
+        let err = check_success(Some("201"), 200, "text/html; charset=utf-8", html).unwrap_err();
+        assert!(
+            err.to_string().contains("text/html")
+                && err.to_string().contains("201 with a PostResponse")
+                && !err.to_string().contains("nginx"),
+            "{err}"
+        );
+        // Errors are read by `read_answer`, not here.
+        assert!(ok(Some("201"), 403, html).is_ok());
+    }
+
+    #[test]
     fn answers_of_different_servers_are_read_alike() {
         let etag = |status, header: Option<&str>, body: &str| {
             read_answer(status, header.map(str::to_string), body).unwrap()
@@ -310,6 +423,9 @@ mod tests {
         // s3s: relative Location.
         let s3s = "<PostResponse><Location>/b/c/1/a.pdf</Location><Bucket>b</Bucket><Key>c/1/a.pdf</Key><ETag>\"abc\"</ETag></PostResponse>";
         assert_eq!(etag(201, None, s3s), abc);
+        for body in [s3, s3s] {
+            assert!(check_success(Some("201"), 201, "application/xml", body).is_ok());
+        }
         // `<Etag>`, unquoted.
         assert_eq!(
             etag(201, None, "<PostResponse><Etag>abc</Etag></PostResponse>"),

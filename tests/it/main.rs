@@ -7,5 +7,6 @@ mod exactly_once;
 mod external_s3;
 mod faults;
 mod hostile_input;
+mod hostile_server;
 mod run;
 mod ux;

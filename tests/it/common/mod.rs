@@ -2,6 +2,7 @@
 //! and its files.
 
 pub mod emulator;
+pub mod hostile;
 pub mod s3s;
 
 use std::path::{Path, PathBuf};
