@@ -380,6 +380,16 @@ pub fn generated(s: &Scratch, n: usize) -> (PathBuf, PathBuf) {
     (seed, s.manifest(manifest))
 }
 
+/// Every request the emulator has seen so far, answered or not.
+fn requests_seen(emu: &Emulator) -> u64 {
+    emu.state()["requests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .sum()
+}
+
 #[test]
 fn chaos_kill_9_at_random_moments_then_rerun_attaches_each_row_once() {
     let s = Scratch::new();
@@ -404,11 +414,17 @@ fn chaos_kill_9_at_random_moments_then_rerun_attaches_each_row_once() {
     let rng_seed: u64 = rand::rng().random();
     let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
     let (mut rounds, mut kills) = (0, 0);
-    // At least 30 runs killed mid-way (a run that finished first does not count).
-    while kills < 30 && rounds < 80 {
+    // At least 30 runs killed mid-way (a run that finished first does not count). The moment is
+    // chosen from progress, not time: after a random number (0 to 30) of further requests seen
+    // by the emulator, so a slow or a busy machine kills at the same points as a fast one. 30
+    // kills take at most 900 requests, about 225 of the 400 rows: runs are left to kill.
+    while kills < 30 && rounds < 200 {
         rounds += 1;
+        let target = requests_seen(&emu) + rng.random_range(0..=30);
         let mut run = spawn_run(&emu, &manifest, &["--concurrency", "8", "--retries", "10"]);
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..500)));
+        while run.try_wait().unwrap().is_none() && requests_seen(&emu) < target {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         if run.try_wait().unwrap().is_none() {
             signal(&run, libc::SIGKILL);
             kills += 1;
