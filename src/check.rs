@@ -6,8 +6,10 @@ use serde::Serialize;
 
 use crate::ExitStatus;
 use crate::cli::CheckArgs;
+use crate::error::{CommandResult, ignore_broken_pipe};
 use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity};
 use crate::preflight::{self, Checked, Summary, human_bytes};
+use crate::quota::{self, Quota};
 use crate::remote::{self, Client, Credentials};
 
 /// The document `check --json` prints (its shape is documented in README.md).
@@ -18,24 +20,6 @@ struct JsonReport<'a> {
     quota: &'a Quota,
     summary: &'a Summary,
     problems: &'a [Problem],
-}
-
-/// The online storage check: one step-1 call.
-#[derive(Debug, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Quota {
-    /// `--offline`.
-    Offline,
-    /// Not checked, and why (no credentials, or the manifest is invalid anyway).
-    NotChecked { reason: String },
-    /// Checked: `storage_left` covers the bytes to upload, or not.
-    Checked {
-        storage_left: u64,
-        bytes_to_upload: u64,
-        enough: bool,
-    },
-    /// The check itself failed (credentials refused, API unreachable).
-    Failed { error: String },
 }
 
 /// One step-1 call for the first valid row's contact, compared with the bytes to upload.
@@ -58,39 +42,20 @@ fn check_quota(checked: &Checked, api_key_file: Option<&std::path::Path>) -> Quo
             };
         }
     };
-    let client = match remote::api_url_from_env().and_then(|url| Client::new(url, credentials)) {
-        Ok(c) => c,
-        Err(e) => {
-            return Quota::Failed {
-                error: format!("{e:#}"),
-            };
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            return Quota::Failed {
-                error: e.to_string(),
-            };
-        }
-    };
-    let bytes = checked.summary.bytes_to_upload;
-    match runtime.block_on(client.s3_form(&first.contact_id)) {
-        Ok(form) => Quota::Checked {
-            storage_left: form.storage_left,
-            bytes_to_upload: bytes,
-            enough: bytes <= form.storage_left,
-        },
+    match remote::api_url_from_env().and_then(|url| Client::new(url, credentials)) {
+        Ok(client) => quota::check(
+            client,
+            &first.contact_id,
+            first.line,
+            checked.summary.bytes_to_upload,
+        ),
         Err(e) => Quota::Failed {
-            error: format!("step 1 for line {}: {e}", first.line),
+            error: format!("{e:#}"),
         },
     }
 }
 
-pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(args: &CheckArgs) -> CommandResult {
     let options = ReadOptions {
         delimiter: args.manifest.delimiter,
     };
@@ -100,26 +65,31 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitStatus> {
     } else {
         check_quota(&checked, args.api_key_file.as_deref())
     };
-    let mut out = io::stdout().lock();
-    if args.json {
-        let report = JsonReport {
-            manifest: checked.manifest.path.display().to_string(),
-            valid: checked.is_valid(),
-            quota: &quota,
-            summary: &checked.summary,
-            problems: &checked.manifest.problems,
-        };
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write_text(&mut out, &checked, &quota)?;
-    }
-    out.flush()?;
-    Ok(match quota {
+    let status = match quota {
         _ if !checked.is_valid() => ExitStatus::Usage,
         Quota::Checked { enough: false, .. } | Quota::Failed { .. } => ExitStatus::Stopped,
         _ => ExitStatus::Success,
-    })
+    };
+    let print = || -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if args.json {
+            let report = JsonReport {
+                manifest: checked.manifest.path.display().to_string(),
+                valid: checked.is_valid(),
+                quota: &quota,
+                summary: &checked.summary,
+                problems: &checked.manifest.problems,
+            };
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        } else {
+            write_text(&mut out, &checked, &quota)?;
+        }
+        out.flush()
+    };
+    // A reader that closed stdout (`check m.csv | head`) does not change what was found.
+    ignore_broken_pipe(print())?;
+    Ok(status)
 }
 
 /// Problems of one kind shown before the rest of that kind are counted in one line.

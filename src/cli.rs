@@ -17,14 +17,14 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// `run`'s flags at their defaults, from clap's own definitions (so nothing repeats them).
-    pub fn run_defaults() -> RunArgs {
-        match Self::try_parse_from(["opcrm-import", "run", "manifest.csv"]) {
-            Ok(Cli {
-                command: Command::Run(args),
-                ..
-            }) => args,
-            other => unreachable!("`run manifest.csv` parses as run: {other:?}"),
+    /// Whether the command was asked for one JSON document on stdout (`--json`): then whatever
+    /// stops it says so in that document too.
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Check(a) => a.json,
+            Command::Run(a) => a.json,
+            Command::Status(a) => a.json,
+            _ => false,
         }
     }
 }
@@ -146,27 +146,27 @@ pub struct RunArgs {
     pub state: Option<PathBuf>,
 
     /// Rows under way at once (and so S3 uploads at once).
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// API requests per second, on average (`off`: no client-side limit, for the emulator).
-    #[arg(long, value_name = "R|off", default_value = "4.9", value_parser = parse_rate)]
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
-    pub rate: std::option::Option<f64>,
+    pub rate: Rate,
 
     /// API requests the client may send at once after a pause.
     #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub burst: u32,
 
     /// Retries of a row's retryable failures (5xx, timeouts, dropped connections) in one run.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
     pub retries: u32,
 
     /// Stop the run (exit 4, state saved) when no API call has succeeded for this long: seconds,
     /// or with a unit (`90s`, `10m`, `1h`); `off` never stops.
-    #[arg(long, value_name = "T|off", default_value = "10m", value_parser = parse_stall_timeout)]
+    #[arg(long, value_name = "T|off", default_value_t = StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT)), value_parser = parse_stall_timeout)]
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
-    pub stall_timeout: std::option::Option<std::time::Duration>,
+    pub stall_timeout: StallTimeout,
 
     /// Show what a run would do (and check the quota) without uploading anything.
     #[arg(long)]
@@ -207,16 +207,44 @@ pub struct RunArgs {
     pub api_key_file: Option<PathBuf>,
 
     /// After Ctrl-C or SIGTERM, seconds the rows under way get to finish (no new row starts).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = crate::run::DEFAULT_GRACE.as_secs())]
     pub grace: u64,
 }
 
-fn parse_rate(s: &str) -> Result<Option<f64>, String> {
+/// `--rate`: requests per second, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate(pub Option<f64>);
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(r) => write!(f, "{r}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// `--stall-timeout`: how long, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StallTimeout(pub Option<std::time::Duration>);
+
+impl std::fmt::Display for StallTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.map(|d| d.as_secs()) {
+            None => f.write_str("off"),
+            Some(s) if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            Some(s) if s % 60 == 0 => write!(f, "{}m", s / 60),
+            Some(s) => write!(f, "{s}s"),
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(Rate(None));
     }
     match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000.0 => Ok(Some(r)),
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000.0 => Ok(Rate(Some(r))),
         _ => Err(format!(
             "{s:?} is not a rate: give requests per second above 0, or off"
         )),
@@ -224,9 +252,9 @@ fn parse_rate(s: &str) -> Result<Option<f64>, String> {
 }
 
 /// `600`, `90s`, `10m`, `1h`, or `off` (None).
-fn parse_stall_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
+fn parse_stall_timeout(s: &str) -> Result<StallTimeout, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(StallTimeout(None));
     }
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -239,9 +267,9 @@ fn parse_stall_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
         _ => 0,
     };
     match number.parse::<u64>() {
-        Ok(n) if n > 0 && seconds > 0 && n <= 7 * 24 * 3600 / seconds => {
-            Ok(Some(std::time::Duration::from_secs(n * seconds)))
-        }
+        Ok(n) if n > 0 && seconds > 0 && n <= 7 * 24 * 3600 / seconds => Ok(StallTimeout(Some(
+            std::time::Duration::from_secs(n * seconds),
+        ))),
         _ => Err(format!(
             "{s:?} is not a stall timeout: give seconds (600) or a number with s, m or h (90s, 10m, 1h), up to a week, or off"
         )),
@@ -431,14 +459,24 @@ mod tests {
     }
 
     #[test]
+    fn defaults_shown_by_help_parse_back_to_the_constants() {
+        let rate = Rate(Some(crate::pipeline::DEFAULT_RATE));
+        assert_eq!(parse_rate(&rate.to_string()), Ok(rate));
+        let stall = StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT));
+        assert_eq!(stall.to_string(), "10m");
+        assert_eq!(parse_stall_timeout(&stall.to_string()), Ok(stall));
+        assert_eq!(parse_rate("off"), Ok(Rate(None)));
+    }
+
+    #[test]
     fn stall_timeouts_take_seconds_units_or_off() {
-        let secs = |n| Ok(Some(std::time::Duration::from_secs(n)));
+        let secs = |n| Ok(StallTimeout(Some(std::time::Duration::from_secs(n))));
         assert_eq!(parse_stall_timeout("600"), secs(600));
         assert_eq!(parse_stall_timeout("30s"), secs(30));
         assert_eq!(parse_stall_timeout("5m"), secs(300));
         assert_eq!(parse_stall_timeout("10min"), secs(600));
         assert_eq!(parse_stall_timeout("1h"), secs(3600));
-        assert_eq!(parse_stall_timeout("off"), Ok(None));
+        assert_eq!(parse_stall_timeout("off"), Ok(StallTimeout(None)));
         for bad in ["0", "", "m", "5x", "-1", "1.5m", "99999999999h", "8d"] {
             assert!(parse_stall_timeout(bad).is_err(), "{bad}");
         }
@@ -448,7 +486,7 @@ mod tests {
         };
         assert_eq!(
             args.stall_timeout,
-            Some(crate::pipeline::DEFAULT_STALL_TIMEOUT)
+            StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT))
         );
     }
 

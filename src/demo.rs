@@ -7,11 +7,11 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::ExitStatus;
-use crate::cli::{ManifestArgs, RunArgs};
 use crate::emulator::{self, Config, DEMO_API_KEY, DEMO_USER_ID};
+use crate::error::CommandResult;
 use crate::preflight::human_bytes;
 use crate::remote::Credentials;
-use crate::run::{self, Remote};
+use crate::run::{self, Remote, RunConfig};
 
 /// `samples/` in the current folder, else the one this binary was built from.
 fn samples() -> anyhow::Result<PathBuf> {
@@ -27,33 +27,7 @@ fn samples() -> anyhow::Result<PathBuf> {
     Ok(built)
 }
 
-fn args(manifest: PathBuf, state: PathBuf) -> RunArgs {
-    RunArgs {
-        manifest: ManifestArgs {
-            manifest,
-            delimiter: b',',
-        },
-        state: Some(state),
-        concurrency: 8,
-        // The emulator's throttle is the real one's, so the client's default rate applies.
-        rate: Some(crate::pipeline::DEFAULT_RATE),
-        burst: crate::pipeline::DEFAULT_BURST,
-        retries: 5,
-        stall_timeout: Some(crate::pipeline::DEFAULT_STALL_TIMEOUT),
-        dry_run: false,
-        skip_invalid: false,
-        retry_failed: false,
-        reupload_changed: false,
-        attach_unsettled: false,
-        adopt_state: false,
-        json: false,
-        no_progress: false,
-        api_key_file: None,
-        grace: 30,
-    }
-}
-
-pub fn run() -> anyhow::Result<ExitStatus> {
+pub fn run() -> CommandResult {
     let samples = samples()?;
     let manifest = samples.join("manifest.csv");
     let temp = tempfile::tempdir().context("cannot make a temporary folder")?;
@@ -69,7 +43,7 @@ pub fn run() -> anyhow::Result<ExitStatus> {
     config.user_id = DEMO_USER_ID.into();
     config.api_key = DEMO_API_KEY.into();
     let emu = emulator_runtime.block_on(emulator::start(config))?;
-    let url = reqwest::Url::parse(&emu.app.api_base())?;
+    let url = reqwest::Url::parse(&emu.app.api_base()).map_err(anyhow::Error::from)?;
     let remote = || Remote {
         url: url.clone(),
         credentials: Credentials::new(DEMO_USER_ID.into(), DEMO_API_KEY.into()),
@@ -84,11 +58,12 @@ pub fn run() -> anyhow::Result<ExitStatus> {
     );
 
     println!("== First run: every row through the three steps");
-    let first = run::run_with(&args(manifest.clone(), state.clone()), Some(remote()))?;
+    let config = || RunConfig::defaults(manifest.clone(), state.clone(), remote());
+    let first = run::run_with(&config())?;
     let requests_after_first = emu.app.state().requests.values().sum::<u64>();
 
     println!("\n== Second run: the same command; every row is done, so nothing is sent");
-    let second = run::run_with(&args(manifest.clone(), state.clone()), Some(remote()))?;
+    let second = run::run_with(&config())?;
     let requests_after_second = emu.app.state().requests.values().sum::<u64>();
     println!(
         "The emulator got {requests_after_first} requests in the first run and {} in the second.",

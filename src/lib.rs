@@ -8,11 +8,14 @@ pub mod checkpoint;
 pub mod cli;
 pub mod demo;
 pub mod emulator;
+pub mod error;
+pub mod failure;
 pub mod logging;
 pub mod manifest;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;
+pub mod quota;
 pub mod remote;
 pub mod report;
 pub mod run;
@@ -21,6 +24,7 @@ pub mod status;
 use std::process::ExitCode;
 
 use cli::{Cli, Command};
+use error::{CommandError, CommandResult};
 
 /// The exit codes of DESIGN.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,15 +49,6 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
-/// Whether the command was asked for `--json`: then whatever stops it also prints its one JSON
-/// document, `{"error": ..., "exit_code": ...}`, on stdout (so `--json` never ends in silence).
-static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes [`fail`] (and an error that ends [`run`]) print a JSON document on stdout.
-pub(crate) fn json_errors(on: bool) {
-    JSON_ERRORS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// The JSON document of a command stopped by `message` with `status`, on stdout.
 pub fn print_json_error(message: &str, status: ExitStatus) {
     use std::io::Write;
@@ -63,27 +58,35 @@ pub fn print_json_error(message: &str, status: ExitStatus) {
     let _ = out.flush();
 }
 
-/// Says what stopped a command, on stderr (and as JSON on stdout under `--json`), and hands
-/// back the exit status to end with.
-pub(crate) fn fail(
-    message: impl std::fmt::Display,
-    status: ExitStatus,
-) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {message}");
-    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
-        print_json_error(&message.to_string(), status);
+/// Says what stopped a command, with its whole chain of causes and what to do next, on stderr
+/// (and, when the command was asked for `--json`, as its one JSON document on stdout); hands back
+/// the exit code. A closed stdout is not a failure of the command: nothing is said, exit 0, as
+/// ripgrep does.
+pub fn exit_with(err: CommandError, json: bool) -> ExitCode {
+    if err.is_broken_pipe() {
+        return ExitCode::SUCCESS;
     }
-    Ok(status)
+    eprintln!("error: {}", err.chain());
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+    if json {
+        print_json_error(&err.chain(), err.status());
+    }
+    err.status().into()
 }
 
 /// Runs one command line to its end.
-pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+pub fn run(cli: Cli) -> CommandResult {
     match cli.command {
-        Command::Check(args) => json_or_error(args.json, || check::run(&args)),
-        Command::Run(args) => json_or_error(args.json, || run::run(&args)),
+        Command::Check(args) => check::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Report(args) => report::run(&args),
-        Command::Emulator(args) => emulator_command(args),
+        Command::Emulator(args) => emulator_command(args)
+            .map(|()| ExitStatus::Success)
+            // A refused address, endpoint or seed: the emulator's configuration.
+            .map_err(|e| CommandError::from(e).with_status(ExitStatus::Usage)),
         Command::Demo => demo::run(),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -98,22 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     }
 }
 
-/// Runs a command that may have `--json`: an error that ends it prints the JSON error document
-/// (its text also goes to stderr, as for any command). A command prints its own document before
-/// it returns, so an error can only come before it.
-fn json_or_error(
-    json: bool,
-    command: impl FnOnce() -> anyhow::Result<ExitStatus>,
-) -> anyhow::Result<ExitStatus> {
-    json_errors(json);
-    let result = command();
-    if json && let Err(e) = &result {
-        print_json_error(&format!("{e:#}"), ExitStatus::Usage);
-    }
-    result
-}
-
-fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
+fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
     let listen = parse_listen(&args.listen)?;
     let mut config = emulator::Config::new(listen);
     config.seed = args.seed;
@@ -142,8 +130,7 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<ExitStatus> {
             args.s3_secret_key.ok_or_else(missing)?,
         )?);
     }
-    emulator::serve_forever(config)?;
-    Ok(ExitStatus::Success)
+    emulator::serve_forever(config)
 }
 
 /// `127.0.0.1:8787`, `[::1]:0` or `localhost:8787`.

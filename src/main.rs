@@ -22,11 +22,9 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         return ExitStatus::Usage.into();
     }
+    let json = cli.wants_json();
     match opcrm_import::run(cli) {
         Ok(status) => status.into(),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitStatus::Usage.into()
-        }
+        Err(err) => opcrm_import::exit_with(err, json),
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{self, Store, StoredRow, Transition};
+use crate::failure::FailureKind;
 use crate::remote::api::{Attach, Form};
 use crate::remote::{Client, RemoteError};
 
@@ -32,6 +33,11 @@ pub const DEFAULT_BURST: u32 = 5;
 /// short enough that a run against a dead or hostile server does not go on for hours.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Rows under way at once (`--concurrency`).
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+/// Retries of a row's retryable failures in one run (`--retries`).
+pub const DEFAULT_RETRIES: u32 = 5;
+
 /// What the pipeline is told.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -42,6 +48,18 @@ pub struct Settings {
     pub retries: u32,
     /// Stop the run when no API call has succeeded for this long (`None`: never).
     pub stall_timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            concurrency: usize::from(DEFAULT_CONCURRENCY),
+            rate: Some(DEFAULT_RATE),
+            burst: DEFAULT_BURST,
+            retries: DEFAULT_RETRIES,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+        }
+    }
 }
 
 /// What to do with a row in this run.
@@ -263,7 +281,7 @@ pub struct Context {
 pub enum Outcome {
     Done,
     Failed {
-        kind: &'static str,
+        kind: FailureKind,
         retryable: bool,
         message: String,
     },
@@ -529,7 +547,7 @@ impl Context {
                 self.record_later(
                     &row.key,
                     Transition::Failed {
-                        kind: kind.to_string(),
+                        kind,
                         message: message.clone(),
                         retryable,
                     },
@@ -549,7 +567,7 @@ impl Context {
                 );
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 Outcome::Failed {
-                    kind: "state_file",
+                    kind: FailureKind::StateFile,
                     retryable: true,
                     message,
                 }

@@ -12,11 +12,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::ExitStatus;
 use crate::checkpoint::{self, RowState, StoredRow};
 use crate::cli::{ReportArgs, ReportOnly};
+use crate::error::{CommandError, CommandResult};
 use crate::manifest;
 use crate::status::open;
-use crate::{ExitStatus, fail};
 
 const KEY_COLUMNS: [&str; 5] = [
     "file",
@@ -80,10 +81,10 @@ fn report_dir(output: Option<&Path>) -> PathBuf {
     }
 }
 
-pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(args: &ReportArgs) -> CommandResult {
     let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
         Ok(opened) => opened,
-        Err((m, status)) => return fail(m, status),
+        Err((m, status)) => return Err(CommandError::new(status, m)),
     };
     let read = || -> rusqlite::Result<_> {
         Ok((
@@ -94,10 +95,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
     let (rows, recorded_manifest) = match read() {
         Ok(read) => read,
         Err(e) => {
-            return fail(
-                format!("cannot read state file {}: {e}", path.display()),
-                ExitStatus::Stopped,
-            );
+            return Err(CommandError::stopped(format!(
+                "cannot read state file {}: {e}",
+                path.display()
+            )));
         }
     };
     drop(conn);
@@ -129,14 +130,18 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
                 row.field_bytes(&row.name),
             ];
             let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
+            let kind = |r: &StoredRow| {
+                r.error_kind
+                    .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
+            };
             match only {
-                ReportOnly::Failed => record.extend([text(&row.error_kind), text(&row.last_error)]),
+                ReportOnly::Failed => record.extend([kind(row), text(&row.last_error)]),
                 ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
                 ReportOnly::All => record.extend([
                     row.state.as_str().as_bytes().to_vec(),
                     text(&row.attachment_id),
                     text(&row.s3_key),
-                    text(&row.error_kind),
+                    kind(row),
                     text(&row.last_error),
                 ]),
             }
@@ -156,19 +161,16 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitStatus> {
     manifests.extend(args.manifest.clone());
     let target = match output_target(out, &path, &manifests, args.force) {
         Ok(target) => target,
-        Err(message) => return fail(message, ExitStatus::Usage),
+        Err(message) => return Err(CommandError::usage(message)),
     };
     let count = match write_atomically(&target, write) {
         Ok(count) => count,
         Err(e) => {
-            return fail(
-                format!(
-                    "cannot write {}: {}; nothing was written",
-                    out.display(),
-                    manifest::io_reason(&e)
-                ),
-                ExitStatus::Stopped,
-            );
+            return Err(CommandError::stopped(format!(
+                "cannot write {}: {}; nothing was written",
+                out.display(),
+                manifest::io_reason(&e)
+            )));
         }
     };
     eprintln!(

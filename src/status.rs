@@ -7,9 +7,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::ExitStatus;
 use crate::checkpoint::{self, RowState, RunRecord, StoredRow};
+use crate::error::{CommandError, CommandResult};
+use crate::failure::FailureKind;
 use crate::preflight::human_bytes;
-use crate::{ExitStatus, fail};
 
 /// The state file named by `--state`, or the default one of the manifest.
 pub fn state_path(manifest: Option<&PathBuf>, state: Option<&PathBuf>) -> Result<PathBuf, String> {
@@ -54,7 +56,7 @@ struct Status {
 
 #[derive(Serialize)]
 struct FailureGroup {
-    kind: String,
+    kind: FailureKind,
     retryable: bool,
     rows: usize,
     examples: Vec<Example>,
@@ -78,7 +80,7 @@ fn build(
     let mut by_state: BTreeMap<&'static str, usize> =
         RowState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let (mut bytes_done, mut bytes_to_do) = (0, 0);
-    let mut groups: BTreeMap<(String, bool), FailureGroup> = BTreeMap::new();
+    let mut groups: BTreeMap<(FailureKind, bool), FailureGroup> = BTreeMap::new();
     for row in rows {
         *by_state.entry(row.state.as_str()).or_default() += 1;
         match row.state {
@@ -87,10 +89,10 @@ fn build(
             _ => bytes_to_do += row.size,
         }
         if matches!(row.state, RowState::Failed | RowState::Rejected) {
-            let kind = row.error_kind.clone().unwrap_or_else(|| "unknown".into());
+            let kind = row.error_kind.unwrap_or(FailureKind::Other);
             let retryable = row.retryable.unwrap_or(false);
             let group = groups
-                .entry((kind.clone(), retryable))
+                .entry((kind, retryable))
                 .or_insert_with(|| FailureGroup {
                     kind,
                     retryable,
@@ -121,10 +123,10 @@ fn build(
     }
 }
 
-pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
     let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
         Ok(opened) => opened,
-        Err((m, status)) => return fail(m, status),
+        Err((m, status)) => return Err(CommandError::new(status, m)),
     };
     let read = || -> rusqlite::Result<_> {
         Ok((
@@ -136,10 +138,10 @@ pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitStatus> {
     let (rows, runs, manifest) = match read() {
         Ok(r) => r,
         Err(e) => {
-            return fail(
-                format!("cannot read state file {}: {e}", path.display()),
-                ExitStatus::Stopped,
-            );
+            return Err(CommandError::stopped(format!(
+                "cannot read state file {}: {e}",
+                path.display()
+            )));
         }
     };
     let status = build(&path, &rows, runs, manifest);

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use sha2::{Digest, Sha256};
 
+use crate::failure::FailureKind;
 use crate::manifest::{ReferenceType, Row, Unparsed};
 pub use store::{Store, StoreError, StoreThread};
 
@@ -178,7 +179,7 @@ pub struct StoredRow {
     pub etag: Option<String>,
     pub attachment_id: Option<String>,
     pub attempts: u32,
-    pub error_kind: Option<String>,
+    pub error_kind: Option<FailureKind>,
     pub last_error: Option<String>,
     pub retryable: Option<bool>,
 }
@@ -566,7 +567,7 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             None => ("pending", None, None, None),
             Some(reason) => (
                 "rejected",
-                Some("invalid"),
+                Some(FailureKind::Invalid),
                 Some(reason.as_str()),
                 Some(false),
             ),
@@ -679,7 +680,7 @@ pub enum Transition {
         attachment_id: String,
     },
     Failed {
-        kind: String,
+        kind: FailureKind,
         message: String,
         retryable: bool,
     },

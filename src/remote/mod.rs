@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::failure::FailureKind;
+
 /// OnePageCRM's API, unless `ONEPAGECRM_API_URL` says otherwise.
 pub const DEFAULT_API_URL: &str = "https://app.onepagecrm.com/api/v3";
 
@@ -229,24 +231,26 @@ pub struct NetworkError {
 
 impl RemoteError {
     /// The `error_kind` recorded in the state file.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Self::Throttled { .. } => "throttled",
-            Self::Unauthorized { .. } => "credentials",
-            Self::Quota { .. } => "quota",
-            Self::Api { status, .. } if *status >= 500 => "server_error",
-            Self::Api { .. } => "api_rejected",
-            Self::S3 { code, .. } if self.is_form_expired() || code == "SlowDown" => "s3_busy",
-            Self::S3 { status, .. } if *status >= 500 => "s3_busy",
-            Self::S3 { .. } => "s3_rejected",
-            Self::Network(n) if n.timeout => "timeout",
-            Self::Network(_) => "network",
-            Self::EtagMismatch { .. } => "etag_mismatch",
-            Self::FileChanged(_) => "file_changed",
-            Self::FileUnreadable(_) => "file_unreadable",
-            Self::Protocol { .. } => "protocol",
-            Self::Unsettled(_) => "attach_unsettled",
-            Self::Stopped(_) => "stalled",
+            Self::Throttled { .. } => FailureKind::Throttled,
+            Self::Unauthorized { .. } => FailureKind::Credentials,
+            Self::Quota { .. } => FailureKind::Quota,
+            Self::Api { status, .. } if *status >= 500 => FailureKind::ServerError,
+            Self::Api { .. } => FailureKind::ApiRejected,
+            Self::S3 { code, .. } if self.is_form_expired() || code == "SlowDown" => {
+                FailureKind::S3Busy
+            }
+            Self::S3 { status, .. } if *status >= 500 => FailureKind::S3Busy,
+            Self::S3 { .. } => FailureKind::S3Rejected,
+            Self::Network(n) if n.timeout => FailureKind::Timeout,
+            Self::Network(_) => FailureKind::Network,
+            Self::EtagMismatch { .. } => FailureKind::EtagMismatch,
+            Self::FileChanged(_) => FailureKind::FileChanged,
+            Self::FileUnreadable(_) => FailureKind::FileUnreadable,
+            Self::Protocol { .. } => FailureKind::Protocol,
+            Self::Unsettled(_) => FailureKind::AttachUnsettled,
+            Self::Stopped(_) => FailureKind::Stalled,
         }
     }
 
@@ -490,7 +494,7 @@ mod tests {
         let err = read_capped(answer(vec![b'x'; (1 << 20) + 1]), 1 << 20, "the API")
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), "protocol");
+        assert_eq!(err.kind(), crate::failure::FailureKind::Protocol);
         assert!(err.is_retryable());
         assert!(err.to_string().contains("over the 1 MiB cap"), "{err}");
     }

@@ -394,7 +394,11 @@ mod tests {
             (Some("204"), 204, html),
         ] {
             let err = check_success(asked, status, "text/html", body).unwrap_err();
-            assert_eq!(err.kind(), "protocol", "{asked:?} {status} {body}");
+            assert_eq!(
+                err.kind(),
+                crate::failure::FailureKind::Protocol,
+                "{asked:?} {status} {body}"
+            );
             assert!(
                 err.to_string().contains(&format!("status {status}")),
                 "{err}"

@@ -9,4 +9,5 @@ mod faults;
 mod hostile_input;
 mod hostile_server;
 mod run;
+mod shape;
 mod ux;

@@ -1,0 +1,158 @@
+//! Why a row failed, as one enum every part shares: the remote client says which kind a failure
+//! is, the pipeline carries it, the state file stores its stable name, and `status`, `report` and
+//! the run's summary show and explain it.
+
+use serde::{Serialize, Serializer};
+
+/// A row's failure kind. Its name (`as_str`) is what the state file, `--json` and the reports
+/// hold: stable across versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    Throttled,
+    Credentials,
+    Quota,
+    ServerError,
+    ApiRejected,
+    S3Busy,
+    S3Rejected,
+    Timeout,
+    Network,
+    EtagMismatch,
+    FileChanged,
+    FileUnreadable,
+    Protocol,
+    StateFile,
+    AttachUnsettled,
+    Stalled,
+    /// Invalid in preflight (a `rejected` row).
+    Invalid,
+    /// A name this version does not know (a state file of a newer version).
+    Other,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 18] = [
+        Self::Throttled,
+        Self::Credentials,
+        Self::Quota,
+        Self::ServerError,
+        Self::ApiRejected,
+        Self::S3Busy,
+        Self::S3Rejected,
+        Self::Timeout,
+        Self::Network,
+        Self::EtagMismatch,
+        Self::FileChanged,
+        Self::FileUnreadable,
+        Self::Protocol,
+        Self::StateFile,
+        Self::AttachUnsettled,
+        Self::Stalled,
+        Self::Invalid,
+        Self::Other,
+    ];
+
+    /// The stable name the state file stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Credentials => "credentials",
+            Self::Quota => "quota",
+            Self::ServerError => "server_error",
+            Self::ApiRejected => "api_rejected",
+            Self::S3Busy => "s3_busy",
+            Self::S3Rejected => "s3_rejected",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+            Self::EtagMismatch => "etag_mismatch",
+            Self::FileChanged => "file_changed",
+            Self::FileUnreadable => "file_unreadable",
+            Self::Protocol => "protocol",
+            Self::StateFile => "state_file",
+            Self::AttachUnsettled => "attach_unsettled",
+            Self::Stalled => "stalled",
+            Self::Invalid => "invalid",
+            Self::Other => "other",
+        }
+    }
+
+    /// The kind a stored name means; a name this version does not know is `Other`.
+    pub fn parse(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(Self::Other)
+    }
+
+    /// What the kind means, in words a person can act on.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Throttled => "the API kept throttling",
+            Self::Credentials => "the API refused the credentials",
+            Self::Quota => "the account's storage is full",
+            Self::ServerError => "the API kept failing (5xx)",
+            Self::ApiRejected => "the API refused the request (check the contact and record ids)",
+            Self::S3Busy => "S3 kept failing or asking to slow down",
+            Self::S3Rejected => "S3 refused the upload",
+            Self::Timeout => "requests kept timing out",
+            Self::Network => "the network kept failing",
+            Self::EtagMismatch => "uploads arrived damaged",
+            Self::FileChanged => "the file changed during the upload",
+            Self::FileUnreadable => "the file could not be read",
+            Self::Protocol => "unexpected answers",
+            Self::StateFile => "the state file could not be written",
+            Self::AttachUnsettled => "whether it was attached cannot be told (look at the record)",
+            Self::Stalled => "the run stopped (it stalled) before this row could finish",
+            Self::Invalid => "the row is invalid",
+            Self::Other => "an error",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FailureKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for FailureKind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for FailureKind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value.as_str().map(Self::parse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_read_back() {
+        let names: std::collections::HashSet<&str> =
+            FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), FailureKind::ALL.len());
+        for k in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(k.as_str()), k);
+            assert!(!k.describe().is_empty());
+        }
+        assert_eq!(
+            FailureKind::parse("from_a_newer_version"),
+            FailureKind::Other
+        );
+        assert_eq!(
+            serde_json::to_string(&FailureKind::AttachUnsettled).unwrap(),
+            "\"attach_unsettled\""
+        );
+    }
+}

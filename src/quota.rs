@@ -1,0 +1,66 @@
+//! The storage quota check, one for `check` and `run`: one step-1 call for the first row's
+//! contact (the form's answer carries `storage_left`), sent like every other call of a run:
+//! through the client's rate limit and the throttle gate, with retries, so that a throttled
+//! answer is waited out instead of failing the check.
+
+use serde::Serialize;
+
+use crate::pipeline::{Context, Settings};
+use crate::remote::{Client, RemoteError};
+
+/// The account's storage left, as step 1 for `contact_id` tells it.
+pub async fn storage_left(ctx: &Context, contact_id: &str) -> Result<u64, RemoteError> {
+    ctx.api_retrying(|| ctx.client.s3_form(contact_id))
+        .await
+        .map(|form| form.storage_left)
+}
+
+/// What `check` found out about the storage.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Quota {
+    /// `--offline`.
+    Offline,
+    /// Not checked, and why (no credentials, or the manifest is invalid anyway).
+    NotChecked { reason: String },
+    /// Checked: `storage_left` covers the bytes to upload, or not.
+    Checked {
+        storage_left: u64,
+        bytes_to_upload: u64,
+        enough: bool,
+    },
+    /// The check itself failed (credentials refused, API unreachable).
+    Failed { error: String },
+}
+
+/// `check`'s quota: the storage left for the contact of the row on `line`, compared with
+/// `bytes_to_upload`, asked with the run's default limits and retries.
+pub fn check(client: Client, contact_id: &str, line: u64, bytes_to_upload: u64) -> Quota {
+    let failed = |error: String| Quota::Failed { error };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    // The pipeline's context wants a state store; nothing is recorded, so an in-memory one.
+    let conn = match rusqlite::Connection::open_in_memory() {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (store, writer) = crate::checkpoint::store::spawn(conn);
+    let ctx = Context::new(client, store.clone(), Settings::default());
+    let answer = runtime.block_on(storage_left(&ctx, contact_id));
+    drop(ctx);
+    drop(store);
+    writer.join();
+    match answer {
+        Ok(storage_left) => Quota::Checked {
+            storage_left,
+            bytes_to_upload,
+            enough: bytes_to_upload <= storage_left,
+        },
+        Err(e) => failed(format!("step 1 for line {line}: {e}")),
+    }
+}

@@ -1,0 +1,188 @@
+//! A run's execution: the storage quota check, then every row through the pipeline, with
+//! Ctrl-C and SIGTERM handled (no new row starts; rows under way get a grace period) and a run
+//! that stalls stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::config::RunConfig;
+use super::plan::Work;
+use super::session::Session;
+use crate::checkpoint::{self, StoredRow};
+use crate::error::CommandError;
+use crate::pipeline::{self, Context, Outcome, Plan, Stop};
+use crate::preflight::human_bytes;
+use crate::remote::RemoteError;
+use crate::{ExitStatus, progress, quota};
+
+/// What the pipeline did with the rows of one run.
+pub struct Executed {
+    /// Each row that ended in this run and how, in the order of the plan.
+    pub results: Vec<(StoredRow, Outcome)>,
+    pub interrupted: bool,
+    pub elapsed: Duration,
+    /// This run in the state file's runs table.
+    pub run_id: i64,
+}
+
+/// Checks the quota, records the run's start, and takes every row of the plan through the
+/// pipeline until all have ended or the run is stopped.
+pub fn execute(
+    cfg: &RunConfig,
+    runtime: &tokio::runtime::Runtime,
+    session: &Session,
+    ctx: &Arc<Context>,
+) -> Result<Executed, CommandError> {
+    watch_stall(runtime, ctx);
+    let started = Instant::now();
+    runtime.block_on(quota_check(ctx, &session.work))?;
+    let run_id = session
+        .store
+        .call_blocking(checkpoint::start_run)
+        .map_err(|e| {
+            CommandError::stopped(format!(
+                "cannot write state file {}: {e}",
+                cfg.state.display()
+            ))
+        })?;
+    let results: pipeline::Results = Default::default();
+    let interrupted = runtime.block_on(drive(cfg, ctx, &session.work, results.clone()));
+    let results = {
+        let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+        r.sort_by_key(|(i, _, _)| *i);
+        r.into_iter()
+            .map(|(_, row, outcome)| (row, outcome))
+            .collect()
+    };
+    Ok(Executed {
+        results,
+        interrupted,
+        elapsed: started.elapsed(),
+        run_id,
+    })
+}
+
+/// Runs the rows with the progress display beside them; on Ctrl-C or SIGTERM no new row starts
+/// and the rows under way get `--grace` to finish (a second signal stops at once). Says whether
+/// the run was interrupted.
+async fn drive(
+    cfg: &RunConfig,
+    ctx: &Arc<Context>,
+    work: &Work,
+    results: pipeline::Results,
+) -> bool {
+    let grace = cfg.grace;
+    let totals = progress::Totals {
+        rows: work.todo.len() as u64,
+        bytes: work.bytes(),
+        api_calls: work.api_calls() as u64,
+    };
+    let progress = tokio::spawn(progress::show(
+        ctx.clone(),
+        totals,
+        progress::Mode::choose(cfg.no_progress),
+    ));
+    let run = pipeline::run_all(ctx.clone(), work.todo.clone(), results);
+    tokio::pin!(run);
+    let interrupted = tokio::select! {
+        _ = &mut run => false,
+        _ = signal() => {
+            ctx.interrupt();
+            eprintln!(
+                "interrupted: no new row starts; rows under way get up to {} s to finish (interrupt again to stop at once)",
+                grace.as_secs()
+            );
+            tokio::select! {
+                _ = &mut run => {}
+                _ = tokio::time::sleep(grace) => {
+                    eprintln!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
+                }
+                _ = signal() => eprintln!("stopping at once (a rerun resumes from the state file)"),
+            }
+            true
+        }
+    };
+    progress.abort();
+    let _ = progress.await;
+    interrupted
+}
+
+/// Stops the run when it stalls (see `pipeline::watch_stall`), and says so at once.
+pub fn watch_stall(runtime: &tokio::runtime::Runtime, ctx: &Arc<Context>) {
+    let watch = pipeline::watch_stall(Arc::downgrade(ctx));
+    runtime.spawn(async move {
+        if let Some(why) = watch.await {
+            eprintln!(
+                "error: {why}; the run stops: no new row starts and the rows under way end (the state is saved; rerun later)"
+            );
+        }
+    });
+}
+
+/// Ctrl-C or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One step-1 call for the first row still to upload: the bytes still to upload must fit in the
+/// storage left.
+pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError> {
+    let Some((first, _)) = work.todo.iter().find(|(_, p)| *p == Plan::Upload) else {
+        return Ok(());
+    };
+    let needed = work.bytes();
+    match quota::storage_left(ctx, &first.contact_id).await {
+        Err(_) if ctx.stop_reason() == Stop::Stalled => Err(CommandError::new(
+            ExitStatus::Retryable,
+            format!(
+                "the storage quota check could not finish: {}; nothing was uploaded, rerun later",
+                ctx.stall_detail().unwrap_or_default()
+            ),
+        )),
+        Ok(storage_left) if needed > storage_left => Err(CommandError::new(
+            ExitStatus::Stopped,
+            format!(
+                "the files still to upload need {} ({needed} bytes) but the account has {} ({} bytes) of storage left; nothing was uploaded",
+                human_bytes(needed),
+                human_bytes(storage_left),
+                storage_left
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e @ RemoteError::Unauthorized { .. }) => Err(CommandError::stopped(e)),
+        Err(e) if e.is_retryable() => Err(CommandError::new(
+            ExitStatus::Retryable,
+            format!(
+                "the API kept failing at the storage quota check ({e}); nothing was uploaded, run again later"
+            ),
+        )),
+        Err(e) => {
+            // This row's contact is refused (a 404, say): the row will fail on its own; the
+            // quota cannot be learnt from it, and the run goes on without that check.
+            warn!(
+                "storage quota not checked: step 1 for line {} failed: {e}",
+                first.line
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `opcrm-import run`: check the manifest, record every row, check the storage quota, then take
+//! each row through the three steps and say at the end what happened and what to type next.
+//!
+//! In parts a newcomer can find by name: `config` (the settings, resolved once), `plan` (what
+//! is left of each row), `session` (the state file: lock, open, record), `execute` (quota check,
+//! pipeline, signals), `summary` (counts, exit status, the next command), `dry_run`.
+
+mod config;
+mod dry_run;
+mod execute;
+mod plan;
+mod session;
+mod summary;
+
+use std::sync::Arc;
+
+pub use config::{Choices, DEFAULT_GRACE, Remote, RunConfig, default_state_path};
+pub use plan::{Work, manifest_rows, plan};
+
+use crate::checkpoint;
+use crate::cli::RunArgs;
+use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
+use crate::pipeline::Context;
+use crate::preflight::{self, Checked};
+use crate::remote::Client;
+
+/// `opcrm-import run`, with the API and credentials from the environment.
+pub fn run(args: &RunArgs) -> CommandResult {
+    run_with(&RunConfig::from_args(args)?)
+}
+
+/// One run, as `cfg` says.
+pub fn run_with(cfg: &RunConfig) -> CommandResult {
+    let checked = check_manifest(cfg)?;
+    let new_rows = manifest_rows(&checked);
+    let client = Client::new(cfg.remote.url.clone(), cfg.remote.credentials.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    if cfg.choices.dry_run {
+        return dry_run::dry_run(cfg, &runtime, client, &new_rows);
+    }
+    let session = session::Session::open(cfg, &new_rows)?;
+    let ctx = Arc::new(Context::new(
+        client,
+        session.store.clone(),
+        cfg.settings.clone(),
+    ));
+    let executed = match execute::execute(cfg, &runtime, &session, &ctx) {
+        Ok(executed) => executed,
+        Err(e) => {
+            drop(ctx);
+            session.close();
+            return Err(e);
+        }
+    };
+    let summary = summary::Summary::new(cfg, new_rows.len(), &session.work, &executed, &ctx);
+    let (run_id, status, counts) = (executed.run_id, summary.status(), summary.counts());
+    session
+        .store
+        .submit(move |c| checkpoint::finish_run(c, run_id, status as i32, counts));
+    drop(ctx);
+    session.close();
+    // Everything is recorded: a reader that closed stdout changes nothing of how the run ended.
+    ignore_broken_pipe(summary.print(cfg))?;
+    Ok(status)
+}
+
+/// Checks the manifest as `check` does and prints its problems; an unreadable manifest, or an
+/// invalid one without `--skip-invalid`, stops the run before anything is sent.
+fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
+    let checked = preflight::check(&cfg.manifest, cfg.read);
+    crate::check::write_problems(&mut std::io::stderr().lock(), &checked.manifest.problems)?;
+    if !checked.manifest.readable {
+        return Err(CommandError::usage(
+            "the manifest cannot be read; nothing was uploaded",
+        ));
+    }
+    if !checked.is_valid() && !cfg.choices.skip_invalid {
+        let n = checked.summary.invalid;
+        return Err(CommandError::usage(format!(
+            "the manifest has {n} invalid {} (above); nothing was uploaded. Fix them, or pass --skip-invalid to upload the valid rows",
+            if n == 1 { "row" } else { "rows" }
+        )));
+    }
+    Ok(checked)
+}

@@ -1,0 +1,196 @@
+//! What is left to do: the manifest's rows as the state file records them, and, from the state
+//! file and the files as they are now, what a run does with each row.
+
+use std::collections::HashMap;
+
+use super::config::Choices;
+use crate::checkpoint::{self, NewRow, RowState, StoredRow};
+use crate::failure::FailureKind;
+use crate::manifest::Severity;
+use crate::pipeline::Plan;
+use crate::preflight::Checked;
+
+/// A row to upload again whose file changed: its size and modification time to record.
+pub struct Refresh {
+    pub key: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// The rows of a checked manifest as the checkpoint records them; invalid rows carry their
+/// errors. Rows of identical meaning after the first are left out (they are errors already).
+pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
+    let mut errors: HashMap<u64, Vec<&str>> = HashMap::new();
+    for p in &checked.manifest.problems {
+        if let (Severity::Error, Some(line)) = (p.severity, p.line) {
+            errors.entry(line).or_default().push(&p.message);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::with_capacity(checked.manifest.rows.len());
+    // Identical lines that are not rows are each recorded: the second gets `~2`, and so on (a
+    // count of identical lines, so it does not depend on their order).
+    let mut push = |mut new: NewRow| {
+        if checkpoint::is_raw_key(&new.key) {
+            let first = new.key.clone();
+            let mut n = 1;
+            while seen.contains(&new.key) {
+                n += 1;
+                new.key = format!("{first}~{n}");
+            }
+        }
+        if seen.insert(new.key.clone()) {
+            rows.push(new);
+        }
+    };
+    for ((row, facts), valid) in checked
+        .manifest
+        .rows
+        .iter()
+        .zip(&checked.files)
+        .zip(&checked.valid)
+    {
+        let (size, mtime) = facts.map_or((0, 0), |f| (f.size, f.mtime_ns));
+        let rejected = (!valid).then(|| {
+            errors
+                .get(&row.line)
+                .map(|e| e.join("; "))
+                .unwrap_or_default()
+        });
+        push(NewRow::from_row(
+            row,
+            checked.manifest.path_of(row),
+            size,
+            mtime,
+            rejected,
+        ));
+    }
+    // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
+    // too, as written, so that every line of the manifest is in `status` and the report.
+    for u in &checked.manifest.unparsed {
+        let mut reason = errors
+            .get(&u.line)
+            .map(|e| e.join("; "))
+            .unwrap_or_default();
+        if !u.extra.is_empty() {
+            let extra: Vec<String> = u
+                .extra
+                .iter()
+                .map(|f| crate::manifest::shown(&String::from_utf8_lossy(f)))
+                .collect();
+            reason.push_str(&format!(
+                "; the fields past the header's, as written: {}",
+                crate::manifest::cut(&extra.join(", "))
+            ));
+        }
+        push(NewRow::from_unparsed(u, &checked.manifest.base, reason));
+    }
+    rows
+}
+
+/// What a run will do with each row of the manifest.
+#[derive(Default)]
+pub struct Work {
+    pub todo: Vec<(StoredRow, Plan)>,
+    pub already_done: usize,
+    pub changed: Vec<StoredRow>,
+    pub failed_permanent: Vec<StoredRow>,
+    pub rejected: usize,
+}
+
+impl Work {
+    pub fn count(&self, plan: Plan) -> usize {
+        self.todo.iter().filter(|(_, p)| *p == plan).count()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.todo.iter().map(|(r, _)| r.size).sum()
+    }
+
+    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach.
+    pub fn api_calls(&self) -> usize {
+        self.todo
+            .iter()
+            .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
+            .sum()
+    }
+}
+
+/// Decides, from the state file and the files as they are now, what is left of each row.
+pub fn plan(
+    new_rows: &[NewRow],
+    stored: Vec<StoredRow>,
+    choices: &Choices,
+) -> (Work, Vec<Refresh>) {
+    let mut by_key: HashMap<String, StoredRow> =
+        stored.into_iter().map(|r| (r.key.clone(), r)).collect();
+    let mut work = Work::default();
+    let mut refresh = Vec::new();
+    let mut verify = Vec::new();
+    for new in new_rows {
+        let Some(mut row) = by_key.remove(&new.key) else {
+            continue;
+        };
+        let changed = row.size != new.size || row.mtime_ns != new.mtime_ns;
+        let plan = match row.state {
+            RowState::Done if changed && choices.reupload_changed && new.rejected.is_none() => {
+                Some(Plan::Upload)
+            }
+            RowState::Done if changed => {
+                work.changed.push(row.clone());
+                work.already_done += 1;
+                None
+            }
+            RowState::Done => {
+                work.already_done += 1;
+                None
+            }
+            RowState::Rejected => {
+                work.rejected += 1;
+                None
+            }
+            RowState::Failed
+                if row.error_kind == Some(FailureKind::AttachUnsettled) && row.s3_key.is_some() =>
+            {
+                match choices.attach_unsettled {
+                    // A person looked at the record: the file is not there.
+                    true => Some(Plan::Attach),
+                    // `--retry-failed` too asks the record again: the answer may be clear now.
+                    false if choices.retry_failed => Some(Plan::Verify),
+                    false => {
+                        work.failed_permanent.push(row.clone());
+                        None
+                    }
+                }
+            }
+            RowState::Failed if row.retryable == Some(false) && !choices.retry_failed => {
+                work.failed_permanent.push(row.clone());
+                None
+            }
+            // Uploaded (an ETag is recorded for its key), so step 3 may have been sent before it
+            // failed: ask the record first, never upload and attach it a second time.
+            RowState::Failed if row.s3_key.is_some() && row.etag.is_some() => Some(Plan::Verify),
+            RowState::Uploaded if row.s3_key.is_some() => Some(Plan::Attach),
+            RowState::Attaching if row.s3_key.is_some() => Some(Plan::Verify),
+            _ => Some(Plan::Upload),
+        };
+        let Some(plan) = plan else { continue };
+        if plan == Plan::Upload && changed {
+            row.size = new.size;
+            row.mtime_ns = new.mtime_ns;
+            refresh.push(Refresh {
+                key: row.key.clone(),
+                size: new.size,
+                mtime_ns: new.mtime_ns,
+            });
+        }
+        if plan == Plan::Verify {
+            verify.push((row, plan));
+        } else {
+            work.todo.push((row, plan));
+        }
+    }
+    verify.append(&mut work.todo);
+    work.todo = verify;
+    (work, refresh)
+}

@@ -1,0 +1,379 @@
+//! The end of a run: what happened to the rows, the exit status that says it, and the next
+//! command to type (the exact command that resumes this run), for people and for `--json`.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::RunConfig;
+use super::execute::Executed;
+use super::plan::Work;
+use crate::ExitStatus;
+use crate::checkpoint::RunCounts;
+use crate::failure::FailureKind;
+use crate::pipeline::{Context, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_RATE};
+use crate::pipeline::{DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT, Outcome, Stop};
+use crate::preflight::human_bytes;
+use crate::progress::human_duration;
+
+/// Why a run stopped before every row had its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stopped {
+    Credentials,
+    Quota,
+    Interrupted,
+    StateFile,
+    Stalled,
+}
+
+/// The end of a run, for people and for `--json`.
+#[derive(Serialize)]
+pub struct Summary {
+    manifest: String,
+    state: String,
+    rows: usize,
+    done_before: usize,
+    pub done_now: usize,
+    pub failed_permanent: usize,
+    pub failed_retryable: usize,
+    rejected: usize,
+    not_started: usize,
+    changed_since_upload: Vec<ChangedFile>,
+    failures: Vec<FailureLine>,
+    bytes_uploaded: u64,
+    elapsed_seconds: f64,
+    pub api_calls: u64,
+    pub retries: u64,
+    pub throttles: u64,
+    stopped: Option<Stopped>,
+    /// Why the run stalled (`stopped` is then `"stalled"`), for the readable summary.
+    #[serde(skip)]
+    stall: Option<String>,
+    #[serde(skip)]
+    status: ExitStatus,
+    exit_code: u8,
+}
+
+#[derive(Serialize)]
+struct ChangedFile {
+    line: u64,
+    file: String,
+}
+
+#[derive(Serialize)]
+struct FailureLine {
+    line: u64,
+    file: String,
+    kind: FailureKind,
+    retryable: bool,
+    message: String,
+}
+
+/// The rows' outcomes counted.
+#[derive(Default)]
+struct Tally {
+    done_now: usize,
+    failed_permanent: usize,
+    failed_retryable: usize,
+    not_started: usize,
+    failures: Vec<FailureLine>,
+}
+
+impl Tally {
+    /// The rows failed for good in earlier runs, then what happened in this one.
+    fn of(work: &Work, executed: &Executed) -> Self {
+        let mut t = Tally::default();
+        for row in &work.failed_permanent {
+            t.failed_permanent += 1;
+            t.failures.push(FailureLine {
+                line: row.line,
+                file: row.file.clone(),
+                kind: row.error_kind.unwrap_or(FailureKind::Other),
+                retryable: false,
+                message: row.last_error.clone().unwrap_or_default(),
+            });
+        }
+        for (row, outcome) in &executed.results {
+            match outcome {
+                Outcome::Done => t.done_now += 1,
+                Outcome::NotStarted => t.not_started += 1,
+                Outcome::Failed {
+                    kind,
+                    retryable,
+                    message,
+                } => {
+                    match retryable {
+                        true => t.failed_retryable += 1,
+                        false => t.failed_permanent += 1,
+                    }
+                    t.failures.push(FailureLine {
+                        line: row.line,
+                        file: row.file.clone(),
+                        kind: *kind,
+                        retryable: *retryable,
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+        t.failures.sort_by_key(|f| f.line);
+        // Rows cut short by an interruption have no outcome.
+        t.not_started += work.todo.len() - executed.results.len();
+        t
+    }
+}
+
+/// The exit status of a run that ended so.
+fn exit_status(stopped: Option<Stopped>, t: &Tally, rejected: usize) -> ExitStatus {
+    match stopped {
+        Some(Stopped::Interrupted) => ExitStatus::Interrupted,
+        Some(Stopped::Stalled) => ExitStatus::Retryable,
+        Some(_) => ExitStatus::Stopped,
+        None if t.failed_permanent + rejected > 0 => ExitStatus::Failed,
+        None if t.failed_retryable + t.not_started > 0 => ExitStatus::Retryable,
+        None => ExitStatus::Success,
+    }
+}
+
+impl Summary {
+    pub fn new(
+        cfg: &RunConfig,
+        rows: usize,
+        work: &Work,
+        executed: &Executed,
+        ctx: &Context,
+    ) -> Self {
+        let tally = Tally::of(work, executed);
+        let stopped = match ctx.stop_reason() {
+            Stop::None if executed.interrupted => Some(Stopped::Interrupted),
+            Stop::None => None,
+            Stop::Credentials => Some(Stopped::Credentials),
+            Stop::Quota => Some(Stopped::Quota),
+            Stop::StateFile => Some(Stopped::StateFile),
+            Stop::Stalled => Some(Stopped::Stalled),
+        };
+        let status = exit_status(stopped, &tally, work.rejected);
+        let c = &ctx.counters;
+        Summary {
+            manifest: cfg.manifest.display().to_string(),
+            state: cfg.state.display().to_string(),
+            rows,
+            done_before: work.already_done,
+            done_now: tally.done_now,
+            failed_permanent: tally.failed_permanent,
+            failed_retryable: tally.failed_retryable,
+            rejected: work.rejected,
+            not_started: tally.not_started,
+            changed_since_upload: work
+                .changed
+                .iter()
+                .map(|r| ChangedFile {
+                    line: r.line,
+                    file: r.file.clone(),
+                })
+                .collect(),
+            failures: tally.failures,
+            bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+            elapsed_seconds: executed.elapsed.as_secs_f64(),
+            api_calls: c.api_calls.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            throttles: c.throttles.load(Ordering::Relaxed),
+            stopped,
+            stall: ctx.stall_detail().map(str::to_string),
+            status,
+            exit_code: status as u8,
+        }
+    }
+
+    pub fn status(&self) -> ExitStatus {
+        self.status
+    }
+
+    /// What the runs table keeps of this run.
+    pub fn counts(&self) -> RunCounts {
+        RunCounts {
+            rows_done: self.done_now as u64,
+            rows_failed: (self.failed_permanent + self.failed_retryable) as u64,
+            api_calls: self.api_calls,
+            retries: self.retries,
+            throttles: self.throttles,
+        }
+    }
+
+    /// Prints the summary on stdout: one JSON document, or the readable lines and the next
+    /// command to type.
+    pub fn print(&self, cfg: &RunConfig) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if cfg.json {
+            serde_json::to_writer_pretty(&mut out, self)?;
+            return writeln!(out);
+        }
+        self.write_counts(&mut out)?;
+        for f in &self.failures {
+            let what = if f.retryable { "retryable" } else { "for good" };
+            writeln!(
+                out,
+                "  line {}: {} failed {what}: {}: {}",
+                f.line,
+                crate::manifest::cut(&f.file),
+                f.kind.describe(),
+                f.message
+            )?;
+        }
+        writeln!(out, "Result: {}", self.next_step(cfg))
+    }
+
+    fn write_counts(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(out, "Run of {} (state {})", self.manifest, self.state)?;
+        writeln!(out, "  rows:               {}", self.rows)?;
+        writeln!(out, "  done before:        {}", self.done_before)?;
+        writeln!(out, "  done in this run:   {}", self.done_now)?;
+        writeln!(out, "  failed for good:    {}", self.failed_permanent)?;
+        writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
+        writeln!(out, "  rejected (invalid): {}", self.rejected)?;
+        writeln!(out, "  not started:        {}", self.not_started)?;
+        writeln!(
+            out,
+            "  uploaded:           {} ({} bytes)",
+            human_bytes(self.bytes_uploaded),
+            self.bytes_uploaded
+        )?;
+        writeln!(
+            out,
+            "  elapsed:            {}",
+            human_duration(Duration::from_secs_f64(self.elapsed_seconds))
+        )?;
+        writeln!(
+            out,
+            "  API calls:          {} ({} retries, {} throttled)",
+            self.api_calls, self.retries, self.throttles
+        )
+    }
+
+    /// The `Result:` line: what happened, and the command to type next.
+    fn next_step(&self, cfg: &RunConfig) -> String {
+        let rerun = resume_command(cfg);
+        match self.stopped {
+            Some(Stopped::Credentials) => "stopped: the API refused the credentials; fix ONEPAGECRM_USER_ID / ONEPAGECRM_API_KEY, then rerun".to_string(),
+            Some(Stopped::Interrupted) => format!("interrupted; the state is saved, rerun to resume: {rerun}"),
+            Some(Stopped::StateFile) => format!("stopped: the state file could not be written (is the disk full or read-only?); fix it, then rerun: {rerun}"),
+            Some(Stopped::Stalled) => format!(
+                "stopped: {}; the state is saved, rerun later to resume (when the API answers again): {rerun}",
+                self.stall.as_deref().unwrap_or("no API call succeeded for --stall-timeout")
+            ),
+            Some(Stopped::Quota) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
+            None => match self.status {
+                ExitStatus::Success => "all rows done".to_string(),
+                ExitStatus::Failed => format!(
+                    "some rows failed for good: list them with `{}`, fix them there, then run that file",
+                    report_command(cfg)
+                ),
+                _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
+            },
+        }
+    }
+}
+
+/// `s` as one word of a POSIX shell command: as it is when that is safe, else in single quotes.
+fn shell_quote(s: &std::ffi::OsStr) -> String {
+    let text = s.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.into_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The flags of this run that a command resuming it must repeat: the state file, how the
+/// manifest is read, where the key comes from, and every flag that changes what is sent or how.
+fn resume_flags(cfg: &RunConfig) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut path = |flag: &str, value: &Path| {
+        flags.push(format!("{flag} {}", shell_quote(value.as_os_str())));
+    };
+    if let Some(state) = &cfg.state_given {
+        path("--state", state);
+    }
+    if let Some(key_file) = &cfg.api_key_file {
+        path("--api-key-file", key_file);
+    }
+    let delimiter = cfg.read.delimiter;
+    if delimiter != b',' {
+        let d = match delimiter {
+            b'\t' => "tab".to_string(),
+            d => shell_quote(std::ffi::OsStr::new(&char::from(d).to_string())),
+        };
+        flags.push(format!("--delimiter {d}"));
+    }
+    let s = &cfg.settings;
+    if s.rate != Some(DEFAULT_RATE) {
+        flags.push(format!("--rate {}", crate::cli::Rate(s.rate)));
+    }
+    if s.stall_timeout != Some(DEFAULT_STALL_TIMEOUT) {
+        let t = crate::cli::StallTimeout(s.stall_timeout);
+        flags.push(format!("--stall-timeout {t}"));
+    }
+    for (flag, value, default) in [
+        ("--burst", s.burst, DEFAULT_BURST),
+        (
+            "--concurrency",
+            s.concurrency as u32,
+            u32::from(DEFAULT_CONCURRENCY),
+        ),
+        ("--retries", s.retries, DEFAULT_RETRIES),
+    ] {
+        if value != default {
+            flags.push(format!("{flag} {value}"));
+        }
+    }
+    let c = &cfg.choices;
+    for (flag, on) in [
+        ("--skip-invalid", c.skip_invalid),
+        ("--retry-failed", c.retry_failed),
+        ("--reupload-changed", c.reupload_changed),
+        ("--attach-unsettled", c.attach_unsettled),
+    ] {
+        if on {
+            flags.push(flag.into());
+        }
+    }
+    flags
+}
+
+/// The exact command that resumes this run, ready to paste into a shell.
+pub fn resume_command(cfg: &RunConfig) -> String {
+    let mut words = vec![
+        "opcrm-import run".to_string(),
+        shell_quote(cfg.manifest.as_os_str()),
+    ];
+    words.extend(resume_flags(cfg));
+    words.join(" ")
+}
+
+/// The command that lists this run's failed rows as a manifest to fix.
+fn report_command(cfg: &RunConfig) -> String {
+    let target = match &cfg.state_given {
+        Some(state) => format!("--state {}", shell_quote(state.as_os_str())),
+        None => shell_quote(cfg.manifest.as_os_str()),
+    };
+    format!("opcrm-import report {target} --only failed -o fix.csv")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_only_when_the_shell_needs_it() {
+        let q = |s: &str| shell_quote(std::ffi::OsStr::new(s));
+        assert_eq!(q("a/b-c_d.csv"), "a/b-c_d.csv");
+        assert_eq!(q("my state.sqlite"), "'my state.sqlite'");
+        assert_eq!(q("o'brien"), r"'o'\''brien'");
+        assert_eq!(q("$HOME;rm"), "'$HOME;rm'");
+        assert_eq!(q(""), "''");
+    }
+}
