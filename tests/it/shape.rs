@@ -45,7 +45,7 @@ fn a_closed_stdout_does_not_change_what_check_found() {
 fn check_with_stdout_closed(manifest: &std::path::Path, code: i32) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
         .arg("check")
-        .arg(&manifest)
+        .arg(manifest)
         .arg("--offline")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
