@@ -132,6 +132,10 @@ pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<
     Ok(())
 }
 
+/// The readable report: the problems, then the summary lines (README shows it).
+///
+/// Long (about 90 lines) for a reason: it is the report's text, line by line, in the order it
+/// is printed; split, the layout would be harder to see.
 fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Result<()> {
     write_problems(out, &checked.manifest.problems)?;
     if !checked.manifest.problems.is_empty() {

@@ -476,6 +476,9 @@ fn is_blank(record: &csv::ByteRecord) -> bool {
 }
 
 /// Maps each header position to the column it names (`None`: an ignored column).
+///
+/// Long (about 100 lines) for a reason: every header problem (unknown, duplicate, missing
+/// columns, and how many of each are shown) is found in one pass and reported together.
 fn parse_header(
     record: &csv::ByteRecord,
     line: u64,
@@ -575,6 +578,12 @@ fn parse_header(
     ))
 }
 
+/// One record as a row, with every problem of every field at once, each with its column.
+///
+/// Long (about 140 lines) for a reason: it is one pass over the columns in the manifest's
+/// order, each field's own checks beside its decoding, so that a reader sees every rule of a
+/// row in one place; split up, the shared `problems` and row state would travel through every
+/// piece.
 fn parse_row(
     record: &csv::ByteRecord,
     columns: &[Option<&'static str>],

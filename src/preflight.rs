@@ -149,6 +149,11 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
     }
 }
 
+/// The file of one row: exists, is a regular file, can be read, fits the limit, has a valid name.
+///
+/// Long (about 90 lines) for a reason: each check says why the file fails with its own kind and
+/// message, in the order a person would look (missing, a dangling link, not a file, unreadable,
+/// too large, its name), and stops at the first that makes the rest meaningless.
 fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     let mut problems = Vec::new();
     if row.file.trim().is_empty() || row.file.contains('\0') {

@@ -102,11 +102,6 @@ pub fn run(args: &ReportArgs) -> CommandResult {
         }
     };
     drop(conn);
-    let keep = |r: &StoredRow| match args.only {
-        ReportOnly::Failed => matches!(r.state, RowState::Failed | RowState::Rejected),
-        ReportOnly::Done => r.state == RowState::Done,
-        ReportOnly::All => true,
-    };
     let manifest_dir = recorded_manifest
         .as_deref()
         .and_then(|m| Path::new(m).parent())
@@ -114,43 +109,7 @@ pub fn run(args: &ReportArgs) -> CommandResult {
     let dir = report_dir(args.output.as_deref());
 
     let only = args.only;
-    let write = |sink: &mut dyn Write| -> io::Result<usize> {
-        let mut csv = csv::Writer::from_writer(sink);
-        csv.write_record(header(only))?;
-        let mut count = 0;
-        for row in rows.iter().filter(|r| keep(r)) {
-            let file = row_path(row, manifest_dir.as_deref())
-                .map(|p| file_column(&p, &dir))
-                .unwrap_or_default();
-            let mut record = vec![
-                file,
-                row.field_bytes(&row.contact_id),
-                row.field_bytes(&row.reference_type_text),
-                row.field_bytes(&row.reference_id),
-                row.field_bytes(&row.name),
-            ];
-            let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
-            let kind = |r: &StoredRow| {
-                r.error_kind
-                    .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
-            };
-            match only {
-                ReportOnly::Failed => record.extend([kind(row), text(&row.last_error)]),
-                ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
-                ReportOnly::All => record.extend([
-                    row.state.as_str().as_bytes().to_vec(),
-                    text(&row.attachment_id),
-                    text(&row.s3_key),
-                    kind(row),
-                    text(&row.last_error),
-                ]),
-            }
-            csv.write_record(record.iter().map(|f| manifest::formula_escape(f)))?;
-            count += 1;
-        }
-        csv.flush()?;
-        Ok(count)
-    };
+    let write = |sink: &mut dyn Write| write_rows(sink, &rows, only, manifest_dir.as_deref(), &dir);
 
     let Some(out) = &args.output else {
         let mut stdout = io::stdout().lock();
@@ -179,6 +138,57 @@ pub fn run(args: &ReportArgs) -> CommandResult {
         out.display()
     );
     Ok(ExitStatus::Success)
+}
+
+/// Writes the rows `only` asks for as CSV to `sink`, files relative to `dir` (the report's
+/// folder) where they lie under it; returns how many rows it wrote.
+fn write_rows(
+    sink: &mut dyn Write,
+    rows: &[StoredRow],
+    only: ReportOnly,
+    manifest_dir: Option<&Path>,
+    dir: &Path,
+) -> io::Result<usize> {
+    let keep = |r: &StoredRow| match only {
+        ReportOnly::Failed => matches!(r.state, RowState::Failed | RowState::Rejected),
+        ReportOnly::Done => r.state == RowState::Done,
+        ReportOnly::All => true,
+    };
+    let mut csv = csv::Writer::from_writer(sink);
+    csv.write_record(header(only))?;
+    let mut count = 0;
+    for row in rows.iter().filter(|r| keep(r)) {
+        let file = row_path(row, manifest_dir)
+            .map(|p| file_column(&p, dir))
+            .unwrap_or_default();
+        let mut record = vec![
+            file,
+            row.field_bytes(&row.contact_id),
+            row.field_bytes(&row.reference_type_text),
+            row.field_bytes(&row.reference_id),
+            row.field_bytes(&row.name),
+        ];
+        let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
+        let kind = |r: &StoredRow| {
+            r.error_kind
+                .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
+        };
+        match only {
+            ReportOnly::Failed => record.extend([kind(row), text(&row.last_error)]),
+            ReportOnly::Done => record.extend([text(&row.attachment_id), text(&row.s3_key)]),
+            ReportOnly::All => record.extend([
+                row.state.as_str().as_bytes().to_vec(),
+                text(&row.attachment_id),
+                text(&row.s3_key),
+                kind(row),
+                text(&row.last_error),
+            ]),
+        }
+        csv.write_record(record.iter().map(|f| manifest::formula_escape(f)))?;
+        count += 1;
+    }
+    csv.flush()?;
+    Ok(count)
 }
 
 /// A file's identity on disk (device and inode), following links.

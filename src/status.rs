@@ -151,6 +151,14 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
         writeln!(out)?;
         return Ok(ExitStatus::Success);
     }
+    write_rows(&mut out, &status)?;
+    write_failures(&mut out, &status)?;
+    write_runs(&mut out, &status)?;
+    Ok(ExitStatus::Success)
+}
+
+/// The state file, its manifest, rows by state and bytes.
+fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
     writeln!(out, "State file: {}", status.state)?;
     if let Some(m) = &status.manifest {
         writeln!(out, "Manifest:   {m}")?;
@@ -176,6 +184,11 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
         human_bytes(status.bytes_done),
         human_bytes(status.bytes_to_do)
     )?;
+    Ok(())
+}
+
+/// Failures grouped by kind, with a few examples each.
+fn write_failures(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
     if !status.failures.is_empty() {
         writeln!(out, "Failures:")?;
         for g in &status.failures {
@@ -202,6 +215,11 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             }
         }
     }
+    Ok(())
+}
+
+/// Every run so far.
+fn write_runs(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
     writeln!(out, "Runs:")?;
     if status.runs.is_empty() {
         writeln!(out, "  none yet")?;
@@ -217,5 +235,5 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             r.id, r.started_at, r.rows_done, r.rows_failed, r.api_calls, r.retries, r.throttles
         )?;
     }
-    Ok(ExitStatus::Success)
+    Ok(())
 }

@@ -75,6 +75,10 @@ fn envelope(
 
 impl Client {
     /// Uploads `size` bytes of `path` under `key` with the fields of `form`.
+    ///
+    /// Long (about 100 lines) for a reason: the body is streamed from disk while its MD5 is
+    /// computed, and the answer is read under a cap; the order (open, check the size, stream,
+    /// read S3's answer, compare the ETag) is the protocol, kept in one place.
     pub async fn upload(
         &self,
         form: &Form,
