@@ -10,6 +10,7 @@ pub mod demo;
 pub mod emulator;
 pub mod logging;
 pub mod manifest;
+pub mod onepagecrm;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

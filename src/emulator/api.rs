@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::App;
 use super::state::{Attachment, Record, State, now_iso};
-use crate::manifest::{MAX_FILE_SIZE, ReferenceType};
+use crate::onepagecrm::{MAX_FILE_SIZE, ReferenceType};
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()

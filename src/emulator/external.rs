@@ -78,7 +78,7 @@ impl ExternalS3 {
             "--s3-endpoint {endpoint:?} must be an http:// or https:// URL"
         );
         anyhow::ensure!(
-            crate::remote::is_loopback(&url),
+            crate::onepagecrm::is_loopback(&url),
             "--s3-endpoint {endpoint:?} is not on loopback; the emulator talks to local servers only"
         );
         anyhow::ensure!(

@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::manifest::ReferenceType;
+use crate::onepagecrm::{ReferenceType, is_object_id};
 
 /// Default account storage when a seed gives none: 1 GiB, as OnePageCRM gives one user.
 pub const DEFAULT_QUOTA: u64 = 1 << 30;
@@ -180,7 +180,7 @@ impl State {
         let now = now_iso();
         for c in seed.contacts {
             anyhow::ensure!(
-                crate::manifest::is_object_id(&c.id),
+                is_object_id(&c.id),
                 "contact id {:?} is not 24 hex digits",
                 c.id
             );
@@ -193,7 +193,7 @@ impl State {
             for (kind, records) in lists {
                 for r in records {
                     anyhow::ensure!(
-                        crate::manifest::is_object_id(&r.id),
+                        is_object_id(&r.id),
                         "{kind} id {:?} is not 24 hex digits",
                         r.id
                     );
@@ -337,12 +337,12 @@ mod tests {
         assert_eq!(state.contacts.len(), 3);
         assert_eq!(state.records.len(), 9);
         let id = generated_record_id(ReferenceType::Note, 2, 1);
-        assert!(crate::manifest::is_object_id(&id));
+        assert!(is_object_id(&id));
         assert_eq!(
             state.records[&(ReferenceType::Note, id)].contact_id,
             generated_contact_id(2)
         );
-        assert!(crate::manifest::is_object_id(&generated_contact_id(2)));
+        assert!(is_object_id(&generated_contact_id(2)));
     }
 
     #[test]

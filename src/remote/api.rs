@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::{API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, read_capped};
-use crate::manifest::ReferenceType;
+use crate::onepagecrm::ReferenceType;
 
 /// Step 1's answer: where and how to upload.
 #[derive(Clone, Debug)]
