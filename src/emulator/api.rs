@@ -14,16 +14,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
 
 use super::App;
-use super::state::{Attachment, Record, State, now_iso};
+use super::clock::iso;
+use super::state::{Attachment, Record, State};
 use crate::onepagecrm::{MAX_FILE_SIZE, ReferenceType};
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// `{status: 0, message: "OK", timestamp, data}`.
-fn ok(status: StatusCode, data: Value) -> Response {
-    ok_at(status, data, now_secs())
+/// `{status: 0, message: "OK", timestamp, data}`, stamped by the emulator's clock.
+fn ok(app: &App, status: StatusCode, data: Value) -> Response {
+    ok_at(status, data, app.clock.now().timestamp())
 }
 
 /// As `ok`, with the envelope's `timestamp` given.
@@ -152,7 +149,7 @@ pub async fn s3_form(
         }
         (state.quota, state.storage_left)
     };
-    let now = chrono::Utc::now();
+    let now = app.clock.now();
     let ttl = chrono::Duration::from_std(app.config.form_ttl).unwrap_or(chrono::Duration::hours(1));
     let form = app
         .signer
@@ -177,7 +174,7 @@ pub async fn s3_form(
     ok_at(
         StatusCode::OK,
         data,
-        app.config.form_timestamp.unwrap_or_else(now_secs),
+        app.config.form_timestamp.unwrap_or(now.timestamp()),
     )
 }
 
@@ -296,9 +293,13 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         size,
         key,
         md5,
-        created_at: now_iso(),
+        created_at: iso(app.clock.now()),
     };
-    let shown = state.attachment_json(&attachment, app.attachment_url(&attachment));
+    let shown = state.attachment_json(
+        &attachment,
+        app.attachment_url(&attachment),
+        app.clock.now(),
+    );
     state.storage_left -= size;
     state
         .records
@@ -308,7 +309,7 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         .push(id.clone());
     state.attachments.insert(id, attachment);
     drop(guard);
-    ok(StatusCode::CREATED, json!({ "attachment": shown }))
+    ok(&app, StatusCode::CREATED, json!({ "attachment": shown }))
 }
 
 fn capitalized(kind: ReferenceType) -> String {
@@ -322,7 +323,7 @@ fn record_json(state: &State, record: &Record, app: &App) -> Value {
         .attachments
         .iter()
         .filter_map(|id| state.attachments.get(id))
-        .map(|a| state.attachment_json(a, app.attachment_url(a)))
+        .map(|a| state.attachment_json(a, app.attachment_url(a), app.clock.now()))
         .collect();
     let mut v = json!({
         "id": record.id,
@@ -348,7 +349,7 @@ fn get_record(app: &App, kind: ReferenceType, id: &str) -> Response {
         Some(record) => {
             let mut data = Map::new();
             data.insert(kind.as_str().to_string(), record_json(&state, record, app));
-            ok(StatusCode::OK, Value::Object(data))
+            ok(app, StatusCode::OK, Value::Object(data))
         }
         None => not_found_envelope(&format!("{} {id}", capitalized(kind))),
     }
@@ -395,12 +396,12 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
         kind: ReferenceType::Note,
         contact_id: contact_id.to_string(),
         text: text.to_string(),
-        created_at: now_iso(),
+        created_at: iso(app.clock.now()),
         attachments: Vec::new(),
     };
     let shown = record_json(&state, &record, &app);
     state.records.insert((ReferenceType::Note, id), record);
-    ok(StatusCode::CREATED, json!({ "note": shown }))
+    ok(&app, StatusCode::CREATED, json!({ "note": shown }))
 }
 
 /// `GET /contacts?email=`: contacts, filtered by email, a page at a time.
@@ -445,6 +446,7 @@ pub async fn list_contacts(
         })
         .collect();
     ok(
+        &app,
         StatusCode::OK,
         json!({
             "contacts": contacts,

@@ -142,6 +142,8 @@ impl ExternalS3 {
     /// A `HEAD` of `path` (already URI-encoded), signed with SigV4 in the `Authorization` header.
     async fn head(&self, path: &str) -> Result<reqwest::Response, reqwest::Error> {
         let host = host_header(&self.endpoint);
+        // The wall clock, not the emulator's: the other server judges the request by its own
+        // (and the emulator's clock does not move in this mode).
         let now = Utc::now();
         let authorization = self.authorization(
             now,
