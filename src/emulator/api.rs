@@ -137,6 +137,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// Step 1: a presigned S3 POST form for one contact.
 pub async fn s3_form(
     AxState(app): AxState<Arc<App>>,
+    expired: Option<axum::Extension<super::ExpiredForm>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(contact_id) = q.get("contact_id").filter(|c| !c.is_empty()) else {
@@ -151,9 +152,13 @@ pub async fn s3_form(
     };
     let now = app.clock.now();
     let ttl = chrono::Duration::from_std(app.config.form_ttl).unwrap_or(chrono::Duration::hours(1));
+    let expiration = match expired {
+        Some(_) => now - chrono::Duration::seconds(1),
+        None => now + ttl,
+    };
     let form = app
         .signer
-        .form(now, now + ttl, &format!("{contact_id}/"), MAX_FILE_SIZE);
+        .form(now, expiration, &format!("{contact_id}/"), MAX_FILE_SIZE);
     let data = json!({
         "quota": quota,
         "storage_left": storage_left,

@@ -193,6 +193,16 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         config.listen.ip()
     );
     let clock = Clock::new();
+    anyhow::ensure!(
+        config.external_s3.is_none()
+            || !config
+                .faults
+                .planned
+                .iter()
+                .any(|p| p.fault == faults::Fault::Late),
+        "a `late` fault moves the emulator's clock, which cannot move in external-S3 mode (the S3 server judges forms by its own clock); use `{}:N:expired`",
+        faults::STEP_1_ROUTE
+    );
     let state = match &config.seed {
         Some(path) => State::from_seed_file(path, clock.now())?,
         None => State::empty(clock.now()),
@@ -421,8 +431,17 @@ async fn s3_faults(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
     .await
 }
 
+/// Set on a step-1 request by an `expired` fault: hand out a form that has already expired.
+#[derive(Clone, Copy)]
+pub struct ExpiredForm;
+
 /// Holds, fails or hangs up on a request as the fault generator draws.
-async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Response) -> Response {
+async fn inject(
+    app: &App,
+    mut req: Request,
+    next: Next,
+    error: impl FnOnce() -> Response,
+) -> Response {
     let route = route_of(&req);
     let (fault, delay) = app.faults.draw(&route);
     if let Some(delay) = delay {
@@ -432,6 +451,15 @@ async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Res
     match fault {
         faults::Fault::None => next.run(req).await,
         faults::Fault::Error => error(),
+        faults::Fault::Late => {
+            app.clock
+                .advance(app.config.form_ttl + Duration::from_secs(1));
+            next.run(req).await
+        }
+        faults::Fault::Expired => {
+            req.extensions_mut().insert(ExpiredForm);
+            next.run(req).await
+        }
         faults::Fault::DropBefore | faults::Fault::DropAfter => {
             if fault == faults::Fault::DropAfter {
                 drop(next.run(req).await);
