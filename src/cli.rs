@@ -354,8 +354,10 @@ pub struct EmulatorArgs {
     pub fault_seed: u64,
 
     /// The Nth request of one route meets a fault, whatever the rates draw: `METHOD /route:N:FAULT`
-    /// with N as `N`, `N-M` or `N-`, FAULT `error`, `drop-before` or `drop-after` (repeatable;
-    /// e.g. 'POST /api/v3/attachments:1:drop-after' loses the first attach's answer).
+    /// with N as `N`, `N-M` or `N-`, FAULT `error`, `drop-before`, `drop-after`, `late` (the
+    /// clock first moves past a form's life) or `expired` (step 1 only: the form handed out has
+    /// already expired) (repeatable; e.g. 'POST /api/v3/attachments:1:drop-after' loses the first
+    /// attach's answer, 'POST /{bucket}/:1:late' makes the first upload's form expire).
     #[arg(long, value_name = "SPEC", value_parser = crate::emulator::faults::parse_fault_at)]
     pub fault_at: Vec<crate::emulator::faults::PlannedFault>,
 

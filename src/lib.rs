@@ -12,6 +12,7 @@ pub mod error;
 pub mod failure;
 pub mod logging;
 pub mod manifest;
+pub mod onepagecrm;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// OnePageCRM's per-file limit; a file of exactly this size is allowed.
-pub const MAX_FILE_SIZE: u64 = 10_485_760;
+use crate::onepagecrm::{ReferenceType, is_object_id};
+
 /// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
@@ -27,43 +27,6 @@ pub const COLUMNS: [&str; 5] = [
 /// Columns that `report --only failed` adds; accepted and ignored so that report is a manifest.
 pub const IGNORED_COLUMNS: [&str; 2] = ["error_kind", "error"];
 const REQUIRED: [&str; 3] = ["file", "contact_id", "reference_id"];
-
-/// What a manifest row attaches its file to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReferenceType {
-    Note,
-    Deal,
-    Call,
-    Meeting,
-}
-
-impl ReferenceType {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "note" => Some(Self::Note),
-            "deal" => Some(Self::Deal),
-            "call" => Some(Self::Call),
-            "meeting" => Some(Self::Meeting),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Note => "note",
-            Self::Deal => "deal",
-            Self::Call => "call",
-            Self::Meeting => "meeting",
-        }
-    }
-}
-
-impl fmt::Display for ReferenceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -848,11 +811,6 @@ fn describe(column: &str) -> &'static str {
     }
 }
 
-/// OnePageCRM ids are MongoDB object ids: 24 hex digits.
-pub fn is_object_id(s: &str) -> bool {
-    s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 fn check_name(name: &str, line: u64, column: &'static str, problems: &mut Vec<Problem>) {
     let whose = if column == "name" {
         "the name"
@@ -1092,12 +1050,5 @@ mod tests {
         assert!(shown.ends_with("… (300 bytes)"), "{shown}");
         assert!(shown.len() < 220);
         assert!(super::shown(&long).starts_with("\"é"));
-    }
-
-    #[test]
-    fn object_ids() {
-        assert!(is_object_id(ID));
-        assert!(!is_object_id("5a1b2c3d4e5f60718293a4b"));
-        assert!(!is_object_id("5a1b2c3d4e5f60718293a4bz"));
     }
 }

@@ -10,9 +10,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::manifest::{
-    self, MAX_FILE_SIZE, Manifest, Problem, ProblemKind, ReferenceType, Row, Severity, io_reason,
-};
+use crate::manifest::{self, Manifest, Problem, ProblemKind, Row, Severity, io_reason};
+use crate::onepagecrm::{MAX_FILE_SIZE, ReferenceType};
 
 /// What preflight learnt about one row's file.
 #[derive(Clone, Copy, Debug, Default)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use opcrm_import::emulator::state::{generated_contact_id, generated_record_id};
 use opcrm_import::emulator::{Config, DEMO_API_KEY, DEMO_USER_ID};
-use opcrm_import::manifest::ReferenceType;
+use opcrm_import::onepagecrm::ReferenceType;
 use serde_json::{Value, json};
 
 /// The runtime the bench's emulators (and servers) run on: two worker threads.

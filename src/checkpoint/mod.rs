@@ -13,7 +13,8 @@ use rusqlite_migration::{M, Migrations};
 use sha2::{Digest, Sha256};
 
 use crate::failure::FailureKind;
-use crate::manifest::{ReferenceType, Row, Unparsed};
+use crate::manifest::{Row, Unparsed};
+use crate::onepagecrm::ReferenceType;
 pub use store::{Store, StoreError, StoreThread};
 
 /// The schema, one entry per file in `migrations/`, in order. Landed files are never edited.

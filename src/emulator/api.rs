@@ -14,16 +14,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
 
 use super::App;
-use super::state::{Attachment, Record, State, now_iso};
-use crate::manifest::{MAX_FILE_SIZE, ReferenceType};
+use super::clock::iso;
+use super::state::{Attachment, Record, State};
+use crate::onepagecrm::{MAX_FILE_SIZE, ReferenceType};
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// `{status: 0, message: "OK", timestamp, data}`.
-fn ok(status: StatusCode, data: Value) -> Response {
-    ok_at(status, data, now_secs())
+/// `{status: 0, message: "OK", timestamp, data}`, stamped by the emulator's clock.
+fn ok(app: &App, status: StatusCode, data: Value) -> Response {
+    ok_at(status, data, app.clock.now().timestamp())
 }
 
 /// As `ok`, with the envelope's `timestamp` given.
@@ -140,6 +137,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// Step 1: a presigned S3 POST form for one contact.
 pub async fn s3_form(
     AxState(app): AxState<Arc<App>>,
+    expired: Option<axum::Extension<super::ExpiredForm>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(contact_id) = q.get("contact_id").filter(|c| !c.is_empty()) else {
@@ -152,11 +150,15 @@ pub async fn s3_form(
         }
         (state.quota, state.storage_left)
     };
-    let now = chrono::Utc::now();
+    let now = app.clock.now();
     let ttl = chrono::Duration::from_std(app.config.form_ttl).unwrap_or(chrono::Duration::hours(1));
+    let expiration = match expired {
+        Some(_) => now - chrono::Duration::seconds(1),
+        None => now + ttl,
+    };
     let form = app
         .signer
-        .form(now, now + ttl, &format!("{contact_id}/"), MAX_FILE_SIZE);
+        .form(now, expiration, &format!("{contact_id}/"), MAX_FILE_SIZE);
     let data = json!({
         "quota": quota,
         "storage_left": storage_left,
@@ -177,7 +179,7 @@ pub async fn s3_form(
     ok_at(
         StatusCode::OK,
         data,
-        app.config.form_timestamp.unwrap_or_else(now_secs),
+        app.config.form_timestamp.unwrap_or(now.timestamp()),
     )
 }
 
@@ -296,9 +298,13 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         size,
         key,
         md5,
-        created_at: now_iso(),
+        created_at: iso(app.clock.now()),
     };
-    let shown = state.attachment_json(&attachment, app.attachment_url(&attachment));
+    let shown = state.attachment_json(
+        &attachment,
+        app.attachment_url(&attachment),
+        app.clock.now(),
+    );
     state.storage_left -= size;
     state
         .records
@@ -308,7 +314,7 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         .push(id.clone());
     state.attachments.insert(id, attachment);
     drop(guard);
-    ok(StatusCode::CREATED, json!({ "attachment": shown }))
+    ok(&app, StatusCode::CREATED, json!({ "attachment": shown }))
 }
 
 fn capitalized(kind: ReferenceType) -> String {
@@ -322,7 +328,7 @@ fn record_json(state: &State, record: &Record, app: &App) -> Value {
         .attachments
         .iter()
         .filter_map(|id| state.attachments.get(id))
-        .map(|a| state.attachment_json(a, app.attachment_url(a)))
+        .map(|a| state.attachment_json(a, app.attachment_url(a), app.clock.now()))
         .collect();
     let mut v = json!({
         "id": record.id,
@@ -348,7 +354,7 @@ fn get_record(app: &App, kind: ReferenceType, id: &str) -> Response {
         Some(record) => {
             let mut data = Map::new();
             data.insert(kind.as_str().to_string(), record_json(&state, record, app));
-            ok(StatusCode::OK, Value::Object(data))
+            ok(app, StatusCode::OK, Value::Object(data))
         }
         None => not_found_envelope(&format!("{} {id}", capitalized(kind))),
     }
@@ -395,12 +401,12 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
         kind: ReferenceType::Note,
         contact_id: contact_id.to_string(),
         text: text.to_string(),
-        created_at: now_iso(),
+        created_at: iso(app.clock.now()),
         attachments: Vec::new(),
     };
     let shown = record_json(&state, &record, &app);
     state.records.insert((ReferenceType::Note, id), record);
-    ok(StatusCode::CREATED, json!({ "note": shown }))
+    ok(&app, StatusCode::CREATED, json!({ "note": shown }))
 }
 
 /// `GET /contacts?email=`: contacts, filtered by email, a page at a time.
@@ -445,6 +451,7 @@ pub async fn list_contacts(
         })
         .collect();
     ok(
+        &app,
         StatusCode::OK,
         json!({
             "contacts": contacts,

@@ -78,7 +78,7 @@ impl ExternalS3 {
             "--s3-endpoint {endpoint:?} must be an http:// or https:// URL"
         );
         anyhow::ensure!(
-            crate::remote::is_loopback(&url),
+            crate::onepagecrm::is_loopback(&url),
             "--s3-endpoint {endpoint:?} is not on loopback; the emulator talks to local servers only"
         );
         anyhow::ensure!(
@@ -142,6 +142,8 @@ impl ExternalS3 {
     /// A `HEAD` of `path` (already URI-encoded), signed with SigV4 in the `Authorization` header.
     async fn head(&self, path: &str) -> Result<reqwest::Response, reqwest::Error> {
         let host = host_header(&self.endpoint);
+        // The wall clock, not the emulator's: the other server judges the request by its own
+        // (and the emulator's clock does not move in this mode).
         let now = Utc::now();
         let authorization = self.authorization(
             now,

@@ -96,7 +96,16 @@ pub enum Fault {
     DropBefore,
     /// Do what the request asks, then close the connection without an answer.
     DropAfter,
+    /// The request arrives late: the emulator's clock first moves past a form's life
+    /// (`--form-ttl` + 1 s), so an upload's form has expired when S3 judges it.
+    Late,
+    /// Step 1 hands out a form that has already expired (a second before the clock's now), for
+    /// whichever S3 judges it, the built-in one or an external server with its own clock.
+    Expired,
 }
+
+/// The only route an `expired` fault means something on.
+pub const STEP_1_ROUTE: &str = "GET /api/v3/attachments/s3_form";
 
 /// `--fault-at 'METHOD /route:N:FAULT'`: the Nth request of one route (counted from 1, among
 /// those that pass the throttle) meets FAULT whatever the rates draw, so that a test can lose
@@ -110,7 +119,8 @@ pub struct PlannedFault {
     pub fault: Fault,
 }
 
-/// Parses `METHOD /route:N:FAULT`, FAULT one of `error`, `drop-before`, `drop-after`.
+/// Parses `METHOD /route:N:FAULT`, FAULT one of `error`, `drop-before`, `drop-after`, `late`,
+/// or `expired` (step 1 only).
 pub fn parse_fault_at(s: &str) -> Result<PlannedFault, String> {
     let usage = || {
         format!(
@@ -125,7 +135,13 @@ pub fn parse_fault_at(s: &str) -> Result<PlannedFault, String> {
         "error" => Fault::Error,
         "drop-before" => Fault::DropBefore,
         "drop-after" => Fault::DropAfter,
-        other => return Err(format!("{other:?} is not error, drop-before or drop-after")),
+        "late" => Fault::Late,
+        "expired" => Fault::Expired,
+        other => {
+            return Err(format!(
+                "{other:?} is not error, drop-before, drop-after, late or expired"
+            ));
+        }
     };
     let number = |v: &str| v.trim().parse::<u64>().ok().filter(|n| *n >= 1);
     let (from, to) = match range.split_once('-') {
@@ -138,6 +154,11 @@ pub fn parse_fault_at(s: &str) -> Result<PlannedFault, String> {
     let route = route.trim().to_string();
     if !route.contains(" /") {
         return Err(usage());
+    }
+    if fault == Fault::Expired && route != STEP_1_ROUTE {
+        return Err(format!(
+            "{s:?}: `expired` applies to step 1 only ('{STEP_1_ROUTE}:N:expired')"
+        ));
     }
     Ok(PlannedFault {
         route,
@@ -292,7 +313,13 @@ mod tests {
             }
         );
         assert_eq!(at("GET /a:4-:error").to, u64::MAX);
+        assert_eq!(at("POST /{bucket}/:1:late").fault, Fault::Late);
+        assert_eq!(
+            at("GET /api/v3/attachments/s3_form:2-4:expired").fault,
+            Fault::Expired
+        );
         for bad in [
+            "POST /{bucket}/:1:expired",
             "POST /a:0:error",
             "POST /a:1:boom",
             "POST:1:error",

@@ -3,6 +3,7 @@
 //! faults. Every test runs against it, and a person rehearses a migration with it.
 
 pub mod api;
+pub mod clock;
 pub mod external;
 pub mod faults;
 pub mod policy;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 
+use clock::Clock;
 use faults::{FaultConfig, Faults, RateLimit, Throttle};
 use policy::Signer;
 use state::State;
@@ -111,6 +113,8 @@ impl Config {
 pub struct App {
     pub config: Config,
     pub signer: Signer,
+    /// Every moment the emulator stamps or judges; tests move it with `POST /_emulator/clock`.
+    pub clock: Clock,
     state: Mutex<State>,
     throttle: Option<Throttle>,
     faults: Faults,
@@ -139,7 +143,7 @@ impl App {
                     None => self.signer.clone(),
                 };
                 let object = format!("{}{}", self.s3_url(), s3::encode_key(&a.key));
-                signer.presign_get(&object, chrono::Utc::now(), ATTACHMENT_URL_SECONDS)
+                signer.presign_get(&object, self.clock.now(), ATTACHMENT_URL_SECONDS)
             }
         }
     }
@@ -188,9 +192,20 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         "the emulator listens on loopback only; {} is not a loopback address (use 127.0.0.1 or [::1])",
         config.listen.ip()
     );
+    let clock = Clock::new();
+    anyhow::ensure!(
+        config.external_s3.is_none()
+            || !config
+                .faults
+                .planned
+                .iter()
+                .any(|p| p.fault == faults::Fault::Late),
+        "a `late` fault moves the emulator's clock, which cannot move in external-S3 mode (the S3 server judges forms by its own clock); use `{}:N:expired`",
+        faults::STEP_1_ROUTE
+    );
     let state = match &config.seed {
-        Some(path) => State::from_seed_file(path)?,
-        None => State::empty(),
+        Some(path) => State::from_seed_file(path, clock.now())?,
+        None => State::empty(clock.now()),
     };
     if let Some(dir) = &config.data_dir {
         std::fs::create_dir_all(dir.join("objects"))
@@ -214,6 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
     };
     let app = Arc::new(App {
         signer,
+        clock,
         state: Mutex::new(state),
         throttle: config.rate_limit.map(Throttle::new),
         faults: Faults::new(config.faults.clone()),
@@ -264,6 +280,7 @@ fn router(app: Arc<App>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), s3_faults));
     Router::new()
         .route("/_emulator/state", get(emulator_state))
+        .route("/_emulator/clock", get(clock_now).post(advance_clock))
         .merge(api)
         .merge(s3)
         .layer(middleware::from_fn_with_state(app.clone(), count))
@@ -272,6 +289,51 @@ fn router(app: Arc<App>) -> Router {
 
 async fn emulator_state(AxState(app): AxState<Arc<App>>) -> Response {
     axum::Json(app.state().snapshot()).into_response()
+}
+
+/// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is.
+async fn clock_now(AxState(app): AxState<Arc<App>>) -> Response {
+    clock_json(&app.clock, app.clock.now())
+}
+
+/// `POST /_emulator/clock` with `{"advance_seconds": N}`: moves the clock forward, so that a test
+/// makes forms and links expire without waiting. Refused in external-S3 mode, where another
+/// server judges the forms by its own clock.
+async fn advance_clock(AxState(app): AxState<Arc<App>>, body: axum::body::Bytes) -> Response {
+    let refuse = |status: axum::http::StatusCode, error: String| {
+        (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+    };
+    if app.config.external_s3.is_some() {
+        return refuse(
+            axum::http::StatusCode::CONFLICT,
+            "the clock cannot move in external-S3 mode: the S3 server judges forms by its own clock"
+                .into(),
+        );
+    }
+    let seconds = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("advance_seconds")?.as_u64())
+        .filter(|s| *s <= clock::MAX_AHEAD.as_secs());
+    let Some(seconds) = seconds else {
+        return refuse(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!(
+                "give {{\"advance_seconds\": N}}, N a whole number of seconds from 0 to {}",
+                clock::MAX_AHEAD.as_secs()
+            ),
+        );
+    };
+    let now = app.clock.advance(Duration::from_secs(seconds));
+    clock_json(&app.clock, now)
+}
+
+fn clock_json(clock: &Clock, now: chrono::DateTime<chrono::Utc>) -> Response {
+    axum::Json(serde_json::json!({
+        "now": clock::iso(now),
+        "unix": now.timestamp(),
+        "ahead_seconds": clock.ahead().num_seconds(),
+    }))
+    .into_response()
 }
 
 /// Set on each request: closes its connection without an answer.
@@ -369,8 +431,17 @@ async fn s3_faults(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
     .await
 }
 
+/// Set on a step-1 request by an `expired` fault: hand out a form that has already expired.
+#[derive(Clone, Copy)]
+pub struct ExpiredForm;
+
 /// Holds, fails or hangs up on a request as the fault generator draws.
-async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Response) -> Response {
+async fn inject(
+    app: &App,
+    mut req: Request,
+    next: Next,
+    error: impl FnOnce() -> Response,
+) -> Response {
     let route = route_of(&req);
     let (fault, delay) = app.faults.draw(&route);
     if let Some(delay) = delay {
@@ -380,6 +451,15 @@ async fn inject(app: &App, req: Request, next: Next, error: impl FnOnce() -> Res
     match fault {
         faults::Fault::None => next.run(req).await,
         faults::Fault::Error => error(),
+        faults::Fault::Late => {
+            app.clock
+                .advance(app.config.form_ttl + Duration::from_secs(1));
+            next.run(req).await
+        }
+        faults::Fault::Expired => {
+            req.extensions_mut().insert(ExpiredForm);
+            next.run(req).await
+        }
         faults::Fault::DropBefore | faults::Fault::DropAfter => {
             if fault == faults::Fault::DropAfter {
                 drop(next.run(req).await);

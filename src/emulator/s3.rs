@@ -100,7 +100,7 @@ async fn receive(app: &App, bucket: &str, mut multipart: Multipart) -> Result<Re
         }
 
         // The file: everything before it must already satisfy the policy.
-        let limits = check_form(&app.signer, &fields, bucket, chrono::Utc::now())?;
+        let limits = check_form(&app.signer, &fields, bucket, app.clock.now())?;
         let filename = field.file_name().unwrap_or_default().to_string();
         let key = fields
             .iter()
@@ -283,7 +283,7 @@ pub async fn download(
             .unwrap_or_default();
         if let Err(refusal) =
             app.signer
-                .check_presigned_get(uri.path(), host, &pairs, chrono::Utc::now())
+                .check_presigned_get(uri.path(), host, &pairs, app.clock.now())
         {
             return error_response(&refusal, &key);
         }

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::manifest::ReferenceType;
+use super::clock::iso;
+use crate::onepagecrm::{ReferenceType, is_object_id};
 
 /// Default account storage when a seed gives none: 1 GiB, as OnePageCRM gives one user.
 pub const DEFAULT_QUOTA: u64 = 1 << 30;
@@ -155,8 +157,9 @@ pub struct State {
 }
 
 impl State {
-    pub fn empty() -> Self {
-        let id_epoch = chrono::Utc::now().timestamp() as u64;
+    /// No contacts, the default storage; new ids start from `now`.
+    pub fn empty(now: DateTime<Utc>) -> Self {
+        let id_epoch = now.timestamp() as u64;
         Self {
             quota: DEFAULT_QUOTA,
             storage_left: DEFAULT_QUOTA,
@@ -165,22 +168,24 @@ impl State {
         }
     }
 
-    pub fn from_seed_file(path: &Path) -> anyhow::Result<Self> {
+    /// The seed's records, made at `now`.
+    pub fn from_seed_file(path: &Path, now: DateTime<Utc>) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read seed file {}", path.display()))?;
         let seed: Seed = serde_json::from_str(&text)
             .with_context(|| format!("seed file {} is not valid", path.display()))?;
-        Self::from_seed(seed).with_context(|| format!("seed file {} is not valid", path.display()))
+        Self::from_seed(seed, now)
+            .with_context(|| format!("seed file {} is not valid", path.display()))
     }
 
-    pub fn from_seed(seed: Seed) -> anyhow::Result<Self> {
-        let mut state = Self::empty();
+    pub fn from_seed(seed: Seed, now: DateTime<Utc>) -> anyhow::Result<Self> {
+        let mut state = Self::empty(now);
         state.quota = seed.quota.unwrap_or(DEFAULT_QUOTA);
         state.storage_left = seed.storage_left.unwrap_or(state.quota);
-        let now = now_iso();
+        let now = iso(now);
         for c in seed.contacts {
             anyhow::ensure!(
-                crate::manifest::is_object_id(&c.id),
+                is_object_id(&c.id),
                 "contact id {:?} is not 24 hex digits",
                 c.id
             );
@@ -193,7 +198,7 @@ impl State {
             for (kind, records) in lists {
                 for r in records {
                     anyhow::ensure!(
-                        crate::manifest::is_object_id(&r.id),
+                        is_object_id(&r.id),
                         "{kind} id {:?} is not 24 hex digits",
                         r.id
                     );
@@ -276,15 +281,15 @@ impl State {
     }
 
     /// An attachment as the API shows it: the OpenAPI `Attachment` (no `key` field), with its
-    /// `url` made by `App::attachment_url`, valid until `url_expires_at`.
-    pub fn attachment_json(&self, a: &Attachment, url: String) -> Value {
+    /// `url` made by `App::attachment_url` at `now`, valid until `url_expires_at`.
+    pub fn attachment_json(&self, a: &Attachment, url: String, now: DateTime<Utc>) -> Value {
         json!({
             "id": a.id,
             "filename": a.filename,
             "size": a.size,
             "storage_provider": "amazon",
             "url": url,
-            "url_expires_at": (chrono::Utc::now() + chrono::Duration::seconds(super::ATTACHMENT_URL_SECONDS as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "url_expires_at": iso(now + chrono::Duration::seconds(super::ATTACHMENT_URL_SECONDS as i64)),
         })
     }
 
@@ -311,10 +316,6 @@ impl State {
     }
 }
 
-pub fn now_iso() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn sample_seed_loads_every_record() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/emulator-seed.json");
-        let state = State::from_seed_file(&path).unwrap();
+        let state = State::from_seed_file(&path, Utc::now()).unwrap();
         assert_eq!(state.contacts.len(), 4);
         assert_eq!(state.records.len(), 4 * 5);
         assert_eq!(state.storage_left, 214_692_599_468);
@@ -333,24 +334,24 @@ mod tests {
         let seed: Seed =
             serde_json::from_str(r#"{"generate": {"contacts": 3, "notes": 2, "deals": 1}}"#)
                 .unwrap();
-        let state = State::from_seed(seed).unwrap();
+        let state = State::from_seed(seed, Utc::now()).unwrap();
         assert_eq!(state.contacts.len(), 3);
         assert_eq!(state.records.len(), 9);
         let id = generated_record_id(ReferenceType::Note, 2, 1);
-        assert!(crate::manifest::is_object_id(&id));
+        assert!(is_object_id(&id));
         assert_eq!(
             state.records[&(ReferenceType::Note, id)].contact_id,
             generated_contact_id(2)
         );
-        assert!(crate::manifest::is_object_id(&generated_contact_id(2)));
+        assert!(is_object_id(&generated_contact_id(2)));
     }
 
     #[test]
     fn bad_seeds_are_refused() {
         let dup = r#"{"contacts": [{"id": "5a1b2c3d4e5f60718293a4b5"}, {"id": "5a1b2c3d4e5f60718293a4b5"}]}"#;
-        assert!(State::from_seed(serde_json::from_str(dup).unwrap()).is_err());
+        assert!(State::from_seed(serde_json::from_str(dup).unwrap(), Utc::now()).is_err());
         let short = r#"{"contacts": [{"id": "abc"}]}"#;
-        assert!(State::from_seed(serde_json::from_str(short).unwrap()).is_err());
+        assert!(State::from_seed(serde_json::from_str(short).unwrap(), Utc::now()).is_err());
         assert!(serde_json::from_str::<Seed>(r#"{"contcts": []}"#).is_err());
     }
 }

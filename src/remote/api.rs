@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::{API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, read_capped};
-use crate::manifest::ReferenceType;
+use crate::onepagecrm::ReferenceType;
 
 /// Step 1's answer: where and how to upload.
 #[derive(Clone, Debug)]
@@ -33,13 +33,13 @@ const FIELD_ORDER: [&str; 7] = [
 
 impl Form {
     /// A new object key for `filename`, in OnePageCRM's `<contact>/<timestamp>/<name>` shape. Its
-    /// timestamp part is the answer's timestamp followed by nine random digits, so that no two
+    /// timestamp part is the answer's timestamp followed by twelve random digits, so that no two
     /// uploads get one key, whatever state file, process or machine they come from: two files of
     /// one name for one contact in the same second would otherwise overwrite each other in S3
     /// (OnePageCRM's own clients make this part themselves too, from their clock's milliseconds).
     pub fn key(&self, filename: &str) -> String {
-        let unique: u32 = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000_000);
-        let stamp = format!("{}{unique:09}", self.timestamp);
+        let unique: u64 = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000_000_000);
+        let stamp = format!("{}{unique:012}", self.timestamp);
         self.key_pattern
             .replace("__timestamp__", &stamp)
             .replace("${filename}", filename)
@@ -351,9 +351,10 @@ mod tests {
             timestamp: 1_697_212_380,
             storage_left: 0,
         };
+        // 1,000 draws from 10^12: a repeat by chance is about one in two million.
         let keys: std::collections::HashSet<String> =
-            (0..10_000).map(|_| form.key("same.pdf")).collect();
-        assert_eq!(keys.len(), 10_000);
+            (0..1_000).map(|_| form.key("same.pdf")).collect();
+        assert_eq!(keys.len(), 1_000);
     }
 
     #[test]

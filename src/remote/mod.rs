@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::failure::FailureKind;
+use crate::onepagecrm::is_loopback;
 
 /// OnePageCRM's API, unless `ONEPAGECRM_API_URL` says otherwise.
 pub const DEFAULT_API_URL: &str = "https://app.onepagecrm.com/api/v3";
@@ -163,16 +164,6 @@ pub fn check_url(raw: &str, what: &str) -> anyhow::Result<reqwest::Url> {
         ),
         // Not the scheme itself: in `user:password@host` it would be the user name.
         _ => anyhow::bail!("{what} {shown:?} does not start with https://; use https"),
-    }
-}
-
-/// Whether `url` names this machine: a loopback address or `localhost`.
-pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }
 

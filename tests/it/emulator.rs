@@ -252,13 +252,69 @@ fn s3_refuses_a_bad_signature() {
 
 #[test]
 fn s3_refuses_an_expired_policy() {
-    let emu = Emulator::start(&["--form-ttl", "1", "--rate-limit", "off"]);
+    let emu = Emulator::start(&["--rate-limit", "off"]);
     let fields = logo_fields(&emu);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // The form lives an hour (`--form-ttl` 3600): the clock goes a second past that.
+    emu.advance_clock(3601);
     let reply = upload(&emu.s3, &fields, &logo(), &[]);
     assert_s3_error(&reply, 403, "AccessDenied", "Policy expired");
     // A new form works.
     stage(&emu, &contact(0).id, &logo());
+}
+
+#[test]
+fn the_clock_moves_forward_when_told_and_everything_dated_follows() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let ada = contact(0);
+    let before = emu.form(&ada.id)["timestamp"].as_i64().unwrap();
+    let key = stage(&emu, &ada.id, &logo());
+    let size = std::fs::metadata(logo()).unwrap().len();
+    let attached = emu.post("/attachments", &attach_body(&ada, &key, size));
+    assert_eq!(attached.status, 201, "{}", attached.body);
+    let url = attached.json()["data"]["attachment"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        curl(std::slice::from_ref(&url), None).status,
+        200,
+        "a fresh link works"
+    );
+
+    // A link lives an hour: a second past it, S3 refuses it as expired.
+    let moved = emu.advance_clock(3601);
+    assert_eq!(moved["ahead_seconds"], 3601, "{moved}");
+    assert!(moved["unix"].as_i64().unwrap() >= before + 3601, "{moved}");
+    let expired = curl(&[url], None);
+    assert_eq!(expired.status, 403, "{}", expired.body);
+    assert!(
+        expired.body.contains("Request has expired"),
+        "{}",
+        expired.body
+    );
+    // Answers are stamped by the moved clock, and it reads back the same.
+    let after = emu.form(&ada.id)["timestamp"].as_i64().unwrap();
+    assert!(after >= before + 3601, "{before} then {after}");
+    let now = curl(&[format!("{}/_emulator/clock", emu.origin)], None).json();
+    assert_eq!(now["ahead_seconds"], 3601, "{now}");
+
+    // Only forward, by a whole number of seconds.
+    for body in [
+        r#"{"advance_seconds": -5}"#,
+        r#"{"advance_seconds": "1"}"#,
+        "{}",
+    ] {
+        let reply = curl(
+            &[
+                "--data-binary".to_string(),
+                body.to_string(),
+                format!("{}/_emulator/clock", emu.origin),
+            ],
+            None,
+        );
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        assert!(reply.body.contains("advance_seconds"), "{}", reply.body);
+    }
 }
 
 #[test]

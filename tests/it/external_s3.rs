@@ -8,7 +8,7 @@ use std::time::Duration;
 use predicates::str::contains;
 use serde_json::Value;
 
-use crate::common::emulator::Emulator;
+use crate::common::emulator::{Emulator, curl};
 use crate::common::s3s::{self, Answer, Quirks, S3sFs};
 use crate::common::{Scratch, bin, samples};
 use crate::run::{assert_exactly_once, manifest_rows, sample_copy};
@@ -129,10 +129,7 @@ fn answers_of_other_servers_are_read_alike() {
     // An absolute Location and a quoted `<Etag>`; then no body and no ETag at all, where
     // step 3 is the check (the API refuses an attachment unless the object has the stated size).
     for answer in [Answer::Rewritten, Answer::Empty] {
-        let server = S3sFs::start_with(Quirks {
-            answer,
-            ..Quirks::default()
-        });
+        let server = S3sFs::start_with(Quirks { answer });
         let emu = Emulator::start_external(&server, &[]);
         let (_s, manifest) = sample_copy();
         run_to_the_end(&emu, &server, &manifest, 20, &[]);
@@ -141,7 +138,6 @@ fn answers_of_other_servers_are_read_alike() {
     // That ETag is read, not skipped: one that is not the file's MD5 fails the upload.
     let server = S3sFs::start_with(Quirks {
         answer: Answer::WrongEtag,
-        ..Quirks::default()
     });
     let emu = Emulator::start_external(&server, &[]);
     let s = Scratch::new();
@@ -191,15 +187,16 @@ fn file_names_with_quotes_non_ascii_spaces_percent_hash_and_plus() {
 
 #[test]
 fn an_expired_form_is_renewed_and_the_file_uploaded() {
-    // Forms live 1 s; s3s-fs holds the first three uploads 1.5 s, so their forms have expired
-    // when it reads them (it answers 403 AccessDenied "Request has expired").
-    let held = 3;
-    let server = S3sFs::start_with(Quirks {
-        held,
-        hold: Duration::from_millis(1500),
-        ..Quirks::default()
-    });
-    let emu = Emulator::start_external(&server, &["--form-ttl", "1"]);
+    // s3s-fs judges a form by its own clock, which the emulator's cannot move: instead the
+    // emulator hands out the first three forms after the quota check's already expired, a
+    // second before now (s3s-fs answers 403 AccessDenied "Request has expired"). The renewed
+    // ones live an hour, so none expires twice however slow the machine.
+    let expired = 3;
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(
+        &server,
+        &["--fault-at", "GET /api/v3/attachments/s3_form:2-4:expired"],
+    );
     let (_s, manifest) = sample_copy();
     let (state, stderr) = run_to_the_end(&emu, &server, &manifest, 20, &["-v"]);
     assert!(
@@ -209,7 +206,7 @@ fn an_expired_form_is_renewed_and_the_file_uploaded() {
     // One form per row, one for the quota check before the first upload, one per expired form.
     assert_eq!(
         forms_given(&state),
-        20 + 1 + held as u64,
+        20 + 1 + expired,
         "{}",
         state["requests"]
     );
@@ -223,6 +220,40 @@ fn a_file_of_exactly_the_limit_is_accepted() {
     let manifest = one_file_manifest(&s, "ten.bin", awkward_bytes(10_485_760));
     let (state, _) = run_to_the_end(&emu, &server, &manifest, 1, &[]);
     assert_eq!(state["attachments"][0]["size"], 10_485_760);
+}
+
+#[test]
+fn the_emulator_clock_does_not_move_in_external_mode() {
+    // s3s-fs would judge forms signed by a moved clock by its own, real one.
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(&server, &[]);
+    let reply = curl(
+        &[
+            "--data-binary".to_string(),
+            r#"{"advance_seconds": 3601}"#.to_string(),
+            format!("{}/_emulator/clock", emu.origin),
+        ],
+        None,
+    );
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(reply.body.contains("external-S3 mode"), "{}", reply.body);
+    let now = curl(&[format!("{}/_emulator/clock", emu.origin)], None).json();
+    assert_eq!(now["ahead_seconds"], 0, "{now}");
+
+    let out = bin()
+        .args(["emulator", "--listen", "127.0.0.1:0", "--fault-at"])
+        .arg("POST /api/v3/attachments:1:late")
+        .args(server.emulator_args())
+        .envs(S3sFs::envs())
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot move in external-S3 mode"),
+        "{stderr}"
+    );
 }
 
 #[test]

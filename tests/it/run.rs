@@ -545,16 +545,13 @@ fn two_files_with_one_name_for_one_contact_get_two_keys() {
 
 #[test]
 fn an_expired_form_is_renewed() {
-    // Each request is held 0 to 1.6 s and a form lives 1 s: some forms expire before their upload.
+    // The first three uploads arrive late: each moves the emulator's clock past a form's life
+    // before S3 judges it, so their forms (and any other handed out before) have expired.
     let emu = Emulator::start(&[
         "--rate-limit",
         "off",
-        "--form-ttl",
-        "1",
-        "--latency-ms",
-        "0..1600",
-        "--fault-seed",
-        "5",
+        "--fault-at",
+        "POST /{bucket}/:1-3:late",
     ]);
     let (_s, manifest) = sample_copy();
     emu.run_cmd(&manifest)
@@ -572,6 +569,60 @@ fn an_expired_form_is_renewed() {
         "no form expired: {:?}",
         state["requests"]
     );
+}
+
+#[test]
+fn a_form_the_clock_has_moved_past_expires_and_run_renews_it_without_waiting() {
+    // The upload below is the bucket's first request; the run's first upload is its second.
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--fault-at",
+        "POST /{bucket}/:2:late",
+    ]);
+    // A form lives an hour (`--form-ttl` 3600): the clock goes a second past that.
+    let ada = "ca929443ed449d7679121de5";
+    let logo = samples().join("files/logo.png");
+    let form = emu.form(ada);
+    let fields = tutorial_fields(&form, &tutorial_key(&form, ada, "logo.png"), "logo.png");
+    assert_eq!(emu.advance_clock(3601)["ahead_seconds"], 3601);
+    let reply = upload(&emu.s3, &fields, &logo, &[]);
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(
+        reply.body.contains("<Code>AccessDenied</Code>") && reply.body.contains("Policy expired"),
+        "{}",
+        reply.body
+    );
+
+    // In a run, the first upload arrives after the clock moved past its form's life (a `late`
+    // fault): S3 refuses it the same way, and the run gets a new form and uploads again.
+    let (_s, manifest) = sample_copy();
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--concurrency", "1", "-v"])
+        .assert()
+        .code(0);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("the upload form expired; getting a new one"),
+        "{stderr}"
+    );
+    let state = emu.state();
+    assert_exactly_once(&state, &manifest);
+    let requests = requests(&state);
+    // The one refused upload above, and the run's one.
+    assert_eq!(
+        requests.get("POST /{bucket}/ 403"),
+        Some(&2),
+        "{requests:?}"
+    );
+    // One form above; the run's: one for the quota check, one per row, one renewed.
+    assert_eq!(
+        requests.get("GET /api/v3/attachments/s3_form 200"),
+        Some(&(1 + 1 + 20 + 1)),
+        "{requests:?}"
+    );
+    assert_eq!(emu.advance_clock(0)["ahead_seconds"], 3601 + 3601);
 }
 
 #[test]

@@ -139,6 +139,20 @@ impl Emulator {
         serde_json::from_str(&reply.body).unwrap()
     }
 
+    /// `POST /_emulator/clock`: moves the emulator's clock `seconds` forward; its answer.
+    pub fn advance_clock(&self, seconds: u64) -> Value {
+        let reply = curl(
+            &[
+                "--data-binary".to_string(),
+                format!("{{\"advance_seconds\": {seconds}}}"),
+                format!("{}/_emulator/clock", self.origin),
+            ],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    }
+
     /// An authenticated API GET (`path` after `/api/v3`).
     pub fn get(&self, path: &str) -> Reply {
         curl(&[format!("{}{path}", self.api)], Some((USER_ID, API_KEY)))

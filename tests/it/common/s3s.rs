@@ -4,10 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -35,10 +32,6 @@ pub struct S3sFs {
 /// How the test server departs from plain s3s-fs, to stand for other servers and conditions.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Quirks {
-    /// The first `held` uploads wait `hold` before s3s sees them: a form that lives less than
-    /// `hold` has expired by then.
-    pub held: usize,
-    pub hold: Duration,
     /// How a successful upload is answered.
     pub answer: Answer,
 }
@@ -83,22 +76,16 @@ impl S3sFs {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("a free loopback port");
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let posts = Arc::new(AtomicUsize::new(0));
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let service = service.clone();
-                let posts = posts.clone();
                 let per_request = tower::service_fn(move |req: hyper::Request<Incoming>| {
                     let service = service.clone();
-                    let posts = posts.clone();
                     async move {
                         let upload = req.method() == hyper::Method::POST;
-                        if upload && posts.fetch_add(1, Ordering::SeqCst) < quirks.held {
-                            tokio::time::sleep(quirks.hold).await;
-                        }
                         let response = service.oneshot(req.map(small_frames)).await?;
                         if !upload || response.status() != hyper::StatusCode::CREATED {
                             return Ok::<_, s3s::HttpError>(response);
