@@ -4,21 +4,31 @@
 //! Rate and concurrency are kept apart: one limiter hands out API calls at `--rate` (all workers
 //! share it, and share one gate that a throttled answer closes for everybody), while
 //! `--concurrency` workers bound how many rows, and so how many S3 uploads, are under way.
+//!
+//! Workers report what happens as events (`events`): counts, progress and the log come from them.
+//! Two cancellation tokens end a run: `stop_starting` (a first Ctrl-C, or any reason to stop) lets
+//! no new row start while rows under way go on, their waits intact; `abort` (the grace period over,
+//! a second Ctrl-C, or a stall) also cuts every backoff sleep, throttle-gate wait and limiter wait
+//! short. Cancelling `abort` cancels `stop_starting` too.
+
+mod events;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::checkpoint::{self, Store, StoredRow, Transition};
 use crate::remote::api::{Attach, Form};
 use crate::remote::{Client, RemoteError};
+
+pub use events::{Counts, Event, Events, Listener, Step};
 
 /// The client's default limit on API calls: 4.9 requests/s in bursts of 5. OnePageCRM (and the
 /// emulator) throttle at 5/s with bursts of 10. At 4.9/s the server's bucket never drains (it
@@ -68,19 +78,6 @@ pub enum Stop {
     /// No API call succeeded for `--stall-timeout`: the server is down, broken or throttling
     /// without end, and waiting on would not help.
     Stalled = 4,
-}
-
-/// Counts a run keeps, shown in its summary.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub api_calls: AtomicU64,
-    pub retries: AtomicU64,
-    pub throttles: AtomicU64,
-    pub bytes_uploaded: AtomicU64,
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    /// Rows waiting out a backoff right now.
-    pub retrying: AtomicU64,
 }
 
 /// The shared limit on API calls, and the gate a throttled answer closes for every worker.
@@ -245,17 +242,21 @@ pub struct Context {
     pub store: Store,
     pub gate: ApiGate,
     pub settings: Settings,
-    pub counters: Counters,
+    /// Where workers report; the counts of a run are made from these reports alone.
+    events: Events,
     stop: AtomicU8,
     /// Serializes the checks of attaches whose answer was lost, so two rows with one name and
     /// size on one record cannot claim the same attachment.
     verify: tokio::sync::Mutex<()>,
-    interrupted: AtomicBool,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
-    /// Cancelled when the run stalls: every wait for the gate or a backoff ends at once.
-    cancel: CancellationToken,
+    /// Cancelled when no new row may start (an interrupt, or any `Stop`); rows under way go on.
+    stop_starting: CancellationToken,
+    /// Cancelled when the rows under way must end now (the grace period is over, a second
+    /// interrupt, a stall): every wait for the gate, the limiter or a backoff ends at once.
+    /// Its child is `stop_starting`.
+    abort: CancellationToken,
 }
 
 /// How a row ended in this run.
@@ -273,22 +274,33 @@ pub enum Outcome {
 
 impl Context {
     pub fn new(client: Client, store: Store, settings: Settings) -> Self {
+        let abort = CancellationToken::new();
         Self {
             client,
             store,
             gate: ApiGate::new(settings.rate, settings.burst),
             settings,
-            counters: Counters::default(),
+            events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
             verify: tokio::sync::Mutex::new(()),
-            interrupted: AtomicBool::new(false),
             stall: Mutex::new(StallClock {
                 last_success: Instant::now(),
                 since: BTreeMap::new(),
             }),
             stalled: OnceLock::new(),
-            cancel: CancellationToken::new(),
+            stop_starting: abort.child_token(),
+            abort,
         }
+    }
+
+    /// Adds a listener to this run's events (before the run starts).
+    pub fn listen(&mut self, listener: Arc<dyn Listener>) {
+        self.events.listen(listener);
+    }
+
+    /// The run's counts so far (for progress and the summary).
+    pub fn counts(&self) -> Counts {
+        self.events.counts()
     }
 
     pub fn stop_reason(&self) -> Stop {
@@ -308,6 +320,7 @@ impl Context {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        self.stop_starting.cancel();
     }
 
     /// One API call through the limiter and the throttle gate; throttled answers are waited out
@@ -326,10 +339,10 @@ impl Context {
                         status,
                         retry_after,
                     },
-                    None => RemoteError::Stopped(self.stall_reason()),
+                    None => RemoteError::Stopped(self.abort_reason()),
                 });
             }
-            self.counters.api_calls.fetch_add(1, Ordering::Relaxed);
+            self.events.emit(Event::ApiCall);
             let result = call().await;
             self.clock(&result);
             match result {
@@ -337,9 +350,11 @@ impl Context {
                     status,
                     retry_after,
                 }) => {
-                    self.counters.throttles.fetch_add(1, Ordering::Relaxed);
                     let throttle = self.gate.throttled(retry_after);
-                    debug!("throttled ({status}), pause {}", throttle.n);
+                    self.events.emit(Event::Throttled {
+                        status,
+                        consecutive: throttle.n,
+                    });
                     if let Some(pause) = throttle.pause.filter(|p| *p >= ANNOUNCED_PAUSE) {
                         let asked = match retry_after {
                             Some(r) if r > MAX_THROTTLE_PAUSE => format!(
@@ -376,20 +391,21 @@ impl Context {
         }
     }
 
-    /// Waits for the gate; false, at once, when the run has stalled.
+    /// Waits for the gate (its throttle pause, then the limiter); false, at once, when the run
+    /// is aborted.
     async fn turn(&self) -> bool {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => false,
+            _ = self.abort.cancelled() => false,
             _ = self.gate.turn() => true,
         }
     }
 
-    /// Sleeps `d`; false, at once, when the run has stalled.
+    /// Sleeps `d`; false, at once, when the run is aborted.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => false,
+            _ = self.abort.cancelled() => false,
             _ = tokio::time::sleep(d) => true,
         }
     }
@@ -422,9 +438,19 @@ impl Context {
         clock.since.clear();
     }
 
-    /// Why the run stalled (empty before it has).
-    fn stall_reason(&self) -> String {
-        self.stalled.get().cloned().unwrap_or_default()
+    /// Why the run was aborted: its stall, or an interrupt.
+    fn abort_reason(&self) -> String {
+        self.stalled
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "interrupted".to_string())
+    }
+
+    /// The run was aborted by an interrupt (not by a stall): a row cut short then ends without
+    /// an outcome, as if its task had been dropped, and its state file row stays where its last
+    /// committed step left it (a rerun resumes from there).
+    fn interrupted_now(&self) -> bool {
+        self.abort.is_cancelled() && self.stalled.get().is_none()
     }
 
     /// What stopped the run when it stalled: for its summary.
@@ -463,7 +489,7 @@ impl Context {
         );
         let _ = self.stalled.set(reason);
         self.stop(Stop::Stalled);
-        self.cancel.cancel();
+        self.abort.cancel();
         None
     }
 
@@ -479,12 +505,16 @@ impl Context {
                 Err(e)
                     if e.is_retryable()
                         && attempt < self.settings.retries
-                        && !self.cancel.is_cancelled() =>
+                        && !self.abort.is_cancelled() =>
                 {
                     attempt += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    info!("retry {attempt}/{} after: {e}", self.settings.retries);
-                    if !self.pause(backoff(attempt)).await {
+                    let waited = {
+                        let _backoff =
+                            self.events
+                                .backoff(None, attempt, self.settings.retries, &e);
+                        self.pause(backoff(attempt)).await
+                    };
+                    if !waited {
                         return Err(e);
                     }
                 }
@@ -493,29 +523,49 @@ impl Context {
         }
     }
 
-    async fn commit(&self, key: &str, t: Transition) -> Result<(), RowError> {
-        let key = key.to_string();
+    /// Records `t` for `row` and waits until it is written.
+    async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
+        let (key, state) = (row.key.clone(), state_name(&t));
         self.store
             .call(move |c| checkpoint::transition(c, &key, &t))
             .await
-            .map_err(RowError::Store)
+            .map_err(RowError::Store)?;
+        self.events.emit(Event::StateChanged { row, state });
+        Ok(())
     }
 
-    fn record_later(&self, key: &str, t: Transition) {
-        let key = key.to_string();
+    /// Queues `t` for `row` (nothing waits on it: no later side effect depends on it).
+    fn record_later(&self, row: &StoredRow, t: Transition) {
+        let (key, state) = (row.key.clone(), state_name(&t));
         self.store
             .submit(move |c| checkpoint::transition(c, &key, &t));
+        self.events.emit(Event::StateChanged { row, state });
     }
 
     /// Takes a row through what `plan` says is left of it; records how it ended.
     pub async fn process(&self, row: &StoredRow, plan: Plan) -> Outcome {
-        if self.stop_reason() != Stop::None || self.interrupted.load(Ordering::SeqCst) {
+        let outcome = self.outcome(row, plan).await;
+        self.events.emit(Event::RowFinished {
+            row,
+            outcome: &outcome,
+        });
+        outcome
+    }
+
+    async fn outcome(&self, row: &StoredRow, plan: Plan) -> Outcome {
+        if self.stop_starting.is_cancelled() {
             return Outcome::NotStarted;
         }
-        match self.run_row(row, plan).await {
-            Ok(()) => {
-                self.counters.done.fetch_add(1, Ordering::Relaxed);
-                Outcome::Done
+        self.events.emit(Event::RowStarted { row, plan });
+        // At -vv, every line logged while the row is under way (its requests) names the row.
+        let span = tracing::debug_span!("row", line = row.line);
+        match self.run_row(row, plan).instrument(span).await {
+            Ok(()) => Outcome::Done,
+            // Cut short by the end of the grace period: as if never taken up (see
+            // `interrupted_now`); nothing is recorded.
+            Err(RowError::Cut) => Outcome::NotStarted,
+            Err(RowError::Remote(RemoteError::Stopped(_))) if self.interrupted_now() => {
+                Outcome::NotStarted
             }
             Err(RowError::Remote(e)) => {
                 let kind = e.kind();
@@ -523,11 +573,9 @@ impl Context {
                 if matches!(e, RemoteError::Quota { .. }) {
                     self.stop(Stop::Quota);
                 }
-                warn!("line {}: {} ({kind}): {e}", row.line, row.file);
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let message = e.to_string();
                 self.record_later(
-                    &row.key,
+                    row,
                     Transition::Failed {
                         kind: kind.to_string(),
                         message: message.clone(),
@@ -541,17 +589,11 @@ impl Context {
                 }
             }
             Err(RowError::Store(e)) => {
-                let message = e.to_string();
                 self.stop(Stop::StateFile);
-                warn!(
-                    "line {}: cannot record progress in the state file: {message}",
-                    row.line
-                );
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 Outcome::Failed {
                     kind: "state_file",
                     retryable: true,
-                    message,
+                    message: e.to_string(),
                 }
             }
         }
@@ -572,7 +614,7 @@ impl Context {
                         stage = Plan::Upload;
                         continue;
                     };
-                    self.commit(&row.key, Transition::Attaching).await?;
+                    self.commit(row, Transition::Attaching).await?;
                     let attach = Attach {
                         reference_id: &row.reference_id,
                         reference_type: row.reference_type,
@@ -583,7 +625,11 @@ impl Context {
                     };
                     match self.api(|| self.client.attach(&attach)).await {
                         Ok(id) => {
-                            self.record_later(&row.key, Transition::Done { attachment_id: id });
+                            self.events.emit(Event::StepDone {
+                                row,
+                                step: Step::Attach,
+                            });
+                            self.record_later(row, Transition::Done { attachment_id: id });
                             return Ok(());
                         }
                         Err(e) if e.is_retryable() => {
@@ -601,8 +647,16 @@ impl Context {
                     }
                 }
                 Plan::Verify => match self.verify(row, key.as_deref()).await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => stage = Plan::Attach,
+                    Ok(held) => {
+                        self.events.emit(Event::StepDone {
+                            row,
+                            step: Step::Verify { held },
+                        });
+                        if held {
+                            return Ok(());
+                        }
+                        stage = Plan::Attach;
+                    }
                     Err(RowError::Remote(e)) if e.is_retryable() => {
                         self.retry(e, row, &mut attempts).await?
                     }
@@ -620,18 +674,31 @@ impl Context {
         attempts: &mut u32,
     ) -> Result<(), RowError> {
         *attempts += 1;
-        if *attempts > self.settings.retries || self.cancel.is_cancelled() {
+        if *attempts > self.settings.retries {
             return Err(RowError::Remote(e));
         }
-        self.counters.retries.fetch_add(1, Ordering::Relaxed);
-        info!(
-            "line {}: retry {}/{} after: {e}",
-            row.line, attempts, self.settings.retries
-        );
-        if !self.pause(backoff(*attempts)).await {
-            return Err(RowError::Remote(e));
+        if self.abort.is_cancelled() {
+            return Err(self.cut(e));
+        }
+        let waited = {
+            let _backoff =
+                self.events
+                    .backoff(Some(row.line), *attempts, self.settings.retries, &e);
+            self.pause(backoff(*attempts)).await
+        };
+        if !waited {
+            return Err(self.cut(e));
         }
         Ok(())
+    }
+
+    /// How a row whose wait was cut short by an abort ends: with its last error after a stall,
+    /// without an outcome after an interrupt.
+    fn cut(&self, e: RemoteError) -> RowError {
+        match self.interrupted_now() {
+            true => RowError::Cut,
+            false => RowError::Remote(e),
+        }
     }
 
     /// Steps 1 and 2; returns the key the object is stored under.
@@ -644,7 +711,7 @@ impl Context {
             let key = form.key(&row.name);
             match self
                 .commit(
-                    &row.key,
+                    row,
                     Transition::Uploading {
                         s3_key: key.clone(),
                     },
@@ -664,10 +731,11 @@ impl Context {
             {
                 Ok(uploaded) => {
                     self.progressed();
-                    self.counters
-                        .bytes_uploaded
-                        .fetch_add(row.size, Ordering::Relaxed);
-                    self.record_later(&row.key, Transition::Uploaded { etag: uploaded.md5 });
+                    self.events.emit(Event::StepDone {
+                        row,
+                        step: Step::Upload { bytes: row.size },
+                    });
+                    self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
                     return Ok(key);
                 }
                 Err(e) if e.is_form_expired() => {
@@ -696,7 +764,13 @@ impl Context {
                         ),
                     }));
                 }
-                Ok(form) => return Ok(form),
+                Ok(form) => {
+                    self.events.emit(Event::StepDone {
+                        row,
+                        step: Step::Form,
+                    });
+                    return Ok(form);
+                }
                 Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
                 Err(e) => return Err(e.into()),
             }
@@ -731,7 +805,7 @@ impl Context {
                 row.line, a.id
             );
             self.commit(
-                &row.key,
+                row,
                 Transition::Done {
                     attachment_id: a.id.clone(),
                 },
@@ -772,9 +846,15 @@ impl Context {
         ))))
     }
 
-    /// No new row starts after this; rows under way go on.
+    /// No new row starts after this; rows under way go on, their waits intact.
     pub fn interrupt(&self) {
-        self.interrupted.store(true, Ordering::SeqCst);
+        self.stop_starting.cancel();
+    }
+
+    /// The rows under way end now: every wait (gate, limiter, backoff) ends at once, and no new
+    /// row starts. A row cut short by this ends without an outcome (unless the run stalled).
+    pub fn abort(&self) {
+        self.abort.cancel();
     }
 }
 
@@ -786,7 +866,7 @@ pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
         let (next, cancel) = {
             let ctx = ctx.upgrade()?;
             match ctx.check_stall() {
-                Some(next) => (next, ctx.cancel.clone()),
+                Some(next) => (next, ctx.abort.clone()),
                 None => return ctx.stalled.get().cloned(),
             }
         };
@@ -800,7 +880,19 @@ pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
 impl Drop for Context {
     fn drop(&mut self) {
         // Ends the stall watch (it looks at the context it watches, which is now gone).
-        self.cancel.cancel();
+        self.abort.cancel();
+    }
+}
+
+/// The state a transition leaves a row in, as the state file and `status` name it.
+fn state_name(t: &Transition) -> &'static str {
+    match t {
+        Transition::Uploading { .. } => "uploading",
+        Transition::Uploaded { .. } => "uploaded",
+        Transition::Attaching => "attaching",
+        Transition::Done { .. } => "done",
+        Transition::Failed { .. } => "failed",
+        Transition::Pending => "pending",
     }
 }
 
@@ -809,6 +901,8 @@ impl Drop for Context {
 enum RowError {
     Remote(RemoteError),
     Store(checkpoint::StoreError),
+    /// A wait was cut short by an interrupt's abort.
+    Cut,
 }
 
 impl From<RemoteError> for RowError {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -460,8 +459,12 @@ pub fn run_with(args: &RunArgs, remote: Option<Remote>) -> anyhow::Result<ExitSt
                     _ = &mut run => {}
                     _ = tokio::time::sleep(grace) => {
                         eprintln!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
+                        ctx.abort();
                     }
-                    _ = signal() => eprintln!("stopping at once (a rerun resumes from the state file)"),
+                    _ = signal() => {
+                        eprintln!("stopping at once (a rerun resumes from the state file)");
+                        ctx.abort();
+                    }
                 }
                 true
             }
@@ -824,7 +827,7 @@ fn summarize(
     } else {
         0
     };
-    let c = &ctx.counters;
+    let c = ctx.counts();
     Summary {
         manifest: args.manifest.manifest.display().to_string(),
         state: state_path.display().to_string(),
@@ -844,11 +847,11 @@ fn summarize(
             })
             .collect(),
         failures,
-        bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: c.bytes_uploaded,
         elapsed_seconds: elapsed.as_secs_f64(),
-        api_calls: c.api_calls.load(Ordering::Relaxed),
-        retries: c.retries.load(Ordering::Relaxed),
-        throttles: c.throttles.load(Ordering::Relaxed),
+        api_calls: c.api_calls,
+        retries: c.retries,
+        throttles: c.throttles,
         stopped,
         stall: ctx.stall_detail().map(str::to_string),
         exit_code,
