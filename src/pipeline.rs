@@ -229,11 +229,22 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(rand::rng().random::<f64>())
 }
 
+/// The longest backoff, however many attempts came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The most a backoff before retry number `attempt` (1-based) waits: 0.5 s, doubled each
+/// attempt, up to `MAX_BACKOFF`.
+fn backoff_cap(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(MAX_BACKOFF)
+}
+
 /// Full-jitter exponential backoff before retry number `attempt` (1-based).
 fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)))
-        .min(Duration::from_secs(30));
-    jitter(cap)
+    backoff_drawn(attempt, &mut rand::rng())
+}
+
+fn backoff_drawn(attempt: u32, rng: &mut impl Rng) -> Duration {
+    backoff_cap(attempt).mul_f64(rng.random::<f64>())
 }
 
 /// Everything workers share.
@@ -953,6 +964,46 @@ mod tests {
                 .map(|_| backoff(1))
                 .all(|d| d <= Duration::from_millis(500))
         );
+    }
+
+    #[test]
+    fn backoff_grows_with_each_attempt_until_its_cap() {
+        // The ceiling doubles with each attempt until it reaches the cap, then stays there.
+        let caps: Vec<Duration> = (1..=10).map(backoff_cap).collect();
+        assert_eq!(caps[0], Duration::from_millis(500));
+        for (i, pair) in caps.windows(2).enumerate() {
+            assert!(
+                pair[1] == MAX_BACKOFF || pair[1] == pair[0] * 2,
+                "attempt {}: {:?} after {:?}",
+                i + 2,
+                pair[1],
+                pair[0]
+            );
+        }
+        assert_eq!(caps[caps.len() - 1], MAX_BACKOFF);
+        // What is waited grows with it: the mean of many draws (seeded, so the same on every run)
+        // grows by more than half with each attempt, and no draw passes its ceiling. A constant
+        // backoff, or one that ignores the attempt, fails here.
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let means: Vec<Duration> = (1..=6)
+            .map(|attempt| {
+                let draws: Vec<Duration> = (0..1000)
+                    .map(|_| backoff_drawn(attempt, &mut rng))
+                    .collect();
+                assert!(draws.iter().all(|d| *d <= backoff_cap(attempt)));
+                draws.iter().sum::<Duration>() / 1000
+            })
+            .collect();
+        for (i, pair) in means.windows(2).enumerate() {
+            assert!(
+                pair[1] > pair[0].mul_f64(1.5),
+                "attempt {}: mean {:?} after {:?}",
+                i + 2,
+                pair[1],
+                pair[0]
+            );
+        }
     }
 
     #[tokio::test]
