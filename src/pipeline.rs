@@ -85,8 +85,8 @@ pub struct ApiGate {
     limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
     rate: Mutex<Option<f64>>,
     burst: u32,
-    /// No API call starts before this instant.
-    resume_at: Mutex<Option<Instant>>,
+    /// No API call starts before this instant (on tokio's clock, which the waits follow).
+    resume_at: Mutex<Option<tokio::time::Instant>>,
     consecutive: AtomicU32,
     recent: Mutex<VecDeque<Instant>>,
 }
@@ -127,7 +127,7 @@ impl ApiGate {
         loop {
             let until = *self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
             match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
                 _ => break,
             }
         }
@@ -150,7 +150,7 @@ impl ApiGate {
             + jitter(Duration::from_millis(250));
         let extended = {
             let mut resume = self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
-            let at = Instant::now() + pause;
+            let at = tokio::time::Instant::now() + pause;
             let later = resume.is_none_or(|r| r < at);
             if later {
                 *resume = Some(at);
@@ -876,6 +876,10 @@ pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
     loop {
         let (next, cancel) = {
             let ctx = ctx.upgrade()?;
+            if ctx.abort.is_cancelled() && ctx.stalled.get().is_none() {
+                // Aborted by an interrupt: nothing left to watch.
+                return None;
+            }
             match ctx.check_stall() {
                 Some(next) => (next, ctx.abort.clone()),
                 None => return ctx.stalled.get().cloned(),
@@ -1006,15 +1010,125 @@ mod tests {
         }
     }
 
+    /// A context whose client is never reached (no test below sends anything).
+    fn context() -> Context {
+        let client = Client::new(
+            reqwest::Url::parse("http://127.0.0.1:9/api/v3").unwrap(),
+            crate::remote::Credentials::new("u".into(), "k".into()),
+        )
+        .unwrap();
+        let (store, _writer) =
+            checkpoint::store::spawn(rusqlite::Connection::open_in_memory().unwrap());
+        let settings = Settings {
+            concurrency: 1,
+            rate: None,
+            burst: 5,
+            retries: 3,
+            stall_timeout: None,
+        };
+        Context::new(client, store, settings)
+    }
+
+    fn a_row() -> StoredRow {
+        StoredRow::from(&checkpoint::NewRow {
+            key: "k".into(),
+            line: 2,
+            file: "a.pdf".into(),
+            path: "a.pdf".into(),
+            size: 1,
+            mtime_ns: 0,
+            contact_id: "c".into(),
+            reference_type: crate::manifest::ReferenceType::Note,
+            reference_type_text: "note".into(),
+            reference_id: "r".into(),
+            name: "a.pdf".into(),
+            rejected: None,
+        })
+    }
+
+    /// Events as a listener saw them, by variant name.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Listener for Seen {
+        fn on(&self, event: &Event<'_>) {
+            let name = format!("{event:?}");
+            let name = name.split([' ', '{', '(']).next().unwrap_or_default();
+            self.0.lock().unwrap().push(name.to_string());
+        }
+    }
+
+    // The clock is tokio's paused one: it moves only when every task waits, straight to the next
+    // timer, so a wait that is not cut runs out at once and one that is cut leaves it unmoved.
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_stops_new_rows_but_lets_waits_run_out() {
+        let mut ctx = context();
+        let seen = Arc::new(Seen::default());
+        ctx.listen(seen.clone());
+        let ctx = Arc::new(ctx);
+        ctx.interrupt();
+        assert_eq!(
+            ctx.process(&a_row(), Plan::Upload).await,
+            Outcome::NotStarted
+        );
+        assert_eq!(*seen.0.lock().unwrap(), ["RowFinished"], "never started");
+        let before = tokio::time::Instant::now();
+        assert!(ctx.pause(Duration::from_secs(3600)).await, "not cut");
+        assert!(before.elapsed() >= Duration::from_secs(3600));
+        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let before = tokio::time::Instant::now();
+        assert!(ctx.turn().await, "the gate's pause is waited out");
+        assert!(before.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stall_watch_ends_when_an_interrupt_aborts_the_run() {
+        let mut ctx = context();
+        ctx.settings.stall_timeout = Some(Duration::from_secs(600));
+        let ctx = Arc::new(ctx);
+        let watch = tokio::spawn(watch_stall(Arc::downgrade(&ctx)));
+        tokio::task::yield_now().await;
+        ctx.abort();
+        assert_eq!(watch.await.unwrap(), None, "no stall is reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_cuts_backoffs_and_gate_waits_short_and_stops_new_rows() {
+        let ctx = Arc::new(context());
+        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let before = tokio::time::Instant::now();
+        let (gate, backoff) = (ctx.clone(), ctx.clone());
+        let gate = tokio::spawn(async move { gate.turn().await });
+        let backoff = tokio::spawn(async move { backoff.pause(Duration::from_secs(3600)).await });
+        // Both tasks run until they wait (this task is runnable meanwhile, so the clock holds).
+        tokio::task::yield_now().await;
+        ctx.abort();
+        assert!(!gate.await.unwrap(), "the gate wait was cut");
+        assert!(!backoff.await.unwrap(), "the backoff was cut");
+        assert!(
+            before.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            before.elapsed()
+        );
+        assert_eq!(
+            ctx.process(&a_row(), Plan::Upload).await,
+            Outcome::NotStarted
+        );
+        assert_eq!(ctx.counts(), Counts::default());
+    }
+
     #[tokio::test]
     async fn a_retry_after_is_honoured_up_to_the_cap() {
         let gate = ApiGate::new(None, 5);
-        let before = Instant::now();
+        let before = tokio::time::Instant::now();
         for asked in [999_999_999, u64::MAX] {
             gate.throttled(Some(Duration::from_secs(asked)));
             let resume = gate.resume_at.lock().unwrap().unwrap();
             assert!(
-                resume <= Instant::now() + MAX_THROTTLE_PAUSE + Duration::from_millis(250),
+                resume
+                    <= tokio::time::Instant::now()
+                        + MAX_THROTTLE_PAUSE
+                        + Duration::from_millis(250),
                 "{asked}: the gate is closed for {:?}",
                 resume - before
             );
