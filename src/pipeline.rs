@@ -279,7 +279,8 @@ pub enum Outcome {
         retryable: bool,
         message: String,
     },
-    /// Not started, because the run stopped starting new rows.
+    /// Not started, because the run stopped starting new rows; or cut short by an interrupt's
+    /// abort, nothing recorded (a rerun resumes the row from its last committed state).
     NotStarted,
 }
 
