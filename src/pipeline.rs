@@ -4,22 +4,32 @@
 //! Rate and concurrency are kept apart: one limiter hands out API calls at `--rate` (all workers
 //! share it, and share one gate that a throttled answer closes for everybody), while
 //! `--concurrency` workers bound how many rows, and so how many S3 uploads, are under way.
+//!
+//! Workers report what happens as events (`events`): counts, progress and the log come from them.
+//! Two cancellation tokens end a run: `stop_starting` (a first Ctrl-C, or any reason to stop) lets
+//! no new row start while rows under way go on, their waits intact; `abort` (the grace period over,
+//! a second Ctrl-C, or a stall) also cuts every backoff sleep, throttle-gate wait and limiter wait
+//! short. Cancelling `abort` cancels `stop_starting` too.
+
+mod events;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::checkpoint::{self, Store, StoredRow, Transition};
 use crate::failure::FailureKind;
 use crate::remote::api::{Attach, Form};
 use crate::remote::{Client, RemoteError};
+
+pub use events::{Counts, Event, Events, Listener, Step};
 
 /// The client's default limit on API calls: 4.9 requests/s in bursts of 5. OnePageCRM (and the
 /// emulator) throttle at 5/s with bursts of 10. At 4.9/s the server's bucket never drains (it
@@ -88,26 +98,13 @@ pub enum Stop {
     Stalled = 4,
 }
 
-/// Counts a run keeps, shown in its summary.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub api_calls: AtomicU64,
-    pub retries: AtomicU64,
-    pub throttles: AtomicU64,
-    pub bytes_uploaded: AtomicU64,
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    /// Rows waiting out a backoff right now.
-    pub retrying: AtomicU64,
-}
-
 /// The shared limit on API calls, and the gate a throttled answer closes for every worker.
 pub struct ApiGate {
     limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
     rate: Mutex<Option<f64>>,
     burst: u32,
-    /// No API call starts before this instant.
-    resume_at: Mutex<Option<Instant>>,
+    /// No API call starts before this instant (on tokio's clock, which the waits follow).
+    resume_at: Mutex<Option<tokio::time::Instant>>,
     consecutive: AtomicU32,
     recent: Mutex<VecDeque<Instant>>,
 }
@@ -148,7 +145,7 @@ impl ApiGate {
         loop {
             let until = *self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
             match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
                 _ => break,
             }
         }
@@ -171,7 +168,7 @@ impl ApiGate {
             + jitter(Duration::from_millis(250));
         let extended = {
             let mut resume = self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
-            let at = Instant::now() + pause;
+            let at = tokio::time::Instant::now() + pause;
             let later = resume.is_none_or(|r| r < at);
             if later {
                 *resume = Some(at);
@@ -250,11 +247,22 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(rand::rng().random::<f64>())
 }
 
+/// The longest backoff, however many attempts came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The most a backoff before retry number `attempt` (1-based) waits: 0.5 s, doubled each
+/// attempt, up to `MAX_BACKOFF`.
+fn backoff_cap(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(MAX_BACKOFF)
+}
+
 /// Full-jitter exponential backoff before retry number `attempt` (1-based).
 fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)))
-        .min(Duration::from_secs(30));
-    jitter(cap)
+    backoff_drawn(attempt, &mut rand::rng())
+}
+
+fn backoff_drawn(attempt: u32, rng: &mut impl Rng) -> Duration {
+    backoff_cap(attempt).mul_f64(rng.random::<f64>())
 }
 
 /// Everything workers share.
@@ -263,17 +271,21 @@ pub struct Context {
     pub store: Store,
     pub gate: ApiGate,
     pub settings: Settings,
-    pub counters: Counters,
+    /// Where workers report; the counts of a run are made from these reports alone.
+    events: Events,
     stop: AtomicU8,
     /// Serializes the checks of attaches whose answer was lost, so two rows with one name and
     /// size on one record cannot claim the same attachment.
     verify: tokio::sync::Mutex<()>,
-    interrupted: AtomicBool,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
-    /// Cancelled when the run stalls: every wait for the gate or a backoff ends at once.
-    cancel: CancellationToken,
+    /// Cancelled when no new row may start (an interrupt, or any `Stop`); rows under way go on.
+    stop_starting: CancellationToken,
+    /// Cancelled when the rows under way must end now (the grace period is over, a second
+    /// interrupt, a stall): every wait for the gate, the limiter or a backoff ends at once.
+    /// Its child is `stop_starting`.
+    abort: CancellationToken,
 }
 
 /// How a row ended in this run.
@@ -285,28 +297,40 @@ pub enum Outcome {
         retryable: bool,
         message: String,
     },
-    /// Not started, because the run stopped starting new rows.
+    /// Not started, because the run stopped starting new rows; or cut short by an interrupt's
+    /// abort, nothing recorded (a rerun resumes the row from its last committed state).
     NotStarted,
 }
 
 impl Context {
     pub fn new(client: Client, store: Store, settings: Settings) -> Self {
+        let abort = CancellationToken::new();
         Self {
             client,
             store,
             gate: ApiGate::new(settings.rate, settings.burst),
             settings,
-            counters: Counters::default(),
+            events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
             verify: tokio::sync::Mutex::new(()),
-            interrupted: AtomicBool::new(false),
             stall: Mutex::new(StallClock {
                 last_success: Instant::now(),
                 since: BTreeMap::new(),
             }),
             stalled: OnceLock::new(),
-            cancel: CancellationToken::new(),
+            stop_starting: abort.child_token(),
+            abort,
         }
+    }
+
+    /// Adds a listener to this run's events (before the run starts).
+    pub fn listen(&mut self, listener: Arc<dyn Listener>) {
+        self.events.listen(listener);
+    }
+
+    /// The run's counts so far (for progress and the summary).
+    pub fn counts(&self) -> Counts {
+        self.events.counts()
     }
 
     pub fn stop_reason(&self) -> Stop {
@@ -326,6 +350,7 @@ impl Context {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        self.stop_starting.cancel();
     }
 
     /// One API call through the limiter and the throttle gate; throttled answers are waited out
@@ -344,10 +369,10 @@ impl Context {
                         status,
                         retry_after,
                     },
-                    None => RemoteError::Stopped(self.stall_reason()),
+                    None => RemoteError::Stopped(self.abort_reason()),
                 });
             }
-            self.counters.api_calls.fetch_add(1, Ordering::Relaxed);
+            self.events.emit(Event::ApiCall);
             let result = call().await;
             self.clock(&result);
             match result {
@@ -355,9 +380,11 @@ impl Context {
                     status,
                     retry_after,
                 }) => {
-                    self.counters.throttles.fetch_add(1, Ordering::Relaxed);
                     let throttle = self.gate.throttled(retry_after);
-                    debug!("throttled ({status}), pause {}", throttle.n);
+                    self.events.emit(Event::Throttled {
+                        status,
+                        consecutive: throttle.n,
+                    });
                     if let Some(pause) = throttle.pause.filter(|p| *p >= ANNOUNCED_PAUSE) {
                         let asked = match retry_after {
                             Some(r) if r > MAX_THROTTLE_PAUSE => format!(
@@ -394,20 +421,21 @@ impl Context {
         }
     }
 
-    /// Waits for the gate; false, at once, when the run has stalled.
+    /// Waits for the gate (its throttle pause, then the limiter); false, at once, when the run
+    /// is aborted.
     async fn turn(&self) -> bool {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => false,
+            _ = self.abort.cancelled() => false,
             _ = self.gate.turn() => true,
         }
     }
 
-    /// Sleeps `d`; false, at once, when the run has stalled.
+    /// Sleeps `d`; false, at once, when the run is aborted.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => false,
+            _ = self.abort.cancelled() => false,
             _ = tokio::time::sleep(d) => true,
         }
     }
@@ -440,9 +468,19 @@ impl Context {
         clock.since.clear();
     }
 
-    /// Why the run stalled (empty before it has).
-    fn stall_reason(&self) -> String {
-        self.stalled.get().cloned().unwrap_or_default()
+    /// Why the run was aborted: its stall, or an interrupt.
+    fn abort_reason(&self) -> String {
+        self.stalled
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "interrupted".to_string())
+    }
+
+    /// The run was aborted by an interrupt (not by a stall): a row cut short then ends without
+    /// an outcome, as if its task had been dropped, and its state file row stays where its last
+    /// committed step left it (a rerun resumes from there).
+    fn interrupted_now(&self) -> bool {
+        self.abort.is_cancelled() && self.stalled.get().is_none()
     }
 
     /// What stopped the run when it stalled: for its summary.
@@ -481,7 +519,7 @@ impl Context {
         );
         let _ = self.stalled.set(reason);
         self.stop(Stop::Stalled);
-        self.cancel.cancel();
+        self.abort.cancel();
         None
     }
 
@@ -497,12 +535,16 @@ impl Context {
                 Err(e)
                     if e.is_retryable()
                         && attempt < self.settings.retries
-                        && !self.cancel.is_cancelled() =>
+                        && !self.abort.is_cancelled() =>
                 {
                     attempt += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    info!("retry {attempt}/{} after: {e}", self.settings.retries);
-                    if !self.pause(backoff(attempt)).await {
+                    let waited = {
+                        let _backoff =
+                            self.events
+                                .backoff(None, attempt, self.settings.retries, &e);
+                        self.pause(backoff(attempt)).await
+                    };
+                    if !waited {
                         return Err(e);
                     }
                 }
@@ -511,29 +553,49 @@ impl Context {
         }
     }
 
-    async fn commit(&self, key: &str, t: Transition) -> Result<(), RowError> {
-        let key = key.to_string();
+    /// Records `t` for `row` and waits until it is written.
+    async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
+        let (key, state) = (row.key.clone(), state_name(&t));
         self.store
             .call(move |c| checkpoint::transition(c, &key, &t))
             .await
-            .map_err(RowError::Store)
+            .map_err(RowError::Store)?;
+        self.events.emit(Event::StateChanged { row, state });
+        Ok(())
     }
 
-    fn record_later(&self, key: &str, t: Transition) {
-        let key = key.to_string();
+    /// Queues `t` for `row` (nothing waits on it: no later side effect depends on it).
+    fn record_later(&self, row: &StoredRow, t: Transition) {
+        let (key, state) = (row.key.clone(), state_name(&t));
         self.store
             .submit(move |c| checkpoint::transition(c, &key, &t));
+        self.events.emit(Event::StateChanged { row, state });
     }
 
     /// Takes a row through what `plan` says is left of it; records how it ended.
     pub async fn process(&self, row: &StoredRow, plan: Plan) -> Outcome {
-        if self.stop_reason() != Stop::None || self.interrupted.load(Ordering::SeqCst) {
+        let outcome = self.outcome(row, plan).await;
+        self.events.emit(Event::RowFinished {
+            row,
+            outcome: &outcome,
+        });
+        outcome
+    }
+
+    async fn outcome(&self, row: &StoredRow, plan: Plan) -> Outcome {
+        if self.stop_starting.is_cancelled() {
             return Outcome::NotStarted;
         }
-        match self.run_row(row, plan).await {
-            Ok(()) => {
-                self.counters.done.fetch_add(1, Ordering::Relaxed);
-                Outcome::Done
+        self.events.emit(Event::RowStarted { row, plan });
+        // At -vv, every line logged while the row is under way (its requests) names the row.
+        let span = tracing::debug_span!("row", line = row.line);
+        match self.run_row(row, plan).instrument(span).await {
+            Ok(()) => Outcome::Done,
+            // Cut short by the end of the grace period: as if never taken up (see
+            // `interrupted_now`); nothing is recorded.
+            Err(RowError::Cut) => Outcome::NotStarted,
+            Err(RowError::Remote(RemoteError::Stopped(_))) if self.interrupted_now() => {
+                Outcome::NotStarted
             }
             Err(RowError::Remote(e)) => {
                 let kind = e.kind();
@@ -541,11 +603,9 @@ impl Context {
                 if matches!(e, RemoteError::Quota { .. }) {
                     self.stop(Stop::Quota);
                 }
-                warn!("line {}: {} ({kind}): {e}", row.line, row.file);
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let message = e.to_string();
                 self.record_later(
-                    &row.key,
+                    row,
                     Transition::Failed {
                         kind,
                         message: message.clone(),
@@ -559,17 +619,11 @@ impl Context {
                 }
             }
             Err(RowError::Store(e)) => {
-                let message = e.to_string();
                 self.stop(Stop::StateFile);
-                warn!(
-                    "line {}: cannot record progress in the state file: {message}",
-                    row.line
-                );
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 Outcome::Failed {
                     kind: FailureKind::StateFile,
                     retryable: true,
-                    message,
+                    message: e.to_string(),
                 }
             }
         }
@@ -590,7 +644,7 @@ impl Context {
                         stage = Plan::Upload;
                         continue;
                     };
-                    self.commit(&row.key, Transition::Attaching).await?;
+                    self.commit(row, Transition::Attaching).await?;
                     let attach = Attach {
                         reference_id: &row.reference_id,
                         reference_type: row.reference_type,
@@ -601,7 +655,11 @@ impl Context {
                     };
                     match self.api(|| self.client.attach(&attach)).await {
                         Ok(id) => {
-                            self.record_later(&row.key, Transition::Done { attachment_id: id });
+                            self.events.emit(Event::StepDone {
+                                row,
+                                step: Step::Attach,
+                            });
+                            self.record_later(row, Transition::Done { attachment_id: id });
                             return Ok(());
                         }
                         Err(e) if e.is_retryable() => {
@@ -619,8 +677,16 @@ impl Context {
                     }
                 }
                 Plan::Verify => match self.verify(row, key.as_deref()).await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => stage = Plan::Attach,
+                    Ok(held) => {
+                        self.events.emit(Event::StepDone {
+                            row,
+                            step: Step::Verify { held },
+                        });
+                        if held {
+                            return Ok(());
+                        }
+                        stage = Plan::Attach;
+                    }
                     Err(RowError::Remote(e)) if e.is_retryable() => {
                         self.retry(e, row, &mut attempts).await?
                     }
@@ -638,18 +704,31 @@ impl Context {
         attempts: &mut u32,
     ) -> Result<(), RowError> {
         *attempts += 1;
-        if *attempts > self.settings.retries || self.cancel.is_cancelled() {
+        if *attempts > self.settings.retries {
             return Err(RowError::Remote(e));
         }
-        self.counters.retries.fetch_add(1, Ordering::Relaxed);
-        info!(
-            "line {}: retry {}/{} after: {e}",
-            row.line, attempts, self.settings.retries
-        );
-        if !self.pause(backoff(*attempts)).await {
-            return Err(RowError::Remote(e));
+        if self.abort.is_cancelled() {
+            return Err(self.cut(e));
+        }
+        let waited = {
+            let _backoff =
+                self.events
+                    .backoff(Some(row.line), *attempts, self.settings.retries, &e);
+            self.pause(backoff(*attempts)).await
+        };
+        if !waited {
+            return Err(self.cut(e));
         }
         Ok(())
+    }
+
+    /// How a row whose wait was cut short by an abort ends: with its last error after a stall,
+    /// without an outcome after an interrupt.
+    fn cut(&self, e: RemoteError) -> RowError {
+        match self.interrupted_now() {
+            true => RowError::Cut,
+            false => RowError::Remote(e),
+        }
     }
 
     /// Steps 1 and 2; returns the key the object is stored under.
@@ -662,7 +741,7 @@ impl Context {
             let key = form.key(&row.name);
             match self
                 .commit(
-                    &row.key,
+                    row,
                     Transition::Uploading {
                         s3_key: key.clone(),
                     },
@@ -682,10 +761,11 @@ impl Context {
             {
                 Ok(uploaded) => {
                     self.progressed();
-                    self.counters
-                        .bytes_uploaded
-                        .fetch_add(row.size, Ordering::Relaxed);
-                    self.record_later(&row.key, Transition::Uploaded { etag: uploaded.md5 });
+                    self.events.emit(Event::StepDone {
+                        row,
+                        step: Step::Upload { bytes: row.size },
+                    });
+                    self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
                     return Ok(key);
                 }
                 Err(e) if e.is_form_expired() => {
@@ -714,7 +794,13 @@ impl Context {
                         ),
                     }));
                 }
-                Ok(form) => return Ok(form),
+                Ok(form) => {
+                    self.events.emit(Event::StepDone {
+                        row,
+                        step: Step::Form,
+                    });
+                    return Ok(form);
+                }
                 Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
                 Err(e) => return Err(e.into()),
             }
@@ -749,7 +835,7 @@ impl Context {
                 row.line, a.id
             );
             self.commit(
-                &row.key,
+                row,
                 Transition::Done {
                     attachment_id: a.id.clone(),
                 },
@@ -790,9 +876,15 @@ impl Context {
         ))))
     }
 
-    /// No new row starts after this; rows under way go on.
+    /// No new row starts after this; rows under way go on, their waits intact.
     pub fn interrupt(&self) {
-        self.interrupted.store(true, Ordering::SeqCst);
+        self.stop_starting.cancel();
+    }
+
+    /// The rows under way end now: every wait (gate, limiter, backoff) ends at once, and no new
+    /// row starts. A row cut short by this ends without an outcome (unless the run stalled).
+    pub fn abort(&self) {
+        self.abort.cancel();
     }
 }
 
@@ -803,8 +895,12 @@ pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
     loop {
         let (next, cancel) = {
             let ctx = ctx.upgrade()?;
+            if ctx.abort.is_cancelled() && ctx.stalled.get().is_none() {
+                // Aborted by an interrupt: nothing left to watch.
+                return None;
+            }
             match ctx.check_stall() {
-                Some(next) => (next, ctx.cancel.clone()),
+                Some(next) => (next, ctx.abort.clone()),
                 None => return ctx.stalled.get().cloned(),
             }
         };
@@ -818,7 +914,19 @@ pub async fn watch_stall(ctx: Weak<Context>) -> Option<String> {
 impl Drop for Context {
     fn drop(&mut self) {
         // Ends the stall watch (it looks at the context it watches, which is now gone).
-        self.cancel.cancel();
+        self.abort.cancel();
+    }
+}
+
+/// The state a transition leaves a row in, as the state file and `status` name it.
+fn state_name(t: &Transition) -> &'static str {
+    match t {
+        Transition::Uploading { .. } => "uploading",
+        Transition::Uploaded { .. } => "uploaded",
+        Transition::Attaching => "attaching",
+        Transition::Done { .. } => "done",
+        Transition::Failed { .. } => "failed",
+        Transition::Pending => "pending",
     }
 }
 
@@ -827,6 +935,8 @@ impl Drop for Context {
 enum RowError {
     Remote(RemoteError),
     Store(checkpoint::StoreError),
+    /// A wait was cut short by an interrupt's abort.
+    Cut,
 }
 
 impl From<RemoteError> for RowError {
@@ -879,15 +989,165 @@ mod tests {
         );
     }
 
+    #[test]
+    fn backoff_grows_with_each_attempt_until_its_cap() {
+        // The ceiling doubles with each attempt until it reaches the cap, then stays there.
+        let caps: Vec<Duration> = (1..=10).map(backoff_cap).collect();
+        assert_eq!(caps[0], Duration::from_millis(500));
+        for (i, pair) in caps.windows(2).enumerate() {
+            assert!(
+                pair[1] == MAX_BACKOFF || pair[1] == pair[0] * 2,
+                "attempt {}: {:?} after {:?}",
+                i + 2,
+                pair[1],
+                pair[0]
+            );
+        }
+        assert_eq!(caps[caps.len() - 1], MAX_BACKOFF);
+        // What is waited grows with it: the mean of many draws (seeded, so the same on every run)
+        // grows by more than half with each attempt, and no draw passes its ceiling. A constant
+        // backoff, or one that ignores the attempt, fails here.
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let means: Vec<Duration> = (1..=6)
+            .map(|attempt| {
+                let draws: Vec<Duration> = (0..1000)
+                    .map(|_| backoff_drawn(attempt, &mut rng))
+                    .collect();
+                assert!(draws.iter().all(|d| *d <= backoff_cap(attempt)));
+                draws.iter().sum::<Duration>() / 1000
+            })
+            .collect();
+        for (i, pair) in means.windows(2).enumerate() {
+            assert!(
+                pair[1] > pair[0].mul_f64(1.5),
+                "attempt {}: mean {:?} after {:?}",
+                i + 2,
+                pair[1],
+                pair[0]
+            );
+        }
+    }
+
+    /// A context whose client is never reached (no test below sends anything).
+    fn context() -> Context {
+        let client = Client::new(
+            reqwest::Url::parse("http://127.0.0.1:9/api/v3").unwrap(),
+            crate::remote::Credentials::new("u".into(), "k".into()),
+        )
+        .unwrap();
+        let (store, _writer) =
+            checkpoint::store::spawn(rusqlite::Connection::open_in_memory().unwrap());
+        let settings = Settings {
+            concurrency: 1,
+            rate: None,
+            burst: 5,
+            retries: 3,
+            stall_timeout: None,
+        };
+        Context::new(client, store, settings)
+    }
+
+    fn a_row() -> StoredRow {
+        StoredRow::from(&checkpoint::NewRow {
+            key: "k".into(),
+            line: 2,
+            file: "a.pdf".into(),
+            path: "a.pdf".into(),
+            size: 1,
+            mtime_ns: 0,
+            contact_id: "c".into(),
+            reference_type: crate::onepagecrm::ReferenceType::Note,
+            reference_type_text: "note".into(),
+            reference_id: "r".into(),
+            name: "a.pdf".into(),
+            rejected: None,
+        })
+    }
+
+    /// Events as a listener saw them, by variant name.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Listener for Seen {
+        fn on(&self, event: &Event<'_>) {
+            let name = format!("{event:?}");
+            let name = name.split([' ', '{', '(']).next().unwrap_or_default();
+            self.0.lock().unwrap().push(name.to_string());
+        }
+    }
+
+    // The clock is tokio's paused one: it moves only when every task waits, straight to the next
+    // timer, so a wait that is not cut runs out at once and one that is cut leaves it unmoved.
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_stops_new_rows_but_lets_waits_run_out() {
+        let mut ctx = context();
+        let seen = Arc::new(Seen::default());
+        ctx.listen(seen.clone());
+        let ctx = Arc::new(ctx);
+        ctx.interrupt();
+        assert_eq!(
+            ctx.process(&a_row(), Plan::Upload).await,
+            Outcome::NotStarted
+        );
+        assert_eq!(*seen.0.lock().unwrap(), ["RowFinished"], "never started");
+        let before = tokio::time::Instant::now();
+        assert!(ctx.pause(Duration::from_secs(3600)).await, "not cut");
+        assert!(before.elapsed() >= Duration::from_secs(3600));
+        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let before = tokio::time::Instant::now();
+        assert!(ctx.turn().await, "the gate's pause is waited out");
+        assert!(before.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stall_watch_ends_when_an_interrupt_aborts_the_run() {
+        let mut ctx = context();
+        ctx.settings.stall_timeout = Some(Duration::from_secs(600));
+        let ctx = Arc::new(ctx);
+        let watch = tokio::spawn(watch_stall(Arc::downgrade(&ctx)));
+        tokio::task::yield_now().await;
+        ctx.abort();
+        assert_eq!(watch.await.unwrap(), None, "no stall is reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_cuts_backoffs_and_gate_waits_short_and_stops_new_rows() {
+        let ctx = Arc::new(context());
+        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let before = tokio::time::Instant::now();
+        let (gate, backoff) = (ctx.clone(), ctx.clone());
+        let gate = tokio::spawn(async move { gate.turn().await });
+        let backoff = tokio::spawn(async move { backoff.pause(Duration::from_secs(3600)).await });
+        // Both tasks run until they wait (this task is runnable meanwhile, so the clock holds).
+        tokio::task::yield_now().await;
+        ctx.abort();
+        assert!(!gate.await.unwrap(), "the gate wait was cut");
+        assert!(!backoff.await.unwrap(), "the backoff was cut");
+        assert!(
+            before.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            before.elapsed()
+        );
+        assert_eq!(
+            ctx.process(&a_row(), Plan::Upload).await,
+            Outcome::NotStarted
+        );
+        assert_eq!(ctx.counts(), Counts::default());
+    }
+
     #[tokio::test]
     async fn a_retry_after_is_honoured_up_to_the_cap() {
         let gate = ApiGate::new(None, 5);
-        let before = Instant::now();
+        let before = tokio::time::Instant::now();
         for asked in [999_999_999, u64::MAX] {
             gate.throttled(Some(Duration::from_secs(asked)));
             let resume = gate.resume_at.lock().unwrap().unwrap();
             assert!(
-                resume <= Instant::now() + MAX_THROTTLE_PAUSE + Duration::from_millis(250),
+                resume
+                    <= tokio::time::Instant::now()
+                        + MAX_THROTTLE_PAUSE
+                        + Duration::from_millis(250),
                 "{asked}: the gate is closed for {:?}",
                 resume - before
             );

@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,17 +41,15 @@ pub struct Totals {
 /// The time left: the slower of what the rows have been taking and what the API calls still
 /// needed take at the client's rate.
 fn eta(ctx: &Context, totals: Totals, started: Instant) -> Option<Duration> {
-    let c = &ctx.counters;
-    let finished = c.done.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
+    let c = ctx.counts();
+    let finished = c.done + c.failed;
     let left = totals.rows.saturating_sub(finished);
     if left == 0 {
         return Some(Duration::ZERO);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let by_rows = (finished > 0).then(|| elapsed / finished as f64 * left as f64);
-    let calls_left = totals
-        .api_calls
-        .saturating_sub(c.api_calls.load(Ordering::Relaxed));
+    let calls_left = totals.api_calls.saturating_sub(c.api_calls);
     let by_rate = ctx.gate.current_rate().map(|r| calls_left as f64 / r);
     match (by_rows, by_rate) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -71,15 +68,15 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 fn status_text(ctx: &Context, totals: Totals, started: Instant) -> String {
-    let c = &ctx.counters;
+    let c = ctx.counts();
     let eta = eta(ctx, totals, started).map_or("unknown".to_string(), human_duration);
     format!(
         "{}/{} · {} failed · {} retrying · {} throttled · ETA {eta}",
-        human_bytes(c.bytes_uploaded.load(Ordering::Relaxed)),
+        human_bytes(c.bytes_uploaded),
         human_bytes(totals.bytes),
-        c.failed.load(Ordering::Relaxed),
-        c.retrying.load(Ordering::Relaxed),
-        c.throttles.load(Ordering::Relaxed),
+        c.failed,
+        c.retrying,
+        c.throttles,
     )
 }
 
@@ -93,13 +90,13 @@ pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let c = &ctx.counters;
+                let c = ctx.counts();
                 eprintln!(
                     "progress: {}/{} rows done · {} · {} API calls",
-                    c.done.load(Ordering::Relaxed),
+                    c.done,
                     totals.rows,
                     status_text(&ctx, totals, started),
-                    c.api_calls.load(Ordering::Relaxed)
+                    c.api_calls
                 );
             }
         }
@@ -123,10 +120,8 @@ pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let c = &ctx.counters;
-                bar.0.set_position(
-                    c.done.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed),
-                );
+                let c = ctx.counts();
+                bar.0.set_position(c.done + c.failed);
                 bar.0.set_message(status_text(&ctx, totals, started));
             }
         }

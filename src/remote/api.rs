@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use super::{API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, read_capped};
+use super::{
+    API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, log_request, read_capped,
+};
 use crate::onepagecrm::ReferenceType;
 
 /// Step 1's answer: where and how to upload.
@@ -106,12 +108,16 @@ impl Client {
         request: reqwest::RequestBuilder,
         cap: usize,
     ) -> Result<Value, RemoteError> {
-        let response = request
+        let request = request
             .basic_auth(&self.credentials.user_id, Some(self.credentials.api_key()))
             .timeout(API_TIMEOUT)
-            .send()
-            .await
+            .build()
             .map_err(RemoteError::network)?;
+        let (method, url) = (request.method().clone(), request.url().clone());
+        let started = std::time::Instant::now();
+        let response = self.http.execute(request).await;
+        log_request("API", &method, &url, &response, started);
+        let response = response.map_err(RemoteError::network)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -337,7 +343,7 @@ mod tests {
             .and_then(|k| k.strip_suffix("/a b.pdf"))
             .unwrap_or_else(|| panic!("{key}"));
         assert!(
-            stamp.len() == 9 && stamp.bytes().all(|b| b.is_ascii_digit()),
+            stamp.len() == 12 && stamp.bytes().all(|b| b.is_ascii_digit()),
             "{key}"
         );
     }

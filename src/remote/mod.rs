@@ -7,7 +7,7 @@
 pub mod api;
 pub mod s3;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -330,6 +330,36 @@ impl Client {
 
     fn api_url(&self, path: &str) -> String {
         format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+}
+
+/// Logs one request at debug level, when its answer's head arrives or it fails: which service,
+/// the method, the URL's path (never its query, headers or form fields: the key, policy and
+/// signature travel there), the status, and the milliseconds it took. The only place requests
+/// are logged, so that rule holds for all of them.
+fn log_request(
+    service: &str,
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    answer: &Result<reqwest::Response, reqwest::Error>,
+    started: Instant,
+) {
+    let ms = started.elapsed().as_millis();
+    let path = url.path();
+    match answer {
+        Ok(response) => tracing::debug!(
+            "{service} {method} {path} -> {} in {ms} ms",
+            response.status().as_u16()
+        ),
+        // Not the error's text: it shows the whole URL.
+        Err(e) => tracing::debug!(
+            "{service} {method} {path} -> no answer ({}) in {ms} ms",
+            match () {
+                _ if e.is_timeout() => "timed out",
+                _ if e.is_connect() => "cannot connect",
+                _ => "network error",
+            }
+        ),
     }
 }
 

@@ -14,7 +14,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
 use super::api::Form;
-use super::{Client, RemoteError, S3_ANSWER_CAP, read_capped, upload_timeout};
+use super::{Client, RemoteError, S3_ANSWER_CAP, log_request, read_capped, upload_timeout};
 
 /// What S3 stored.
 #[derive(Clone, Debug)]
@@ -113,6 +113,7 @@ impl Client {
                     async move { Ok(Bytes::from(tail)) },
                 ));
 
+        let started = std::time::Instant::now();
         let response = self
             .http
             .post(&form.url)
@@ -125,6 +126,9 @@ impl Client {
             .body(reqwest::Body::wrap_stream(body))
             .send()
             .await;
+        if let Ok(url) = reqwest::Url::parse(&form.url) {
+            log_request("S3", &reqwest::Method::POST, &url, &response, started);
+        }
         let (md5, count) = {
             let guard = sent.lock().unwrap_or_else(|e| e.into_inner());
             (hex::encode(guard.0.clone().finalize()), guard.1)

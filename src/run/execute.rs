@@ -98,8 +98,12 @@ async fn drive(
                 _ = &mut run => {}
                 _ = tokio::time::sleep(grace) => {
                     eprintln!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
+                    ctx.abort();
                 }
-                _ = signal() => eprintln!("stopping at once (a rerun resumes from the state file)"),
+                _ = signal() => {
+                    eprintln!("stopping at once (a rerun resumes from the state file)");
+                    ctx.abort();
+                }
             }
             true
         }

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -157,7 +156,7 @@ impl Summary {
             Stop::Stalled => Some(Stopped::Stalled),
         };
         let status = exit_status(stopped, &tally, work.rejected);
-        let c = &ctx.counters;
+        let c = ctx.counts();
         Summary {
             manifest: cfg.manifest.display().to_string(),
             state: cfg.state.display().to_string(),
@@ -177,11 +176,11 @@ impl Summary {
                 })
                 .collect(),
             failures: tally.failures,
-            bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+            bytes_uploaded: c.bytes_uploaded,
             elapsed_seconds: executed.elapsed.as_secs_f64(),
-            api_calls: c.api_calls.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-            throttles: c.throttles.load(Ordering::Relaxed),
+            api_calls: c.api_calls,
+            retries: c.retries,
+            throttles: c.throttles,
             stopped,
             stall: ctx.stall_detail().map(str::to_string),
             status,

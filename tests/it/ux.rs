@@ -191,6 +191,57 @@ fn logs_never_hold_the_key_a_policy_or_a_signature() {
             .any(|l| l.starts_with('{') && l.contains("\"level\"")),
         "JSON lines were written"
     );
+
+    // A clean run at -vv (no fault, no retry) logs what --help promises, to stderr: every
+    // request (service, method, path, status, milliseconds) and every row's state changes.
+    let clean = Emulator::start_with_credentials(&["--rate-limit", "off"], Some((user, key)));
+    let (_s, manifest) = sample_copy();
+    let out = clean
+        .run_cmd(&manifest)
+        .env("ONEPAGECRM_USER_ID", user)
+        .env("ONEPAGECRM_API_KEY", key)
+        .args(["--rate", "off", "-vv"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let count = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+    let rows = 20;
+    // One step 1 per row, and one for the quota check.
+    assert_eq!(
+        count("API GET /api/v3/attachments/s3_form -> 200 in "),
+        rows + 1,
+        "{stderr}"
+    );
+    assert_eq!(count("S3 POST /"), rows, "{stderr}");
+    assert_eq!(
+        count("API POST /api/v3/attachments -> 201 in "),
+        rows,
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.contains(" -> "))
+            .all(|l| l.contains(" ms") && !l.contains('?')),
+        "request lines carry milliseconds and no query: {stderr}"
+    );
+    for state in [
+        "started (upload)",
+        "now uploading",
+        "now uploaded",
+        "now attaching",
+        "now done",
+        "finished: done",
+    ] {
+        assert_eq!(count(state), rows, "{state}: {stderr}");
+    }
+    assert!(
+        stderr.contains("row{line=21}: API POST /api/v3/attachments -> 201"),
+        "requests name their row: {stderr}"
+    );
+    logs.push_str(&stderr);
+    logs.push_str(&String::from_utf8_lossy(&out.stdout));
     assert!(!logs.contains(key), "the API key is in the logs");
     // A policy is base64 JSON starting with {"expiration": ...
     assert!(
