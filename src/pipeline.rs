@@ -1049,20 +1049,7 @@ mod tests {
     }
 
     fn a_row() -> StoredRow {
-        StoredRow::from(&checkpoint::NewRow {
-            key: "k".into(),
-            line: 2,
-            file: "a.pdf".into(),
-            path: "a.pdf".into(),
-            size: 1,
-            mtime_ns: 0,
-            contact_id: "c".into(),
-            reference_type: crate::onepagecrm::ReferenceType::Note,
-            reference_type_text: "note".into(),
-            reference_id: "r".into(),
-            name: "a.pdf".into(),
-            rejected: None,
-        })
+        StoredRow::from(&checkpoint::NewRow::for_test(2, 1))
     }
 
     /// Events as a listener saw them, by variant name.

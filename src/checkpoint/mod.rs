@@ -326,6 +326,27 @@ impl NewRow {
     }
 }
 
+#[cfg(test)]
+impl NewRow {
+    /// A valid row of `a.pdf` (`size` bytes) on line `line`, for tests.
+    pub fn for_test(line: u64, size: u64) -> Self {
+        Self {
+            key: "k".into(),
+            line,
+            file: "a.pdf".into(),
+            path: "a.pdf".into(),
+            size,
+            mtime_ns: 0,
+            contact_id: "c".into(),
+            reference_type: ReferenceType::Note,
+            reference_type_text: "note".into(),
+            reference_id: "r".into(),
+            name: "a.pdf".into(),
+            rejected: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(

@@ -194,6 +194,10 @@ fn display_bytes(n: u64) -> String {
 }
 
 /// Step 3: attach an uploaded object to a note, deal, call or meeting.
+///
+/// Long (about 120 lines) for a reason: the API's checks in the order it answers them (the body,
+/// the record, the contact, the key's owner, the object and its size, the storage left), each
+/// with its own error envelope, then the one change under the state's lock.
 pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return error(

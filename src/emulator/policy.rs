@@ -310,6 +310,11 @@ pub struct Limits {
 
 /// Checks the form fields that came before the file against the signed policy. `fields` holds
 /// the names in lower case, in the order they came; `bucket` is the bucket of the URL.
+///
+/// Long (about 200 lines) for a reason: it is S3's order of checks, one after the other (the
+/// required fields, the algorithm and the credential's scope, the signature, the expiration,
+/// each condition, the fields no condition names), each with S3's own error; split, the order,
+/// which decides which error a broken form gets, would be spread over several functions.
 pub fn check_form(
     signer: &Signer,
     fields: &[(String, String)],

@@ -75,6 +75,12 @@ enum Sink {
     File(tokio::fs::File, std::path::PathBuf),
 }
 
+/// Reads a browser POST as S3 does: the fields before the file are checked against the policy,
+/// the file is streamed (hashed and measured as it comes, refused as soon as it outgrows the
+/// policy), and what follows it is ignored.
+///
+/// Long (about 120 lines) for a reason: one pass over the multipart stream, whose parts must be
+/// taken in order and whose state (fields so far, the sink, the running MD5) the steps share.
 async fn receive(app: &App, bucket: &str, mut multipart: Multipart) -> Result<Response, Refusal> {
     let mut fields: Vec<(String, String)> = Vec::new();
     loop {

@@ -275,20 +275,7 @@ mod tests {
             status: 429,
             consecutive: 1,
         });
-        let row = StoredRow::from(&crate::checkpoint::NewRow {
-            key: "k".into(),
-            line: 7,
-            file: "a.pdf".into(),
-            path: "a.pdf".into(),
-            size: 1234,
-            mtime_ns: 0,
-            contact_id: "c".into(),
-            reference_type: crate::onepagecrm::ReferenceType::Note,
-            reference_type_text: "note".into(),
-            reference_id: "r".into(),
-            name: "a.pdf".into(),
-            rejected: None,
-        });
+        let row = StoredRow::from(&crate::checkpoint::NewRow::for_test(7, 1234));
         events.emit(Event::StepDone {
             row: &row,
             step: Step::Upload { bytes: 1234 },
