@@ -55,6 +55,32 @@ pub fn is_object_id(s: &str) -> bool {
     s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A note's `text` is at most this many characters (Unicode scalar values, as the API counts a
+/// string's length), counted on the text as it is sent.
+pub const MAX_NOTE_TEXT_CHARS: usize = 7168;
+
+/// A note's text as the API may return it: every line end (`\r\n` or a lone `\r`) made `\n`,
+/// nothing else changed. The emulator stores notes so; a client that looks for a note it created
+/// compares texts after this.
+pub fn normalize_line_ends(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// A note's `date`: exactly `YYYY-MM-DD`, a day of the calendar.
+pub fn parse_note_date(s: &str) -> Option<chrono::NaiveDate> {
+    let b = s.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shaped {
+        return None;
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
 /// Whether `url` names this machine: a loopback address or `localhost`. Plain http goes only
 /// there (the client to an emulator, the emulator to a local S3 server).
 pub fn is_loopback(url: &url::Url) -> bool {
@@ -75,6 +101,38 @@ mod tests {
         assert!(is_object_id("5a1b2c3d4e5f60718293a4b5"));
         assert!(!is_object_id("5a1b2c3d4e5f60718293a4b"));
         assert!(!is_object_id("5a1b2c3d4e5f60718293a4bz"));
+    }
+
+    #[test]
+    fn line_ends_become_lf_and_nothing_else_changes() {
+        assert_eq!(normalize_line_ends("a\r\nb\rc\nd"), "a\nb\nc\nd");
+        assert_eq!(normalize_line_ends("\r\r\n\n"), "\n\n\n");
+        assert_eq!(
+            normalize_line_ends("  Müller, \"x\"\t "),
+            "  Müller, \"x\"\t "
+        );
+    }
+
+    #[test]
+    fn note_dates_are_exactly_yyyy_mm_dd_of_the_calendar() {
+        assert_eq!(
+            parse_note_date("2024-02-29"),
+            chrono::NaiveDate::from_ymd_opt(2024, 2, 29)
+        );
+        for bad in [
+            "2023-02-29",
+            "2024-2-29",
+            "2024-02-9",
+            "24-02-29",
+            "2024/02/29",
+            "2024-02-29T00:00:00Z",
+            " 2024-02-29",
+            "+202-02-29",
+            "2024-13-01",
+            "",
+        ] {
+            assert_eq!(parse_note_date(bad), None, "{bad}");
+        }
     }
 
     #[test]

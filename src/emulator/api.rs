@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use super::App;
 use super::clock::iso;
 use super::state::{Attachment, Record, State};
-use crate::onepagecrm::{MAX_FILE_SIZE, ReferenceType};
+use crate::onepagecrm::{
+    MAX_FILE_SIZE, MAX_NOTE_TEXT_CHARS, ReferenceType, normalize_line_ends, parse_note_date,
+};
 
 /// `{status: 0, message: "OK", timestamp, data}`, stamped by the emulator's clock.
 fn ok(app: &App, status: StatusCode, data: Value) -> Response {
@@ -343,7 +345,10 @@ fn record_json(state: &State, record: &Record, app: &App) -> Value {
     });
     let extra = match record.kind {
         ReferenceType::Deal => json!({"name": record.text, "status": "pending"}),
-        ReferenceType::Note => json!({"text": record.text, "date": &record.created_at[..10]}),
+        ReferenceType::Note => json!({
+            "text": record.text,
+            "date": record.date.as_deref().unwrap_or(&record.created_at[..10]),
+        }),
         ReferenceType::Call | ReferenceType::Meeting => json!({"text": record.text}),
     };
     if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
@@ -380,70 +385,123 @@ pub async fn get_meeting(AxState(app): AxState<Arc<App>>, Path(id): Path<String>
     get_record(&app, ReferenceType::Meeting, &id)
 }
 
-/// `POST /notes`: a new note on a contact.
+/// `POST /notes`: a new note on a contact, `{contact_id, text, date}`.
+///
+/// `text`: at most `MAX_NOTE_TEXT_CHARS` characters as sent, stored with its line ends made
+/// `\n`. `date`: `YYYY-MM-DD`, today (UTC, by the emulator's clock) when absent or null.
+/// `created_at`: now, by the emulator's clock.
 pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return invalid("body", "is not a JSON object");
     };
-    let Some(contact_id) = body.get("contact_id").and_then(Value::as_str) else {
-        return invalid("contact_id", "is missing");
+    let contact_id = match body.get("contact_id") {
+        Some(Value::String(c)) if !c.is_empty() => c.clone(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return invalid("contact_id", "is missing");
+        }
+        Some(_) => return invalid("contact_id", "must be a string"),
     };
-    let Some(text) = body
-        .get("text")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-    else {
-        return invalid("text", "is missing");
+    let text = match body.get("text") {
+        Some(Value::String(t)) => t,
+        None | Some(Value::Null) => return invalid("text", "is missing"),
+        Some(_) => return invalid("text", "must be a string"),
+    };
+    if text.trim().is_empty() {
+        return invalid("text", "can't be blank");
+    }
+    let chars = text.chars().count();
+    if chars > MAX_NOTE_TEXT_CHARS {
+        return invalid(
+            "text",
+            &format!("is too long ({chars} characters; the maximum is {MAX_NOTE_TEXT_CHARS})"),
+        );
+    }
+    let now = app.clock.now();
+    let date = match body.get("date") {
+        None | Some(Value::Null) => now.format("%Y-%m-%d").to_string(),
+        Some(Value::String(d)) if parse_note_date(d).is_some() => d.clone(),
+        Some(_) => return invalid("date", "must be a date as YYYY-MM-DD"),
     };
     let mut state = app.state();
-    if !state.contacts.contains_key(contact_id) {
+    if !state.contacts.contains_key(&contact_id) {
         return not_found_envelope("Contact");
     }
     let id = state.new_id();
     let record = Record {
         id: id.clone(),
         kind: ReferenceType::Note,
-        contact_id: contact_id.to_string(),
-        text: text.to_string(),
-        created_at: iso(app.clock.now()),
+        contact_id,
+        text: normalize_line_ends(text),
+        date: Some(date),
+        created_at: iso(now),
+        seq: state.next_seq(),
         attachments: Vec::new(),
     };
     let shown = record_json(&state, &record, &app);
     state.records.insert((ReferenceType::Note, id), record);
+    drop(state);
     ok(&app, StatusCode::CREATED, json!({ "note": shown }))
 }
 
-/// `GET /contacts?email=`: contacts, filtered by email, a page at a time.
+/// `GET /notes?contact_id=&page=&per_page=`: a contact's notes (every note without
+/// `contact_id`), oldest first, a page at a time.
+pub async fn list_notes(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let paging = match Paging::from_query(&q) {
+        Ok(p) => p,
+        Err((field, reason)) => return invalid(field, &reason),
+    };
+    let contact_id = match q.get("contact_id").map(String::as_str) {
+        Some("") => return invalid("contact_id", "is blank"),
+        other => other,
+    };
+    let state = app.state();
+    if let Some(c) = contact_id
+        && !state.contacts.contains_key(c)
+    {
+        return not_found_envelope("Contact");
+    }
+    let notes = state.notes_of(contact_id);
+    let total = notes.len();
+    let shown: Vec<Value> = notes[paging.window(total)]
+        .iter()
+        .map(|r| json!({ "note": record_json(&state, r, &app) }))
+        .collect();
+    drop(state);
+    ok(&app, StatusCode::OK, paging.envelope("notes", shown, total))
+}
+
+/// `GET /contacts?email=`: contacts, sorted by name, filtered by email (any case), a page at a
+/// time. Several contacts may have one email.
 pub async fn list_contacts(
     AxState(app): AxState<Arc<App>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let page: usize = q
-        .get("page")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p >= 1)
-        .unwrap_or(1);
-    let per_page: usize = q
-        .get("per_page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(10)
-        .clamp(1, 100);
-    let email = q.get("email").map(|e| e.to_ascii_lowercase());
+    let paging = match Paging::from_query(&q) {
+        Ok(p) => p,
+        Err((field, reason)) => return invalid(field, &reason),
+    };
+    let email = match q.get("email").map(String::as_str) {
+        Some("") => return invalid("email", "is blank"),
+        other => other.map(str::to_lowercase),
+    };
     let state = app.state();
-    let matching: Vec<_> = state
+    let mut matching: Vec<_> = state
         .contacts
         .values()
-        .filter(|c| {
-            email
-                .as_ref()
-                .is_none_or(|e| c.email.to_ascii_lowercase() == *e)
-        })
+        .filter(|c| email.as_ref().is_none_or(|e| c.email.to_lowercase() == *e))
         .collect();
+    matching.sort_by_cached_key(|c| {
+        (
+            format!("{} {}", c.first_name, c.last_name).to_lowercase(),
+            c.id.clone(),
+        )
+    });
     let total = matching.len();
-    let contacts: Vec<Value> = matching
+    let contacts: Vec<Value> = matching[paging.window(total)]
         .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
         .map(|c| {
             json!({"contact": {
                 "id": c.id,
@@ -454,15 +512,157 @@ pub async fn list_contacts(
             }})
         })
         .collect();
+    drop(state);
     ok(
         &app,
         StatusCode::OK,
-        json!({
-            "contacts": contacts,
-            "total_count": total,
-            "page": page,
-            "per_page": per_page,
-            "max_page": total.div_ceil(per_page).max(1),
-        }),
+        paging.envelope("contacts", contacts, total),
     )
+}
+
+/// The records per page when a list request names none, and the most it may ask for (OpenAPI
+/// `per_page`).
+pub const DEFAULT_PER_PAGE: usize = 10;
+pub const MAX_PER_PAGE: usize = 100;
+
+/// A list request's `page` (from 1) and `per_page` (1 to 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paging {
+    pub page: usize,
+    pub per_page: usize,
+}
+
+impl Paging {
+    /// Reads `page` and `per_page` of a query (1 and 10 when absent).
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, (&'static str, String)> {
+        Self::parse(
+            q.get("page").map(String::as_str),
+            q.get("per_page").map(String::as_str),
+        )
+    }
+
+    /// Anything but a whole number in range is refused, naming the field (a 400).
+    pub fn parse(
+        page: Option<&str>,
+        per_page: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
+        let number = |v: &str| {
+            Some(v)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let page = match page {
+            None => 1,
+            Some(p) => number(p)
+                .filter(|p| *p >= 1)
+                .ok_or(("page", "must be a whole number from 1".to_string()))?,
+        };
+        let per_page = match per_page {
+            None => DEFAULT_PER_PAGE,
+            Some(p) => number(p)
+                .filter(|p| (1..=MAX_PER_PAGE).contains(p))
+                .ok_or((
+                    "per_page",
+                    format!("must be a whole number from 1 to {MAX_PER_PAGE}"),
+                ))?,
+        };
+        Ok(Self { page, per_page })
+    }
+
+    /// Which of `total` items this page holds (none past the last page).
+    pub fn window(self, total: usize) -> std::ops::Range<usize> {
+        let start = (self.page - 1).saturating_mul(self.per_page).min(total);
+        start..start.saturating_add(self.per_page).min(total)
+    }
+
+    /// The last page's number: at least 1, even with no items.
+    pub fn max_page(self, total: usize) -> usize {
+        total.div_ceil(self.per_page).max(1)
+    }
+
+    /// `{<key>: items, total_count, page, per_page, max_page}`, the OpenAPI list `data`.
+    fn envelope(self, key: &str, items: Vec<Value>, total: usize) -> Value {
+        let mut data = Map::new();
+        data.insert(key.to_string(), Value::Array(items));
+        data.insert("total_count".into(), json!(total));
+        data.insert("page".into(), json!(self.page));
+        data.insert("per_page".into(), json!(self.per_page));
+        data.insert("max_page".into(), json!(self.max_page(total)));
+        Value::Object(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paging(page: usize, per_page: usize) -> Paging {
+        Paging { page, per_page }
+    }
+
+    #[test]
+    fn paging_defaults_to_page_1_of_10() {
+        assert_eq!(Paging::parse(None, None), Ok(paging(1, 10)));
+        assert_eq!(Paging::parse(Some("3"), Some("100")), Ok(paging(3, 100)));
+        assert_eq!(Paging::parse(Some("1"), Some("1")), Ok(paging(1, 1)));
+    }
+
+    #[test]
+    fn paging_refuses_anything_but_whole_numbers_in_range() {
+        for bad in [
+            "0",
+            "-1",
+            "+1",
+            "1.5",
+            "",
+            " 1",
+            "x",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                Paging::parse(Some(bad), None).unwrap_err().0,
+                "page",
+                "{bad}"
+            );
+        }
+        for bad in ["0", "101", "-5", "", "ten", "1e2"] {
+            assert_eq!(
+                Paging::parse(None, Some(bad)).unwrap_err().0,
+                "per_page",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_cover_every_item_once_in_order() {
+        for total in [0, 1, 9, 10, 11, 100, 101, 250] {
+            for per_page in [1, 3, 10, 100] {
+                let max = paging(1, per_page).max_page(total);
+                let seen: Vec<usize> = (1..=max + 1)
+                    .flat_map(|page| paging(page, per_page).window(total))
+                    .collect();
+                assert_eq!(
+                    seen,
+                    (0..total).collect::<Vec<_>>(),
+                    "{total} by {per_page}"
+                );
+                assert!(
+                    paging(max + 1, per_page).window(total).is_empty(),
+                    "past the last page"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_page_is_the_last_page_and_at_least_1() {
+        assert_eq!(paging(1, 10).max_page(0), 1);
+        assert_eq!(paging(1, 10).max_page(1), 1);
+        assert_eq!(paging(1, 10).max_page(10), 1);
+        assert_eq!(paging(1, 10).max_page(11), 2);
+        assert_eq!(paging(1, 100).max_page(250), 3);
+        assert_eq!(paging(3, 100).window(250), 200..250);
+        assert_eq!(paging(usize::MAX, 100).window(250), 250..250);
+    }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::clock::iso;
-use crate::onepagecrm::{ReferenceType, is_object_id};
+use crate::onepagecrm::{ReferenceType, is_object_id, normalize_line_ends, parse_note_date};
 
 /// Default account storage when a seed gives none: 1 GiB, as OnePageCRM gives one user.
 pub const DEFAULT_QUOTA: u64 = 1 << 30;
@@ -57,6 +57,11 @@ pub struct SeedRecord {
     #[serde(default)]
     pub name: String,
     pub amount: Option<f64>,
+    /// A note's `date`, `YYYY-MM-DD`; the day of its `created_at` by default.
+    pub date: Option<String>,
+    /// When the record was made (RFC 3339, e.g. `2026-01-31T09:30:00Z`); the moment the seed is
+    /// loaded by default. A seeded note made before a run is one the run did not create.
+    pub created_at: Option<String>,
 }
 
 /// Many records declared at once, for benchmarks: ids follow from the indexes (see
@@ -106,8 +111,16 @@ pub struct Record {
     #[serde(rename = "type")]
     pub kind: ReferenceType,
     pub contact_id: String,
+    /// A note's text as stored: line ends made `\n` (`onepagecrm::normalize_line_ends`).
     pub text: String,
+    /// A note's `date` (`YYYY-MM-DD`); none for deals, calls and meetings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
     pub created_at: String,
+    /// The order records were made in (the seed's order, then the API's): lists of notes go
+    /// oldest first by `created_at`, then by this.
+    #[serde(skip)]
+    pub seq: u64,
     /// Attachment ids, in the order they were attached.
     pub attachments: Vec<String>,
 }
@@ -141,6 +154,42 @@ pub enum Body {
     File(PathBuf),
 }
 
+/// A seeded record's text, `date` and `created_at` as the emulator keeps them: a note's text with
+/// its line ends made `\n`, its date checked (`YYYY-MM-DD`) or the day of its `created_at`;
+/// `created_at` checked (RFC 3339) and written as the API writes it, or `now`.
+fn seed_times(
+    kind: ReferenceType,
+    id: &str,
+    text: String,
+    date: Option<String>,
+    created_at: Option<String>,
+    now: &str,
+) -> anyhow::Result<(String, Option<String>, String)> {
+    let created_at = match created_at {
+        None => now.to_string(),
+        Some(t) => iso(DateTime::parse_from_rfc3339(&t)
+            .map_err(|_| {
+                anyhow::anyhow!("{kind} {id}: created_at {t:?} is not an RFC 3339 moment")
+            })?
+            .with_timezone(&Utc)),
+    };
+    if kind != ReferenceType::Note {
+        anyhow::ensure!(date.is_none(), "{kind} {id}: only notes have a date");
+        return Ok((text, None, created_at));
+    }
+    let date = match date {
+        None => created_at[..10].to_string(),
+        Some(d) => {
+            anyhow::ensure!(
+                parse_note_date(&d).is_some(),
+                "note {id}: date {d:?} is not YYYY-MM-DD"
+            );
+            d
+        }
+    };
+    Ok((normalize_line_ends(&text), Some(date), created_at))
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     pub quota: u64,
@@ -153,6 +202,7 @@ pub struct State {
     pub requests: BTreeMap<String, u64>,
     pub throttled: u64,
     next_id: u64,
+    next_seq: u64,
     id_epoch: u64,
 }
 
@@ -203,12 +253,16 @@ impl State {
                         r.id
                     );
                     let text = if r.text.is_empty() { r.name } else { r.text };
+                    let (text, date, created_at) =
+                        seed_times(kind, &r.id, text, r.date, r.created_at, &now)?;
                     let record = Record {
                         id: r.id.clone(),
                         kind,
                         contact_id: c.id.clone(),
                         text,
-                        created_at: now.clone(),
+                        date,
+                        created_at,
+                        seq: state.next_seq(),
                         attachments: Vec::new(),
                     };
                     anyhow::ensure!(
@@ -261,7 +315,9 @@ impl State {
                         kind,
                         contact_id: id.clone(),
                         text: String::new(),
+                        date: (kind == ReferenceType::Note).then(|| now[..10].to_string()),
                         created_at: now.to_string(),
+                        seq: self.next_seq(),
                         attachments: Vec::new(),
                     };
                     self.records.insert((kind, rid), record);
@@ -274,6 +330,25 @@ impl State {
     pub fn new_id(&mut self) -> String {
         self.next_id += 1;
         format!("{:08x}{:016x}", self.id_epoch as u32, self.next_id)
+    }
+
+    /// The next number in the order records are made in.
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// A contact's notes, or every note when `contact_id` is none, oldest first (`created_at`,
+    /// then the order they were made in).
+    pub fn notes_of(&self, contact_id: Option<&str>) -> Vec<&Record> {
+        let mut notes: Vec<&Record> = self
+            .records
+            .values()
+            .filter(|r| r.kind == ReferenceType::Note)
+            .filter(|r| contact_id.is_none_or(|c| r.contact_id == c))
+            .collect();
+        notes.sort_by(|a, b| (&a.created_at, a.seq).cmp(&(&b.created_at, b.seq)));
+        notes
     }
 
     pub fn count(&mut self, key: String) {
@@ -308,6 +383,7 @@ impl State {
             "storage_left": self.storage_left,
             "contacts": self.contacts.values().collect::<Vec<_>>(),
             "records": records,
+            "notes": self.notes_of(None),
             "attachments": self.attachments.values().collect::<Vec<_>>(),
             "objects": self.objects.values().collect::<Vec<_>>(),
             "requests": self.requests,
@@ -324,9 +400,82 @@ mod tests {
     fn sample_seed_loads_every_record() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/emulator-seed.json");
         let state = State::from_seed_file(&path, Utc::now()).unwrap();
-        assert_eq!(state.contacts.len(), 4);
-        assert_eq!(state.records.len(), 4 * 5);
+        assert_eq!(state.contacts.len(), 6);
+        assert_eq!(state.records.len(), 4 * 5 + 1);
         assert_eq!(state.storage_left, 214_692_599_468);
+        let sharing: Vec<&str> = state
+            .contacts
+            .values()
+            .filter(|c| c.email.eq_ignore_ascii_case("office@twin-desk.example"))
+            .map(|c| c.id.as_str())
+            .collect();
+        assert_eq!(sharing.len(), 2, "two contacts share one email");
+        let sam = &state.records[&(ReferenceType::Note, "b690e418f67de6d22d2e0e1c".into())];
+        assert_eq!(sam.date.as_deref(), Some("2024-03-15"));
+        assert_eq!(sam.created_at, "2024-03-15T10:30:00Z");
+    }
+
+    #[test]
+    fn seeded_notes_keep_their_date_and_created_at_and_default_to_the_load() {
+        let seed = r#"{"contacts": [{"id": "5a1b2c3d4e5f60718293a4b5",
+            "notes": [{"id": "5a1b2c3d4e5f60718293a4c1", "text": "a\r\nb\rc"},
+                      {"id": "5a1b2c3d4e5f60718293a4c2", "text": "x", "created_at": "2025-12-31T23:30:00-01:00"},
+                      {"id": "5a1b2c3d4e5f60718293a4c3", "text": "y", "date": "2020-02-29"}],
+            "deals": [{"id": "5a1b2c3d4e5f60718293a4d1", "name": "d"}]}]}"#;
+        let now = DateTime::parse_from_rfc3339("2026-11-30T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let state = State::from_seed(serde_json::from_str(seed).unwrap(), now).unwrap();
+        let note = |id: &str| &state.records[&(ReferenceType::Note, id.to_string())];
+        let a = note("5a1b2c3d4e5f60718293a4c1");
+        assert_eq!(a.text, "a\nb\nc", "line ends made \\n");
+        assert_eq!(
+            (a.date.as_deref(), a.created_at.as_str()),
+            (Some("2026-11-30"), "2026-11-30T08:00:00Z")
+        );
+        let x = note("5a1b2c3d4e5f60718293a4c2");
+        assert_eq!(
+            (x.date.as_deref(), x.created_at.as_str()),
+            (Some("2026-01-01"), "2026-01-01T00:30:00Z"),
+            "created_at in UTC; the date is its UTC day"
+        );
+        let y = note("5a1b2c3d4e5f60718293a4c3");
+        assert_eq!(y.date.as_deref(), Some("2020-02-29"));
+        let deal = &state.records[&(ReferenceType::Deal, "5a1b2c3d4e5f60718293a4d1".into())];
+        assert_eq!(deal.date, None);
+        let order: Vec<&str> = state
+            .notes_of(Some("5a1b2c3d4e5f60718293a4b5"))
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "5a1b2c3d4e5f60718293a4c2",
+                "5a1b2c3d4e5f60718293a4c1",
+                "5a1b2c3d4e5f60718293a4c3"
+            ],
+            "oldest first, then in the seed's order"
+        );
+    }
+
+    #[test]
+    fn seeded_dates_and_moments_are_checked() {
+        let with = |field: &str| {
+            format!(
+                r#"{{"contacts": [{{"id": "5a1b2c3d4e5f60718293a4b5", "notes": [{{"id": "5a1b2c3d4e5f60718293a4c1", {field}}}]}}]}}"#
+            )
+        };
+        for bad in [
+            with(r#""date": "2024-2-1""#),
+            with(r#""date": "2023-02-29""#),
+            with(r#""created_at": "2024-02-01""#),
+            with(r#""created_at": "yesterday""#),
+            r#"{"contacts": [{"id": "5a1b2c3d4e5f60718293a4b5", "calls": [{"id": "5a1b2c3d4e5f60718293a4c1", "date": "2024-02-01"}]}]}"#.to_string(),
+        ] {
+            let seed: Seed = serde_json::from_str(&bad).unwrap();
+            assert!(State::from_seed(seed, Utc::now()).is_err(), "{bad}");
+        }
     }
 
     #[test]
