@@ -3,6 +3,7 @@
 mod check;
 mod common;
 mod emulator;
+mod emulator_notes;
 mod exactly_once;
 mod external_s3;
 mod faults;
