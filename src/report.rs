@@ -102,6 +102,9 @@ pub fn run(args: &ReportArgs) -> CommandResult {
         }
     };
     drop(conn);
+    if args.only == ReportOnly::Failed {
+        tell_held_back(&rows, recorded_manifest.as_deref());
+    }
     let manifest_dir = recorded_manifest
         .as_deref()
         .and_then(|m| Path::new(m).parent())
@@ -140,6 +143,32 @@ pub fn run(args: &ReportArgs) -> CommandResult {
     Ok(ExitStatus::Success)
 }
 
+/// Says which failed rows the fix file leaves out, and what settles them instead.
+fn tell_held_back(rows: &[StoredRow], manifest: Option<&str>) {
+    let held: Vec<&StoredRow> = rows.iter().filter(|r| r.may_be_attached()).collect();
+    if held.is_empty() {
+        return;
+    }
+    let lines: Vec<String> = held.iter().take(20).map(|r| r.line.to_string()).collect();
+    let more = match held.len() > 20 {
+        true => format!(" and {} more", held.len() - 20),
+        false => String::new(),
+    };
+    let rerun = manifest.map_or("the run's own command".to_string(), |m| {
+        format!("`opcrm-import run {m}` (with the run's flags)")
+    });
+    eprintln!(
+        "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, so a fix file would attach them again. Rerun {rerun} to settle them; for those failed as attach_unsettled, look at their records first (README: \"How the check after a lost step-3 answer decides\")",
+        held.len(),
+        if held.len() == 1 {
+            "row is"
+        } else {
+            "rows are"
+        },
+        lines.join(", "),
+    );
+}
+
 /// Writes the rows `only` asks for as CSV to `sink`, files relative to `dir` (the report's
 /// folder) where they lie under it; returns how many rows it wrote.
 fn write_rows(
@@ -150,7 +179,11 @@ fn write_rows(
     dir: &Path,
 ) -> io::Result<usize> {
     let keep = |r: &StoredRow| match only {
-        ReportOnly::Failed => matches!(r.state, RowState::Failed | RowState::Rejected),
+        // A row whose attach may have taken effect is settled by a rerun of its own manifest,
+        // never by a fix file (a new state file would upload and attach it again).
+        ReportOnly::Failed => {
+            matches!(r.state, RowState::Failed | RowState::Rejected) && !r.may_be_attached()
+        }
         ReportOnly::Done => r.state == RowState::Done,
         ReportOnly::All => true,
     };

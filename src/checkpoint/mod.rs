@@ -185,6 +185,18 @@ pub struct StoredRow {
     pub retryable: Option<bool>,
 }
 
+impl StoredRow {
+    /// A failed row whose attach may have taken effect: uploaded (an ETag is recorded), then
+    /// failed in a way that leaves step 3's outcome open (retryable, or unsettled). Only a rerun
+    /// of its own state file settles it.
+    pub fn may_be_attached(&self) -> bool {
+        self.state == RowState::Failed
+            && self.etag.is_some()
+            && (self.retryable == Some(true)
+                || self.error_kind == Some(FailureKind::AttachUnsettled))
+    }
+}
+
 /// A manifest row as preflight saw it, to be recorded.
 #[derive(Clone, Debug)]
 pub struct NewRow {
@@ -367,6 +379,10 @@ pub enum OpenError {
         "state file {path} is {what}, not a regular file; give the path of a file with --state (it is created if missing)"
     )]
     NotRegular { path: String, what: &'static str },
+    #[error(
+        "state file {path} has {links} names (hard links); SQLite keeps the journal of recent progress beside the name it was opened by, so another name can miss it and go back on rows already done. Use the state file by the name it was made with, and remove the other names (`ls -i` shows them)"
+    )]
+    HardLinked { path: String, links: u64 },
     #[error("cannot open state file {path}: {reason}")]
     Other { path: String, reason: String },
 }
@@ -382,7 +398,7 @@ pub fn check_regular(path: &Path) -> Result<(), OpenError> {
         return Ok(()); // missing (created at open) or unreadable (open says why)
     };
     let what = if meta.is_file() {
-        return Ok(());
+        return single_name(path, &meta);
     } else if meta.is_dir() {
         "a folder"
     } else {
@@ -392,6 +408,26 @@ pub fn check_regular(path: &Path) -> Result<(), OpenError> {
         path: path.display().to_string(),
         what,
     })
+}
+
+/// Refuses a state file with several names (hard links; a symbolic link is fine: SQLite
+/// follows it to the file's own name): SQLite's write-ahead log lives beside the name a file is
+/// opened by, so after a crash progress committed through one name is not seen through another.
+#[cfg(unix)]
+fn single_name(path: &Path, meta: &std::fs::Metadata) -> Result<(), OpenError> {
+    use std::os::unix::fs::MetadataExt;
+    match meta.nlink() {
+        0 | 1 => Ok(()),
+        links => Err(OpenError::HardLinked {
+            path: path.display().to_string(),
+            links,
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn single_name(_: &Path, _: &std::fs::Metadata) -> Result<(), OpenError> {
+    Ok(())
 }
 
 /// Opens (creating if needed) the state file and brings its schema up to date.
@@ -559,9 +595,12 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
             path = excluded.path,
-            -- A row not yet uploaded takes the file as it is now.
-            size = CASE WHEN rows.state IN ('pending', 'failed', 'rejected') THEN excluded.size ELSE rows.size END,
-            mtime_ns = CASE WHEN rows.state IN ('pending', 'failed', 'rejected') THEN excluded.mtime_ns ELSE rows.mtime_ns END,
+            -- A row not yet uploaded takes the file as it is now; a failed row that was uploaded
+            -- (it has an ETag) keeps the uploaded file's size: its step 3 may have been sent.
+            size = CASE WHEN rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL)
+                THEN excluded.size ELSE rows.size END,
+            mtime_ns = CASE WHEN rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL)
+                THEN excluded.mtime_ns ELSE rows.mtime_ns END,
             state = CASE
                 WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN 'rejected'
                 WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN 'pending'
@@ -578,7 +617,7 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
          -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
          WHERE rows.line IS NOT excluded.line
             OR rows.path IS NOT excluded.path
-            OR (rows.state IN ('pending', 'failed', 'rejected')
+            OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
                 AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
             OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
             OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.last_error IS NOT excluded.last_error)

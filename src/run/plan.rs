@@ -175,6 +175,11 @@ pub fn plan(
             _ => Some(Plan::Upload),
         };
         let Some(plan) = plan else { continue };
+        if plan != Plan::Upload && changed {
+            // Uploaded before it changed: the uploaded version is settled (attached once), and
+            // the change is reported, for `--reupload-changed` once the row is done.
+            work.changed.push(row.clone());
+        }
         if plan == Plan::Upload && changed {
             row.size = new.size;
             row.mtime_ns = new.mtime_ns;

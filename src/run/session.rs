@@ -51,7 +51,7 @@ impl Session {
         }
         for row in &work.changed {
             eprintln!(
-                "warning: line {}: {} changed after it was uploaded; left as it is (pass --reupload-changed to upload it again)",
+                "warning: line {}: {} changed after it was uploaded; the uploaded version is kept (pass --reupload-changed to upload it again)",
                 row.line, row.file
             );
         }

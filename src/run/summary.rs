@@ -267,14 +267,36 @@ impl Summary {
             Some(Stopped::Quota) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
             None => match self.status {
                 ExitStatus::Success => "all rows done".to_string(),
-                ExitStatus::Failed => format!(
-                    "some rows failed for good: list them with `{}`, fix them there, then run that file",
-                    report_command(cfg)
-                ),
+                ExitStatus::Failed => {
+                    let what = match (self.failed_permanent, self.rejected) {
+                        (0, _) => "some rows are invalid (rejected)",
+                        (_, 0) => "some rows failed for good",
+                        _ => "some rows failed for good or are invalid",
+                    };
+                    let fix = format!(
+                        "list them with `{}`, fix them there, then run that file",
+                        report_command(cfg)
+                    );
+                    // Rows still to finish go first: a fix file of rows whose attach may have
+                    // taken effect would attach them again under another state file.
+                    match self.failed_retryable + self.not_started {
+                        0 => format!("{what}: {fix}"),
+                        // The command last, so that the line ends with what to paste.
+                        _ => format!(
+                            "{what}: once the others are done, {fix}; some rows are not done yet: rerun first to finish them: {rerun}"
+                        ),
+                    }
+                }
                 _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
             },
         }
     }
+}
+
+/// A path as a command to paste anywhere names it: absolute (the command may be typed in another
+/// folder than the run's).
+fn anywhere(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `s` as one word of a POSIX shell command: as it is when that is safe, else in single quotes.
@@ -292,6 +314,10 @@ fn shell_quote(s: &std::ffi::OsStr) -> String {
 fn resume_flags(cfg: &RunConfig) -> Vec<String> {
     let mut flags = Vec::new();
     let mut path = |flag: &str, value: &Path| {
+        let value = match value.as_os_str() == ":memory:" {
+            true => value.to_path_buf(),
+            false => anywhere(value),
+        };
         flags.push(format!("{flag} {}", shell_quote(value.as_os_str())));
     };
     if let Some(state) = &cfg.state_given {
@@ -333,8 +359,9 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
     for (flag, on) in [
         ("--skip-invalid", c.skip_invalid),
         ("--retry-failed", c.retry_failed),
+        // Not `--attach-unsettled`: it is a decision about the rows a person looked at, and a
+        // rerun must not attach the rows that became unsettled since without anyone looking.
         ("--reupload-changed", c.reupload_changed),
-        ("--attach-unsettled", c.attach_unsettled),
     ] {
         if on {
             flags.push(flag.into());
@@ -347,7 +374,7 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
 pub fn resume_command(cfg: &RunConfig) -> String {
     let mut words = vec![
         "opcrm-import run".to_string(),
-        shell_quote(cfg.manifest.as_os_str()),
+        shell_quote(anywhere(&cfg.manifest).as_os_str()),
     ];
     words.extend(resume_flags(cfg));
     words.join(" ")
@@ -356,8 +383,8 @@ pub fn resume_command(cfg: &RunConfig) -> String {
 /// The command that lists this run's failed rows as a manifest to fix.
 fn report_command(cfg: &RunConfig) -> String {
     let target = match &cfg.state_given {
-        Some(state) => format!("--state {}", shell_quote(state.as_os_str())),
-        None => shell_quote(cfg.manifest.as_os_str()),
+        Some(state) => format!("--state {}", shell_quote(anywhere(state).as_os_str())),
+        None => shell_quote(anywhere(&cfg.manifest).as_os_str()),
     };
     format!("opcrm-import report {target} --only failed -o fix.csv")
 }

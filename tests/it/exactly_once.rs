@@ -190,12 +190,16 @@ fn links_that_do_not_show_the_key_leave_a_lost_attach_unsettled_for_a_person() {
         .assert()
         .code(1);
     assert_eq!(attachments_on(&emu.state(), ADA_NOTE).len(), 2);
+    // Status names the kind; the fix file leaves the row out (a fix file would attach it again).
+    let status = bin().arg("status").arg(&manifest).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("attach_unsettled"));
     let failed = bin()
         .args(["report", "--only", "failed"])
         .arg(&manifest)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&failed.stdout).contains("attach_unsettled"));
+    assert!(!String::from_utf8_lossy(&failed.stdout).contains("report.pdf"));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("left out"));
     // A person looked and says the file is not there.
     emu.run_cmd(&manifest)
         .args(["--rate", "off", "--attach-unsettled"])
@@ -285,18 +289,23 @@ fn a_second_run_through_a_hard_or_symbolic_link_to_the_state_file_is_refused() {
         assert!(Instant::now() < deadline, "the first run never got going");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let hard = s.path("hard-link.sqlite");
-    std::fs::hard_link(&state, &hard).unwrap();
     let soft = s.path("soft-link.sqlite");
     std::os::unix::fs::symlink(&state, &soft).unwrap();
-    for link in [&hard, &soft] {
-        emu.run_cmd(&manifest)
-            .args(["--rate", "off", "--state"])
-            .arg(link)
-            .assert()
-            .code(3)
-            .stderr(contains("another run is using state file"));
-    }
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--state"])
+        .arg(&soft)
+        .assert()
+        .code(3)
+        .stderr(contains("another run is using state file"));
+    // A second name (hard link) is refused outright: SQLite's journal lives beside a name.
+    let hard = s.path("hard-link.sqlite");
+    std::fs::hard_link(&state, &hard).unwrap();
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--state"])
+        .arg(&hard)
+        .assert()
+        .code(3)
+        .stderr(contains("hard links"));
     let (code, _, stderr) = finish(first);
     assert_eq!(code, 0, "{stderr}");
     assert_exactly_once(&emu.state(), &manifest);
@@ -441,4 +450,222 @@ fn resume_hints_quote_for_the_shell() {
         stdout.contains("--delimiter ';'") && stdout.contains("--skip-invalid"),
         "{stdout}"
     );
+}
+
+/// The attachments on the emulator, by the file they hold (MD5).
+fn md5s(state: &Value) -> Vec<String> {
+    state["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["md5"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_resume_command_never_carries_attach_unsettled() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--attachment-urls",
+        "opaque",
+        "--fault-at",
+        "POST /api/v3/attachments:1-3:drop-after",
+        "--fault-at",
+        "POST /api/v3/attachments:4-6:error",
+    ]);
+    let (s, manifest) = sample_copy();
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
+        .args(["--attach-unsettled", "--retry-failed"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(!stdout.contains("--attach-unsettled"), "{stdout}");
+    // Following the printed command, twice, as a person would after each stop.
+    for _ in 0..2 {
+        run_hint(&emu, &stdout, s.path("").as_path());
+    }
+    let state = emu.state();
+    assert_eq!(md5s(&state).len(), 20, "one attachment per row, none twice");
+    assert_exactly_once(&state, &manifest);
+}
+
+#[test]
+fn the_fix_file_leaves_out_rows_whose_attach_may_have_taken_effect() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--attachment-urls",
+        "opaque",
+        "--fault-at",
+        "POST /api/v3/attachments:1-3:drop-after",
+    ]);
+    let (s, manifest) = sample_copy();
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
+        .assert()
+        .code(4);
+    // The three lost answers cannot be settled by opaque links: failed as attach_unsettled.
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(1);
+    let fix = s.path("fix.csv");
+    bin()
+        .args(["report", "--only", "failed", "-o"])
+        .arg(&fix)
+        .arg(&manifest)
+        .assert()
+        .success()
+        .stderr(contains("3 failed rows are left out of this report"));
+    let text = std::fs::read_to_string(&fix).unwrap();
+    assert_eq!(text.lines().count(), 1, "only the header: {text}");
+    assert_eq!(md5s(&emu.state()).len(), 20);
+}
+
+#[test]
+fn rows_to_finish_come_before_the_fix_file_when_both_are_left() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--fault-at",
+        "POST /api/v3/attachments:1-3:drop-after",
+    ]);
+    let (s, manifest) = sample_copy();
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!("files/logo.png,{ADA},task,{ADA_NOTE},odd.png\n"));
+    std::fs::write(&manifest, text).unwrap();
+    // Run from the manifest's folder with relative paths; the hint is then used from elsewhere.
+    let out = emu
+        .run_cmd(Path::new("manifest.csv"))
+        .current_dir(s.path(""))
+        .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
+        .args(["--skip-invalid", "--state", "relative.sqlite"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rerun first to finish them"), "{stdout}");
+    assert!(stdout.contains("are invalid"), "{stdout}");
+    let again = run_hint(&emu, &stdout, Path::new("/"));
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "{stdout}\n{again_out}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(again_out.contains("done before:        17"), "{again_out}");
+    assert_eq!(
+        md5s(&emu.state()).len(),
+        20,
+        "the three lost answers settled, none twice"
+    );
+}
+
+#[test]
+fn a_file_changed_after_a_lost_attach_is_settled_as_uploaded_then_reported() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        // The attach takes effect and its answer is lost.
+        "--fault-at",
+        "POST /api/v3/attachments:1:drop-after",
+    ]);
+    let s = Scratch::new();
+    let manifest = one_row(&s, b"the first version, 30 bytes...");
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0"])
+        .assert()
+        .code(4);
+    // Same size, other bytes: the recorded upload must not take the new file's facts.
+    s.file("files/report.pdf", b"the second version, 30 bytes!!");
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stderr(contains("changed after it was uploaded"));
+    assert_eq!(
+        md5s(&emu.state()),
+        [md5_hex(b"the first version, 30 bytes...")]
+    );
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--reupload-changed"])
+        .assert()
+        .code(0);
+    let mut all = md5s(&emu.state());
+    all.sort();
+    let mut want = [
+        md5_hex(b"the first version, 30 bytes..."),
+        md5_hex(b"the second version, 30 bytes!!"),
+    ];
+    want.sort();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn a_file_that_grew_after_a_lost_attach_still_attaches_what_was_uploaded() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        // Lost before it reached the API: nothing attached.
+        "--fault-at",
+        "POST /api/v3/attachments:1:drop-before",
+    ]);
+    let s = Scratch::new();
+    let manifest = one_row(&s, b"short");
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0"])
+        .assert()
+        .code(4);
+    s.file("files/report.pdf", b"a much longer second version");
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    assert_eq!(md5s(&emu.state()), [md5_hex(b"short")]);
+}
+
+#[test]
+fn a_state_file_with_a_second_name_is_refused_after_a_kill() {
+    let emu = Emulator::start(&["--rate-limit", "off", "--latency-ms", "20..20"]);
+    let (s, manifest) = sample_copy();
+    let state = s.path("s.sqlite");
+    let first = spawn_run(
+        &emu,
+        &manifest,
+        &["--concurrency", "1", "--state", state.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status_of(&state)["by_state"]["done"].as_u64().unwrap_or(0) < 5 {
+        assert!(Instant::now() < deadline, "the first run never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = finish(first);
+    let hard = s.path("h.sqlite");
+    std::fs::hard_link(&state, &hard).unwrap();
+    for name in [&hard, &state] {
+        emu.run_cmd(&manifest)
+            .args(["--rate", "off", "--state"])
+            .arg(name)
+            .assert()
+            .code(3)
+            .stderr(contains("hard links"));
+    }
+    std::fs::remove_file(&hard).unwrap();
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--state"])
+        .arg(&state)
+        .assert()
+        .code(0);
+    assert_exactly_once(&emu.state(), &manifest);
 }
