@@ -732,7 +732,7 @@ pub fn forget_stale_rejected(
 
 const ROW_COLUMNS: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable, contact_email";
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable";
 
 fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
@@ -777,8 +777,20 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
 
 /// Every row the state file holds, in manifest-line order.
 pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
+    // `status` and `report` read a state file as it is, without migrating it: one of a version
+    // before contacts by email has no `contact_email` (all its rows give a contact id).
+    let has_email: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'contact_email'",
+        [],
+        |r| r.get(0),
+    )?;
+    let email = if has_email {
+        "contact_email"
+    } else {
+        "'' AS contact_email"
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS} FROM rows ORDER BY line, row_key"
+        "SELECT {ROW_COLUMNS}, {email} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -874,6 +886,7 @@ pub fn claimed_attachments(
 }
 
 /// The emails resolved in earlier runs (trimmed and lower-cased) and their contacts.
+/// (A state file of a version before lookups, read without migrating it, has none: an error.)
 pub fn load_lookups(
     conn: &Connection,
 ) -> rusqlite::Result<std::collections::HashMap<String, String>> {
