@@ -2,6 +2,7 @@
 
 mod check;
 mod common;
+mod contacts_by_email;
 mod emulator;
 mod exactly_once;
 mod external_s3;
