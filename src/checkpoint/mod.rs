@@ -1071,6 +1071,46 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_of_schema_1_is_read_as_it_is_and_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(MIGRATIONS[0].1).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        record_rows_v1(&old);
+        drop(old);
+        // `status` and `report` read it without migrating it: its rows are rows by id.
+        let read = open_read_only(&path).unwrap();
+        let rows = load_rows(&read).unwrap();
+        assert_eq!(
+            (rows[0].contact_id.as_str(), rows[0].contact_email.as_str()),
+            ("c", "")
+        );
+        assert!(load_lookups(&read).is_err());
+        drop(read);
+        // A run's open migrates it; the row keeps its key and progress.
+        let conn = open(&path).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(
+            (rows[0].key.as_str(), rows[0].state),
+            ("k1", RowState::Done)
+        );
+        record_lookup(&conn, "a@b.example", "c").unwrap();
+        assert_eq!(load_lookups(&conn).unwrap()["a@b.example"], "c");
+    }
+
+    /// A done row as version 1 recorded it.
+    fn record_rows_v1(conn: &Connection) {
+        conn.execute(
+            "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type,
+                 reference_id, name, state, created_at, updated_at)
+             VALUES ('k1', 2, 'a.pdf', '/x/a.pdf', 1, 1, 'c', 'note', 'n', 'a.pdf', 'done', 't', 't')",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn foreign_newer_and_non_sqlite_files_are_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let foreign = dir.path().join("other.sqlite");
