@@ -327,7 +327,7 @@ fn with_skip_invalid_unresolved_rows_are_rejected_with_their_kind_and_the_others
     assert_eq!(doc["contacts_ambiguous"], 1);
     // Lines 2 and 6 only, on solo's note.
     let state = emu.state();
-    let names: Vec<(&str, &str)> = state["attachments"]
+    let mut names: Vec<(&str, &str)> = state["attachments"]
         .as_array()
         .unwrap()
         .iter()
@@ -338,6 +338,7 @@ fn with_skip_invalid_unresolved_rows_are_rejected_with_their_kind_and_the_others
             )
         })
         .collect();
+    names.sort();
     assert_eq!(
         names,
         [
