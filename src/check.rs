@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::ExitStatus;
 use crate::cli::CheckArgs;
 use crate::error::{CommandResult, ignore_broken_pipe};
+use crate::lookup::{self, Lookups};
 use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity};
 use crate::preflight::{self, Checked, Summary, human_bytes};
 use crate::quota::{self, Quota};
@@ -17,41 +18,112 @@ use crate::remote::{self, Client, Credentials};
 struct JsonReport<'a> {
     manifest: String,
     valid: bool,
+    lookups: &'a LookupStatus,
     quota: &'a Quota,
     summary: &'a Summary,
     problems: &'a [Problem],
 }
 
-/// One step-1 call for the first valid row's contact, compared with the bytes to upload.
-fn check_quota(checked: &Checked, api_key_file: Option<&std::path::Path>) -> Quota {
+/// What `check` found out about the contacts named by email (`lookups` in `check --json`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LookupStatus {
+    /// `--offline`.
+    Offline,
+    /// Not looked up, and why (no credentials).
+    NotChecked { reason: String },
+    /// Looked up (with no row by email: nothing to look up, all counts 0).
+    Checked(Lookups),
+    /// A lookup itself failed (credentials refused, API unreachable).
+    Failed { error: String },
+}
+
+/// The API client from the environment, or why there is none: not set up (`NotChecked`), or set
+/// up wrong (`Failed`).
+fn client(api_key_file: Option<&std::path::Path>) -> Result<Client, Quota> {
+    let credentials = Credentials::from_env(api_key_file).map_err(|e| Quota::NotChecked {
+        reason: format!("{e}; or pass --offline"),
+    })?;
+    remote::api_url_from_env()
+        .and_then(|url| Client::new(url, credentials))
+        .map_err(|e| Quota::Failed {
+            error: format!("{e:#}"),
+        })
+}
+
+/// Every distinct email of the manifest looked up once; the rows whose email found no contact,
+/// or several, get their problems.
+fn check_lookups(checked: &mut Checked, client: &Result<Client, Quota>) -> LookupStatus {
+    if lookup::emails(&checked.manifest.rows).is_empty() {
+        return LookupStatus::Checked(Lookups::default());
+    }
+    let client = match client {
+        Ok(client) => client.clone(),
+        Err(Quota::NotChecked { reason }) => {
+            return LookupStatus::NotChecked {
+                reason: reason.clone(),
+            };
+        }
+        Err(Quota::Failed { error }) => {
+            return LookupStatus::Failed {
+                error: error.clone(),
+            };
+        }
+        Err(_) => {
+            return LookupStatus::NotChecked {
+                reason: "no API client".into(),
+            };
+        }
+    };
+    let rows = &checked.manifest.rows;
+    let known = Default::default();
+    match quota::with_context(client, async |ctx| lookup::look_up(ctx, rows, &known).await) {
+        Ok(Ok(lookups)) => {
+            let problems = lookup::problems(rows, &lookups);
+            checked.resolved = lookups.resolved_ids();
+            checked.add_problems(problems);
+            LookupStatus::Checked(lookups)
+        }
+        Ok(Err(e)) => LookupStatus::Failed {
+            error: format!("GET /contacts?email=: {e}"),
+        },
+        Err(error) => LookupStatus::Failed { error },
+    }
+}
+
+/// One step-1 call for the first valid row's contact (its id, or the one its email resolved
+/// to), compared with the bytes to upload.
+fn check_quota(checked: &Checked, client: Result<Client, Quota>) -> Quota {
     if !checked.is_valid() {
         return Quota::NotChecked {
             reason: "the manifest is invalid".into(),
         };
     }
-    let Some(first) = checked.manifest.rows.first() else {
+    let contact = |r: &crate::manifest::Row| match r.contact_id.is_empty() {
+        false => Some(r.contact_id.clone()),
+        true => checked
+            .resolved
+            .get(&crate::manifest::email_key(&r.contact_email))
+            .cloned(),
+    };
+    let Some((first, contact_id)) = checked
+        .manifest
+        .rows
+        .iter()
+        .find_map(|r| contact(r).map(|c| (r, c)))
+    else {
         return Quota::NotChecked {
-            reason: "no rows".into(),
+            reason: "no row's contact is known (the emails were not looked up)".into(),
         };
     };
-    let credentials = match Credentials::from_env(api_key_file) {
-        Ok(c) => c,
-        Err(e) => {
-            return Quota::NotChecked {
-                reason: format!("{e}; or pass --offline"),
-            };
-        }
-    };
-    match remote::api_url_from_env().and_then(|url| Client::new(url, credentials)) {
+    match client {
         Ok(client) => quota::check(
             client,
-            &first.contact_id,
+            &contact_id,
             first.line,
             checked.summary.bytes_to_upload,
         ),
-        Err(e) => Quota::Failed {
-            error: format!("{e:#}"),
-        },
+        Err(not_checked) => not_checked,
     }
 }
 
@@ -59,15 +131,18 @@ pub fn run(args: &CheckArgs) -> CommandResult {
     let options = ReadOptions {
         delimiter: args.manifest.delimiter,
     };
-    let checked = preflight::check(&args.manifest.manifest, options);
-    let quota = if args.offline {
-        Quota::Offline
+    let mut checked = preflight::check(&args.manifest.manifest, options);
+    let (lookups, quota) = if args.offline {
+        (LookupStatus::Offline, Quota::Offline)
     } else {
-        check_quota(&checked, args.api_key_file.as_deref())
+        let client = client(args.api_key_file.as_deref());
+        let lookups = check_lookups(&mut checked, &client);
+        (lookups, check_quota(&checked, client))
     };
-    let status = match quota {
+    let status = match (&lookups, &quota) {
         _ if !checked.is_valid() => ExitStatus::Usage,
-        Quota::Checked { enough: false, .. } | Quota::Failed { .. } => ExitStatus::Stopped,
+        (LookupStatus::Failed { .. }, _) => ExitStatus::Stopped,
+        (_, Quota::Checked { enough: false, .. } | Quota::Failed { .. }) => ExitStatus::Stopped,
         _ => ExitStatus::Success,
     };
     let print = || -> io::Result<()> {
@@ -76,6 +151,7 @@ pub fn run(args: &CheckArgs) -> CommandResult {
             let report = JsonReport {
                 manifest: checked.manifest.path.display().to_string(),
                 valid: checked.is_valid(),
+                lookups: &lookups,
                 quota: &quota,
                 summary: &checked.summary,
                 problems: &checked.manifest.problems,
@@ -83,7 +159,7 @@ pub fn run(args: &CheckArgs) -> CommandResult {
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         } else {
-            write_text(&mut out, &checked, &quota)?;
+            write_text(&mut out, &checked, &lookups, &quota)?;
         }
         out.flush()
     };
@@ -136,7 +212,12 @@ pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<
 ///
 /// Long (about 90 lines) for a reason: it is the report's text, line by line, in the order it
 /// is printed; split, the layout would be harder to see.
-fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Result<()> {
+fn write_text(
+    out: &mut impl Write,
+    checked: &Checked,
+    lookups: &LookupStatus,
+    quota: &Quota,
+) -> io::Result<()> {
     write_problems(out, &checked.manifest.problems)?;
     if !checked.manifest.problems.is_empty() {
         writeln!(out)?;
@@ -178,6 +259,22 @@ fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Res
             l.line
         )?;
     }
+    let by_email = lookup::emails(&checked.manifest.rows).len();
+    match lookups {
+        _ if by_email == 0 => {}
+        LookupStatus::Offline => writeln!(
+            out,
+            "Contacts:  {by_email} by email, not looked up (--offline)"
+        )?,
+        LookupStatus::NotChecked { reason } => writeln!(
+            out,
+            "Contacts:  {by_email} by email, not looked up: {reason}"
+        )?,
+        LookupStatus::Checked(l) => writeln!(out, "Contacts:  {}", lookup::describe(l))?,
+        LookupStatus::Failed { error } => {
+            writeln!(out, "Contacts:  the lookup by email failed: {error}")?
+        }
+    }
     match quota {
         Quota::Offline => writeln!(out, "Quota:     storage left not checked (--offline)")?,
         Quota::NotChecked { reason } => {
@@ -204,7 +301,12 @@ fn write_text(out: &mut impl Write, checked: &Checked, quota: &Quota) -> io::Res
         )?,
         Quota::Failed { error } => writeln!(out, "Quota:     the check failed: {error}")?,
     }
-    if matches!(
+    if matches!(lookups, LookupStatus::Failed { .. }) && checked.is_valid() {
+        writeln!(
+            out,
+            "Result:    valid offline, but the contacts could not be looked up (see Contacts)"
+        )?;
+    } else if matches!(
         quota,
         Quota::Checked { enough: false, .. } | Quota::Failed { .. }
     ) && checked.is_valid()

@@ -26,12 +26,18 @@ pub enum FailureKind {
     Stalled,
     /// Invalid in preflight (a `rejected` row).
     Invalid,
+    /// Rejected: `contact_email` is not an email address.
+    InvalidEmail,
+    /// Rejected: no contact has the row's email.
+    ContactNotFound,
+    /// Rejected: several contacts have the row's email.
+    ContactAmbiguous,
     /// A name this version does not know (a state file of a newer version).
     Other,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 18] = [
+    pub const ALL: [FailureKind; 21] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -49,6 +55,9 @@ impl FailureKind {
         Self::AttachUnsettled,
         Self::Stalled,
         Self::Invalid,
+        Self::InvalidEmail,
+        Self::ContactNotFound,
+        Self::ContactAmbiguous,
         Self::Other,
     ];
 
@@ -72,6 +81,9 @@ impl FailureKind {
             Self::AttachUnsettled => "attach_unsettled",
             Self::Stalled => "stalled",
             Self::Invalid => "invalid",
+            Self::InvalidEmail => "invalid_email",
+            Self::ContactNotFound => "contact_not_found",
+            Self::ContactAmbiguous => "contact_ambiguous",
             Self::Other => "other",
         }
     }
@@ -104,6 +116,13 @@ impl FailureKind {
             Self::AttachUnsettled => "whether it was attached cannot be told (look at the record)",
             Self::Stalled => "the run stopped (it stalled) before this row could finish",
             Self::Invalid => "the row is invalid",
+            Self::InvalidEmail => "contact_email is not an email address",
+            Self::ContactNotFound => {
+                "no contact has this email (fix the email, or the contact in OnePageCRM)"
+            }
+            Self::ContactAmbiguous => {
+                "several contacts have this email (give the row a contact_id instead)"
+            }
             Self::Other => "an error",
         }
     }

@@ -11,6 +11,7 @@ pub mod emulator;
 pub mod error;
 pub mod failure;
 pub mod logging;
+pub mod lookup;
 pub mod manifest;
 pub mod onepagecrm;
 pub mod pipeline;

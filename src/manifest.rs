@@ -17,16 +17,23 @@ use crate::onepagecrm::{ReferenceType, is_object_id};
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// The columns a manifest may have, in the order they are documented.
-pub const COLUMNS: [&str; 5] = [
+/// (`contact_email` came later, and is listed last so that the list earlier versions showed
+/// stays as it was.)
+pub const COLUMNS: [&str; 6] = [
     "file",
     "contact_id",
     "reference_type",
     "reference_id",
     "name",
+    "contact_email",
 ];
 /// Columns that `report --only failed` adds; accepted and ignored so that report is a manifest.
 pub const IGNORED_COLUMNS: [&str; 2] = ["error_kind", "error"];
-const REQUIRED: [&str; 3] = ["file", "contact_id", "reference_id"];
+const REQUIRED: [&str; 2] = ["file", "reference_id"];
+/// A header needs at least one of these; a row gives exactly one.
+const CONTACT_COLUMNS: [&str; 2] = ["contact_id", "contact_email"];
+/// The longest email address a mail system accepts (RFC 5321's path limit), in bytes.
+pub const MAX_EMAIL_BYTES: usize = 254;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +66,14 @@ pub enum ProblemKind {
     DuplicateAttachment,
     EmptyFile,
     IdFormat,
+    /// A row gives both `contact_id` and `contact_email`.
+    ContactIdAndEmail,
+    /// `contact_email` is not an email address.
+    InvalidEmail,
+    /// No contact has the row's email (found online).
+    ContactNotFound,
+    /// Several contacts have the row's email (found online).
+    ContactAmbiguous,
 }
 
 /// One thing wrong (or worth a look) in a manifest, anchored to its line and column.
@@ -122,7 +137,11 @@ pub struct Row {
     pub line: u64,
     /// The `file` field as written (resolve it with [`Manifest::path_of`]).
     pub file: String,
+    /// The contact's id; empty when the row gives `contact_email` instead.
     pub contact_id: String,
+    /// The contact's email as written (trimmed); empty when the row gives `contact_id`. Looked
+    /// up online (case does not matter: see [`email_key`]).
+    pub contact_email: String,
     pub reference_type: Option<ReferenceType>,
     /// The `reference_type` field as written (trimmed) when it is no known type, so that the row,
     /// rejected, is recorded and reported with the type it has. (Boxed: a million valid rows
@@ -152,7 +171,7 @@ pub struct Unparsed {
     pub line: u64,
     /// The known columns' fields as written, in [`COLUMNS`] order (empty when the record has no
     /// such field).
-    pub fields: [Vec<u8>; 5],
+    pub fields: [Vec<u8>; 6],
     /// Fields past the header's width, as written.
     pub extra: Vec<Vec<u8>>,
 }
@@ -510,6 +529,12 @@ fn parse_header(
             unknown - SHOWN_UNKNOWN
         ));
     }
+    if !CONTACT_COLUMNS.iter().any(|c| columns.contains(&Some(*c))) {
+        problems.push(
+            "missing required column `contact_id` (or `contact_email`, to find each contact by email)"
+                .to_string(),
+        );
+    }
     for required in REQUIRED {
         if !columns.contains(&Some(required)) {
             let hint = if record.len() == 1 && delimiter == b',' {
@@ -576,6 +601,7 @@ fn parse_row(
     };
     let file = field("file");
     let contact_id = field("contact_id");
+    let contact_email = field("contact_email");
     let reference_type = field("reference_type");
     let reference_id = field("reference_id");
     let name = field("name");
@@ -584,21 +610,21 @@ fn parse_row(
     let utf8 = |col: &'static str, value: &Option<String>| {
         value.is_some() || !columns.contains(&Some(col))
     };
-    if !(utf8("reference_type", &reference_type) && utf8("name", &name)) {
+    if !(utf8("reference_type", &reference_type)
+        && utf8("name", &name)
+        && utf8("contact_id", &contact_id)
+        && utf8("contact_email", &contact_email))
+    {
         return None;
     }
-    let (Some(file), Some(contact_id), Some(reference_id)) = (file, contact_id, reference_id)
-    else {
+    let (Some(file), Some(reference_id)) = (file, reference_id) else {
         return None;
     };
-    let contact_id = contact_id.trim().to_string();
+    let contact_id = contact_id.unwrap_or_default().trim().to_string();
+    let contact_email = contact_email.unwrap_or_default().trim().to_string();
     let reference_id = reference_id.trim().to_string();
 
-    for (col, value) in [
-        ("file", file.as_str()),
-        ("contact_id", &contact_id),
-        ("reference_id", &reference_id),
-    ] {
+    for (col, value) in [("file", file.as_str()), ("reference_id", &reference_id)] {
         if value.trim().is_empty() {
             problems.push(Problem::error(
                 Some(line),
@@ -608,6 +634,7 @@ fn parse_row(
             ));
         }
     }
+    check_contact(&contact_id, &contact_email, columns, line, problems);
     for (col, value) in [("contact_id", &contact_id), ("reference_id", &reference_id)] {
         if !value.is_empty() && !is_object_id(value) {
             problems.push(Problem::warning(
@@ -680,6 +707,7 @@ fn parse_row(
         line,
         file,
         contact_id,
+        contact_email,
         reference_type,
         unknown_reference_type,
         reference_id,
@@ -687,9 +715,98 @@ fn parse_row(
     })
 }
 
+/// A row names its contact by exactly one of `contact_id` and `contact_email`; an email must
+/// look like one (the lookup itself is online, see `lookup`).
+fn check_contact(
+    contact_id: &str,
+    contact_email: &str,
+    columns: &[Option<&'static str>],
+    line: u64,
+    problems: &mut Vec<Problem>,
+) {
+    let has_email_column = columns.contains(&Some("contact_email"));
+    match (contact_id.is_empty(), contact_email.is_empty()) {
+        (true, true) if has_email_column => problems.push(Problem::error(
+            Some(line),
+            Some("contact_id"),
+            ProblemKind::MissingField,
+            "`contact_id` and `contact_email` are both empty; give the contact's OnePageCRM id or its email (one of the two)".to_string(),
+        )),
+        (true, true) => problems.push(Problem::error(
+            Some(line),
+            Some("contact_id"),
+            ProblemKind::MissingField,
+            format!("`contact_id` is empty; every row needs a {}", describe("contact_id")),
+        )),
+        (false, false) => problems.push(Problem::error(
+            Some(line),
+            Some("contact_email"),
+            ProblemKind::ContactIdAndEmail,
+            format!(
+                "the row gives both `contact_id` {} and `contact_email` {}; keep one of the two (the email is looked up only when `contact_id` is empty)",
+                shown(contact_id),
+                shown(contact_email)
+            ),
+        )),
+        (true, false) => {
+            if let Err(why) = check_email(contact_email) {
+                problems.push(Problem::error(
+                    Some(line),
+                    Some("contact_email"),
+                    ProblemKind::InvalidEmail,
+                    format!(
+                        "{} is not an email address ({why}); give the contact's email as name@domain, or its contact_id",
+                        shown(contact_email)
+                    ),
+                ));
+            }
+        }
+        (false, true) => {}
+    }
+}
+
+/// Whether `email` has an email address's shape: one `@`, something before it, a domain with a
+/// dot after it, no spaces, control characters, commas, brackets or quotes, at most 254 bytes.
+/// (Deliverability is not judged: the lookup decides whether a contact has it.)
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.len() > MAX_EMAIL_BYTES {
+        return Err("over 254 bytes");
+    }
+    if let Some(c) = email
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || ",;<>()[]\\\"".contains(*c))
+    {
+        return Err(match c {
+            c if c.is_whitespace() => "it holds a space",
+            c if c.is_control() => "it holds a control character",
+            _ => "it holds one of , ; < > ( ) [ ] \\ \"",
+        });
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err("no @");
+    };
+    if domain.contains('@') {
+        return Err("more than one @");
+    }
+    if local.is_empty() {
+        return Err("nothing before the @");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) {
+        return Err("the part after the @ is not a domain like example.com");
+    }
+    Ok(())
+}
+
+/// The form of an email that lookups and row identities use: trimmed and lower-cased, so that
+/// `Ada@X.example` and `ada@x.example` are one contact and one lookup.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
 /// A record kept as written, its fields placed by the header's columns as far as both reach.
 fn unparsed(record: &csv::ByteRecord, columns: &[Option<&'static str>], line: u64) -> Unparsed {
-    let mut fields: [Vec<u8>; 5] = Default::default();
+    let mut fields: [Vec<u8>; 6] = Default::default();
     for (raw, col) in record.iter().zip(columns) {
         if let Some(i) = col.and_then(|c| COLUMNS.iter().position(|k| *k == c)) {
             fields[i] = raw.to_vec();
@@ -987,6 +1104,75 @@ mod tests {
                 (5, Some("name"), ProblemKind::InvalidName),
             ]
         );
+    }
+
+    #[test]
+    fn a_row_names_its_contact_by_exactly_one_of_id_and_email() {
+        let text = format!(
+            "file,contact_id,contact_email,reference_id\n\
+             a.pdf,,Ada@Analytical.example,{ID}\n\
+             b.pdf,{ID},ada@analytical.example,{ID}\n\
+             c.pdf,,,{ID}\n\
+             d.pdf,,ada at analytical,{ID}\n\
+             e.pdf,{ID},,{ID}\n"
+        );
+        let m = parse(text.as_bytes());
+        let got: Vec<_> = m
+            .problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.column, p.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, Some("contact_email"), ProblemKind::ContactIdAndEmail),
+                (4, Some("contact_id"), ProblemKind::MissingField),
+                (5, Some("contact_email"), ProblemKind::InvalidEmail),
+            ]
+        );
+        assert_eq!(m.rows[0].contact_email, "Ada@Analytical.example");
+        assert_eq!(m.rows[0].contact_id, "");
+        assert_eq!(
+            email_key(&m.rows[0].contact_email),
+            "ada@analytical.example"
+        );
+        // A header with the email column alone is a manifest; one with neither is not.
+        let m =
+            parse(format!("file,contact_email,reference_id\na.pdf,a@b.example,{ID}\n").as_bytes());
+        assert!(m.readable && m.problems.is_empty(), "{:?}", m.problems);
+        let m = parse(format!("file,reference_id\na.pdf,{ID}\n").as_bytes());
+        assert_eq!(m.problems[0].kind, ProblemKind::MissingColumn);
+        assert!(
+            m.problems[0].message.contains("contact_email"),
+            "{}",
+            m.problems[0].message
+        );
+    }
+
+    #[test]
+    fn malformed_emails_are_told_apart_from_plausible_ones() {
+        for ok in [
+            "a@b.example",
+            "first.last+tag@sub.example.co.uk",
+            "ünï@example.de",
+        ] {
+            assert_eq!(check_email(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "plain",
+            "@example.com",
+            "a@",
+            "a@localhost",
+            "a@b..example",
+            "a@@b.example",
+            "a@b@c.example",
+            "a b@c.example",
+            "a,b@c.example",
+            "<a@b.example>",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+        assert!(check_email(&format!("{}@b.example", "a".repeat(250))).is_err());
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Checked {
     /// Whether each row is valid (no error of its own), by index into `manifest.rows`.
     pub valid: Vec<bool>,
     pub summary: Summary,
+    /// The contacts the rows' emails resolved to (email as `manifest::email_key` makes it →
+    /// contact id), once looked up (see `lookup`); empty before.
+    pub resolved: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +62,15 @@ impl Checked {
     pub fn is_valid(&self) -> bool {
         self.summary.errors == 0
     }
+
+    /// Adds problems found after the file checks (the email lookups), and sorts and counts
+    /// everything again.
+    pub fn add_problems(&mut self, problems: Vec<Problem>) {
+        self.manifest.problems.extend(problems);
+        let (valid, summary) = settle(&mut self.manifest, &self.files);
+        self.valid = valid;
+        self.summary = summary;
+    }
 }
 
 /// Reads and checks a manifest as a whole.
@@ -81,6 +93,18 @@ pub fn check_manifest(mut manifest: Manifest) -> Checked {
         manifest.problems.extend(problems);
     }
     find_duplicates(&manifest.rows, &files, &mut manifest.problems);
+    let (valid, summary) = settle(&mut manifest, &files);
+    Checked {
+        manifest,
+        files,
+        valid,
+        summary,
+        resolved: HashMap::new(),
+    }
+}
+
+/// Sorts the problems and says, from them, which rows are valid and what the totals are.
+fn settle(manifest: &mut Manifest, files: &[Option<FileFacts>]) -> (Vec<bool>, Summary) {
     // Line order, then column order as documented, errors before warnings on one spot.
     manifest.problems.sort_by_key(|p| {
         let column = p
@@ -102,13 +126,8 @@ pub fn check_manifest(mut manifest: Manifest) -> Checked {
         .map(|r| invalid_lines.binary_search(&r.line).is_err())
         .collect();
 
-    let summary = summarize(&manifest, &files, &valid);
-    Checked {
-        manifest,
-        files,
-        valid,
-        summary,
-    }
+    let summary = summarize(manifest, files, &valid);
+    (valid, summary)
 }
 
 fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -> Summary {

@@ -36,31 +36,36 @@ pub enum Quota {
 /// `check`'s quota: the storage left for the contact of the row on `line`, compared with
 /// `bytes_to_upload`, asked with the run's default limits and retries.
 pub fn check(client: Client, contact_id: &str, line: u64, bytes_to_upload: u64) -> Quota {
-    let failed = |error: String| Quota::Failed { error };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
+    let answer = match with_context(client, async |ctx| storage_left(ctx, contact_id).await) {
+        Ok(answer) => answer,
+        Err(error) => return Quota::Failed { error },
     };
-    // The pipeline's context wants a state store; nothing is recorded, so an in-memory one.
-    let conn = match rusqlite::Connection::open_in_memory() {
-        Ok(c) => c,
-        Err(e) => return failed(e.to_string()),
-    };
-    let (store, writer) = crate::checkpoint::store::spawn(conn);
-    let ctx = Context::new(client, store.clone(), Settings::default());
-    let answer = runtime.block_on(storage_left(&ctx, contact_id));
-    drop(ctx);
-    drop(store);
-    writer.join();
     match answer {
         Ok(storage_left) => Quota::Checked {
             storage_left,
             bytes_to_upload,
             enough: bytes_to_upload <= storage_left,
         },
-        Err(e) => failed(format!("step 1 for line {line}: {e}")),
+        Err(e) => Quota::Failed {
+            error: format!("step 1 for line {line}: {e}"),
+        },
     }
+}
+
+/// Runs `f` on a runtime of its own with a pipeline context of the run's default limits and
+/// retries, for the calls `check` makes (the quota, the email lookups) outside any run. The
+/// context wants a state store; nothing is recorded, so an in-memory one.
+pub fn with_context<T>(client: Client, f: impl AsyncFnOnce(&Context) -> T) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let conn = rusqlite::Connection::open_in_memory().map_err(|e| e.to_string())?;
+    let (store, writer) = crate::checkpoint::store::spawn(conn);
+    let ctx = Context::new(client, store.clone(), Settings::default());
+    let answer = runtime.block_on(f(&ctx));
+    drop(ctx);
+    drop(store);
+    writer.join();
+    Ok(answer)
 }

@@ -27,9 +27,14 @@ const KEY_COLUMNS: [&str; 5] = [
     "name",
 ];
 
-/// The header of each kind of report, as written.
-fn header(only: ReportOnly) -> Vec<&'static str> {
+/// The header of each kind of report, as written; `by_email` when some row names its contact
+/// by email (then `contact_email` follows `contact_id`, so that the failed report stays a
+/// manifest; a migration by ids alone gets the header it always had).
+fn header(only: ReportOnly, by_email: bool) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
+    if by_email {
+        header.insert(2, "contact_email");
+    }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
         ReportOnly::Done => header.extend(["attachment_id", "s3_key"]),
@@ -188,19 +193,29 @@ fn write_rows(
         ReportOnly::All => true,
     };
     let mut csv = csv::Writer::from_writer(sink);
-    csv.write_record(header(only))?;
+    let by_email = rows.iter().any(|r| !r.contact_email.is_empty());
+    csv.write_record(header(only, by_email))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
             .map(|p| file_column(&p, dir))
             .unwrap_or_default();
+        // A row by email: the failed report gives it back as written (the email, no id: a
+        // manifest row gives one of the two); the others show the contact it resolved to too.
+        let contact_id = match only {
+            ReportOnly::Failed if !row.contact_email.is_empty() => Vec::new(),
+            _ => row.field_bytes(&row.contact_id),
+        };
         let mut record = vec![
             file,
-            row.field_bytes(&row.contact_id),
+            contact_id,
             row.field_bytes(&row.reference_type_text),
             row.field_bytes(&row.reference_id),
             row.field_bytes(&row.name),
         ];
+        if by_email {
+            record.insert(2, row.field_bytes(&row.contact_email));
+        }
         let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
         let kind = |r: &StoredRow| {
             r.error_kind
@@ -317,7 +332,11 @@ fn is_report(path: &Path) -> bool {
     let first = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
-        .any(|only| first == header(*only).join(",").as_bytes())
+        .any(|only| {
+            [false, true]
+                .iter()
+                .any(|by_email| first == header(*only, *by_email).join(",").as_bytes())
+        })
 }
 
 /// Writes a new file beside `target` with `write` and renames it into place: `target` is either
@@ -368,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.csv");
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
-            fs::write(&p, format!("{}\r\nx\n", header(only).join(","))).unwrap();
+            fs::write(&p, format!("{}\r\nx\n", header(only, false).join(","))).unwrap();
             assert!(is_report(&p));
         }
         fs::write(&p, "file,contact_id,reference_type,reference_id,name\n").unwrap();

@@ -50,6 +50,10 @@ struct Status {
     by_state: BTreeMap<&'static str, usize>,
     bytes_done: u64,
     bytes_to_do: u64,
+    /// Rows that name their contact by email.
+    rows_by_email: usize,
+    /// Emails resolved to a contact (recorded, never looked up again).
+    contacts_resolved: usize,
     failures: Vec<FailureGroup>,
     runs: Vec<RunRecord>,
 }
@@ -76,6 +80,7 @@ fn build(
     rows: &[StoredRow],
     runs: Vec<RunRecord>,
     manifest: Option<String>,
+    contacts_resolved: usize,
 ) -> Status {
     let mut by_state: BTreeMap<&'static str, usize> =
         RowState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
@@ -118,6 +123,8 @@ fn build(
         by_state,
         bytes_done,
         bytes_to_do,
+        rows_by_email: rows.iter().filter(|r| !r.contact_email.is_empty()).count(),
+        contacts_resolved,
         failures,
         runs,
     }
@@ -133,9 +140,11 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             checkpoint::load_rows(&conn)?,
             checkpoint::load_runs(&conn)?,
             checkpoint::manifest_of(&conn)?,
+            // None recorded in a state file of a version before lookups.
+            checkpoint::load_lookups(&conn).map_or(0, |l| l.len()),
         ))
     };
-    let (rows, runs, manifest) = match read() {
+    let (rows, runs, manifest, contacts_resolved) = match read() {
         Ok(r) => r,
         Err(e) => {
             return Err(CommandError::stopped(format!(
@@ -144,7 +153,7 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             )));
         }
     };
-    let status = build(&path, &rows, runs, manifest);
+    let status = build(&path, &rows, runs, manifest, contacts_resolved);
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &status)?;
@@ -184,6 +193,19 @@ fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         human_bytes(status.bytes_done),
         human_bytes(status.bytes_to_do)
     )?;
+    if status.rows_by_email > 0 || status.contacts_resolved > 0 {
+        writeln!(
+            out,
+            "Contacts:   {} by email resolved ({} {} by email)",
+            status.contacts_resolved,
+            status.rows_by_email,
+            if status.rows_by_email == 1 {
+                "row names its contact"
+            } else {
+                "rows name their contact"
+            }
+        )?;
+    }
     Ok(())
 }
 

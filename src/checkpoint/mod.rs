@@ -18,10 +18,16 @@ use crate::onepagecrm::ReferenceType;
 pub use store::{Store, StoreError, StoreThread};
 
 /// The schema, one entry per file in `migrations/`, in order. Landed files are never edited.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        "0002_contact_lookups.sql",
+        include_str!("../../migrations/0002_contact_lookups.sql"),
+    ),
+];
 
 /// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR", set by the first migration.
 const APPLICATION_ID: i32 = 0x4F50_4352;
@@ -89,6 +95,33 @@ pub fn row_key(
     hex::encode(&h.finalize()[..16])
 }
 
+/// The identity of a row that names its contact by email (`email` as [`email_key`] makes it):
+/// the same parts as [`row_key`] under another tag, so it can never equal the key of a row that
+/// gives a contact id, and it does not change when the email resolves to a contact.
+///
+/// [`email_key`]: crate::manifest::email_key
+pub fn row_key_by_email(
+    file: &str,
+    email: &str,
+    reference_type: ReferenceType,
+    reference_id: &str,
+    name: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "v1-email",
+        file,
+        email,
+        reference_type.as_str(),
+        reference_id,
+        name,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
 /// The key of a row recorded as written because it could not be read as a row (a wrong field
 /// count, a field that is not UTF-8, an unknown reference type). Such a row is always
 /// `rejected`. Its key is a hash of its fields as written under its own prefix, so it is stable
@@ -112,6 +145,12 @@ pub fn raw_row_key(fields: &[&[u8]]) -> String {
 /// Whether `key` is one of a row recorded as written (see [`raw_row_key`]).
 pub fn is_raw_key(key: &str) -> bool {
     key.starts_with(RAW_TEXT) || key.starts_with(RAW_BYTES)
+}
+
+/// A row's email as one field of a raw key: `None` when empty (the key is then what it was
+/// before the column existed), else tagged so that it cannot pass for a field past the header's.
+fn email_field(email: &[u8]) -> Option<Vec<u8>> {
+    (!email.is_empty()).then(|| [b"\0contact_email=".as_slice(), email].concat())
 }
 
 const RAW_TEXT: &str = "raw:";
@@ -167,7 +206,10 @@ pub struct StoredRow {
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The contact: as the manifest gave it, or the one its email resolved to (empty until then).
     pub contact_id: String,
+    /// The email the manifest named the contact by, as written; empty for a row by contact id.
+    pub contact_email: String,
     /// For a row recorded as written with an unknown type (see [`raw_row_key`]) this is `note`
     /// and means nothing: such a row is rejected and never sent. `reference_type_text` has it.
     pub reference_type: ReferenceType,
@@ -206,7 +248,11 @@ pub struct NewRow {
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The contact: as the manifest gave it, or the one its email resolved to (empty when the
+    /// email did not resolve).
     pub contact_id: String,
+    /// The email the manifest named the contact by, as written; empty for a row by contact id.
+    pub contact_email: String,
     /// `note` (meaning nothing) for a raw row with an unknown type; see `reference_type_text`.
     pub reference_type: ReferenceType,
     /// What the state file records as the reference type: as written for a raw row.
@@ -215,6 +261,8 @@ pub struct NewRow {
     pub name: String,
     /// `None` when valid; the reason when rejected.
     pub rejected: Option<String>,
+    /// Why it is rejected (`invalid`, or what the email's lookup found).
+    pub rejected_kind: FailureKind,
 }
 
 impl StoredRow {
@@ -244,6 +292,7 @@ impl From<&NewRow> for StoredRow {
             size: n.size,
             mtime_ns: n.mtime_ns,
             contact_id: n.contact_id.clone(),
+            contact_email: n.contact_email.clone(),
             reference_type: n.reference_type,
             reference_type_text: n.reference_type_text.clone(),
             reference_id: n.reference_id.clone(),
@@ -257,7 +306,7 @@ impl From<&NewRow> for StoredRow {
             etag: None,
             attachment_id: None,
             attempts: 0,
-            error_kind: None,
+            error_kind: n.rejected.is_some().then_some(n.rejected_kind),
             last_error: n.rejected.clone(),
             retryable: None,
         }
@@ -272,16 +321,31 @@ impl NewRow {
         mtime_ns: i64,
         rejected: Option<String>,
     ) -> Self {
+        let by_email = row.contact_id.is_empty() && !row.contact_email.is_empty();
         let key = match row.reference_type {
+            Some(t) if by_email => row_key_by_email(
+                &row.file,
+                &crate::manifest::email_key(&row.contact_email),
+                t,
+                &row.reference_id,
+                &row.name,
+            ),
             Some(t) => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
             // An unknown type: rejected, and recorded with the type as written.
-            None => raw_row_key(&[
-                row.file.as_bytes(),
-                row.contact_id.as_bytes(),
-                row.reference_type_text().as_bytes(),
-                row.reference_id.as_bytes(),
-                row.name.as_bytes(),
-            ]),
+            None => {
+                let mut fields = vec![
+                    row.file.as_bytes(),
+                    row.contact_id.as_bytes(),
+                    row.reference_type_text().as_bytes(),
+                    row.reference_id.as_bytes(),
+                    row.name.as_bytes(),
+                ];
+                let email = email_field(row.contact_email.as_bytes());
+                if let Some(email) = &email {
+                    fields.push(email);
+                }
+                raw_row_key(&fields)
+            }
         };
         Self {
             key,
@@ -291,6 +355,8 @@ impl NewRow {
             size,
             mtime_ns,
             contact_id: row.contact_id.clone(),
+            contact_email: row.contact_email.clone(),
+            rejected_kind: FailureKind::Invalid,
             reference_type: row.reference_type.unwrap_or(ReferenceType::Note),
             reference_type_text: row.reference_type_text().to_string(),
             reference_id: row.reference_id.clone(),
@@ -302,14 +368,29 @@ impl NewRow {
     /// A record the manifest reader could not read as a row, recorded as written and rejected
     /// with `reason`. `base` is the manifest's folder.
     pub fn from_unparsed(u: &Unparsed, base: &Path, reason: String) -> Self {
-        let mut all: Vec<&[u8]> = u.fields.iter().map(Vec::as_slice).collect();
+        let [
+            file,
+            contact_id,
+            reference_type,
+            reference_id,
+            name,
+            contact_email,
+        ] = &u.fields;
+        let mut all: Vec<&[u8]> = [file, contact_id, reference_type, reference_id, name]
+            .iter()
+            .map(|f| f.as_slice())
+            .collect();
+        // Only when given, so that the keys of rows recorded before the column existed stay.
+        let email = email_field(contact_email);
+        if let Some(email) = &email {
+            all.push(email);
+        }
         all.extend(u.extra.iter().map(Vec::as_slice));
         let key = raw_row_key(&all);
         let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
             true => escape_bytes(b),
             false => String::from_utf8_lossy(b).into_owned(),
         };
-        let [file, contact_id, reference_type, reference_id, name] = &u.fields;
         // The path as bytes, so that a file name that is not UTF-8 survives.
         let path = if file.is_empty() {
             String::new()
@@ -328,6 +409,8 @@ impl NewRow {
             size: 0,
             mtime_ns: 0,
             contact_id: text(contact_id),
+            contact_email: text(contact_email),
+            rejected_kind: FailureKind::Invalid,
             reference_type: ReferenceType::Note,
             reference_type_text: text(reference_type),
             reference_id: text(reference_id),
@@ -350,11 +433,13 @@ impl NewRow {
             size,
             mtime_ns: 0,
             contact_id: "c".into(),
+            contact_email: String::new(),
             reference_type: ReferenceType::Note,
             reference_type_text: "note".into(),
             reference_id: "r".into(),
             name: "a.pdf".into(),
             rejected: None,
+            rejected_kind: FailureKind::Invalid,
         }
     }
 }
@@ -590,11 +675,17 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
     let now = now();
     let mut insert = conn.prepare_cached(
         "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-                           state, error_kind, last_error, retryable, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)
+                           state, error_kind, last_error, retryable, created_at, updated_at, contact_email)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16)
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
             path = excluded.path,
+            -- A row by email takes the contact its email resolved to now, unless its file may
+            -- already be on S3 under the old contact's key (a row by id has its id in its key).
+            contact_id = CASE WHEN rows.state IN ('pending', 'rejected')
+                                   OR (rows.state = 'failed' AND rows.etag IS NULL)
+                              THEN excluded.contact_id ELSE rows.contact_id END,
+            contact_email = excluded.contact_email,
             -- A row not yet uploaded takes the file as it is now; a failed row that was uploaded
             -- (it has an ETag) keeps the uploaded file's size: its step 3 may have been sent.
             size = CASE WHEN rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL)
@@ -617,6 +708,9 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
          -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
          WHERE rows.line IS NOT excluded.line
             OR rows.path IS NOT excluded.path
+            OR rows.contact_email IS NOT excluded.contact_email
+            OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
+                AND rows.contact_id IS NOT excluded.contact_id)
             OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
                 AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
             OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
@@ -628,7 +722,7 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             None => ("pending", None, None, None),
             Some(reason) => (
                 "rejected",
-                Some(FailureKind::Invalid),
+                Some(r.rejected_kind),
                 Some(reason.as_str()),
                 Some(false),
             ),
@@ -649,6 +743,7 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             error,
             retryable,
             now,
+            r.contact_email,
         ])?;
     }
     Ok(())
@@ -703,6 +798,7 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         size: r.get::<_, i64>(4)? as u64,
         mtime_ns: r.get(5)?,
         contact_id: r.get(6)?,
+        contact_email: r.get(18)?,
         reference_type,
         reference_type_text,
         reference_id: r.get(8)?,
@@ -720,8 +816,20 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
 
 /// Every row the state file holds, in manifest-line order.
 pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
+    // `status` and `report` read a state file as it is, without migrating it: one of a version
+    // before contacts by email has no `contact_email` (all its rows give a contact id).
+    let has_email: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'contact_email'",
+        [],
+        |r| r.get(0),
+    )?;
+    let email = if has_email {
+        "contact_email"
+    } else {
+        "'' AS contact_email"
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS} FROM rows ORDER BY line, row_key"
+        "SELECT {ROW_COLUMNS}, {email} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -814,6 +922,27 @@ pub fn claimed_attachments(
         |r| r.get(0),
     )?
     .collect()
+}
+
+/// The emails resolved in earlier runs (trimmed and lower-cased) and their contacts.
+/// (A state file of a version before lookups, read without migrating it, has none: an error.)
+pub fn load_lookups(
+    conn: &Connection,
+) -> rusqlite::Result<std::collections::HashMap<String, String>> {
+    conn.prepare("SELECT email, contact_id FROM lookups")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Records that `email` (trimmed and lower-cased) resolved to `contact_id`, so that no later run
+/// looks it up again. Only a lookup that found exactly one contact is recorded.
+pub fn record_lookup(conn: &Connection, email: &str, contact_id: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO lookups (email, contact_id, looked_up_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (email) DO UPDATE SET contact_id = excluded.contact_id, looked_up_at = excluded.looked_up_at",
+    )?
+    .execute(params![email, contact_id, now()])
+    .map(drop)
 }
 
 /// What one run did, for the runs table.
@@ -911,6 +1040,21 @@ mod tests {
         assert_eq!(row_key("a", "b", ReferenceType::Note, "c", "d").len(), 32);
     }
 
+    #[test]
+    fn rows_by_email_have_keys_of_their_own_and_rows_by_id_keep_theirs() {
+        // The key of a row by id is what version 1 made (a state file of then keeps matching).
+        assert_eq!(
+            row_key("a.pdf", "c", ReferenceType::Note, "n", "a.pdf"),
+            "d4bb064c73d4f61646eeab7cf19f93c9"
+        );
+        let by_email = row_key_by_email("a.pdf", "a@b.example", ReferenceType::Note, "n", "a.pdf");
+        assert_ne!(
+            by_email,
+            row_key("a.pdf", "a@b.example", ReferenceType::Note, "n", "a.pdf")
+        );
+        assert_eq!(by_email.len(), 32);
+    }
+
     fn new_row(key: &str, rejected: Option<&str>) -> NewRow {
         NewRow {
             key: key.into(),
@@ -920,11 +1064,13 @@ mod tests {
             size: 10,
             mtime_ns: 1,
             contact_id: "c".into(),
+            contact_email: String::new(),
             reference_type: ReferenceType::Note,
             reference_type_text: "note".into(),
             reference_id: "n".into(),
             name: "a.pdf".into(),
             rejected: rejected.map(str::to_string),
+            rejected_kind: FailureKind::Invalid,
         }
     }
 
@@ -961,6 +1107,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("UNIQUE"), "{err}");
+    }
+
+    #[test]
+    fn a_state_file_of_schema_1_is_read_as_it_is_and_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(MIGRATIONS[0].1).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        record_rows_v1(&old);
+        drop(old);
+        // `status` and `report` read it without migrating it: its rows are rows by id.
+        let read = open_read_only(&path).unwrap();
+        let rows = load_rows(&read).unwrap();
+        assert_eq!(
+            (rows[0].contact_id.as_str(), rows[0].contact_email.as_str()),
+            ("c", "")
+        );
+        assert!(load_lookups(&read).is_err());
+        drop(read);
+        // A run's open migrates it; the row keeps its key and progress.
+        let conn = open(&path).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(
+            (rows[0].key.as_str(), rows[0].state),
+            ("k1", RowState::Done)
+        );
+        record_lookup(&conn, "a@b.example", "c").unwrap();
+        assert_eq!(load_lookups(&conn).unwrap()["a@b.example"], "c");
+    }
+
+    /// A done row as version 1 recorded it.
+    fn record_rows_v1(conn: &Connection) {
+        conn.execute(
+            "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type,
+                 reference_id, name, state, created_at, updated_at)
+             VALUES ('k1', 2, 'a.pdf', '/x/a.pdf', 1, 1, 'c', 'note', 'n', 'a.pdf', 'done', 't', 't')",
+            [],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -213,6 +213,25 @@ impl Client {
             })
     }
 
+    /// One page of `GET /contacts?email=` (100 a page, the most the API gives): the ids of the
+    /// contacts on it, and the last page (`max_page`).
+    pub async fn contacts_by_email(
+        &self,
+        email: &str,
+        page: u32,
+    ) -> Result<(Vec<String>, u32), RemoteError> {
+        let request = self.http.get(self.api_url("/contacts")).query(&[
+            ("email", email),
+            ("page", &page.to_string()),
+            ("per_page", &CONTACTS_PER_PAGE.to_string()),
+        ]);
+        let json = self.api_capped(request, RECORD_ANSWER_CAP).await?;
+        parse_contacts(&json).map_err(|detail| RemoteError::Protocol {
+            what: "a contact lookup (GET /contacts?email=)",
+            detail,
+        })
+    }
+
     /// The attachments a note, deal, call or meeting lists.
     pub async fn attachments_of(
         &self,
@@ -242,6 +261,35 @@ impl Client {
             })
             .collect())
     }
+}
+
+/// Contacts asked for a page of a lookup: the API's maximum.
+pub const CONTACTS_PER_PAGE: u32 = 100;
+
+/// `data.contacts[].contact.id` and `data.max_page` of a contact list (the OpenAPI shape).
+fn parse_contacts(json: &Value) -> Result<(Vec<String>, u32), String> {
+    let data = json.get("data").ok_or("no data")?;
+    let list = data
+        .get("contacts")
+        .and_then(Value::as_array)
+        .ok_or("no data.contacts list")?;
+    let ids = list
+        .iter()
+        .map(|c| {
+            c.pointer("/contact/id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or("an entry of data.contacts has no contact.id")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_page = match data.get("max_page") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("data.max_page is not a page number")?,
+    };
+    Ok((ids, max_page))
 }
 
 fn parse_form(json: &Value) -> Result<Form, String> {
@@ -346,6 +394,22 @@ mod tests {
             stamp.len() == 12 && stamp.bytes().all(|b| b.is_ascii_digit()),
             "{key}"
         );
+    }
+
+    #[test]
+    fn a_contact_list_gives_its_ids_and_last_page() {
+        let answer = json!({"status": 0, "message": "OK", "timestamp": 1, "data": {
+            "contacts": [{"contact": {"id": "a1", "email": "x@y.example"}}, {"contact": {"id": "b2"}}],
+            "total_count": 102, "page": 1, "per_page": 100, "max_page": 2}});
+        assert_eq!(
+            parse_contacts(&answer).unwrap(),
+            (vec!["a1".to_string(), "b2".to_string()], 2)
+        );
+        let none = json!({"data": {"contacts": [], "total_count": 0, "page": 1, "per_page": 100, "max_page": 1}});
+        assert_eq!(parse_contacts(&none).unwrap(), (vec![], 1));
+        // The flat shape of another API version is not taken for an empty list.
+        assert!(parse_contacts(&json!({"data": [{"id": "a1"}]})).is_err());
+        assert!(parse_contacts(&json!({"data": {"contacts": [{"id": "a1"}]}})).is_err());
     }
 
     #[test]

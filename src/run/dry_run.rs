@@ -1,17 +1,20 @@
 //! `run --dry-run`: what a run would do with each row, what it would send and how long that
 //! would take at `--rate`, with nothing sent but the quota check and no state file written.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::RunConfig;
 use super::execute::{quota_check, watch_stall};
-use super::plan::{Work, plan};
+use super::plan::{Work, manifest_rows, plan};
 use crate::ExitStatus;
-use crate::checkpoint::{self, NewRow, StoredRow};
+use crate::checkpoint::{self, StoredRow};
 use crate::error::{CommandError, CommandResult};
+use crate::lookup;
 use crate::pipeline::{Context, Plan};
+use crate::preflight::Checked;
 use crate::preflight::human_bytes;
 use crate::progress::human_duration;
 use crate::remote::Client;
@@ -20,14 +23,23 @@ pub fn dry_run(
     cfg: &RunConfig,
     runtime: &tokio::runtime::Runtime,
     client: Client,
-    new_rows: &[NewRow],
+    checked: &mut Checked,
 ) -> CommandResult {
-    let work = plan_from_state(cfg, new_rows)?;
+    let (known, stored) = read_state(cfg)?;
+    // Rows whose email an earlier run resolved know their contact; the others would be looked up.
+    let lookups = lookup::to_look_up(&checked.manifest.rows, &known);
+    checked.resolved = known;
+    let new_rows = manifest_rows(checked);
+    let stored = stored.unwrap_or_else(|| new_rows.iter().map(StoredRow::from).collect());
+    let work = Planned {
+        work: plan(&new_rows, stored, &cfg.choices).0,
+        lookups,
+    };
     let conn = rusqlite::Connection::open_in_memory().map_err(anyhow::Error::from)?;
     let (store, writer) = checkpoint::store::spawn(conn);
     let ctx = Arc::new(Context::new(client, store.clone(), cfg.settings.clone()));
     watch_stall(runtime, &ctx);
-    let quota = runtime.block_on(quota_check(&ctx, &work));
+    let quota = runtime.block_on(quota_check(&ctx, &work.work));
     drop(ctx);
     drop(store);
     writer.join();
@@ -36,32 +48,68 @@ pub fn dry_run(
     }
     print_text(cfg, &work)?;
     quota?;
+    let uploads = work.work.todo.iter().filter(|(_, p)| *p == Plan::Upload);
+    let mut contacts = uploads.map(|(r, _)| !r.contact_id.is_empty()).peekable();
+    if contacts.peek().is_some() && !contacts.any(|known| known) {
+        // Every row to upload names its contact by an email not looked up yet.
+        writeln!(
+            std::io::stdout(),
+            "  storage quota: not checked (the contacts are looked up by email first; `check` looks them up and checks it)"
+        )?;
+        return Ok(ExitStatus::Success);
+    }
     writeln!(std::io::stdout(), "  storage quota: enough")?;
     Ok(ExitStatus::Success)
 }
 
-/// The plan from what an existing state file says, read without creating or changing it.
-fn plan_from_state(cfg: &RunConfig, new_rows: &[NewRow]) -> Result<Work, CommandError> {
+/// What a run would do: the rows' plan, and the emails it would look up first.
+struct Planned {
+    work: Work,
+    lookups: usize,
+}
+
+impl Planned {
+    /// The rows' API calls and the lookups' (one each: a list of over 100 contacts for one
+    /// email takes more, but no real email has that many).
+    fn api_calls(&self) -> usize {
+        self.work.api_calls() + self.lookups
+    }
+}
+
+/// What an existing state file says (the emails it resolved, its rows), read without creating
+/// or changing it; nothing when there is none.
+type StateRead = (HashMap<String, String>, Option<Vec<StoredRow>>);
+
+fn read_state(cfg: &RunConfig) -> Result<StateRead, CommandError> {
     let state = &cfg.state;
-    let stored = if state.exists() {
-        let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
-        checkpoint::load_rows(&conn).map_err(|e| {
-            CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))
-        })?
-    } else {
-        new_rows.iter().map(StoredRow::from).collect()
+    if !state.exists() {
+        return Ok((HashMap::new(), None));
+    }
+    let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
+    let read = || -> rusqlite::Result<StateRead> {
+        // A state file of a version before lookups has no table for them (it is not migrated
+        // here: a dry run changes nothing).
+        let known = checkpoint::load_lookups(&conn).unwrap_or_default();
+        Ok((known, Some(checkpoint::load_rows(&conn)?)))
     };
-    Ok(plan(new_rows, stored, &cfg.choices).0)
+    read().map_err(|e| {
+        CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))
+    })
 }
 
 /// How long the API calls take at the client's rate (`None`: no limit).
-fn estimate(cfg: &RunConfig, work: &Work) -> Option<Duration> {
+fn estimate(cfg: &RunConfig, planned: &Planned) -> Option<Duration> {
     cfg.settings
         .rate
-        .map(|r| Duration::from_secs_f64(work.api_calls() as f64 / r))
+        .map(|r| Duration::from_secs_f64(planned.api_calls() as f64 / r))
 }
 
-fn print_json(cfg: &RunConfig, work: &Work, quota: Result<(), CommandError>) -> CommandResult {
+fn print_json(
+    cfg: &RunConfig,
+    planned: &Planned,
+    quota: Result<(), CommandError>,
+) -> CommandResult {
+    let work = &planned.work;
     let status = quota
         .as_ref()
         .map_or_else(|e| e.status(), |_| ExitStatus::Success);
@@ -78,9 +126,10 @@ fn print_json(cfg: &RunConfig, work: &Work, quota: Result<(), CommandError>) -> 
         "already_done": work.already_done,
         "failed_permanent": work.failed_permanent.len(),
         "rejected": work.rejected,
+        "contacts_to_look_up": planned.lookups,
         "bytes_to_upload": work.bytes(),
-        "api_calls": work.api_calls(),
-        "estimated_seconds": estimate(cfg, work).map(|d| d.as_secs_f64()),
+        "api_calls": planned.api_calls(),
+        "estimated_seconds": estimate(cfg, planned).map(|d| d.as_secs_f64()),
         "error": quota.as_ref().err().map(|e| e.to_string()),
         "exit_code": status as u8,
     });
@@ -88,7 +137,8 @@ fn print_json(cfg: &RunConfig, work: &Work, quota: Result<(), CommandError>) -> 
     Ok(status)
 }
 
-fn print_text(cfg: &RunConfig, work: &Work) -> std::io::Result<()> {
+fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
+    let work = &planned.work;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -118,14 +168,21 @@ fn print_text(cfg: &RunConfig, work: &Work) -> std::io::Result<()> {
         work.failed_permanent.len()
     )?;
     writeln!(out, "  rejected (invalid):          {}", work.rejected)?;
+    if planned.lookups > 0 {
+        writeln!(
+            out,
+            "  contacts to look up by email: {} (before any upload)",
+            planned.lookups
+        )?;
+    }
     writeln!(
         out,
         "  bytes:                       {} ({} bytes)",
         human_bytes(work.bytes()),
         work.bytes()
     )?;
-    let calls = work.api_calls();
-    match (estimate(cfg, work), cfg.settings.rate) {
+    let calls = planned.api_calls();
+    match (estimate(cfg, planned), cfg.settings.rate) {
         (Some(d), Some(rate)) => writeln!(
             out,
             "  API calls: {calls}, about {} at {rate:.1} requests/s (plus the uploads themselves)",

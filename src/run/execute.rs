@@ -27,7 +27,7 @@ pub struct Executed {
     pub run_id: i64,
 }
 
-/// Checks the quota, records the run's start, and takes every row of the plan through the
+/// Checks the quota (the stall watch is already on: see [`watch_stall`]), records the run's start, and takes every row of the plan through the
 /// pipeline until all have ended or the run is stopped.
 pub fn execute(
     cfg: &RunConfig,
@@ -35,7 +35,6 @@ pub fn execute(
     session: &Session,
     ctx: &Arc<Context>,
 ) -> Result<Executed, CommandError> {
-    watch_stall(runtime, ctx);
     let started = Instant::now();
     runtime.block_on(quota_check(ctx, &session.work))?;
     let run_id = session
@@ -150,7 +149,12 @@ async fn signal() {
 /// One step-1 call for the first row still to upload: the bytes still to upload must fit in the
 /// storage left.
 pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError> {
-    let Some((first, _)) = work.todo.iter().find(|(_, p)| *p == Plan::Upload) else {
+    // A row by email whose contact is not known yet (a dry run looks nothing up) cannot ask.
+    let Some((first, _)) = work
+        .todo
+        .iter()
+        .find(|(r, p)| *p == Plan::Upload && !r.contact_id.is_empty())
+    else {
         return Ok(());
     };
     let needed = work.bytes();

@@ -6,6 +6,7 @@
 //! pipeline, signals), `summary` (counts, exit status, the next command), `dry_run`.
 
 mod config;
+mod contacts;
 mod dry_run;
 mod execute;
 mod plan;
@@ -31,23 +32,33 @@ pub fn run(args: &RunArgs) -> CommandResult {
 
 /// One run, as `cfg` says.
 pub fn run_with(cfg: &RunConfig) -> CommandResult {
-    let checked = check_manifest(cfg)?;
-    let new_rows = manifest_rows(&checked);
+    let mut checked = check_manifest(cfg)?;
     let client = Client::new(cfg.remote.url.clone(), cfg.remote.credentials.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
     if cfg.choices.dry_run {
-        return dry_run::dry_run(cfg, &runtime, client, &new_rows);
+        return dry_run::dry_run(cfg, &runtime, client, &mut checked);
     }
-    let session = session::Session::open(cfg, &new_rows)?;
+    let mut session = session::Session::open(cfg)?;
     let ctx = Arc::new(Context::new(
         client,
         session.store.clone(),
         cfg.settings.clone(),
     ));
-    let executed = match execute::execute(cfg, &runtime, &session, &ctx) {
+    execute::watch_stall(&runtime, &ctx);
+    // Every row is recorded, with its contact, before anything is uploaded.
+    let prepared =
+        contacts::resolve(cfg, &runtime, &ctx, &session, &mut checked).and_then(|lookups| {
+            let new_rows = manifest_rows(&checked);
+            session.record(cfg, &new_rows)?;
+            Ok((lookups, new_rows.len()))
+        });
+    let executed = prepared.and_then(|prepared| {
+        execute::execute(cfg, &runtime, &session, &ctx).map(|executed| (prepared, executed))
+    });
+    let ((lookups, rows), executed) = match executed {
         Ok(executed) => executed,
         Err(e) => {
             drop(ctx);
@@ -55,7 +66,7 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
             return Err(e);
         }
     };
-    let summary = summary::Summary::new(cfg, new_rows.len(), &session.work, &executed, &ctx);
+    let summary = summary::Summary::new(cfg, rows, &session.work, &executed, &ctx, &lookups);
     let (run_id, status, counts) = (executed.run_id, summary.status(), summary.counts());
     session
         .store

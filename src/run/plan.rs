@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::config::Choices;
 use crate::checkpoint::{self, NewRow, RowState, StoredRow};
 use crate::failure::FailureKind;
-use crate::manifest::Severity;
+use crate::manifest::{ProblemKind, Severity, email_key};
 use crate::pipeline::Plan;
 use crate::preflight::Checked;
 
@@ -21,9 +21,11 @@ pub struct Refresh {
 /// errors. Rows of identical meaning after the first are left out (they are errors already).
 pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
     let mut errors: HashMap<u64, Vec<&str>> = HashMap::new();
+    let mut kinds: HashMap<u64, Vec<ProblemKind>> = HashMap::new();
     for p in &checked.manifest.problems {
         if let (Severity::Error, Some(line)) = (p.severity, p.line) {
             errors.entry(line).or_default().push(&p.message);
+            kinds.entry(line).or_default().push(p.kind);
         }
     }
     let mut seen = std::collections::HashSet::new();
@@ -57,13 +59,14 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 .map(|e| e.join("; "))
                 .unwrap_or_default()
         });
-        push(NewRow::from_row(
-            row,
-            checked.manifest.path_of(row),
-            size,
-            mtime,
-            rejected,
-        ));
+        let mut new = NewRow::from_row(row, checked.manifest.path_of(row), size, mtime, rejected);
+        new.rejected_kind = rejected_kind(kinds.get(&row.line).map_or(&[], Vec::as_slice));
+        if new.contact_id.is_empty()
+            && let Some(id) = checked.resolved.get(&email_key(&new.contact_email))
+        {
+            new.contact_id = id.clone();
+        }
+        push(new);
     }
     // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
     // too, as written, so that every line of the manifest is in `status` and the report.
@@ -86,6 +89,21 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
         push(NewRow::from_unparsed(u, &checked.manifest.base, reason));
     }
     rows
+}
+
+/// The kind a rejected row is recorded with: what its email's lookup found, or a malformed
+/// email, when that is its only trouble; `invalid` otherwise.
+fn rejected_kind(problems: &[ProblemKind]) -> FailureKind {
+    let kind = |p: &ProblemKind| match p {
+        ProblemKind::InvalidEmail => FailureKind::InvalidEmail,
+        ProblemKind::ContactNotFound => FailureKind::ContactNotFound,
+        ProblemKind::ContactAmbiguous => FailureKind::ContactAmbiguous,
+        _ => FailureKind::Invalid,
+    };
+    match problems.split_first() {
+        Some((first, rest)) if rest.iter().all(|p| kind(p) == kind(first)) => kind(first),
+        _ => FailureKind::Invalid,
+    }
 }
 
 /// What a run will do with each row of the manifest.

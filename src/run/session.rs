@@ -1,6 +1,7 @@
 //! A run's session with its state file: lock it (the lock follows the file, not its name), open
 //! and check it, record every row of the manifest before anything is sent, and plan what is left.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -21,8 +22,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Locks, opens and checks the state file, records every row, and plans the run.
-    pub fn open(cfg: &RunConfig, new_rows: &[NewRow]) -> Result<Self, CommandError> {
+    /// Locks, opens and checks the state file (nothing is recorded yet: see [`Session::record`]).
+    pub fn open(cfg: &RunConfig) -> Result<Self, CommandError> {
         let state = &cfg.state;
         // Before anything is made or locked: `--state /dev/null` is refused, not used.
         checkpoint::check_regular(state).map_err(CommandError::stopped)?;
@@ -32,7 +33,55 @@ impl Session {
         };
         let conn = open_checked(cfg)?;
         let (store, writer) = checkpoint::store::spawn(conn);
-        let stored = record(&store, cfg, new_rows)?;
+        Ok(Self {
+            store,
+            writer,
+            _lock: lock,
+            work: Work::default(),
+        })
+    }
+
+    /// The emails earlier runs resolved, and their contacts.
+    pub fn known_lookups(&self, cfg: &RunConfig) -> Result<HashMap<String, String>, CommandError> {
+        self.store
+            .call_blocking(checkpoint::load_lookups)
+            .map_err(|e| {
+                CommandError::stopped(format!(
+                    "cannot read state file {}: {e}",
+                    cfg.state.display()
+                ))
+            })
+    }
+
+    /// Records emails resolved now (email, contact), so that no later run looks them up again.
+    pub fn record_lookups(
+        &self,
+        cfg: &RunConfig,
+        found: Vec<(String, String)>,
+    ) -> Result<(), CommandError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .call_blocking(move |c| {
+                for (email, id) in &found {
+                    checkpoint::record_lookup(c, email, id)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                CommandError::stopped(format!(
+                    "cannot write state file {}: {e}",
+                    cfg.state.display()
+                ))
+            })
+    }
+
+    /// Records every row (before anything is sent) and plans the run.
+    pub fn record(&mut self, cfg: &RunConfig, new_rows: &[NewRow]) -> Result<(), CommandError> {
+        let state = &cfg.state;
+        let store = &self.store;
+        let stored = record(store, cfg, new_rows)?;
         let (work, refresh) = plan(new_rows, stored, &cfg.choices);
         if !refresh.is_empty() {
             store
@@ -55,12 +104,8 @@ impl Session {
                 row.line, row.file
             );
         }
-        Ok(Self {
-            store,
-            writer,
-            _lock: lock,
-            work,
-        })
+        self.work = work;
+        Ok(())
     }
 
     /// Waits until everything submitted is written, then lets the state file go.

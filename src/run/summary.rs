@@ -13,6 +13,7 @@ use super::plan::Work;
 use crate::ExitStatus;
 use crate::checkpoint::RunCounts;
 use crate::failure::FailureKind;
+use crate::lookup::Lookups;
 use crate::pipeline::{Context, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_RATE};
 use crate::pipeline::{DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT, Outcome, Stop};
 use crate::preflight::human_bytes;
@@ -43,6 +44,15 @@ pub struct Summary {
     not_started: usize,
     changed_since_upload: Vec<ChangedFile>,
     failures: Vec<FailureLine>,
+    /// Distinct emails the manifest names contacts by.
+    contacts_by_email: usize,
+    /// Emails looked up in this run that found exactly one contact.
+    contacts_resolved: usize,
+    /// Emails an earlier run resolved (from the state file; not looked up again).
+    contacts_known: usize,
+    /// Emails looked up in this run that found no contact, or several.
+    contacts_not_found: usize,
+    contacts_ambiguous: usize,
     bytes_uploaded: u64,
     elapsed_seconds: f64,
     pub api_calls: u64,
@@ -145,6 +155,7 @@ impl Summary {
         work: &Work,
         executed: &Executed,
         ctx: &Context,
+        lookups: &Lookups,
     ) -> Self {
         let tally = Tally::of(work, executed);
         let stopped = match ctx.stop_reason() {
@@ -176,6 +187,11 @@ impl Summary {
                 })
                 .collect(),
             failures: tally.failures,
+            contacts_by_email: lookups.emails,
+            contacts_resolved: lookups.resolved,
+            contacts_known: lookups.known,
+            contacts_not_found: lookups.not_found,
+            contacts_ambiguous: lookups.ambiguous,
             bytes_uploaded: c.bytes_uploaded,
             elapsed_seconds: executed.elapsed.as_secs_f64(),
             api_calls: c.api_calls,
@@ -235,6 +251,17 @@ impl Summary {
         writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
         writeln!(out, "  rejected (invalid): {}", self.rejected)?;
         writeln!(out, "  not started:        {}", self.not_started)?;
+        if self.contacts_by_email > 0 {
+            writeln!(
+                out,
+                "  contacts by email:  {} ({} resolved in this run, {} by an earlier run, {} not found, {} ambiguous)",
+                self.contacts_by_email,
+                self.contacts_resolved,
+                self.contacts_known,
+                self.contacts_not_found,
+                self.contacts_ambiguous
+            )?;
+        }
         writeln!(
             out,
             "  uploaded:           {} ({} bytes)",

@@ -151,7 +151,7 @@ fn skip_invalid_records_every_row_and_reports_it_as_written() {
     let original = manifest::read(&manifest, ReadOptions::default());
     let report = manifest::read(&fix, ReadOptions::default());
     let not_utf8 = |m: &manifest::Manifest| {
-        let mut all: Vec<[Vec<u8>; 5]> = m
+        let mut all: Vec<[Vec<u8>; 6]> = m
             .unparsed
             .iter()
             .filter(|u| u.fields.iter().any(|f| std::str::from_utf8(f).is_err()))

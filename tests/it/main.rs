@@ -2,6 +2,7 @@
 
 mod check;
 mod common;
+mod contacts_by_email;
 mod emulator;
 mod emulator_notes;
 mod exactly_once;

@@ -51,7 +51,7 @@ pub fn manifest_rows(manifest: &Path) -> Vec<MRow> {
         .collect()
 }
 
-fn md5_hex(path: &Path) -> String {
+pub fn md5_hex(path: &Path) -> String {
     hex::encode(Md5::digest(std::fs::read(path).unwrap()))
 }
 

@@ -139,6 +139,16 @@ impl Emulator {
         serde_json::from_str(&reply.body).unwrap()
     }
 
+    /// The requests the emulator has counted so far, by `METHOD route status`.
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state()["requests"]
+            .as_object()
+            .expect("the state lists requests")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect()
+    }
+
     /// `POST /_emulator/clock`: moves the emulator's clock `seconds` forward; its answer.
     pub fn advance_clock(&self, seconds: u64) -> Value {
         let reply = curl(

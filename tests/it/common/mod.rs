@@ -88,6 +88,19 @@ impl Scratch {
     }
 }
 
+/// A scratch copy of the samples' files and of the sample manifest `name` (as `manifest.csv`).
+pub fn sample_copy_of(name: &str) -> (Scratch, PathBuf) {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    for entry in std::fs::read_dir(samples().join("files")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), s.path("files").join(entry.file_name())).unwrap();
+    }
+    let manifest = s.path("manifest.csv");
+    std::fs::copy(samples().join(name), &manifest).unwrap();
+    (s, manifest)
+}
+
 /// Runs `check --json` and returns the exit code and the parsed document.
 pub fn check_json(manifest: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = bin()
