@@ -326,11 +326,14 @@ fn report_output_never_replaces_the_state_the_manifest_or_a_foreign_file() {
         .assert()
         .code(2)
         .stderr(contains("is the state file"));
+    // A second name of the state file: the state file is then refused as it is (a hard link
+    // would let SQLite miss its journal), so nothing is written through either name.
     std::fs::hard_link(&state, s.path("link.sqlite")).unwrap();
     report(&s.path("link.sqlite"))
         .assert()
-        .code(2)
-        .stderr(contains("is the state file"));
+        .code(3)
+        .stderr(contains("hard links"));
+    std::fs::remove_file(s.path("link.sqlite")).unwrap();
     report(&manifest)
         .assert()
         .code(2)
