@@ -306,13 +306,41 @@ fn completions_for_each_shell() {
 
 #[test]
 fn demo_runs_twice_and_the_second_run_sends_nothing() {
-    bin()
+    let out = bin()
         .arg("demo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .timeout(std::time::Duration::from_secs(120))
-        .assert()
-        .code(0)
-        .stdout(contains("done in this run:   20"))
-        .stdout(contains("in the first run and 0 in the second"))
-        .stdout(contains("20 attachments, 20 stored objects"));
+        .timeout(std::time::Duration::from_secs(180))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // The sample by id, then the export from another CRM (contacts by email), each run twice.
+    assert!(stdout.contains("done in this run:   20"), "{stdout}");
+    let from_crm = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/from-another-crm.csv"),
+    )
+    .unwrap();
+    let rows = from_crm
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!(
+        stdout.contains(&format!("done in this run:   {rows}")),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("in the first run and 0 in the second")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{n} attachments, {n} stored objects",
+            n = 20 + rows
+        )),
+        "{stdout}"
+    );
 }
