@@ -89,11 +89,12 @@ pub enum Command {
     ///
     /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
     Emulator(EmulatorArgs),
-    /// Run the sample migration against an in-process emulator, twice, and show the result.
+    /// Run the sample migrations against an in-process emulator, twice each, and show the result.
     ///
     /// Starts the emulator with samples/emulator-seed.json, runs samples/manifest.csv with a
-    /// temporary state file, runs it again to show that nothing is sent twice, and lists what
-    /// the emulator then holds. Needs no credentials and sends nothing off this machine.
+    /// temporary state file, runs it again to show that nothing is sent twice, does the same with
+    /// samples/from-another-crm.csv (contacts by email), and lists what the emulator then holds.
+    /// Needs no credentials and sends nothing off this machine.
     ///
     /// Example: opcrm-import demo
     Demo,
