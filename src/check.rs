@@ -210,7 +210,7 @@ pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<
 
 /// The readable report: the problems, then the summary lines (README shows it).
 ///
-/// Long (about 90 lines) for a reason: it is the report's text, line by line, in the order it
+/// Long (about 110 lines) for a reason: it is the report's text, line by line, in the order it
 /// is printed; split, the layout would be harder to see.
 fn write_text(
     out: &mut impl Write,
