@@ -343,7 +343,10 @@ fn record_json(state: &State, record: &Record, app: &App) -> Value {
     });
     let extra = match record.kind {
         ReferenceType::Deal => json!({"name": record.text, "status": "pending"}),
-        ReferenceType::Note => json!({"text": record.text, "date": &record.created_at[..10]}),
+        ReferenceType::Note => json!({
+            "text": record.text,
+            "date": record.date.as_deref().unwrap_or(record.created_at.get(..10).unwrap_or_default()),
+        }),
         ReferenceType::Call | ReferenceType::Meeting => json!({"text": record.text}),
     };
     if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
@@ -405,12 +408,58 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
         kind: ReferenceType::Note,
         contact_id: contact_id.to_string(),
         text: text.to_string(),
+        date: body.get("date").and_then(Value::as_str).map(str::to_string),
         created_at: iso(app.clock.now()),
         attachments: Vec::new(),
     };
     let shown = record_json(&state, &record, &app);
     state.records.insert((ReferenceType::Note, id), record);
     ok(&app, StatusCode::CREATED, json!({ "note": shown }))
+}
+
+/// `GET /notes?contact_id=&page=&per_page=`: a contact's notes, oldest first, a page at a time,
+/// in the OpenAPI list envelope (`notes: [{note}]`, `total_count`, `page`, `per_page`,
+/// `max_page`).
+pub async fn list_notes(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1);
+    let per_page: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let state = app.state();
+    let mut matching: Vec<&Record> = state
+        .records
+        .values()
+        .filter(|r| r.kind == ReferenceType::Note)
+        .filter(|r| q.get("contact_id").is_none_or(|c| r.contact_id == *c))
+        .collect();
+    matching.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    let total = matching.len();
+    let notes: Vec<Value> = matching
+        .iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|r| json!({ "note": record_json(&state, r, &app) }))
+        .collect();
+    ok(
+        &app,
+        StatusCode::OK,
+        json!({
+            "notes": notes,
+            "total_count": total,
+            "page": page,
+            "per_page": per_page,
+            "max_page": total.div_ceil(per_page).max(1),
+        }),
+    )
 }
 
 /// `GET /contacts?email=`: contacts, filtered by email, a page at a time.

@@ -259,7 +259,7 @@ fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v3/attachments/s3_form", get(api::s3_form))
         .route("/api/v3/attachments", post(api::create_attachment))
-        .route("/api/v3/notes", post(api::create_note))
+        .route("/api/v3/notes", post(api::create_note).get(api::list_notes))
         .route("/api/v3/notes/{id}", get(api::get_note))
         .route("/api/v3/deals/{id}", get(api::get_deal))
         .route("/api/v3/calls/{id}", get(api::get_call))

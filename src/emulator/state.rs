@@ -57,6 +57,11 @@ pub struct SeedRecord {
     #[serde(default)]
     pub name: String,
     pub amount: Option<f64>,
+    /// A note's date (`YYYY-MM-DD`); its creation day by default.
+    pub date: Option<String>,
+    /// When the record was made (RFC 3339); the emulator's start by default. A note made long
+    /// before a run, to rehearse one that must not be taken for the run's own.
+    pub created_at: Option<String>,
 }
 
 /// Many records declared at once, for benchmarks: ids follow from the indexes (see
@@ -107,6 +112,9 @@ pub struct Record {
     pub kind: ReferenceType,
     pub contact_id: String,
     pub text: String,
+    /// A note's date as given (`YYYY-MM-DD`); `None`: its creation day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
     pub created_at: String,
     /// Attachment ids, in the order they were attached.
     pub attachments: Vec<String>,
@@ -208,7 +216,8 @@ impl State {
                         kind,
                         contact_id: c.id.clone(),
                         text,
-                        created_at: now.clone(),
+                        date: r.date,
+                        created_at: r.created_at.unwrap_or_else(|| now.clone()),
                         attachments: Vec::new(),
                     };
                     anyhow::ensure!(
@@ -261,6 +270,7 @@ impl State {
                         kind,
                         contact_id: id.clone(),
                         text: String::new(),
+                        date: None,
                         created_at: now.to_string(),
                         attachments: Vec::new(),
                     };
