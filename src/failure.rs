@@ -24,6 +24,8 @@ pub enum FailureKind {
     StateFile,
     AttachUnsettled,
     Stalled,
+    /// The note the row attaches to (a `note_text` row) could not be created.
+    NoteFailed,
     /// Invalid in preflight (a `rejected` row).
     Invalid,
     /// A name this version does not know (a state file of a newer version).
@@ -31,7 +33,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 18] = [
+    pub const ALL: [FailureKind; 19] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -48,6 +50,7 @@ impl FailureKind {
         Self::StateFile,
         Self::AttachUnsettled,
         Self::Stalled,
+        Self::NoteFailed,
         Self::Invalid,
         Self::Other,
     ];
@@ -71,6 +74,7 @@ impl FailureKind {
             Self::StateFile => "state_file",
             Self::AttachUnsettled => "attach_unsettled",
             Self::Stalled => "stalled",
+            Self::NoteFailed => "note_failed",
             Self::Invalid => "invalid",
             Self::Other => "other",
         }
@@ -103,6 +107,7 @@ impl FailureKind {
             Self::StateFile => "the state file could not be written",
             Self::AttachUnsettled => "whether it was attached cannot be told (look at the record)",
             Self::Stalled => "the run stopped (it stalled) before this row could finish",
+            Self::NoteFailed => "the note this row attaches to could not be created",
             Self::Invalid => "the row is invalid",
             Self::Other => "an error",
         }

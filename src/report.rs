@@ -27,9 +27,13 @@ const KEY_COLUMNS: [&str; 5] = [
     "name",
 ];
 
-/// The header of each kind of report, as written.
-fn header(only: ReportOnly) -> Vec<&'static str> {
+/// The header of each kind of report, as written; with the three note columns after `name`
+/// when the migration creates notes (`notes`), so that a failed-rows report stays a manifest.
+fn header(only: ReportOnly, notes: bool) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
+    if notes {
+        header.extend(manifest::NOTE_COLUMNS);
+    }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
         ReportOnly::Done => header.extend(["attachment_id", "s3_key"]),
@@ -154,21 +158,36 @@ fn write_rows(
         ReportOnly::Done => r.state == RowState::Done,
         ReportOnly::All => true,
     };
+    let notes = rows.iter().any(|r| !r.note.is_empty());
     let mut csv = csv::Writer::from_writer(sink);
-    csv.write_record(header(only))?;
+    csv.write_record(header(only, notes))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
             .map(|p| file_column(&p, dir))
             .unwrap_or_default();
+        // A row that creates a note gets its note's id as `reference_id` once the note is made;
+        // the failed report gives the row back as written (no id), so that it stays valid.
+        let reference_id = match (only, &row.note.text) {
+            (ReportOnly::Failed, Some(_)) if !row.is_raw() => Vec::new(),
+            _ => row.field_bytes(&row.reference_id),
+        };
         let mut record = vec![
             file,
             row.field_bytes(&row.contact_id),
             row.field_bytes(&row.reference_type_text),
-            row.field_bytes(&row.reference_id),
+            reference_id,
             row.field_bytes(&row.name),
         ];
         let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
+        if notes {
+            let note = |v: &Option<String>| row.field_bytes(v.as_deref().unwrap_or_default());
+            record.extend([
+                note(&row.note.text),
+                note(&row.note.date),
+                note(&row.note.key),
+            ]);
+        }
         let kind = |r: &StoredRow| {
             r.error_kind
                 .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
@@ -284,7 +303,8 @@ fn is_report(path: &Path) -> bool {
     let first = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
-        .any(|only| first == header(*only).join(",").as_bytes())
+        .flat_map(|only| [header(*only, false), header(*only, true)])
+        .any(|header| first == header.join(",").as_bytes())
 }
 
 /// Writes a new file beside `target` with `write` and renames it into place: `target` is either
@@ -335,8 +355,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.csv");
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
-            fs::write(&p, format!("{}\r\nx\n", header(only).join(","))).unwrap();
-            assert!(is_report(&p));
+            for notes in [false, true] {
+                fs::write(&p, format!("{}\r\nx\n", header(only, notes).join(","))).unwrap();
+                assert!(is_report(&p));
+            }
         }
         fs::write(&p, "file,contact_id,reference_type,reference_id,name\n").unwrap();
         assert!(!is_report(&p), "a manifest is not a report");

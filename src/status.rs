@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ExitStatus;
-use crate::checkpoint::{self, RowState, RunRecord, StoredRow};
+use crate::checkpoint::{self, NoteState, RowState, RunRecord, StoredRow};
 use crate::error::{CommandError, CommandResult};
 use crate::failure::FailureKind;
 use crate::preflight::human_bytes;
@@ -50,8 +50,28 @@ struct Status {
     by_state: BTreeMap<&'static str, usize>,
     bytes_done: u64,
     bytes_to_do: u64,
+    /// The notes rows create (`note_text`): groups by state (`pending`: nothing sent yet;
+    /// `intent`: asked for, outcome unknown until a run settles it; `created`), and each note.
+    notes: Notes,
     failures: Vec<FailureGroup>,
     runs: Vec<RunRecord>,
+}
+
+#[derive(Serialize, Default)]
+struct Notes {
+    pending: usize,
+    intent: usize,
+    created: usize,
+    list: Vec<NoteLine>,
+}
+
+#[derive(Serialize)]
+struct NoteLine {
+    contact_id: String,
+    note_key: Option<String>,
+    date: Option<String>,
+    state: &'static str,
+    note_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -76,7 +96,23 @@ fn build(
     rows: &[StoredRow],
     runs: Vec<RunRecord>,
     manifest: Option<String>,
+    groups: Vec<checkpoint::NoteGroup>,
 ) -> Status {
+    let mut notes = Notes::default();
+    for g in groups {
+        match g.state {
+            NoteState::Pending => notes.pending += 1,
+            NoteState::Intent => notes.intent += 1,
+            NoteState::Created => notes.created += 1,
+        }
+        notes.list.push(NoteLine {
+            contact_id: g.contact_id,
+            note_key: g.key,
+            date: g.date,
+            state: g.state.as_str(),
+            note_id: g.note_id,
+        });
+    }
     let mut by_state: BTreeMap<&'static str, usize> =
         RowState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let (mut bytes_done, mut bytes_to_do) = (0, 0);
@@ -118,6 +154,7 @@ fn build(
         by_state,
         bytes_done,
         bytes_to_do,
+        notes,
         failures,
         runs,
     }
@@ -133,9 +170,10 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             checkpoint::load_rows(&conn)?,
             checkpoint::load_runs(&conn)?,
             checkpoint::manifest_of(&conn)?,
+            checkpoint::load_notes(&conn)?,
         ))
     };
-    let (rows, runs, manifest) = match read() {
+    let (rows, runs, manifest, groups) = match read() {
         Ok(r) => r,
         Err(e) => {
             return Err(CommandError::stopped(format!(
@@ -144,7 +182,7 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             )));
         }
     };
-    let status = build(&path, &rows, runs, manifest);
+    let status = build(&path, &rows, runs, manifest, groups);
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &status)?;
@@ -184,6 +222,14 @@ fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         human_bytes(status.bytes_done),
         human_bytes(status.bytes_to_do)
     )?;
+    let n = &status.notes;
+    if !n.list.is_empty() {
+        writeln!(
+            out,
+            "Notes:      {} created, {} asked for (a rerun settles them), {} to create",
+            n.created, n.intent, n.pending
+        )?;
+    }
     Ok(())
 }
 

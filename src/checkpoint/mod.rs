@@ -18,10 +18,19 @@ use crate::onepagecrm::ReferenceType;
 pub use store::{Store, StoreError, StoreThread};
 
 /// The schema, one entry per file in `migrations/`, in order. Landed files are never edited.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        "0003_notes.sql",
+        include_str!("../../migrations/0003_notes.sql"),
+    ),
+];
+
+/// The first schema version (`user_version`) with the notes table and the rows' note columns.
+const NOTES_VERSION: i64 = 2;
 
 /// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR", set by the first migration.
 const APPLICATION_ID: i32 = 0x4F50_4352;
@@ -83,6 +92,18 @@ pub fn row_key(
         reference_id,
         name,
     ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The key of a row that creates (or shares) a note: a hash of its file, contact, note group and
+/// name under a prefix of its own (`n1`), so it can never equal the key of a row that names its
+/// record by `reference_id` (those hash `v1`), and rows of other groups never share one.
+pub fn note_row_key(file: &str, contact_id: &str, group: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["n1", file, contact_id, group, name] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -183,6 +204,23 @@ pub struct StoredRow {
     pub error_kind: Option<FailureKind>,
     pub last_error: Option<String>,
     pub retryable: Option<bool>,
+    pub note: NoteColumns,
+}
+
+/// A row's note columns: the group it belongs to (a valid row with `note_text`), and the three
+/// columns as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NoteColumns {
+    pub group: Option<String>,
+    pub text: Option<String>,
+    pub date: Option<String>,
+    pub key: Option<String>,
+}
+
+impl NoteColumns {
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.text.is_none() && self.date.is_none() && self.key.is_none()
+    }
 }
 
 /// A manifest row as preflight saw it, to be recorded.
@@ -203,6 +241,7 @@ pub struct NewRow {
     pub name: String,
     /// `None` when valid; the reason when rejected.
     pub rejected: Option<String>,
+    pub note: NoteColumns,
 }
 
 impl StoredRow {
@@ -248,6 +287,7 @@ impl From<&NewRow> for StoredRow {
             error_kind: None,
             last_error: n.rejected.clone(),
             retryable: None,
+            note: n.note.clone(),
         }
     }
 }
@@ -260,10 +300,13 @@ impl NewRow {
         mtime_ns: i64,
         rejected: Option<String>,
     ) -> Self {
-        let key = match row.reference_type {
-            Some(t) => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
+        let key = match (row.reference_type, &row.note) {
+            (Some(_), Some(note)) => {
+                note_row_key(&row.file, &row.contact_id, &note.group, &row.name)
+            }
+            (Some(t), None) => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
             // An unknown type: rejected, and recorded with the type as written.
-            None => raw_row_key(&[
+            (None, _) => raw_row_key(&[
                 row.file.as_bytes(),
                 row.contact_id.as_bytes(),
                 row.reference_type_text().as_bytes(),
@@ -284,6 +327,15 @@ impl NewRow {
             reference_id: row.reference_id.clone(),
             name: row.name.clone(),
             rejected,
+            note: match &row.note {
+                Some(n) => NoteColumns {
+                    group: Some(n.group.clone()),
+                    text: Some(n.text.clone()),
+                    date: n.date.clone(),
+                    key: n.key.clone(),
+                },
+                None => NoteColumns::default(),
+            },
         }
     }
 
@@ -291,6 +343,12 @@ impl NewRow {
     /// with `reason`. `base` is the manifest's folder.
     pub fn from_unparsed(u: &Unparsed, base: &Path, reason: String) -> Self {
         let mut all: Vec<&[u8]> = u.fields.iter().map(Vec::as_slice).collect();
+        // The note columns count only when one is given: a record of a manifest without them
+        // keeps the key it had before they existed.
+        let has_note = u.note_fields.iter().any(|f| !f.is_empty());
+        if has_note {
+            all.extend(u.note_fields.iter().map(Vec::as_slice));
+        }
         all.extend(u.extra.iter().map(Vec::as_slice));
         let key = raw_row_key(&all);
         let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
@@ -298,6 +356,13 @@ impl NewRow {
             false => String::from_utf8_lossy(b).into_owned(),
         };
         let [file, contact_id, reference_type, reference_id, name] = &u.fields;
+        let note_field = |b: &Vec<u8>| (!b.is_empty()).then(|| text(b));
+        let note = NoteColumns {
+            group: None,
+            text: note_field(&u.note_fields[0]),
+            date: note_field(&u.note_fields[1]),
+            key: note_field(&u.note_fields[2]),
+        };
         // The path as bytes, so that a file name that is not UTF-8 survives.
         let path = if file.is_empty() {
             String::new()
@@ -322,6 +387,7 @@ impl NewRow {
             name: text(name),
             rejected: Some(reason),
             key,
+            note,
         }
     }
 }
@@ -343,6 +409,7 @@ impl NewRow {
             reference_id: "r".into(),
             name: "a.pdf".into(),
             rejected: None,
+            note: NoteColumns::default(),
         }
     }
 }
@@ -554,10 +621,14 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
     let now = now();
     let mut insert = conn.prepare_cached(
         "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-                           state, error_kind, last_error, retryable, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)
+                           state, error_kind, last_error, retryable, created_at, updated_at,
+                           note_group, note_text, note_date, note_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19)
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
+            -- As written now (a note_key's text may be edited; the key keeps the row's identity).
+            note_text = excluded.note_text,
+            note_date = excluded.note_date,
             path = excluded.path,
             -- A row not yet uploaded takes the file as it is now.
             size = CASE WHEN rows.state IN ('pending', 'failed', 'rejected') THEN excluded.size ELSE rows.size END,
@@ -578,6 +649,8 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
          -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
          WHERE rows.line IS NOT excluded.line
             OR rows.path IS NOT excluded.path
+            OR rows.note_text IS NOT excluded.note_text
+            OR rows.note_date IS NOT excluded.note_date
             OR (rows.state IN ('pending', 'failed', 'rejected')
                 AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
             OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
@@ -610,9 +683,155 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             error,
             retryable,
             now,
+            r.note.group,
+            r.note.text,
+            r.note.date,
+            r.note.key,
         ])?;
     }
+    record_note_groups(conn, rows)?;
     Ok(())
+}
+
+/// Records the note group of every valid row that creates a note (`pending`, nothing sent), and
+/// gives the rows of groups already created their note's id as `reference_id` (a row added to
+/// the manifest later joins its group's note).
+fn record_note_groups(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO notes (group_key, contact_id, text, date, note_key) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (group_key) DO UPDATE SET text = excluded.text, date = excluded.date
+         -- Only while nothing was sent: a note asked for is the note it was asked for.
+         WHERE notes.state = 'pending' AND (notes.text IS NOT excluded.text OR notes.date IS NOT excluded.date)",
+    )?;
+    let mut any = false;
+    for r in rows.iter().filter(|r| r.rejected.is_none()) {
+        let (Some(group), Some(text)) = (&r.note.group, &r.note.text) else {
+            continue;
+        };
+        any = true;
+        insert.execute(params![group, r.contact_id, text, r.note.date, r.note.key])?;
+    }
+    if any {
+        conn.execute(
+            "UPDATE rows SET reference_id = (SELECT note_id FROM notes WHERE group_key = rows.note_group)
+             WHERE note_group IS NOT NULL AND reference_id = ''
+               AND EXISTS (SELECT 1 FROM notes WHERE group_key = rows.note_group AND note_id IS NOT NULL)",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// A note group's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteState {
+    Pending,
+    Intent,
+    Created,
+}
+
+impl NoteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Intent => "intent",
+            Self::Created => "created",
+        }
+    }
+}
+
+/// A note group as the state file holds it.
+#[derive(Clone, Debug)]
+pub struct NoteGroup {
+    pub group: String,
+    pub contact_id: String,
+    pub text: String,
+    pub date: Option<String>,
+    pub key: Option<String>,
+    pub state: NoteState,
+    /// The first intent (`YYYY-MM-DDTHH:MM:SS.mmmZ`, local clock).
+    pub intent_at: Option<String>,
+    pub note_id: Option<String>,
+}
+
+/// The state file's schema version (`user_version`).
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Every note group (none in a state file from before notes).
+pub fn load_notes(conn: &Connection) -> rusqlite::Result<Vec<NoteGroup>> {
+    if schema_version(conn)? < NOTES_VERSION {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT group_key, contact_id, text, date, note_key, state, intent_at, note_id FROM notes ORDER BY rowid",
+    )?;
+    stmt.query_map([], |r| {
+        let state = match r.get::<_, String>(5)?.as_str() {
+            "intent" => NoteState::Intent,
+            "created" => NoteState::Created,
+            _ => NoteState::Pending,
+        };
+        Ok(NoteGroup {
+            group: r.get(0)?,
+            contact_id: r.get(1)?,
+            text: r.get(2)?,
+            date: r.get(3)?,
+            key: r.get(4)?,
+            state,
+            intent_at: r.get(6)?,
+            note_id: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+/// Commits the intent to create `group`'s note, before `POST /notes` is sent. The first intent's
+/// time is kept: every note this group may have created since is at least that recent.
+pub fn note_intent(conn: &Connection, group: &str) -> rusqlite::Result<String> {
+    let now = now();
+    conn.prepare_cached(
+        "UPDATE notes SET state = 'intent', intent_at = COALESCE(intent_at, ?2)
+         WHERE group_key = ?1 AND state <> 'created'",
+    )?
+    .execute(params![group, now])?;
+    conn.query_row(
+        "SELECT intent_at FROM notes WHERE group_key = ?1",
+        [group],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .map(|at| at.unwrap_or(now))
+}
+
+/// Records `note_id` as `group`'s note (created, or adopted after a lost answer) and gives it to
+/// the group's rows as their `reference_id`. Fails (UNIQUE) if another group holds that note.
+pub fn note_created(
+    conn: &Connection,
+    group: &str,
+    note_id: &str,
+    adopted: bool,
+) -> rusqlite::Result<()> {
+    let changed = conn.execute(
+        "UPDATE notes SET state = 'created', note_id = ?2, created_at = ?3, adopted = ?4
+         WHERE group_key = ?1 AND state <> 'created'",
+        params![group, note_id, now(), adopted],
+    )?;
+    if changed != 1 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    conn.execute(
+        "UPDATE rows SET reference_id = ?2 WHERE note_group = ?1 AND reference_id = ''",
+        params![group, note_id],
+    )?;
+    Ok(())
+}
+
+/// The note ids the groups of this state file hold (a note one of them holds is never adopted
+/// by another).
+pub fn claimed_notes(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare_cached("SELECT note_id FROM notes WHERE note_id IS NOT NULL")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
 }
 
 /// Forgets the rejected rows that the manifest no longer has (`keys` are its rows) and that never
@@ -637,7 +856,13 @@ pub fn forget_stale_rejected(
 
 const ROW_COLUMNS: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable";
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     note_group, note_text, note_date, note_key";
+/// As [`ROW_COLUMNS`], for a state file from before notes (read by `status` and `report`).
+const ROW_COLUMNS_BEFORE_NOTES: &str =
+    "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     NULL, NULL, NULL, NULL";
 
 fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
@@ -676,13 +901,23 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         error_kind: r.get(15)?,
         last_error: r.get(16)?,
         retryable: r.get(17)?,
+        note: NoteColumns {
+            group: r.get(18)?,
+            text: r.get(19)?,
+            date: r.get(20)?,
+            key: r.get(21)?,
+        },
     })
 }
 
 /// Every row the state file holds, in manifest-line order.
 pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
+    let columns = match schema_version(conn)? < NOTES_VERSION {
+        true => ROW_COLUMNS_BEFORE_NOTES,
+        false => ROW_COLUMNS,
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS} FROM rows ORDER BY line, row_key"
+        "SELECT {columns} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -886,6 +1121,7 @@ mod tests {
             reference_id: "n".into(),
             name: "a.pdf".into(),
             rejected: rejected.map(str::to_string),
+            note: NoteColumns::default(),
         }
     }
 
@@ -922,6 +1158,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("UNIQUE"), "{err}");
+    }
+
+    #[test]
+    fn a_created_note_gives_its_rows_their_reference_id_and_no_note_is_claimed_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        let note_row = |key: &str, group: &str| NewRow {
+            reference_id: String::new(),
+            note: NoteColumns {
+                group: Some(group.into()),
+                text: Some("Hello\r\nthere".into()),
+                date: Some("2024-03-15".into()),
+                key: None,
+            },
+            ..new_row(key, None)
+        };
+        record_rows(&conn, &[note_row("k1", "g1"), note_row("k2", "g2")]).unwrap();
+        let groups = load_notes(&conn).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert!(groups.iter().all(|g| g.state == NoteState::Pending));
+        let first = note_intent(&conn, "g1").unwrap();
+        assert_eq!(
+            note_intent(&conn, "g1").unwrap(),
+            first,
+            "the first intent is kept"
+        );
+        note_created(&conn, "g1", "n1", false).unwrap();
+        let err = note_created(&conn, "g2", "n1", true).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        assert_eq!(
+            claimed_notes(&conn).unwrap(),
+            ["n1".to_string()].into_iter().collect()
+        );
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(rows[0].reference_id, "n1");
+        assert_eq!(rows[0].note.text.as_deref(), Some("Hello\r\nthere"));
+        assert_eq!(rows[1].reference_id, "", "its group has no note yet");
+        // A row added later to a group already created joins its note.
+        record_rows(&conn, &[note_row("k3", "g1")]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(
+            rows.iter().find(|r| r.key == "k3").unwrap().reference_id,
+            "n1"
+        );
+    }
+
+    #[test]
+    fn note_rows_have_keys_of_their_own_and_old_keys_stay() {
+        // The key of a row by reference_id is what it was before notes existed.
+        assert_eq!(
+            row_key("a.pdf", "c", ReferenceType::Note, "n", "a.pdf"),
+            "d4bb064c73d4f61646eeab7cf19f93c9"
+        );
+        let a = note_row_key("a.pdf", "c", "g1", "a.pdf");
+        assert_ne!(a, note_row_key("a.pdf", "c", "g2", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "g1", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "", "a.pdf"));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn print_json(cfg: &RunConfig, work: &Work, quota: Result<(), CommandError>) -> 
         "failed_permanent": work.failed_permanent.len(),
         "rejected": work.rejected,
         "bytes_to_upload": work.bytes(),
+        "notes_to_create": work.notes_to_create().len(),
         "api_calls": work.api_calls(),
         "estimated_seconds": estimate(cfg, work).map(|d| d.as_secs_f64()),
         "error": quota.as_ref().err().map(|e| e.to_string()),
@@ -118,6 +119,10 @@ fn print_text(cfg: &RunConfig, work: &Work) -> std::io::Result<()> {
         work.failed_permanent.len()
     )?;
     writeln!(out, "  rejected (invalid):          {}", work.rejected)?;
+    let notes = work.notes_to_create().len();
+    if notes > 0 {
+        writeln!(out, "  notes to create:             {notes}")?;
+    }
     writeln!(
         out,
         "  bytes:                       {} ({} bytes)",

@@ -107,12 +107,30 @@ impl Work {
         self.todo.iter().map(|(r, _)| r.size).sum()
     }
 
-    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach.
+    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach;
+    /// and 1 for each note to create.
     pub fn api_calls(&self) -> usize {
         self.todo
             .iter()
             .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
-            .sum()
+            .sum::<usize>()
+            + self.notes_to_create().len()
+    }
+
+    /// The note groups whose rows wait for a note not yet recorded, with their row counts.
+    pub fn notes_to_create(&self) -> HashMap<String, usize> {
+        let mut groups: HashMap<String, usize> = HashMap::new();
+        for (row, _) in &self.todo {
+            if let Some(group) = row
+                .note
+                .group
+                .as_ref()
+                .filter(|_| row.reference_id.is_empty())
+            {
+                *groups.entry(group.clone()).or_default() += 1;
+            }
+        }
+        groups
     }
 }
 

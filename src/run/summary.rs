@@ -48,6 +48,9 @@ pub struct Summary {
     pub api_calls: u64,
     pub retries: u64,
     pub throttles: u64,
+    /// Notes recorded for note groups in this run (created, or adopted after a lost answer).
+    notes_created: u64,
+    notes_adopted: u64,
     stopped: Option<Stopped>,
     /// Why the run stalled (`stopped` is then `"stalled"`), for the readable summary.
     #[serde(skip)]
@@ -181,6 +184,8 @@ impl Summary {
             api_calls: c.api_calls,
             retries: c.retries,
             throttles: c.throttles,
+            notes_created: c.notes_created,
+            notes_adopted: c.notes_adopted,
             stopped,
             stall: ctx.stall_detail().map(str::to_string),
             status,
@@ -235,6 +240,13 @@ impl Summary {
         writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
         writeln!(out, "  rejected (invalid): {}", self.rejected)?;
         writeln!(out, "  not started:        {}", self.not_started)?;
+        if self.notes_created > 0 {
+            let adopted = match self.notes_adopted {
+                0 => String::new(),
+                n => format!(" ({n} adopted after a lost answer)"),
+            };
+            writeln!(out, "  notes created:      {}{adopted}", self.notes_created)?;
+        }
         writeln!(
             out,
             "  uploaded:           {} ({} bytes)",
