@@ -45,13 +45,26 @@ fn plan_from_state(cfg: &RunConfig, new_rows: &[NewRow]) -> Result<Work, Command
     let state = &cfg.state;
     let stored = if state.exists() {
         let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
-        checkpoint::load_rows(&conn).map_err(|e| {
+        let read = || {
+            Ok::<_, rusqlite::Error>((
+                checkpoint::load_rows(&conn)?,
+                checkpoint::load_notes(&conn)?,
+            ))
+        };
+        read().map_err(|e| {
             CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))
         })?
     } else {
-        new_rows.iter().map(StoredRow::from).collect()
+        (new_rows.iter().map(StoredRow::from).collect(), Vec::new())
     };
-    Ok(plan(new_rows, stored, &cfg.choices).0)
+    let (rows, notes) = stored;
+    let mut work = plan(new_rows, rows, &cfg.choices).0;
+    let wanted = work.notes_to_create();
+    work.notes_unsettled = notes
+        .iter()
+        .filter(|g| g.state == checkpoint::NoteState::Intent && wanted.contains_key(&g.group))
+        .count();
+    Ok(work)
 }
 
 /// How long the API calls take at the client's rate (`None`: no limit).

@@ -96,6 +96,9 @@ pub struct Work {
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
+    /// Note groups whose `POST /notes` may have been sent (in `intent`): each lists its
+    /// contact's notes (at least one call) before it creates its note.
+    pub notes_unsettled: usize,
 }
 
 impl Work {
@@ -108,13 +111,14 @@ impl Work {
     }
 
     /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach;
-    /// and 1 for each note to create.
+    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown.
     pub fn api_calls(&self) -> usize {
         self.todo
             .iter()
             .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
             .sum::<usize>()
             + self.notes_to_create().len()
+            + self.notes_unsettled
     }
 
     /// The note groups whose rows wait for a note not yet recorded, with their row counts.

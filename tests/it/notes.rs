@@ -150,6 +150,13 @@ fn the_notes_sample_creates_each_note_once_and_a_rerun_sends_nothing() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let (_s, manifest) = notes_copy();
     let before = note_ids(&emu.state());
+    // The dry run counts the notes and their calls: 2 per row, 1 per note.
+    let (code, plan) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(
+        (&plan["notes_to_create"], &plan["api_calls"]),
+        (&Value::from(5), &Value::from(27))
+    );
     let (code, doc) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["done_now"], 11);
@@ -293,6 +300,11 @@ fn a_lost_answer_to_post_notes_then_a_rerun_makes_one_note_not_two() {
         !failed.is_empty() && failed.iter().all(|f| f["kind"] == "note_failed"),
         "{doc}"
     );
+    // One note's outcome is unknown: the plan lists the contact's notes, then creates it.
+    let (_, plan) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(plan["notes_to_create"], 1, "{plan}");
+    assert_eq!(plan["to_upload"], failed.len(), "{plan}");
+    assert_eq!(plan["api_calls"], 2 * failed.len() + 2, "{plan}");
     let (code, doc) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["notes_adopted"], 1, "{doc}");
