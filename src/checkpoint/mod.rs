@@ -1205,6 +1205,45 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_from_before_notes_is_read_as_it_is_and_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::new(vec![M::up(MIGRATIONS[0].1)])
+                .to_latest(&mut conn)
+                .unwrap();
+            record_rows_before_notes(&conn);
+        }
+        // `status` and `report` read it unchanged.
+        let rows = load_rows(&open_read_only(&path).unwrap()).unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].note.is_empty()),
+            (RowState::Done, true)
+        );
+        assert!(
+            load_notes(&open_read_only(&path).unwrap())
+                .unwrap()
+                .is_empty()
+        );
+        // `run` migrates it; the done row keeps its key and state.
+        let conn = open(&path).unwrap();
+        record_rows(&conn, &[new_row("k1", None)]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!((rows.len(), rows[0].state), (1, RowState::Done));
+    }
+
+    fn record_rows_before_notes(conn: &Connection) {
+        conn.execute(
+            "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id,
+                 name, state, created_at, updated_at)
+             VALUES ('k1', 2, 'a.pdf', '/x/a.pdf', 10, 1, 'c', 'note', 'n', 'a.pdf', 'done', 't', 't')",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn note_rows_have_keys_of_their_own_and_old_keys_stay() {
         // The key of a row by reference_id is what it was before notes existed.
         assert_eq!(

@@ -305,6 +305,10 @@ fn state_files_that_are_not_this_manifests_are_refused_untouched() {
         .args(["--rate", "off"])
         .assert()
         .code(0);
+    let version: i64 = rusqlite::Connection::open(&state)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     rusqlite::Connection::open(&state)
         .unwrap()
         .pragma_update(None, "user_version", 99)
@@ -317,7 +321,7 @@ fn state_files_that_are_not_this_manifests_are_refused_untouched() {
     assert_eq!(std::fs::read(&state).unwrap(), before);
     rusqlite::Connection::open(&state)
         .unwrap()
-        .pragma_update(None, "user_version", 1)
+        .pragma_update(None, "user_version", version)
         .unwrap();
 
     // Another manifest's state file.
