@@ -29,8 +29,15 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The first schema version (`user_version`) with the notes table and the rows' note columns.
-const NOTES_VERSION: i64 = 2;
+/// The first schema version (`user_version`) with the notes table and the rows' note columns:
+/// the place of `0003_notes.sql` in [`MIGRATIONS`] (found, not written down, so that a migration
+/// merged before it moves it without anyone having to remember this).
+fn notes_version() -> i64 {
+    MIGRATIONS
+        .iter()
+        .position(|(name, _)| *name == "0003_notes.sql")
+        .map_or(i64::MAX, |i| i as i64 + 1)
+}
 
 /// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR", set by the first migration.
 const APPLICATION_ID: i32 = 0x4F50_4352;
@@ -761,7 +768,7 @@ fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// Every note group (none in a state file from before notes).
 pub fn load_notes(conn: &Connection) -> rusqlite::Result<Vec<NoteGroup>> {
-    if schema_version(conn)? < NOTES_VERSION {
+    if schema_version(conn)? < notes_version() {
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare(
@@ -912,7 +919,7 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
 
 /// Every row the state file holds, in manifest-line order.
 pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
-    let columns = match schema_version(conn)? < NOTES_VERSION {
+    let columns = match schema_version(conn)? < notes_version() {
         true => ROW_COLUMNS_BEFORE_NOTES,
         false => ROW_COLUMNS,
     };
