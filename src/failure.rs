@@ -24,6 +24,8 @@ pub enum FailureKind {
     StateFile,
     AttachUnsettled,
     Stalled,
+    /// The note the row attaches to (a `note_text` row) could not be created.
+    NoteFailed,
     /// Invalid in preflight (a `rejected` row).
     Invalid,
     /// Rejected: `contact_email` is not an email address.
@@ -37,7 +39,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 21] = [
+    pub const ALL: [FailureKind; 22] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -54,6 +56,7 @@ impl FailureKind {
         Self::StateFile,
         Self::AttachUnsettled,
         Self::Stalled,
+        Self::NoteFailed,
         Self::Invalid,
         Self::InvalidEmail,
         Self::ContactNotFound,
@@ -80,6 +83,7 @@ impl FailureKind {
             Self::StateFile => "state_file",
             Self::AttachUnsettled => "attach_unsettled",
             Self::Stalled => "stalled",
+            Self::NoteFailed => "note_failed",
             Self::Invalid => "invalid",
             Self::InvalidEmail => "invalid_email",
             Self::ContactNotFound => "contact_not_found",
@@ -115,6 +119,7 @@ impl FailureKind {
             Self::StateFile => "the state file could not be written",
             Self::AttachUnsettled => "whether it was attached cannot be told (look at the record)",
             Self::Stalled => "the run stopped (it stalled) before this row could finish",
+            Self::NoteFailed => "the note this row attaches to could not be created",
             Self::Invalid => "the row is invalid",
             Self::InvalidEmail => "contact_email is not an email address",
             Self::ContactNotFound => {

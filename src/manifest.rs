@@ -17,9 +17,22 @@ use crate::onepagecrm::{ReferenceType, is_object_id};
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// The columns a manifest may have, in the order they are documented.
-/// (`contact_email` came later, and is listed last so that the list earlier versions showed
-/// stays as it was.)
-pub const COLUMNS: [&str; 6] = [
+/// (`contact_email` came later, and is listed after the first five so that the list earlier
+/// versions showed stays as it was; the note columns came after it.)
+pub const COLUMNS: [&str; 9] = [
+    "file",
+    "contact_id",
+    "reference_type",
+    "reference_id",
+    "name",
+    "contact_email",
+    "note_text",
+    "note_date",
+    "note_key",
+];
+/// The columns of a row recorded as written, in the order its key hashes them (`contact_email`
+/// and the three note columns count only when given, so that older rows keep their keys).
+pub const RECORD_COLUMNS: [&str; 6] = [
     "file",
     "contact_id",
     "reference_type",
@@ -27,8 +40,13 @@ pub const COLUMNS: [&str; 6] = [
     "name",
     "contact_email",
 ];
+/// The columns that create a note, in [`COLUMNS`] order.
+pub const NOTE_COLUMNS: [&str; 3] = ["note_text", "note_date", "note_key"];
+/// The longest note text the API takes, in characters (OpenAPI `Note.text.maxLength`).
+pub const MAX_NOTE_CHARS: usize = 7168;
 /// Columns that `report --only failed` adds; accepted and ignored so that report is a manifest.
 pub const IGNORED_COLUMNS: [&str; 2] = ["error_kind", "error"];
+/// Required columns; `reference_id` may be left out of a manifest that has `note_text`.
 const REQUIRED: [&str; 2] = ["file", "reference_id"];
 /// A header needs at least one of these; a row gives exactly one.
 const CONTACT_COLUMNS: [&str; 2] = ["contact_id", "contact_email"];
@@ -64,6 +82,13 @@ pub enum ProblemKind {
     FileUnreadable,
     FileTooLarge,
     DuplicateAttachment,
+    /// `note_text` with a `reference_id` or another reference type; `note_date` or `note_key`
+    /// without `note_text`.
+    NoteConflict,
+    InvalidNoteDate,
+    NoteTooLong,
+    /// One `note_key` of one contact given two different texts or dates.
+    NoteKeyConflict,
     EmptyFile,
     IdFormat,
     /// A row gives both `contact_id` and `contact_email`.
@@ -150,9 +175,81 @@ pub struct Row {
     pub reference_id: String,
     /// The attachment name: the `name` column, or the file's own name.
     pub name: String,
+    /// The note this row creates (or shares) and attaches to, when it gives `note_text`.
+    pub note: Option<NoteSpec>,
+}
+
+/// A note to create from the manifest, as a row gives it. Rows of one contact with one
+/// `note_key` (or, without a key, with one text and date) share one note: its `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoteSpec {
+    /// The text as written (sent as it is).
+    pub text: String,
+    /// `YYYY-MM-DD`, or `None` for the API's default (today).
+    pub date: Option<String>,
+    pub key: Option<String>,
+    /// The group's identity: a hash of the contact and the key (or the text and date).
+    pub group: String,
+}
+
+/// The identity of a note group: the contact and the `note_key`, or, without one, the contact,
+/// the text and the date. Hashed with a prefix of its own, so it never equals a row's key.
+pub fn note_group(contact_id: &str, text: &str, date: Option<&str>, key: Option<&str>) -> String {
+    group_hash("g1", contact_id, text, date, key)
+}
+
+/// The identity of the note group of rows that name their contact by email (`email` as
+/// [`email_key`] makes it): the same parts as [`note_group`] under another tag, so that an
+/// email's group never equals a contact id's, two emails never share one, and the group does
+/// not change when the email resolves (the note is created on the contact it resolved to).
+pub fn note_group_by_email(
+    email: &str,
+    text: &str,
+    date: Option<&str>,
+    key: Option<&str>,
+) -> String {
+    group_hash("g1-email", email, text, date, key)
+}
+
+fn group_hash(
+    tag: &str,
+    contact: &str,
+    text: &str,
+    date: Option<&str>,
+    key: Option<&str>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let parts: Vec<&str> = match key {
+        Some(key) => vec![tag, contact, "key", key],
+        None => vec![tag, contact, "text", text, date.unwrap_or("")],
+    };
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("g{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// Whether `date` is a calendar date written `YYYY-MM-DD`.
+pub fn is_note_date(date: &str) -> bool {
+    date.len() == 10 && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
 }
 
 impl Row {
+    /// Whether the row names its contact by `contact_email` (its `contact_id` is empty).
+    pub fn by_email(&self) -> bool {
+        self.contact_id.is_empty() && !self.contact_email.is_empty()
+    }
+
+    /// The contact as the row gives it: its id, or its email as written.
+    pub fn contact_given(&self) -> &str {
+        match self.by_email() {
+            true => &self.contact_email,
+            false => &self.contact_id,
+        }
+    }
+
     /// The reference type as written: the known type's name, or the unknown text.
     pub fn reference_type_text(&self) -> &str {
         match (&self.unknown_reference_type, self.reference_type) {
@@ -169,9 +266,11 @@ impl Row {
 #[derive(Clone, Debug)]
 pub struct Unparsed {
     pub line: u64,
-    /// The known columns' fields as written, in [`COLUMNS`] order (empty when the record has no
-    /// such field).
+    /// The first six columns' fields as written, in [`RECORD_COLUMNS`] order (empty when the
+    /// record has no such field).
     pub fields: [Vec<u8>; 6],
+    /// `note_text`, `note_date` and `note_key` as written (empty when the record has none).
+    pub note_fields: [Vec<u8>; 3],
     /// Fields past the header's width, as written.
     pub extra: Vec<Vec<u8>>,
 }
@@ -359,6 +458,7 @@ fn read_csv(
             None => manifest.unparsed.push(unparsed(record, &columns, line)),
         }
     }
+    check_note_keys(&manifest.rows, &mut manifest.problems);
     if manifest.rows.is_empty() && manifest.problems.is_empty() {
         return Err(header_problem(
             ProblemKind::NoRows,
@@ -536,13 +636,22 @@ fn parse_header(
         );
     }
     for required in REQUIRED {
+        // A manifest whose rows create their notes need not name any.
+        if required == "reference_id" && columns.contains(&Some("note_text")) {
+            continue;
+        }
         if !columns.contains(&Some(required)) {
             let hint = if record.len() == 1 && delimiter == b',' {
                 " (if the manifest uses `;` or tabs, pass --delimiter)"
             } else {
                 ""
             };
-            problems.push(format!("missing required column `{required}`{hint}"));
+            let or = if required == "reference_id" {
+                " (or `note_text`, to create the notes the files attach to)"
+            } else {
+                ""
+            };
+            problems.push(format!("missing required column `{required}`{or}{hint}"));
         }
     }
     if problems.is_empty() {
@@ -605,6 +714,9 @@ fn parse_row(
     let reference_type = field("reference_type");
     let reference_id = field("reference_id");
     let name = field("name");
+    let note_text = field("note_text");
+    let note_date = field("note_date");
+    let note_key = field("note_key");
     // A field that is not UTF-8 (each one reported above) makes the record unparsed: it is
     // kept as bytes, so that its real values reach the state file and the failed-rows report.
     let utf8 = |col: &'static str, value: &Option<String>| {
@@ -613,24 +725,42 @@ fn parse_row(
     if !(utf8("reference_type", &reference_type)
         && utf8("name", &name)
         && utf8("contact_id", &contact_id)
-        && utf8("contact_email", &contact_email))
+        && utf8("contact_email", &contact_email)
+        && utf8("note_text", &note_text)
+        && utf8("note_date", &note_date)
+        && utf8("note_key", &note_key))
     {
         return None;
     }
+    let has_note_column = columns.contains(&Some("note_text"));
+    // A manifest with `note_text` may have no `reference_id` column at all.
+    let reference_id = match reference_id {
+        Some(r) => Some(r),
+        None if has_note_column && !columns.contains(&Some("reference_id")) => Some(String::new()),
+        None => None,
+    };
     let (Some(file), Some(reference_id)) = (file, reference_id) else {
         return None;
     };
+    let note_text = note_text.filter(|t| !t.trim().is_empty());
     let contact_id = contact_id.unwrap_or_default().trim().to_string();
     let contact_email = contact_email.unwrap_or_default().trim().to_string();
     let reference_id = reference_id.trim().to_string();
 
     for (col, value) in [("file", file.as_str()), ("reference_id", &reference_id)] {
+        if col == "reference_id" && note_text.is_some() {
+            continue;
+        }
         if value.trim().is_empty() {
+            let message = match (col, has_note_column) {
+                ("reference_id", true) => "neither `reference_id` nor `note_text` is given; every row needs the id of a note, deal, call or meeting, or a note_text to create a note".to_string(),
+                _ => format!("`{col}` is empty; every row needs a {}", describe(col)),
+            };
             problems.push(Problem::error(
                 Some(line),
                 Some(col),
                 ProblemKind::MissingField,
-                format!("`{col}` is empty; every row needs a {}", describe(col)),
+                message,
             ));
         }
     }
@@ -669,6 +799,15 @@ fn parse_row(
             }
         },
     };
+
+    let note = note_spec(
+        line,
+        (&contact_id, &contact_email),
+        &reference_id,
+        reference_type,
+        [note_text, note_date, note_key],
+        problems,
+    );
 
     if file.contains('\0') {
         problems.push(Problem::error(
@@ -712,6 +851,7 @@ fn parse_row(
         unknown_reference_type,
         reference_id,
         name,
+        note,
     })
 }
 
@@ -804,12 +944,149 @@ pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
+/// The note a row creates, with every problem of its three columns: `note_text` with a
+/// `reference_id` or another reference type, a text over the API's limit, a date that is not
+/// `YYYY-MM-DD`, a date or key without a text.
+fn note_spec(
+    line: u64,
+    (contact_id, contact_email): (&str, &str),
+    reference_id: &str,
+    reference_type: Option<ReferenceType>,
+    [text, date, key]: [Option<String>; 3],
+    problems: &mut Vec<Problem>,
+) -> Option<NoteSpec> {
+    let date = date.map(|d| d.trim().to_string()).filter(|d| !d.is_empty());
+    let key = key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+    let mut error = |column: &'static str, kind: ProblemKind, message: String| {
+        problems.push(Problem::error(Some(line), Some(column), kind, message));
+    };
+    let Some(text) = text else {
+        for (column, given) in [("note_date", date.is_some()), ("note_key", key.is_some())] {
+            if given {
+                error(
+                    column,
+                    ProblemKind::NoteConflict,
+                    format!(
+                        "`{column}` is given but `note_text` is empty; give the note's text, or leave `{column}` empty"
+                    ),
+                );
+            }
+        }
+        return None;
+    };
+    if !reference_id.is_empty() {
+        error(
+            "note_text",
+            ProblemKind::NoteConflict,
+            format!(
+                "`note_text` creates a note, but `reference_id` already names the record {}; give one of the two",
+                shown(reference_id)
+            ),
+        );
+    }
+    if let Some(t) = reference_type.filter(|t| *t != ReferenceType::Note) {
+        error(
+            "note_text",
+            ProblemKind::NoteConflict,
+            format!(
+                "`note_text` creates a note, but `reference_type` is {}; leave it empty or `note`",
+                t.as_str()
+            ),
+        );
+    }
+    let chars = text.chars().count();
+    if chars > MAX_NOTE_CHARS {
+        error(
+            "note_text",
+            ProblemKind::NoteTooLong,
+            format!(
+                "the note text is {chars} characters long; OnePageCRM takes at most {MAX_NOTE_CHARS}"
+            ),
+        );
+    }
+    if let Some(d) = date.as_deref().filter(|d| !is_note_date(d)) {
+        error(
+            "note_date",
+            ProblemKind::InvalidNoteDate,
+            format!(
+                "{} is not a date written YYYY-MM-DD (e.g. 2024-03-15)",
+                shown(d)
+            ),
+        );
+    }
+    // The contact as the row gives it: a row by email keeps its group when the email resolves.
+    let group = match contact_id.is_empty() && !contact_email.is_empty() {
+        true => note_group_by_email(
+            &email_key(contact_email),
+            &text,
+            date.as_deref(),
+            key.as_deref(),
+        ),
+        false => note_group(contact_id, &text, date.as_deref(), key.as_deref()),
+    };
+    Some(NoteSpec {
+        text,
+        date,
+        key,
+        group,
+    })
+}
+
+/// One `note_key` of one contact must mean one note: a row that gives it another text or date
+/// than its first row is an error (on the column that differs), naming that first line. The
+/// contact is as the rows give it (the group holds it): an email, in any letter case, is one
+/// contact.
+fn check_note_keys(rows: &[Row], problems: &mut Vec<Problem>) {
+    let mut first: std::collections::HashMap<&str, (u64, &NoteSpec)> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let Some(note) = &row.note else { continue };
+        if note.key.is_none() {
+            continue;
+        }
+        let Some((line, seen)) = first.get(note.group.as_str()) else {
+            first.insert(&note.group, (row.line, note));
+            continue;
+        };
+        let key = note.key.as_deref().unwrap_or_default();
+        if seen.text != note.text {
+            problems.push(Problem::error(
+                Some(row.line),
+                Some("note_text"),
+                ProblemKind::NoteKeyConflict,
+                format!(
+                    "note_key {} of contact {} has another text on line {line}; rows with one note_key share one note, so give them one text",
+                    shown(key),
+                    cut(row.contact_given())
+                ),
+            ));
+        }
+        if seen.date != note.date {
+            problems.push(Problem::error(
+                Some(row.line),
+                Some("note_date"),
+                ProblemKind::NoteKeyConflict,
+                format!(
+                    "note_key {} of contact {} has the date {} on line {line}; rows with one note_key share one note, so give them one date",
+                    shown(key),
+                    cut(row.contact_given()),
+                    seen.date.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
+    }
+}
+
 /// A record kept as written, its fields placed by the header's columns as far as both reach.
 fn unparsed(record: &csv::ByteRecord, columns: &[Option<&'static str>], line: u64) -> Unparsed {
     let mut fields: [Vec<u8>; 6] = Default::default();
+    let mut note_fields: [Vec<u8>; 3] = Default::default();
     for (raw, col) in record.iter().zip(columns) {
-        if let Some(i) = col.and_then(|c| COLUMNS.iter().position(|k| *k == c)) {
+        let Some(col) = col else { continue };
+        if let Some(i) = RECORD_COLUMNS.iter().position(|k| k == col) {
             fields[i] = raw.to_vec();
+        } else if let Some(i) = NOTE_COLUMNS.iter().position(|k| k == col) {
+            note_fields[i] = raw.to_vec();
         }
     }
     let extra = record
@@ -820,6 +1097,7 @@ fn unparsed(record: &csv::ByteRecord, columns: &[Option<&'static str>], line: u6
     Unparsed {
         line,
         fields,
+        note_fields,
         extra,
     }
 }
@@ -995,6 +1273,7 @@ mod tests {
     }
 
     const ID: &str = "5a1b2c3d4e5f60718293a4b5";
+    const ID2: &str = "5a1b2c3d4e5f60718293a4b6";
 
     #[test]
     fn reads_rows_with_defaults() {
@@ -1146,6 +1425,118 @@ mod tests {
             m.problems[0].message.contains("contact_email"),
             "{}",
             m.problems[0].message
+        );
+    }
+
+    #[test]
+    fn note_columns_make_notes_and_every_mistake_has_its_line_and_column() {
+        let long = "x".repeat(MAX_NOTE_CHARS + 1);
+        let text = format!(
+            "file,contact_id,reference_type,reference_id,name,note_text,note_date,note_key\n\
+             a.pdf,{ID},,,,\"Hi, \"\"you\"\"\nthere\",2024-03-15,k1\n\
+             b.pdf,{ID},note,,,\"Hi, \"\"you\"\"\nthere\",2024-03-15,k1\n\
+             c.pdf,{ID},,{ID},,Text,,\n\
+             d.pdf,{ID},deal,,,Text,,\n\
+             e.pdf,{ID},,,,Text,2024-02-30,\n\
+             f.pdf,{ID},,,,Other text,2024-03-16,k1\n\
+             g.pdf,{ID},,,,{long},,\n\
+             h.pdf,{ID},,,,,2024-03-15,\n\
+             i.pdf,{ID},,,,,,\n"
+        );
+        let m = parse(text.as_bytes());
+        let got: Vec<_> = m
+            .problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.column.unwrap_or("-"), p.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                // Rows 2 and 3 take two lines each (their text holds a newline).
+                (6, "note_text", ProblemKind::NoteConflict),
+                (7, "note_text", ProblemKind::NoteConflict),
+                (8, "note_date", ProblemKind::InvalidNoteDate),
+                (10, "note_text", ProblemKind::NoteTooLong),
+                (11, "reference_id", ProblemKind::MissingField),
+                (11, "note_date", ProblemKind::NoteConflict),
+                (12, "reference_id", ProblemKind::MissingField),
+                // Found once every row is read (preflight sorts problems by line).
+                (9, "note_text", ProblemKind::NoteKeyConflict),
+                (9, "note_date", ProblemKind::NoteKeyConflict),
+            ]
+        );
+        let (a, b) = (&m.rows[0], &m.rows[1]);
+        let note = a.note.as_ref().unwrap();
+        assert_eq!(note.text, "Hi, \"you\"\nthere");
+        assert_eq!(note.date.as_deref(), Some("2024-03-15"));
+        assert_eq!(a.note, b.note, "one key, one group");
+        assert!(note.group.starts_with('g'));
+        // Without a key, the text and the date make the group.
+        assert_eq!(
+            note_group(ID, "t", Some("2024-03-15"), None),
+            note_group(ID, "t", Some("2024-03-15"), None)
+        );
+        assert_ne!(
+            note_group(ID, "t", Some("2024-03-15"), None),
+            note_group(ID, "t", None, None)
+        );
+        assert_ne!(
+            note_group(ID, "t", None, Some("k")),
+            note_group(ID2, "t", None, Some("k"))
+        );
+    }
+
+    #[test]
+    fn rows_by_email_form_note_groups_by_the_email_as_given_in_any_letter_case() {
+        let text = format!(
+            "file,contact_id,contact_email,note_text,note_date,note_key\n\
+             a.pdf,,Ada@X.example,Kick-off,2024-03-15,k1\n\
+             b.pdf,,ada@x.example,Kick-off,2024-03-15,k1\n\
+             c.pdf,,grace@x.example,Kick-off,2024-03-15,k1\n\
+             d.pdf,{ID},,Kick-off,2024-03-15,k1\n\
+             e.pdf,,ADA@X.EXAMPLE,Another text,2024-03-15,k1\n\
+             f.pdf,,grace@x.example,Same words,,\n\
+             g.pdf,,Grace@X.example,Same words,,\n"
+        );
+        let m = parse(text.as_bytes());
+        let got: Vec<_> = m
+            .problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.column.unwrap_or("-"), p.kind))
+            .collect();
+        // One note_key of one email (in any case) is one note: line 6 gives it another text.
+        assert_eq!(got, vec![(6, "note_text", ProblemKind::NoteKeyConflict)]);
+        assert!(
+            m.problems[0].message.contains("ADA@X.EXAMPLE"),
+            "{}",
+            m.problems[0].message
+        );
+        let group = |i: usize| m.rows[i].note.as_ref().unwrap().group.clone();
+        assert_eq!(group(0), group(1), "one email in two cases: one group");
+        assert_ne!(group(0), group(2), "two emails never share a group");
+        assert_ne!(group(0), group(3), "an email's group is not a contact id's");
+        assert_eq!(group(5), group(6), "by text, in any case");
+        assert_eq!(
+            group(0),
+            note_group_by_email("ada@x.example", "Kick-off", Some("2024-03-15"), Some("k1"))
+        );
+        assert_ne!(
+            note_group_by_email(ID, "t", None, None),
+            note_group(ID, "t", None, None)
+        );
+    }
+
+    #[test]
+    fn a_manifest_with_note_text_needs_no_reference_id_column() {
+        let m = parse(format!("file,contact_id,note_text\na.pdf,{ID},Hello\n").as_bytes());
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        assert_eq!(m.rows[0].reference_id, "");
+        assert_eq!(m.rows[0].note.as_ref().unwrap().text, "Hello");
+        let m = parse(format!("file,contact_id\na.pdf,{ID}\n").as_bytes());
+        assert!(
+            m.problems[0]
+                .message
+                .contains("`reference_id` (or `note_text`")
         );
     }
 

@@ -12,6 +12,7 @@
 //! short. Cancelling `abort` cancels `stop_starting` too.
 
 mod events;
+pub mod notes;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
@@ -572,6 +573,30 @@ impl Context {
         self.events.emit(Event::StateChanged { row, state });
     }
 
+    /// Ends a row that cannot start because its note could not be created: recorded as failed
+    /// (`note_failed`), reported as any failed row is.
+    pub fn fail_unstarted(&self, row: &StoredRow, retryable: bool, message: String) -> Outcome {
+        let kind = FailureKind::NoteFailed;
+        self.record_later(
+            row,
+            Transition::Failed {
+                kind,
+                message: message.clone(),
+                retryable,
+            },
+        );
+        let outcome = Outcome::Failed {
+            kind,
+            retryable,
+            message,
+        };
+        self.events.emit(Event::RowFinished {
+            row,
+            outcome: &outcome,
+        });
+        outcome
+    }
+
     /// Takes a row through what `plan` says is left of it; records how it ended.
     pub async fn process(&self, row: &StoredRow, plan: Plan) -> Outcome {
         let outcome = self.outcome(row, plan).await;
@@ -952,9 +977,16 @@ pub type Results = Arc<Mutex<Vec<(usize, StoredRow, Outcome)>>>;
 /// first: their checks run one at a time). Outcomes land in `results` as they come, so that a
 /// run cut short still knows what finished.
 pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>, results: Results) {
-    let queue = Arc::new(Mutex::new(
-        work.into_iter().enumerate().collect::<VecDeque<_>>(),
-    ));
+    run_indexed(ctx, work.into_iter().enumerate().collect(), results).await
+}
+
+/// As [`run_all`], each row with its index in the results given.
+pub async fn run_indexed(
+    ctx: Arc<Context>,
+    work: Vec<(usize, (StoredRow, Plan))>,
+    results: Results,
+) {
+    let queue = Arc::new(Mutex::new(work.into_iter().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
         let (ctx, queue, results) = (ctx.clone(), queue.clone(), results.clone());

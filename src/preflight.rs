@@ -296,14 +296,19 @@ fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec
         let (Some(facts), Some(reference_type)) = (facts, row.reference_type) else {
             continue;
         };
-        if row.reference_id.is_empty() {
+        // A row that creates a note attaches to its group's note.
+        let record = match &row.note {
+            Some(note) => note.group.as_str(),
+            None => row.reference_id.as_str(),
+        };
+        if record.is_empty() {
             continue;
         }
         let file = match facts.identity {
             Some((dev, ino)) => FileKey::Inode(dev, ino),
             None => FileKey::Path(&row.file),
         };
-        match first.entry((file, reference_type, row.reference_id.as_str())) {
+        match first.entry((file, reference_type, record)) {
             std::collections::hash_map::Entry::Occupied(seen) => problems.push(Problem::error(
                 Some(row.line),
                 Some("file"),
@@ -311,7 +316,10 @@ fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec
                 format!(
                     "{} is already attached to {reference_type} {} on line {}; remove one of the two rows",
                     manifest::shown(&row.file),
-                    manifest::cut(&row.reference_id),
+                    match &row.note {
+                        Some(_) => "the note this row creates".into(),
+                        None => manifest::cut(&row.reference_id),
+                    },
                     seen.get()
                 ),
             )),

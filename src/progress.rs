@@ -70,8 +70,12 @@ pub fn human_duration(d: Duration) -> String {
 fn status_text(ctx: &Context, totals: Totals, started: Instant) -> String {
     let c = ctx.counts();
     let eta = eta(ctx, totals, started).map_or("unknown".to_string(), human_duration);
+    let notes = match c.notes_created {
+        0 => String::new(),
+        n => format!("{n} notes created · "),
+    };
     format!(
-        "{}/{} · {} failed · {} retrying · {} throttled · ETA {eta}",
+        "{}/{} · {notes}{} failed · {} retrying · {} throttled · ETA {eta}",
         human_bytes(c.bytes_uploaded),
         human_bytes(totals.bytes),
         c.failed,

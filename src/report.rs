@@ -29,11 +29,15 @@ const KEY_COLUMNS: [&str; 5] = [
 
 /// The header of each kind of report, as written; `by_email` when some row names its contact
 /// by email (then `contact_email` follows `contact_id`, so that the failed report stays a
-/// manifest; a migration by ids alone gets the header it always had).
-fn header(only: ReportOnly, by_email: bool) -> Vec<&'static str> {
+/// manifest; a migration by ids alone gets the header it always had), and with the three note
+/// columns after `name` when the migration creates notes (`notes`), for the same reason.
+fn header(only: ReportOnly, by_email: bool, notes: bool) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
     if by_email {
         header.insert(2, "contact_email");
+    }
+    if notes {
+        header.extend(manifest::NOTE_COLUMNS);
     }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
@@ -192,9 +196,10 @@ fn write_rows(
         ReportOnly::Done => r.state == RowState::Done,
         ReportOnly::All => true,
     };
+    let notes = rows.iter().any(|r| !r.note.is_empty());
     let mut csv = csv::Writer::from_writer(sink);
     let by_email = rows.iter().any(|r| !r.contact_email.is_empty());
-    csv.write_record(header(only, by_email))?;
+    csv.write_record(header(only, by_email, notes))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
@@ -206,17 +211,31 @@ fn write_rows(
             ReportOnly::Failed if !row.contact_email.is_empty() => Vec::new(),
             _ => row.field_bytes(&row.contact_id),
         };
+        // A row that creates a note gets its note's id as `reference_id` once the note is made;
+        // the failed report gives the row back as written (no id), so that it stays valid.
+        let reference_id = match (only, &row.note.text) {
+            (ReportOnly::Failed, Some(_)) if !row.is_raw() => Vec::new(),
+            _ => row.field_bytes(&row.reference_id),
+        };
         let mut record = vec![
             file,
             contact_id,
             row.field_bytes(&row.reference_type_text),
-            row.field_bytes(&row.reference_id),
+            reference_id,
             row.field_bytes(&row.name),
         ];
         if by_email {
             record.insert(2, row.field_bytes(&row.contact_email));
         }
         let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
+        if notes {
+            let note = |v: &Option<String>| row.field_bytes(v.as_deref().unwrap_or_default());
+            record.extend([
+                note(&row.note.text),
+                note(&row.note.date),
+                note(&row.note.key),
+            ]);
+        }
         let kind = |r: &StoredRow| {
             r.error_kind
                 .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
@@ -333,9 +352,11 @@ fn is_report(path: &Path) -> bool {
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
         .any(|only| {
-            [false, true]
+            [(false, false), (true, false), (false, true), (true, true)]
                 .iter()
-                .any(|by_email| first == header(*only, *by_email).join(",").as_bytes())
+                .any(|(by_email, notes)| {
+                    first == header(*only, *by_email, *notes).join(",").as_bytes()
+                })
         })
 }
 
@@ -387,8 +408,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.csv");
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
-            fs::write(&p, format!("{}\r\nx\n", header(only, false).join(","))).unwrap();
-            assert!(is_report(&p));
+            for by_email in [false, true] {
+                for notes in [false, true] {
+                    fs::write(
+                        &p,
+                        format!("{}\r\nx\n", header(only, by_email, notes).join(",")),
+                    )
+                    .unwrap();
+                    assert!(is_report(&p));
+                }
+            }
         }
         fs::write(&p, "file,contact_id,reference_type,reference_id,name\n").unwrap();
         assert!(!is_report(&p), "a manifest is not a report");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ExitStatus;
-use crate::checkpoint::{self, RowState, RunRecord, StoredRow};
+use crate::checkpoint::{self, NoteState, RowState, RunRecord, StoredRow};
 use crate::error::{CommandError, CommandResult};
 use crate::failure::FailureKind;
 use crate::preflight::human_bytes;
@@ -54,8 +54,28 @@ struct Status {
     rows_by_email: usize,
     /// Emails resolved to a contact (recorded, never looked up again).
     contacts_resolved: usize,
+    /// The notes rows create (`note_text`): groups by state (`pending`: nothing sent yet;
+    /// `intent`: asked for, outcome unknown until a run settles it; `created`), and each note.
+    notes: Notes,
     failures: Vec<FailureGroup>,
     runs: Vec<RunRecord>,
+}
+
+#[derive(Serialize, Default)]
+struct Notes {
+    pending: usize,
+    intent: usize,
+    created: usize,
+    list: Vec<NoteLine>,
+}
+
+#[derive(Serialize)]
+struct NoteLine {
+    contact_id: String,
+    note_key: Option<String>,
+    date: Option<String>,
+    state: &'static str,
+    note_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -81,7 +101,23 @@ fn build(
     runs: Vec<RunRecord>,
     manifest: Option<String>,
     contacts_resolved: usize,
+    groups: Vec<checkpoint::NoteGroup>,
 ) -> Status {
+    let mut notes = Notes::default();
+    for g in groups {
+        match g.state {
+            NoteState::Pending => notes.pending += 1,
+            NoteState::Intent => notes.intent += 1,
+            NoteState::Created => notes.created += 1,
+        }
+        notes.list.push(NoteLine {
+            contact_id: g.contact_id,
+            note_key: g.key,
+            date: g.date,
+            state: g.state.as_str(),
+            note_id: g.note_id,
+        });
+    }
     let mut by_state: BTreeMap<&'static str, usize> =
         RowState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let (mut bytes_done, mut bytes_to_do) = (0, 0);
@@ -125,6 +161,7 @@ fn build(
         bytes_to_do,
         rows_by_email: rows.iter().filter(|r| !r.contact_email.is_empty()).count(),
         contacts_resolved,
+        notes,
         failures,
         runs,
     }
@@ -142,9 +179,10 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             checkpoint::manifest_of(&conn)?,
             // None recorded in a state file of a version before lookups.
             checkpoint::load_lookups(&conn).map_or(0, |l| l.len()),
+            checkpoint::load_notes(&conn)?,
         ))
     };
-    let (rows, runs, manifest, contacts_resolved) = match read() {
+    let (rows, runs, manifest, contacts_resolved, groups) = match read() {
         Ok(r) => r,
         Err(e) => {
             return Err(CommandError::stopped(format!(
@@ -153,7 +191,7 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
             )));
         }
     };
-    let status = build(&path, &rows, runs, manifest, contacts_resolved);
+    let status = build(&path, &rows, runs, manifest, contacts_resolved, groups);
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &status)?;
@@ -204,6 +242,14 @@ fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
             } else {
                 "rows name their contact"
             }
+        )?;
+    }
+    let n = &status.notes;
+    if !n.list.is_empty() {
+        writeln!(
+            out,
+            "Notes:      {} created, {} asked for (a rerun settles them), {} to create",
+            n.created, n.intent, n.pending
         )?;
     }
     Ok(())

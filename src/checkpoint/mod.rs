@@ -27,7 +27,21 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_contact_lookups.sql",
         include_str!("../../migrations/0002_contact_lookups.sql"),
     ),
+    (
+        "0003_notes.sql",
+        include_str!("../../migrations/0003_notes.sql"),
+    ),
 ];
+
+/// The first schema version (`user_version`) with the notes table and the rows' note columns:
+/// the place of `0003_notes.sql` in [`MIGRATIONS`] (found, not written down, so that a migration
+/// merged before it moves it without anyone having to remember this).
+fn notes_version() -> i64 {
+    MIGRATIONS
+        .iter()
+        .position(|(name, _)| *name == "0003_notes.sql")
+        .map_or(i64::MAX, |i| i as i64 + 1)
+}
 
 /// Marks a SQLite file as this tool's (`PRAGMA application_id`): "OPCR", set by the first migration.
 const APPLICATION_ID: i32 = 0x4F50_4352;
@@ -116,6 +130,32 @@ pub fn row_key_by_email(
         reference_id,
         name,
     ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The key of a row that creates (or shares) a note: a hash of its file, contact, note group and
+/// name under a prefix of its own (`n1`), so it can never equal the key of a row that names its
+/// record by `reference_id` (those hash `v1`), and rows of other groups never share one.
+pub fn note_row_key(file: &str, contact_id: &str, group: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["n1", file, contact_id, group, name] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The key of a row by email that creates (or shares) a note (`email` as [`email_key`] makes
+/// it): the parts of [`note_row_key`] under another tag (`n1-email`), so it never equals the key
+/// of a row that gives a contact id, and it does not change when the email resolves.
+///
+/// [`email_key`]: crate::manifest::email_key
+pub fn note_row_key_by_email(file: &str, email: &str, group: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["n1-email", file, email, group, name] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -225,6 +265,23 @@ pub struct StoredRow {
     pub error_kind: Option<FailureKind>,
     pub last_error: Option<String>,
     pub retryable: Option<bool>,
+    pub note: NoteColumns,
+}
+
+/// A row's note columns: the group it belongs to (a valid row with `note_text`), and the three
+/// columns as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NoteColumns {
+    pub group: Option<String>,
+    pub text: Option<String>,
+    pub date: Option<String>,
+    pub key: Option<String>,
+}
+
+impl NoteColumns {
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.text.is_none() && self.date.is_none() && self.key.is_none()
+    }
 }
 
 impl StoredRow {
@@ -263,6 +320,7 @@ pub struct NewRow {
     pub rejected: Option<String>,
     /// Why it is rejected (`invalid`, or what the email's lookup found).
     pub rejected_kind: FailureKind,
+    pub note: NoteColumns,
 }
 
 impl StoredRow {
@@ -309,6 +367,7 @@ impl From<&NewRow> for StoredRow {
             error_kind: n.rejected.is_some().then_some(n.rejected_kind),
             last_error: n.rejected.clone(),
             retryable: None,
+            note: n.note.clone(),
         }
     }
 }
@@ -321,18 +380,24 @@ impl NewRow {
         mtime_ns: i64,
         rejected: Option<String>,
     ) -> Self {
-        let by_email = row.contact_id.is_empty() && !row.contact_email.is_empty();
-        let key = match row.reference_type {
-            Some(t) if by_email => row_key_by_email(
-                &row.file,
-                &crate::manifest::email_key(&row.contact_email),
-                t,
-                &row.reference_id,
-                &row.name,
-            ),
-            Some(t) => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
+        let email = row
+            .by_email()
+            .then(|| crate::manifest::email_key(&row.contact_email));
+        let key = match (row.reference_type, &row.note, &email) {
+            (Some(_), Some(note), Some(email)) => {
+                note_row_key_by_email(&row.file, email, &note.group, &row.name)
+            }
+            (Some(_), Some(note), None) => {
+                note_row_key(&row.file, &row.contact_id, &note.group, &row.name)
+            }
+            (Some(t), None, Some(email)) => {
+                row_key_by_email(&row.file, email, t, &row.reference_id, &row.name)
+            }
+            (Some(t), None, None) => {
+                row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name)
+            }
             // An unknown type: rejected, and recorded with the type as written.
-            None => {
+            (None, _, _) => {
                 let mut fields = vec![
                     row.file.as_bytes(),
                     row.contact_id.as_bytes(),
@@ -362,6 +427,15 @@ impl NewRow {
             reference_id: row.reference_id.clone(),
             name: row.name.clone(),
             rejected,
+            note: match &row.note {
+                Some(n) => NoteColumns {
+                    group: Some(n.group.clone()),
+                    text: Some(n.text.clone()),
+                    date: n.date.clone(),
+                    key: n.key.clone(),
+                },
+                None => NoteColumns::default(),
+            },
         }
     }
 
@@ -385,11 +459,24 @@ impl NewRow {
         if let Some(email) = &email {
             all.push(email);
         }
+        // The note columns count only when one is given: a record of a manifest without them
+        // keeps the key it had before they existed.
+        let has_note = u.note_fields.iter().any(|f| !f.is_empty());
+        if has_note {
+            all.extend(u.note_fields.iter().map(Vec::as_slice));
+        }
         all.extend(u.extra.iter().map(Vec::as_slice));
         let key = raw_row_key(&all);
         let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
             true => escape_bytes(b),
             false => String::from_utf8_lossy(b).into_owned(),
+        };
+        let note_field = |b: &Vec<u8>| (!b.is_empty()).then(|| text(b));
+        let note = NoteColumns {
+            group: None,
+            text: note_field(&u.note_fields[0]),
+            date: note_field(&u.note_fields[1]),
+            key: note_field(&u.note_fields[2]),
         };
         // The path as bytes, so that a file name that is not UTF-8 survives.
         let path = if file.is_empty() {
@@ -417,6 +504,7 @@ impl NewRow {
             name: text(name),
             rejected: Some(reason),
             key,
+            note,
         }
     }
 }
@@ -440,6 +528,7 @@ impl NewRow {
             name: "a.pdf".into(),
             rejected: None,
             rejected_kind: FailureKind::Invalid,
+            note: NoteColumns::default(),
         }
     }
 }
@@ -675,10 +764,14 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
     let now = now();
     let mut insert = conn.prepare_cached(
         "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-                           state, error_kind, last_error, retryable, created_at, updated_at, contact_email)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16)
+                           state, error_kind, last_error, retryable, created_at, updated_at, contact_email,
+                           note_group, note_text, note_date, note_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20)
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
+            -- As written now (a note_key's text may be edited; the key keeps the row's identity).
+            note_text = excluded.note_text,
+            note_date = excluded.note_date,
             path = excluded.path,
             -- A row by email takes the contact its email resolved to now, unless its file may
             -- already be on S3 under the old contact's key (a row by id has its id in its key).
@@ -709,6 +802,8 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
          WHERE rows.line IS NOT excluded.line
             OR rows.path IS NOT excluded.path
             OR rows.contact_email IS NOT excluded.contact_email
+            OR rows.note_text IS NOT excluded.note_text
+            OR rows.note_date IS NOT excluded.note_date
             OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
                 AND rows.contact_id IS NOT excluded.contact_id)
             OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
@@ -744,9 +839,165 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
             retryable,
             now,
             r.contact_email,
+            r.note.group,
+            r.note.text,
+            r.note.date,
+            r.note.key,
         ])?;
     }
+    record_note_groups(conn, rows)?;
     Ok(())
+}
+
+/// Records the note group of every valid row that creates a note (`pending`, nothing sent), and
+/// gives the rows of groups already created their note's id as `reference_id` (a row added to
+/// the manifest later joins its group's note).
+///
+/// A group's contact is the row's `contact_id`: as the manifest gave it, or, for a row by email,
+/// the contact its email resolved to (the lookups run before the rows are recorded). A row by
+/// email whose contact is not known is not valid, so its group is not recorded.
+fn record_note_groups(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO notes (group_key, contact_id, text, date, note_key) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (group_key) DO UPDATE SET
+            text = excluded.text, date = excluded.date, contact_id = excluded.contact_id
+         -- Only while nothing was sent: a note asked for is the note it was asked for.
+         WHERE notes.state = 'pending'
+           AND (notes.text IS NOT excluded.text OR notes.date IS NOT excluded.date
+                OR notes.contact_id IS NOT excluded.contact_id)",
+    )?;
+    let mut any = false;
+    for r in rows
+        .iter()
+        .filter(|r| r.rejected.is_none() && !r.contact_id.is_empty())
+    {
+        let (Some(group), Some(text)) = (&r.note.group, &r.note.text) else {
+            continue;
+        };
+        any = true;
+        insert.execute(params![group, r.contact_id, text, r.note.date, r.note.key])?;
+    }
+    if any {
+        conn.execute(
+            "UPDATE rows SET reference_id = (SELECT note_id FROM notes WHERE group_key = rows.note_group)
+             WHERE note_group IS NOT NULL AND reference_id = ''
+               AND EXISTS (SELECT 1 FROM notes WHERE group_key = rows.note_group AND note_id IS NOT NULL)",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// A note group's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteState {
+    Pending,
+    Intent,
+    Created,
+}
+
+impl NoteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Intent => "intent",
+            Self::Created => "created",
+        }
+    }
+}
+
+/// A note group as the state file holds it.
+#[derive(Clone, Debug)]
+pub struct NoteGroup {
+    pub group: String,
+    pub contact_id: String,
+    pub text: String,
+    pub date: Option<String>,
+    pub key: Option<String>,
+    pub state: NoteState,
+    /// The first intent (`YYYY-MM-DDTHH:MM:SS.mmmZ`, local clock).
+    pub intent_at: Option<String>,
+    pub note_id: Option<String>,
+}
+
+/// The state file's schema version (`user_version`).
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Every note group (none in a state file from before notes).
+pub fn load_notes(conn: &Connection) -> rusqlite::Result<Vec<NoteGroup>> {
+    if schema_version(conn)? < notes_version() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT group_key, contact_id, text, date, note_key, state, intent_at, note_id FROM notes ORDER BY rowid",
+    )?;
+    stmt.query_map([], |r| {
+        let state = match r.get::<_, String>(5)?.as_str() {
+            "intent" => NoteState::Intent,
+            "created" => NoteState::Created,
+            _ => NoteState::Pending,
+        };
+        Ok(NoteGroup {
+            group: r.get(0)?,
+            contact_id: r.get(1)?,
+            text: r.get(2)?,
+            date: r.get(3)?,
+            key: r.get(4)?,
+            state,
+            intent_at: r.get(6)?,
+            note_id: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+/// Commits the intent to create `group`'s note, before `POST /notes` is sent. The first intent's
+/// time is kept: every note this group may have created since is at least that recent.
+pub fn note_intent(conn: &Connection, group: &str) -> rusqlite::Result<String> {
+    let now = now();
+    conn.prepare_cached(
+        "UPDATE notes SET state = 'intent', intent_at = COALESCE(intent_at, ?2)
+         WHERE group_key = ?1 AND state <> 'created'",
+    )?
+    .execute(params![group, now])?;
+    conn.query_row(
+        "SELECT intent_at FROM notes WHERE group_key = ?1",
+        [group],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .map(|at| at.unwrap_or(now))
+}
+
+/// Records `note_id` as `group`'s note (created, or adopted after a lost answer) and gives it to
+/// the group's rows as their `reference_id`. Fails (UNIQUE) if another group holds that note.
+pub fn note_created(
+    conn: &Connection,
+    group: &str,
+    note_id: &str,
+    adopted: bool,
+) -> rusqlite::Result<()> {
+    let changed = conn.execute(
+        "UPDATE notes SET state = 'created', note_id = ?2, created_at = ?3, adopted = ?4
+         WHERE group_key = ?1 AND state <> 'created'",
+        params![group, note_id, now(), adopted],
+    )?;
+    if changed != 1 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    conn.execute(
+        "UPDATE rows SET reference_id = ?2 WHERE note_group = ?1 AND reference_id = ''",
+        params![group, note_id],
+    )?;
+    Ok(())
+}
+
+/// The note ids the groups of this state file hold (a note one of them holds is never adopted
+/// by another).
+pub fn claimed_notes(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare_cached("SELECT note_id FROM notes WHERE note_id IS NOT NULL")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
 }
 
 /// Forgets the rejected rows that the manifest no longer has (`keys` are its rows) and that never
@@ -771,7 +1022,13 @@ pub fn forget_stale_rejected(
 
 const ROW_COLUMNS: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
-     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable";
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     note_group, note_text, note_date, note_key";
+/// As [`ROW_COLUMNS`], for a state file from before notes (read by `status` and `report`).
+const ROW_COLUMNS_BEFORE_NOTES: &str =
+    "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     NULL, NULL, NULL, NULL";
 
 fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
@@ -798,7 +1055,7 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         size: r.get::<_, i64>(4)? as u64,
         mtime_ns: r.get(5)?,
         contact_id: r.get(6)?,
-        contact_email: r.get(18)?,
+        contact_email: r.get(22)?,
         reference_type,
         reference_type_text,
         reference_id: r.get(8)?,
@@ -811,13 +1068,20 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         error_kind: r.get(15)?,
         last_error: r.get(16)?,
         retryable: r.get(17)?,
+        note: NoteColumns {
+            group: r.get(18)?,
+            text: r.get(19)?,
+            date: r.get(20)?,
+            key: r.get(21)?,
+        },
     })
 }
 
 /// Every row the state file holds, in manifest-line order.
 pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
     // `status` and `report` read a state file as it is, without migrating it: one of a version
-    // before contacts by email has no `contact_email` (all its rows give a contact id).
+    // before contacts by email has no `contact_email` (all its rows give a contact id), and one
+    // from before notes has no note columns (schema 1 has neither, 2 the email, 3 both).
     let has_email: bool = conn.query_row(
         "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'contact_email'",
         [],
@@ -828,8 +1092,12 @@ pub fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
     } else {
         "'' AS contact_email"
     };
+    let columns = match schema_version(conn)? < notes_version() {
+        true => ROW_COLUMNS_BEFORE_NOTES,
+        false => ROW_COLUMNS,
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS}, {email} FROM rows ORDER BY line, row_key"
+        "SELECT {columns}, {email} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -1071,6 +1339,7 @@ mod tests {
             name: "a.pdf".into(),
             rejected: rejected.map(str::to_string),
             rejected_kind: FailureKind::Invalid,
+            note: NoteColumns::default(),
         }
     }
 
@@ -1147,6 +1416,190 @@ mod tests {
             [],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_created_note_gives_its_rows_their_reference_id_and_no_note_is_claimed_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        let note_row = |key: &str, group: &str| NewRow {
+            reference_id: String::new(),
+            note: NoteColumns {
+                group: Some(group.into()),
+                text: Some("Hello\r\nthere".into()),
+                date: Some("2024-03-15".into()),
+                key: None,
+            },
+            ..new_row(key, None)
+        };
+        record_rows(&conn, &[note_row("k1", "g1"), note_row("k2", "g2")]).unwrap();
+        let groups = load_notes(&conn).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert!(groups.iter().all(|g| g.state == NoteState::Pending));
+        let first = note_intent(&conn, "g1").unwrap();
+        assert_eq!(
+            note_intent(&conn, "g1").unwrap(),
+            first,
+            "the first intent is kept"
+        );
+        note_created(&conn, "g1", "n1", false).unwrap();
+        let err = note_created(&conn, "g2", "n1", true).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        assert_eq!(
+            claimed_notes(&conn).unwrap(),
+            ["n1".to_string()].into_iter().collect()
+        );
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(rows[0].reference_id, "n1");
+        assert_eq!(rows[0].note.text.as_deref(), Some("Hello\r\nthere"));
+        assert_eq!(rows[1].reference_id, "", "its group has no note yet");
+        // A row added later to a group already created joins its note.
+        record_rows(&conn, &[note_row("k3", "g1")]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(
+            rows.iter().find(|r| r.key == "k3").unwrap().reference_id,
+            "n1"
+        );
+    }
+
+    #[test]
+    fn a_state_file_from_before_notes_is_read_as_it_is_and_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::new(vec![M::up(MIGRATIONS[0].1)])
+                .to_latest(&mut conn)
+                .unwrap();
+            record_rows_before_notes(&conn);
+        }
+        // `status` and `report` read it unchanged.
+        let rows = load_rows(&open_read_only(&path).unwrap()).unwrap();
+        assert_eq!(
+            (rows[0].state, rows[0].note.is_empty()),
+            (RowState::Done, true)
+        );
+        assert!(
+            load_notes(&open_read_only(&path).unwrap())
+                .unwrap()
+                .is_empty()
+        );
+        // `run` migrates it; the done row keeps its key and state.
+        let conn = open(&path).unwrap();
+        record_rows(&conn, &[new_row("k1", None)]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!((rows.len(), rows[0].state), (1, RowState::Done));
+    }
+
+    fn record_rows_before_notes(conn: &Connection) {
+        conn.execute(
+            "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id,
+                 name, state, created_at, updated_at)
+             VALUES ('k1', 2, 'a.pdf', '/x/a.pdf', 10, 1, 'c', 'note', 'n', 'a.pdf', 'done', 't', 't')",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_state_file_of_schema_2_is_read_as_it_is_and_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::new(vec![M::up(MIGRATIONS[0].1), M::up(MIGRATIONS[1].1)])
+                .to_latest(&mut conn)
+                .unwrap();
+            conn.execute(
+                "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type,
+                     reference_id, name, state, created_at, updated_at, contact_email)
+                 VALUES ('k1', 2, 'a.pdf', '/x/a.pdf', 10, 1, 'c', 'note', 'n', 'a.pdf', 'done', 't', 't',
+                     'Ada@X.example')",
+                [],
+            )
+            .unwrap();
+            record_lookup(&conn, "ada@x.example", "c").unwrap();
+        }
+        // `status` and `report` read it unchanged: its row by email, no notes.
+        let read = open_read_only(&path).unwrap();
+        let rows = load_rows(&read).unwrap();
+        assert_eq!(
+            (
+                rows[0].contact_email.as_str(),
+                rows[0].state,
+                rows[0].note.is_empty()
+            ),
+            ("Ada@X.example", RowState::Done, true)
+        );
+        assert!(load_notes(&read).unwrap().is_empty());
+        drop(read);
+        // `run` migrates it: the row keeps its key, state and email, the lookup stays.
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), notes_version());
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(
+            (
+                rows[0].key.as_str(),
+                rows[0].state,
+                rows[0].contact_email.as_str()
+            ),
+            ("k1", RowState::Done, "Ada@X.example")
+        );
+        assert_eq!(load_lookups(&conn).unwrap()["ada@x.example"], "c");
+    }
+
+    #[test]
+    fn an_email_group_is_recorded_with_the_contact_its_email_resolved_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        let row = |contact_id: &str, rejected: Option<&str>| NewRow {
+            contact_id: contact_id.into(),
+            contact_email: "Ada@X.example".into(),
+            reference_id: String::new(),
+            note: NoteColumns {
+                group: Some("g-email".into()),
+                text: Some("Hello".into()),
+                date: None,
+                key: None,
+            },
+            ..new_row("k1", rejected)
+        };
+        // Not resolved (rejected): no group is recorded.
+        record_rows(&conn, &[row("", Some("no contact has the email"))]).unwrap();
+        assert!(load_notes(&conn).unwrap().is_empty());
+        // Resolved: the group's contact is the resolved id.
+        record_rows(&conn, &[row("c1", None)]).unwrap();
+        let groups = load_notes(&conn).unwrap();
+        assert_eq!((groups.len(), groups[0].contact_id.as_str()), (1, "c1"));
+    }
+
+    #[test]
+    fn note_rows_have_keys_of_their_own_and_old_keys_stay() {
+        // The key of a row by reference_id is what it was before notes existed.
+        assert_eq!(
+            row_key("a.pdf", "c", ReferenceType::Note, "n", "a.pdf"),
+            "d4bb064c73d4f61646eeab7cf19f93c9"
+        );
+        let a = note_row_key("a.pdf", "c", "g1", "a.pdf");
+        assert_ne!(a, note_row_key("a.pdf", "c", "g2", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "g1", "a.pdf"));
+        assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "", "a.pdf"));
+    }
+
+    #[test]
+    fn rows_by_email_that_create_notes_have_keys_of_their_own() {
+        let group = crate::manifest::note_group_by_email("a@b.example", "t", None, None);
+        assert_ne!(
+            group,
+            crate::manifest::note_group("a@b.example", "t", None, None)
+        );
+        let a = note_row_key_by_email("a.pdf", "a@b.example", &group, "a.pdf");
+        assert_ne!(a, note_row_key("a.pdf", "a@b.example", &group, "a.pdf"));
+        assert_ne!(
+            a,
+            row_key_by_email("a.pdf", "a@b.example", ReferenceType::Note, "", "a.pdf")
+        );
+        assert_eq!(a.len(), 32);
     }
 
     #[test]

@@ -153,6 +153,16 @@ impl Store {
         self.job(false, f).await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Runs `f`, of any number of statements and all or nothing (in a savepoint of its own), and
+    /// waits until it is committed.
+    pub async fn call_atomic<T, F>(&self, f: F) -> Answer<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.job(true, f).await.unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Runs `f`, of any number of statements and all or nothing, and waits for its commit; for
     /// code that is not async (never call it from inside the runtime).
     pub fn call_blocking<T, F>(&self, f: F) -> Answer<T>

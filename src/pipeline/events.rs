@@ -44,6 +44,19 @@ pub enum Event<'a> {
         row: &'a StoredRow,
         outcome: &'a Outcome,
     },
+    /// A note group's note is recorded: created now, or `adopted` (an earlier attempt created
+    /// it and its answer was lost).
+    NoteCreated {
+        contact_id: &'a str,
+        note_id: &'a str,
+        adopted: bool,
+    },
+    /// A note group's note could not be created; its rows fail.
+    NoteFailed {
+        contact_id: &'a str,
+        rows: usize,
+        error: &'a RemoteError,
+    },
 }
 
 /// A step that succeeded.
@@ -76,6 +89,10 @@ pub struct Counts {
     pub failed: u64,
     /// Rows waiting out a backoff right now.
     pub retrying: u64,
+    /// Notes recorded for note groups in this run (created, or adopted after a lost answer).
+    pub notes_created: u64,
+    /// Of those, the ones adopted.
+    pub notes_adopted: u64,
 }
 
 /// The live counts, changed only by `apply`.
@@ -88,6 +105,8 @@ struct Counters {
     done: AtomicU64,
     failed: AtomicU64,
     retrying: AtomicU64,
+    notes_created: AtomicU64,
+    notes_adopted: AtomicU64,
 }
 
 impl Counters {
@@ -117,7 +136,16 @@ impl Counters {
                 Outcome::Failed { .. } => add(&self.failed, 1),
                 Outcome::NotStarted => {}
             },
-            Event::RowStarted { .. } | Event::StepDone { .. } | Event::StateChanged { .. } => {}
+            Event::NoteCreated { adopted, .. } => {
+                add(&self.notes_created, 1);
+                if *adopted {
+                    add(&self.notes_adopted, 1);
+                }
+            }
+            Event::RowStarted { .. }
+            | Event::StepDone { .. }
+            | Event::StateChanged { .. }
+            | Event::NoteFailed { .. } => {}
         }
     }
 
@@ -131,6 +159,8 @@ impl Counters {
             done: get(&self.done),
             failed: get(&self.failed),
             retrying: get(&self.retrying),
+            notes_created: get(&self.notes_created),
+            notes_adopted: get(&self.notes_adopted),
         }
     }
 }
@@ -225,6 +255,25 @@ fn log(event: &Event<'_>) {
                 warn!("line {}: {} ({kind}): {message}", row.line, row.file)
             }
         },
+        Event::NoteCreated {
+            contact_id,
+            note_id,
+            adopted: false,
+        } => debug!("contact {contact_id}: created note {note_id}"),
+        Event::NoteCreated {
+            contact_id,
+            note_id,
+            adopted: true,
+        } => info!(
+            "contact {contact_id}: note {note_id} was created by an attempt whose answer was lost; adopted, not created again"
+        ),
+        Event::NoteFailed {
+            contact_id,
+            rows,
+            error,
+        } => {
+            warn!("contact {contact_id}: the note for {rows} row(s) could not be created: {error}")
+        }
         Event::ApiCall | Event::StepDone { .. } | Event::BackoffOver { .. } => {}
     }
 }

@@ -1,5 +1,6 @@
-//! API v3 calls: step 1 (the upload form), step 3 (attach), and a record's attachments (to
-//! verify an attach whose answer was lost).
+//! API v3 calls: step 1 (the upload form), step 3 (attach), a record's attachments (to
+//! verify an attach whose answer was lost), and notes (to create the notes rows attach to, and to
+//! list a contact's notes after a lost answer).
 
 use serde_json::Value;
 
@@ -83,6 +84,37 @@ impl RemoteAttachment {
             && !name.is_empty();
         is_key.then(|| format!("{contact}/{stamp}/{name}"))
     }
+}
+
+/// A note as the API shows it (the OpenAPI `Note`, the fields the tool reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteNote {
+    pub id: String,
+    pub contact_id: String,
+    pub text: String,
+    pub date: Option<String>,
+    /// RFC 3339, as the API writes it.
+    pub created_at: Option<String>,
+}
+
+/// One page of `GET /notes`.
+#[derive(Clone, Debug)]
+pub struct NotesPage {
+    pub notes: Vec<RemoteNote>,
+    pub total_count: u64,
+    pub page: u64,
+    pub max_page: u64,
+}
+
+fn parse_note(note: &Value) -> Option<RemoteNote> {
+    let text = |k: &str| note.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(RemoteNote {
+        id: text("id")?,
+        contact_id: text("contact_id").unwrap_or_default(),
+        text: text("text").unwrap_or_default(),
+        date: text("date"),
+        created_at: text("created_at"),
+    })
 }
 
 /// Step 3's request.
@@ -232,6 +264,51 @@ impl Client {
         })
     }
 
+    /// `POST /notes`: a note on `contact_id` with `text` (and `date`, `YYYY-MM-DD`, or the API's
+    /// default, today); returns the new note.
+    pub async fn create_note(
+        &self,
+        contact_id: &str,
+        text: &str,
+        date: Option<&str>,
+    ) -> Result<RemoteNote, RemoteError> {
+        let mut body = serde_json::json!({ "contact_id": contact_id, "text": text });
+        if let Some(date) = date {
+            body["date"] = Value::String(date.to_string());
+        }
+        let request = self
+            .http
+            .post(self.api_url("/notes"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let json = self.api(request).await?;
+        json.pointer("/data/note")
+            .and_then(parse_note)
+            .ok_or_else(|| RemoteError::Protocol {
+                what: "POST /notes",
+                detail: "no data.note.id".into(),
+            })
+    }
+
+    /// `GET /notes?contact_id=&page=&per_page=`: one page of a contact's notes.
+    pub async fn list_notes(
+        &self,
+        contact_id: &str,
+        page: u64,
+        per_page: u64,
+    ) -> Result<NotesPage, RemoteError> {
+        let request = self.http.get(self.api_url("/notes")).query(&[
+            ("contact_id", contact_id),
+            ("page", &page.to_string()),
+            ("per_page", &per_page.to_string()),
+        ]);
+        let json = self.api_capped(request, RECORD_ANSWER_CAP).await?;
+        parse_notes_page(&json).map_err(|detail| RemoteError::Protocol {
+            what: "GET /notes",
+            detail,
+        })
+    }
+
     /// The attachments a note, deal, call or meeting lists.
     pub async fn attachments_of(
         &self,
@@ -290,6 +367,28 @@ fn parse_contacts(json: &Value) -> Result<(Vec<String>, u32), String> {
             .ok_or("data.max_page is not a page number")?,
     };
     Ok((ids, max_page))
+}
+
+fn parse_notes_page(json: &Value) -> Result<NotesPage, String> {
+    let data = json.get("data").ok_or("no data")?;
+    let notes = data
+        .get("notes")
+        .and_then(Value::as_array)
+        .ok_or("no data.notes list")?
+        .iter()
+        .map(|n| {
+            n.get("note")
+                .and_then(parse_note)
+                .ok_or("a note without an id")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let number = |k: &str| data.get(k).and_then(Value::as_u64);
+    Ok(NotesPage {
+        notes,
+        total_count: number("total_count").unwrap_or(0),
+        page: number("page").unwrap_or(1),
+        max_page: number("max_page").unwrap_or(1),
+    })
 }
 
 fn parse_form(json: &Value) -> Result<Form, String> {
@@ -410,6 +509,29 @@ mod tests {
         // The flat shape of another API version is not taken for an empty list.
         assert!(parse_contacts(&json!({"data": [{"id": "a1"}]})).is_err());
         assert!(parse_contacts(&json!({"data": {"contacts": [{"id": "a1"}]}})).is_err());
+    }
+
+    #[test]
+    fn a_notes_page_is_read_from_the_openapi_envelope() {
+        let answer = json!({"status": 0, "message": "OK", "timestamp": 1, "data": {
+            "notes": [{"note": {"id": "n1", "contact_id": "c", "text": "a\r\nb", "date": "2024-03-15",
+                                "created_at": "2024-03-15T10:00:00Z", "author": "Jane D."}}],
+            "total_count": 101, "page": 1, "per_page": 100, "max_page": 2
+        }});
+        let page = parse_notes_page(&answer).unwrap();
+        assert_eq!((page.total_count, page.page, page.max_page), (101, 1, 2));
+        assert_eq!(
+            page.notes,
+            [RemoteNote {
+                id: "n1".into(),
+                contact_id: "c".into(),
+                text: "a\r\nb".into(),
+                date: Some("2024-03-15".into()),
+                created_at: Some("2024-03-15T10:00:00Z".into()),
+            }]
+        );
+        assert!(parse_notes_page(&json!({"data": {"notes": [{"note": {}}]}})).is_err());
+        assert!(parse_notes_page(&json!({"data": {}})).is_err());
     }
 
     #[test]

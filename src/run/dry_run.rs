@@ -25,16 +25,22 @@ pub fn dry_run(
     client: Client,
     checked: &mut Checked,
 ) -> CommandResult {
-    let (known, stored) = read_state(cfg)?;
+    let (known, stored, notes) = read_state(cfg)?;
     // Rows whose email an earlier run resolved know their contact; the others would be looked up.
     let lookups = lookup::to_look_up(&checked.manifest.rows, &known);
     checked.resolved = known;
     let new_rows = manifest_rows(checked);
     let stored = stored.unwrap_or_else(|| new_rows.iter().map(StoredRow::from).collect());
-    let work = Planned {
+    let mut work = Planned {
         work: plan(&new_rows, stored, &cfg.choices).0,
         lookups,
     };
+    // A note whose POST may have been sent is settled by a list of its contact's notes first.
+    let wanted = work.work.notes_to_create();
+    work.work.notes_unsettled = notes
+        .iter()
+        .filter(|g| g.state == checkpoint::NoteState::Intent && wanted.contains_key(&g.group))
+        .count();
     let conn = rusqlite::Connection::open_in_memory().map_err(anyhow::Error::from)?;
     let (store, writer) = checkpoint::store::spawn(conn);
     let ctx = Arc::new(Context::new(client, store.clone(), cfg.settings.clone()));
@@ -78,19 +84,24 @@ impl Planned {
 
 /// What an existing state file says (the emails it resolved, its rows), read without creating
 /// or changing it; nothing when there is none.
-type StateRead = (HashMap<String, String>, Option<Vec<StoredRow>>);
+type StateRead = (
+    HashMap<String, String>,
+    Option<Vec<StoredRow>>,
+    Vec<checkpoint::NoteGroup>,
+);
 
 fn read_state(cfg: &RunConfig) -> Result<StateRead, CommandError> {
     let state = &cfg.state;
     if !state.exists() {
-        return Ok((HashMap::new(), None));
+        return Ok((HashMap::new(), None, Vec::new()));
     }
     let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
     let read = || -> rusqlite::Result<StateRead> {
-        // A state file of a version before lookups has no table for them (it is not migrated
-        // here: a dry run changes nothing).
+        // A state file of a version before lookups or notes has no table for them (it is not
+        // migrated here: a dry run changes nothing).
         let known = checkpoint::load_lookups(&conn).unwrap_or_default();
-        Ok((known, Some(checkpoint::load_rows(&conn)?)))
+        let notes = checkpoint::load_notes(&conn).unwrap_or_default();
+        Ok((known, Some(checkpoint::load_rows(&conn)?), notes))
     };
     read().map_err(|e| {
         CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))
@@ -128,6 +139,7 @@ fn print_json(
         "rejected": work.rejected,
         "contacts_to_look_up": planned.lookups,
         "bytes_to_upload": work.bytes(),
+        "notes_to_create": work.notes_to_create().len(),
         "api_calls": planned.api_calls(),
         "estimated_seconds": estimate(cfg, planned).map(|d| d.as_secs_f64()),
         "error": quota.as_ref().err().map(|e| e.to_string()),
@@ -174,6 +186,10 @@ fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
             "  contacts to look up by email: {} (before any upload)",
             planned.lookups
         )?;
+    }
+    let notes = work.notes_to_create().len();
+    if notes > 0 {
+        writeln!(out, "  notes to create:             {notes}")?;
     }
     writeln!(
         out,

@@ -12,6 +12,7 @@ use super::plan::Work;
 use super::session::Session;
 use crate::checkpoint::{self, StoredRow};
 use crate::error::CommandError;
+use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Outcome, Plan, Stop};
 use crate::preflight::human_bytes;
 use crate::remote::RemoteError;
@@ -83,7 +84,10 @@ async fn drive(
         totals,
         progress::Mode::choose(cfg.no_progress),
     ));
-    let run = pipeline::run_all(ctx.clone(), work.todo.clone(), results);
+    let run = async {
+        let todo = settle_notes(ctx, work, &results).await;
+        pipeline::run_indexed(ctx.clone(), todo, results.clone()).await
+    };
     tokio::pin!(run);
     let interrupted = tokio::select! {
         _ = &mut run => false,
@@ -110,6 +114,83 @@ async fn drive(
     progress.abort();
     let _ = progress.await;
     interrupted
+}
+
+/// The rows of the plan, numbered, after every note group they wait for is settled (its note
+/// created, or adopted after a lost answer): their `reference_id` is then their note's id. The
+/// rows of a group whose note could not be created end here, failed as `note_failed` (or
+/// without an outcome when the run stopped first), and are not returned.
+async fn settle_notes(
+    ctx: &Arc<Context>,
+    work: &Work,
+    results: &pipeline::Results,
+) -> Vec<(usize, (StoredRow, Plan))> {
+    let todo: Vec<(usize, (StoredRow, Plan))> = work.todo.iter().cloned().enumerate().collect();
+    let wanted = work.notes_to_create();
+    if wanted.is_empty() {
+        return todo;
+    }
+    let groups = match ctx.store.call(checkpoint::load_notes).await {
+        Ok(groups) => groups,
+        Err(e) => {
+            let message = format!("cannot read the notes in the state file: {e}");
+            return fail_note_rows(ctx, todo, results, |_| {
+                Some(Settled::Failed {
+                    retryable: true,
+                    message: message.clone(),
+                })
+            });
+        }
+    };
+    let groups: Vec<_> = groups
+        .into_iter()
+        .filter(|g| wanted.contains_key(&g.group))
+        .collect();
+    let settled = pipeline::notes::settle_all(ctx.clone(), groups, wanted).await;
+    fail_note_rows(ctx, todo, results, |group| {
+        Some(settled.get(group).cloned().unwrap_or(Settled::Failed {
+            retryable: true,
+            message: "the note group is not recorded in the state file; rerun".into(),
+        }))
+    })
+}
+
+/// Gives each row waiting for a note its note's id, and ends the rows whose note was not made;
+/// returns the rows to run.
+fn fail_note_rows(
+    ctx: &Context,
+    todo: Vec<(usize, (StoredRow, Plan))>,
+    results: &pipeline::Results,
+    settled: impl Fn(&str) -> Option<Settled>,
+) -> Vec<(usize, (StoredRow, Plan))> {
+    let mut run = Vec::with_capacity(todo.len());
+    for (i, (mut row, plan)) in todo {
+        let waiting = row.reference_id.is_empty();
+        let Some(outcome) = row
+            .note
+            .group
+            .as_deref()
+            .filter(|_| waiting)
+            .and_then(&settled)
+        else {
+            run.push((i, (row, plan)));
+            continue;
+        };
+        let ended = match outcome {
+            Settled::Note(id) => {
+                row.reference_id = id;
+                run.push((i, (row, plan)));
+                continue;
+            }
+            Settled::Failed { retryable, message } => ctx.fail_unstarted(&row, retryable, message),
+            Settled::NotStarted => Outcome::NotStarted,
+        };
+        results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((i, row, ended));
+    }
+    run
 }
 
 /// Stops the run when it stalls (see `pipeline::watch_stall`), and says so at once.

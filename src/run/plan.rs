@@ -114,6 +114,9 @@ pub struct Work {
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
+    /// Note groups whose `POST /notes` may have been sent (in `intent`): each lists its
+    /// contact's notes (at least one call) before it creates its note.
+    pub notes_unsettled: usize,
 }
 
 impl Work {
@@ -125,12 +128,31 @@ impl Work {
         self.todo.iter().map(|(r, _)| r.size).sum()
     }
 
-    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach.
+    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach;
+    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown.
     pub fn api_calls(&self) -> usize {
         self.todo
             .iter()
             .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
-            .sum()
+            .sum::<usize>()
+            + self.notes_to_create().len()
+            + self.notes_unsettled
+    }
+
+    /// The note groups whose rows wait for a note not yet recorded, with their row counts.
+    pub fn notes_to_create(&self) -> HashMap<String, usize> {
+        let mut groups: HashMap<String, usize> = HashMap::new();
+        for (row, _) in &self.todo {
+            if let Some(group) = row
+                .note
+                .group
+                .as_ref()
+                .filter(|_| row.reference_id.is_empty())
+            {
+                *groups.entry(group.clone()).or_default() += 1;
+            }
+        }
+        groups
     }
 }
 

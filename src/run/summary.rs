@@ -58,6 +58,9 @@ pub struct Summary {
     pub api_calls: u64,
     pub retries: u64,
     pub throttles: u64,
+    /// Notes recorded for note groups in this run (created, or adopted after a lost answer).
+    notes_created: u64,
+    notes_adopted: u64,
     stopped: Option<Stopped>,
     /// Why the run stalled (`stopped` is then `"stalled"`), for the readable summary.
     #[serde(skip)]
@@ -197,6 +200,8 @@ impl Summary {
             api_calls: c.api_calls,
             retries: c.retries,
             throttles: c.throttles,
+            notes_created: c.notes_created,
+            notes_adopted: c.notes_adopted,
             stopped,
             stall: ctx.stall_detail().map(str::to_string),
             status,
@@ -261,6 +266,13 @@ impl Summary {
                 self.contacts_not_found,
                 self.contacts_ambiguous
             )?;
+        }
+        if self.notes_created > 0 {
+            let adopted = match self.notes_adopted {
+                0 => String::new(),
+                n => format!(" ({n} adopted after a lost answer)"),
+            };
+            writeln!(out, "  notes created:      {}{adopted}", self.notes_created)?;
         }
         writeln!(
             out,

@@ -29,7 +29,7 @@ pub fn spawn_run(emu: &Emulator, manifest: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn signal(child: &Child, sig: i32) {
+pub fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
 }
 
@@ -385,7 +385,7 @@ pub fn generated(s: &Scratch, n: usize) -> (PathBuf, PathBuf) {
 }
 
 /// Every request the emulator has seen so far, answered or not.
-fn requests_seen(emu: &Emulator) -> u64 {
+pub fn requests_seen(emu: &Emulator) -> u64 {
     emu.state()["requests"]
         .as_object()
         .unwrap()

@@ -10,6 +10,7 @@ mod external_s3;
 mod faults;
 mod hostile_input;
 mod hostile_server;
+mod notes;
 mod run;
 mod shape;
 mod ux;

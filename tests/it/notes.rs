@@ -1,0 +1,483 @@
+//! Notes created from the manifest (`note_text`): each note group gets exactly one note, whatever
+//! is lost or killed on the way, its files all on that note, and a note that was there before
+//! the run is never taken for the run's own.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::common::emulator::Emulator;
+use crate::common::{ID, Scratch, bin, check_json, problems, samples};
+use crate::faults::{finish, requests_seen, signal, spawn_run};
+
+/// A copy of `samples/notes.csv` and the sample files in a scratch folder.
+fn notes_copy() -> (Scratch, PathBuf) {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("files")).unwrap();
+    for entry in std::fs::read_dir(samples().join("files")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), s.path("files").join(entry.file_name())).unwrap();
+    }
+    let manifest = s.path("notes.csv");
+    std::fs::copy(samples().join("notes.csv"), &manifest).unwrap();
+    (s, manifest)
+}
+
+/// The note ids the emulator holds now.
+fn note_ids(state: &Value) -> HashSet<String> {
+    state["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "note")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn md5_hex(path: &Path) -> String {
+    hex::encode(Md5::digest(std::fs::read(path).unwrap()))
+}
+
+/// Every note group of the manifest has exactly one note among the notes made since `before`
+/// (with the group's contact, text and date), no note made since is left that no group accounts
+/// for, and every row's file is attached exactly once: a note row's to its group's note, any
+/// other row's to its record. Returns each group's note id.
+fn assert_notes_exactly_once(
+    state: &Value,
+    manifest: &Path,
+    before: &HashSet<String>,
+) -> HashMap<String, String> {
+    let m = opcrm_import::manifest::read(manifest, Default::default());
+    assert!(m.problems.is_empty(), "{:?}", m.problems);
+    let records = state["records"].as_array().unwrap();
+    let new_notes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "note" && !before.contains(r["id"].as_str().unwrap()))
+        .collect();
+    let mut group_note: HashMap<String, String> = HashMap::new();
+    for row in &m.rows {
+        let Some(note) = &row.note else { continue };
+        if group_note.contains_key(&note.group) {
+            continue;
+        }
+        let matching: Vec<&&Value> = new_notes
+            .iter()
+            .filter(|r| {
+                r["contact_id"] == row.contact_id.as_str()
+                    && r["text"] == note.text.as_str()
+                    && note.date.as_deref().is_none_or(|d| r["date"] == d)
+            })
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "line {}: {} notes for the group of {:?}",
+            row.line,
+            matching.len(),
+            note.text
+        );
+        group_note.insert(
+            note.group.clone(),
+            matching[0]["id"].as_str().unwrap().to_string(),
+        );
+    }
+    let accounted: HashSet<&String> = group_note.values().collect();
+    let strays: Vec<&str> = new_notes
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .filter(|id| !accounted.contains(&id.to_string()))
+        .collect();
+    assert!(strays.is_empty(), "notes no group accounts for: {strays:?}");
+
+    let attachments = state["attachments"].as_array().unwrap();
+    let mut used = vec![false; attachments.len()];
+    for row in &m.rows {
+        let record = match &row.note {
+            Some(note) => group_note[&note.group].clone(),
+            None => row.reference_id.clone(),
+        };
+        let matching: Vec<usize> = attachments
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                a["reference_id"] == record.as_str()
+                    && a["contact_id"] == row.contact_id.as_str()
+                    && a["filename"] == row.name.as_str()
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(matching.len(), 1, "line {}: {}", row.line, row.file);
+        let path = m.path_of(row);
+        assert_eq!(attachments[matching[0]]["md5"], md5_hex(&path).as_str());
+        used[matching[0]] = true;
+    }
+    assert!(used.iter().all(|u| *u), "attachments without a row");
+    group_note
+}
+
+fn run_json(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, Value) {
+    let out = emu
+        .run_cmd(manifest)
+        .args(["--rate", "off", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), doc)
+}
+
+fn request_count(state: &Value, prefix: &str) -> u64 {
+    state["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
+
+#[test]
+fn the_notes_sample_creates_each_note_once_and_a_rerun_sends_nothing() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = notes_copy();
+    let before = note_ids(&emu.state());
+    // The dry run counts the notes and their calls: 2 per row, 1 per note.
+    let (code, plan) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(
+        (&plan["notes_to_create"], &plan["api_calls"]),
+        (&Value::from(5), &Value::from(27))
+    );
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["done_now"], 11);
+    assert_eq!(doc["notes_created"], 5);
+    let state = emu.state();
+    let notes = assert_notes_exactly_once(&state, &manifest, &before);
+    assert_eq!(notes.len(), 5);
+    assert_eq!(request_count(&state, "POST /api/v3/notes "), 5);
+    // The text with commas, quotes, non-ASCII letters and a newline arrived as written.
+    assert!(state["records"].as_array().unwrap().iter().any(|r| {
+        r["text"]
+            == "Besuch bei Müller GmbH, Köln: „Angebot“ besprochen, \"Rabatt\" noch offen\nNächster Schritt: Vertrag (Grace)"
+            && r["date"] == "2024-04-02"
+    }));
+
+    // A rerun sends nothing at all.
+    let total = requests_seen(&emu);
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(
+        (code, &doc["done_before"], &doc["notes_created"]),
+        (0, &Value::from(11), &Value::from(0))
+    );
+    assert_eq!(requests_seen(&emu), total, "the rerun sent requests");
+
+    // status counts the notes; the done report gives each row its note's id.
+    let out = bin()
+        .arg("status")
+        .arg(&manifest)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["notes"]["created"], 5, "{status}");
+    let out = bin()
+        .args(["report", "--only", "done"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let mut report = csv::Reader::from_reader(&out.stdout[..]);
+    let header = report.headers().unwrap().clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        [
+            "file",
+            "contact_id",
+            "reference_type",
+            "reference_id",
+            "name",
+            "note_text",
+            "note_date",
+            "note_key",
+            "attachment_id",
+            "s3_key"
+        ]
+    );
+    let ids: HashSet<String> = notes.values().cloned().collect();
+    let mut note_rows = 0;
+    for record in report.records() {
+        let record = record.unwrap();
+        if !record[5].is_empty() {
+            note_rows += 1;
+            assert!(ids.contains(&record[3]), "{record:?}");
+        }
+    }
+    assert_eq!(note_rows, 10);
+}
+
+#[test]
+fn a_note_already_there_with_the_same_words_is_never_adopted() {
+    let s = Scratch::new();
+    let contact = "5d2f4a0e1c9b8a7f6e5d4c3c";
+    let old = "0123456789abcdef01234567";
+    let seed = s.file(
+        "seed.json",
+        format!(
+            r#"{{"contacts": [{{"id": "{contact}", "notes": [{{"id": "{old}", "text": "Call notes\nfrom 2020", "date": "2020-01-01", "created_at": "2020-01-01T09:00:00Z"}}]}}]}}"#
+        ),
+    );
+    s.file("a.txt", "a file for the note");
+    // The same words and date as the old note, written with CRLF.
+    let manifest = s.manifest(format!(
+        "file,contact_id,note_text,note_date\na.txt,{contact},\"Call notes\r\nfrom 2020\",2020-01-01\n"
+    ));
+    // The first POST /notes is lost before it takes effect: the group is left in `intent`.
+    let emu = Emulator::start_seeded(
+        &seed,
+        &[
+            "--rate-limit",
+            "off",
+            "--fault-at",
+            "POST /api/v3/notes:1:drop-before",
+        ],
+        None,
+    );
+    let (code, doc) = run_json(&emu, &manifest, &["--retries", "0"]);
+    assert_eq!(code, 4, "{doc}");
+    assert_eq!(doc["failures"][0]["kind"], "note_failed", "{doc}");
+    assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
+
+    // The rerun lists the contact's notes, finds only the old one, and creates the note.
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        (&doc["notes_created"], &doc["notes_adopted"]),
+        (&Value::from(1), &Value::from(0))
+    );
+    let state = emu.state();
+    assert!(
+        request_count(&state, "GET /api/v3/notes ") >= 1,
+        "the rerun listed the notes"
+    );
+    let attachments = state["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 1);
+    assert_ne!(
+        attachments[0]["reference_id"], old,
+        "attached to the old note"
+    );
+    let words: Vec<&Value> = state["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "note" && r["contact_id"] == contact)
+        .collect();
+    assert_eq!(words.len(), 2, "the old note and the new one");
+}
+
+#[test]
+fn a_lost_answer_to_post_notes_then_a_rerun_makes_one_note_not_two() {
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--fault-at",
+        "POST /api/v3/notes:1:drop-after",
+    ]);
+    let (_s, manifest) = notes_copy();
+    let before = note_ids(&emu.state());
+    let (code, doc) = run_json(&emu, &manifest, &["--retries", "0", "--concurrency", "1"]);
+    assert_eq!(code, 4, "{doc}");
+    let failed = doc["failures"].as_array().unwrap();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|f| f["kind"] == "note_failed"),
+        "{doc}"
+    );
+    // One note's outcome is unknown: the plan lists the contact's notes, then creates it.
+    let (_, plan) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(plan["notes_to_create"], 1, "{plan}");
+    assert_eq!(plan["to_upload"], failed.len(), "{plan}");
+    assert_eq!(plan["api_calls"], 2 * failed.len() + 2, "{plan}");
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["notes_adopted"], 1, "{doc}");
+    let state = emu.state();
+    assert_eq!(
+        assert_notes_exactly_once(&state, &manifest, &before).len(),
+        5
+    );
+    assert_eq!(
+        request_count(&state, "POST /api/v3/notes "),
+        5,
+        "one POST per note, the lost one included"
+    );
+}
+
+#[test]
+fn a_note_that_cannot_be_created_fails_its_rows_and_the_failed_report_is_a_manifest() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    s.file("b.txt", "b");
+    let grace = "285b4ab0cf8624250f4313ff";
+    let manifest = s.manifest(format!(
+        "file,contact_id,reference_type,reference_id,name,note_text,note_date,note_key\n\
+         a.txt,{ID},,,,\"=Visit, \"\"today\"\"\",2024-03-15,visit\n\
+         b.txt,{grace},,,,Fine,,\n"
+    ));
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["failures"][0]["kind"], "note_failed");
+    assert_eq!(doc["failures"][0]["line"], 2);
+    assert_eq!(doc["done_now"], 1);
+    let fix = s.path("fix.csv");
+    bin()
+        .args(["report", "--only", "failed", "-o"])
+        .arg(&fix)
+        .arg(&manifest)
+        .assert()
+        .success();
+    let (code, doc) = check_json(&fix, &["--offline"]);
+    assert_eq!(code, 0, "{doc}");
+    let m = opcrm_import::manifest::read(&fix, Default::default());
+    let note = m.rows[0].note.as_ref().unwrap();
+    assert_eq!(note.text, "=Visit, \"today\"");
+    assert_eq!(
+        (note.date.as_deref(), note.key.as_deref()),
+        (Some("2024-03-15"), Some("visit"))
+    );
+    assert_eq!(m.rows[0].reference_id, "");
+}
+
+#[test]
+fn check_reports_note_mistakes_with_line_and_column() {
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let long = "x".repeat(7169);
+    let manifest = s.manifest(format!(
+        "file,contact_id,reference_type,reference_id,note_text,note_date,note_key\n\
+         a.txt,{ID},,{ID},Text,,\n\
+         a.txt,{ID},deal,,Text,,\n\
+         a.txt,{ID},,,Text,15.03.2024,\n\
+         a.txt,{ID},,,{long},,\n\
+         a.txt,{ID},,,,,\n\
+         a.txt,{ID},,,One,2024-01-01,k\n\
+         a.txt,{ID},,,Two,2024-01-02,k\n"
+    ));
+    let (code, doc) = check_json(&manifest, &["--offline"]);
+    assert_eq!(code, 2);
+    let got = problems(&doc);
+    let expect = |line: u64, column: &str, kind: &str| {
+        (Some(line), Some(column.to_string()), kind.to_string())
+    };
+    for want in [
+        expect(2, "note_text", "note_conflict"),
+        expect(3, "note_text", "note_conflict"),
+        expect(4, "note_date", "invalid_note_date"),
+        expect(5, "note_text", "note_too_long"),
+        expect(6, "reference_id", "missing_field"),
+        expect(8, "note_text", "note_key_conflict"),
+        expect(8, "note_date", "note_key_conflict"),
+    ] {
+        assert!(got.contains(&want), "{want:?} not in {got:?}");
+    }
+    // The sample is valid, and every manifest without the note columns still is what it was.
+    let (code, doc) = check_json(&samples().join("notes.csv"), &["--offline"]);
+    assert_eq!(
+        (code, &doc["summary"]["errors"]),
+        (0, &Value::from(0)),
+        "{doc}"
+    );
+}
+
+/// `rows` rows over 10 generated contacts in `groups` note groups (every other group by
+/// note_key, the others by text and date), two or three files per note.
+fn generated_notes(s: &Scratch, rows: usize, groups: usize) -> (PathBuf, PathBuf) {
+    let seed = s.file("seed.json", r#"{"generate": {"contacts": 10}}"#);
+    let mut manifest = String::from("file,contact_id,note_text,note_date,note_key\n");
+    for i in 0..rows {
+        s.file(
+            &format!("files/doc-{i:04}.txt"),
+            format!("document {i}\n").repeat(1 + i % 7),
+        );
+        let g = i % groups;
+        let contact = format!("cc{:022x}", g % 10);
+        let (text, key) = match g % 2 {
+            0 => (format!("\"Meeting {g}, notes\nline two\""), format!("k{g}")),
+            _ => (format!("Call {g} — résumé"), String::new()),
+        };
+        manifest.push_str(&format!(
+            "files/doc-{i:04}.txt,{contact},{text},2024-0{}-1{},{key}\n",
+            1 + g % 9,
+            g % 10
+        ));
+    }
+    (seed, s.manifest(manifest))
+}
+
+#[test]
+fn kill_9_and_dropped_answers_during_note_creation_leave_one_note_per_group() {
+    let s = Scratch::new();
+    let (seed, manifest) = generated_notes(&s, 90, 36);
+    let emu = Emulator::start_seeded(
+        &seed,
+        &[
+            "--rate-limit",
+            "off",
+            "--drop-rate",
+            "0.2",
+            "--fault-seed",
+            "5",
+            "--latency-ms",
+            "0..5",
+        ],
+        None,
+    );
+    let before = note_ids(&emu.state());
+    let rng_seed: u64 = rand::rng().random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
+    let (mut rounds, mut kills) = (0, 0);
+    // Killed after a few more requests each time (0 to 12, chosen from progress, not time): the
+    // first kills land among the notes' POSTs and lists, later ones among the rows' steps.
+    while kills < 12 && rounds < 60 {
+        rounds += 1;
+        let target = requests_seen(&emu) + rng.random_range(0..=12);
+        let mut run = spawn_run(&emu, &manifest, &["--concurrency", "4", "--retries", "10"]);
+        while run.try_wait().unwrap().is_none() && requests_seen(&emu) < target {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if run.try_wait().unwrap().is_none() {
+            signal(&run, libc::SIGKILL);
+            kills += 1;
+        }
+        let _ = finish(run);
+    }
+    let mut reruns = 0;
+    loop {
+        reruns += 1;
+        let (code, doc) = run_json(&emu, &manifest, &["--retries", "10"]);
+        match code {
+            0 => break,
+            4 if reruns < 15 => continue,
+            _ => panic!("rerun {reruns} ended {code}: {doc}"),
+        }
+    }
+    let state = emu.state();
+    println!(
+        "notes chaos: seed {rng_seed}, {rounds} rounds, {kills} killed, {reruns} reruns, {} POST /notes",
+        request_count(&state, "POST /api/v3/notes ")
+    );
+    assert!(
+        kills >= 3,
+        "too few runs were killed mid-way: {kills} of {rounds}"
+    );
+    let notes = assert_notes_exactly_once(&state, &manifest, &before);
+    assert_eq!(notes.len(), 36);
+}
