@@ -79,17 +79,27 @@ fn email_sample_attaches_each_row_once_to_its_contact_and_rerun_sends_nothing() 
             "line {}: a row by email",
             row.line
         );
+        let contact = &contacts[&row.contact_email.to_lowercase()];
+        // A row that creates a note (`note_text`) is on a note of its contact with that text.
+        let on_its_note = |a: &Value| match &row.note {
+            None => a["reference_id"] == row.reference_id.as_str(),
+            Some(note) => state["records"].as_array().unwrap().iter().any(|r| {
+                r["id"] == a["reference_id"]
+                    && r["type"] == "note"
+                    && r["contact_id"] == contact.as_str()
+                    && r["text"] == note.text.as_str()
+            }),
+        };
         let on_record: Vec<&Value> = attachments
             .iter()
             .filter(|a| {
-                a["reference_id"] == row.reference_id.as_str()
+                on_its_note(a)
                     && a["reference_type"] == row.reference_type.unwrap().as_str()
                     && a["filename"] == row.name.as_str()
             })
             .collect();
         assert_eq!(on_record.len(), 1, "line {}: {on_record:?}", row.line);
         let a = on_record[0];
-        let contact = &contacts[&row.contact_email.to_lowercase()];
         assert_eq!(a["contact_id"], contact.as_str(), "line {}", row.line);
         assert_eq!(a["size"], std::fs::metadata(&row.path).unwrap().len());
         assert_eq!(a["md5"], md5_hex(&row.path).as_str(), "line {}", row.line);
@@ -118,16 +128,28 @@ fn email_sample_attaches_each_row_once_to_its_contact_and_rerun_sends_nothing() 
         .arg(&manifest)
         .output()
         .unwrap();
-    let report = String::from_utf8(out.stdout).unwrap();
-    let mut lines = report.lines();
+    // (The sample creates notes too: the note columns follow `name`.)
+    let mut report = csv::Reader::from_reader(&out.stdout[..]);
     assert_eq!(
-        lines.next().unwrap(),
-        "file,contact_id,contact_email,reference_type,reference_id,name,attachment_id,s3_key"
+        report
+            .headers()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>()
+            .join(","),
+        "file,contact_id,contact_email,reference_type,reference_id,name,note_text,note_date,note_key,attachment_id,s3_key"
     );
-    for line in lines {
-        let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields[1], contacts[&fields[2].to_lowercase()], "{line}");
+    let mut lines = 0;
+    for record in report.records() {
+        let fields = record.unwrap();
+        assert_eq!(
+            &fields[1],
+            contacts[&fields[2].to_lowercase()],
+            "{fields:?}"
+        );
+        lines += 1;
     }
+    assert_eq!(lines, rows.len());
 }
 
 #[test]
@@ -137,10 +159,12 @@ fn dry_run_counts_the_lookups_in_its_calls_and_after_a_run_none() {
     let (code, plan) = run_json(emu.run_cmd(&manifest).arg("--dry-run"));
     assert_eq!(code, 0, "{plan:#}");
     assert_eq!(plan["contacts_to_look_up"], 4);
-    // Two calls for each of 12 rows, and 4 lookups.
-    assert_eq!(plan["api_calls"], 28);
+    // Two calls for each of 20 rows, 4 lookups, and one call for each of the 4 notes that rows
+    // by email create.
+    assert_eq!(plan["notes_to_create"], 4);
+    assert_eq!(plan["api_calls"], 48);
     let seconds = plan["estimated_seconds"].as_f64().unwrap();
-    assert!((seconds - 28.0 / 4.9).abs() < 0.01, "{seconds}");
+    assert!((seconds - 48.0 / 4.9).abs() < 0.01, "{seconds}");
     assert!(
         emu.requests().keys().all(|k| k.contains("s3_form")),
         "a dry run sends only the quota check: {:?}",
