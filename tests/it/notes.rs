@@ -63,10 +63,11 @@ fn assert_notes_exactly_once(
         if group_note.contains_key(&note.group) {
             continue;
         }
+        let contact = contact_of(state, row);
         let matching: Vec<&&Value> = new_notes
             .iter()
             .filter(|r| {
-                r["contact_id"] == row.contact_id.as_str()
+                r["contact_id"] == contact.as_str()
                     && r["text"] == note.text.as_str()
                     && note.date.as_deref().is_none_or(|d| r["date"] == d)
             })
@@ -104,7 +105,7 @@ fn assert_notes_exactly_once(
             .enumerate()
             .filter(|(_, a)| {
                 a["reference_id"] == record.as_str()
-                    && a["contact_id"] == row.contact_id.as_str()
+                    && a["contact_id"] == contact_of(state, row).as_str()
                     && a["filename"] == row.name.as_str()
             })
             .map(|(i, _)| i)
@@ -116,6 +117,27 @@ fn assert_notes_exactly_once(
     }
     assert!(used.iter().all(|u| *u), "attachments without a row");
     group_note
+}
+
+/// A row's contact: its `contact_id`, or the one contact of the emulator whose email is the
+/// row's (in any letter case).
+fn contact_of(state: &Value, row: &opcrm_import::manifest::Row) -> String {
+    if !row.contact_id.is_empty() {
+        return row.contact_id.clone();
+    }
+    let ids: Vec<&str> = state["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["email"]
+                .as_str()
+                .is_some_and(|e| e.eq_ignore_ascii_case(&row.contact_email))
+        })
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "line {}: {:?}", row.line, row.contact_email);
+    ids[0].to_string()
 }
 
 fn run_json(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, Value) {
@@ -222,6 +244,109 @@ fn the_notes_sample_creates_each_note_once_and_a_rerun_sends_nothing() {
         }
     }
     assert_eq!(note_rows, 10);
+}
+
+#[test]
+fn the_export_from_another_crm_finds_contacts_by_email_creates_each_note_once_and_a_rerun_sends_nothing()
+ {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = crate::common::sample_copy_of("from-another-crm.csv");
+    let before = note_ids(&emu.state());
+    let m = opcrm_import::manifest::read(&manifest, Default::default());
+    let rows = m.rows.len();
+    assert!(m.rows.iter().all(|r| r.by_email()), "every row by email");
+    let groups: HashSet<&str> = m
+        .rows
+        .iter()
+        .filter_map(|r| r.note.as_ref().map(|n| n.group.as_str()))
+        .collect();
+    assert_eq!((rows, groups.len()), (20, 4));
+
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["done_now"], rows);
+    assert_eq!(doc["contacts_resolved"], 4);
+    assert_eq!(doc["notes_created"], 4);
+    let state = emu.state();
+    // Each note once, with its text and date, on the contact its email belongs to; each
+    // group's files on its note; each row's file once.
+    let notes = assert_notes_exactly_once(&state, &manifest, &before);
+    assert_eq!(notes.len(), 4);
+    assert_eq!(request_count(&state, "POST /api/v3/notes "), 4);
+    assert_eq!(
+        request_count(&state, "GET /api/v3/contacts "),
+        4,
+        "one lookup per email"
+    );
+    let grace = "285b4ab0cf8624250f4313ff";
+    let records = state["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| {
+            r["contact_id"] == grace
+                && r["text"]
+                    == "Rückruf von Grace, „dringend“: \"Preise\" prüfen, Termin am Montag\nDanach: Angebot überarbeiten (Alan, Hedy)"
+                && r["date"] == "2024-01-09"
+        }),
+        "the note with commas, quotes and a newline"
+    );
+    // Three letter cases of one email are one contact and one note by note_key.
+    let ada_key = m
+        .rows
+        .iter()
+        .filter_map(|r| r.note.as_ref())
+        .find(|n| n.key.as_deref() == Some("contract-ada"))
+        .unwrap();
+    let on_ada_note = state["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reference_id"] == notes[&ada_key.group].as_str())
+        .count();
+    assert_eq!(on_ada_note, 3);
+
+    // The state file holds each email group's note under the contact the email resolved to.
+    let conn =
+        rusqlite::Connection::open(opcrm_import::run::default_state_path(&manifest)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT group_key, contact_id, state, note_id FROM notes")
+        .unwrap();
+    let recorded: Vec<(String, String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(recorded.len(), 4);
+    for (group, contact, st, note_id) in &recorded {
+        let row = m
+            .rows
+            .iter()
+            .find(|r| r.note.as_ref().is_some_and(|n| &n.group == group))
+            .unwrap();
+        assert_eq!(contact, &contact_of(&state, row), "line {}", row.line);
+        assert_eq!((st.as_str(), note_id), ("created", &notes[group]));
+    }
+    drop(stmt);
+    drop(conn);
+
+    // A rerun looks nothing up, creates nothing, sends nothing at all.
+    let total = requests_seen(&emu);
+    let (code, doc) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        (
+            &doc["done_before"],
+            &doc["notes_created"],
+            &doc["contacts_resolved"],
+            &doc["api_calls"]
+        ),
+        (
+            &Value::from(rows),
+            &Value::from(0),
+            &Value::from(0),
+            &Value::from(0)
+        )
+    );
+    assert_eq!(requests_seen(&emu), total, "the rerun sent requests");
 }
 
 #[test]
