@@ -94,15 +94,21 @@ pub fn row_key(
     reference_id: &str,
     name: &str,
 ) -> String {
-    let mut h = Sha256::new();
-    for part in [
+    tagged_key(&[
         "v1",
         file,
         contact_id,
         reference_type.as_str(),
         reference_id,
         name,
-    ] {
+    ])
+}
+
+/// A hash of `parts` (a tag first), each ended by a NUL so that field boundaries count: the
+/// identity of a row of every kind, told apart by its tag.
+fn tagged_key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -121,31 +127,21 @@ pub fn row_key_by_email(
     reference_id: &str,
     name: &str,
 ) -> String {
-    let mut h = Sha256::new();
-    for part in [
+    tagged_key(&[
         "v1-email",
         file,
         email,
         reference_type.as_str(),
         reference_id,
         name,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
+    ])
 }
 
 /// The key of a row that creates (or shares) a note: a hash of its file, contact, note group and
 /// name under a prefix of its own (`n1`), so it can never equal the key of a row that names its
 /// record by `reference_id` (those hash `v1`), and rows of other groups never share one.
 pub fn note_row_key(file: &str, contact_id: &str, group: &str, name: &str) -> String {
-    let mut h = Sha256::new();
-    for part in ["n1", file, contact_id, group, name] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
+    tagged_key(&["n1", file, contact_id, group, name])
 }
 
 /// The key of a row by email that creates (or shares) a note (`email` as [`email_key`] makes
@@ -154,12 +150,7 @@ pub fn note_row_key(file: &str, contact_id: &str, group: &str, name: &str) -> St
 ///
 /// [`email_key`]: crate::manifest::email_key
 pub fn note_row_key_by_email(file: &str, email: &str, group: &str, name: &str) -> String {
-    let mut h = Sha256::new();
-    for part in ["n1-email", file, email, group, name] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
+    tagged_key(&["n1-email", file, email, group, name])
 }
 
 /// The key of a row recorded as written because it could not be read as a row (a wrong field
