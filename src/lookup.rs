@@ -70,6 +70,15 @@ impl Lookups {
     }
 }
 
+/// The first ten ids of a list, and how many more: a message stays short however many contacts
+/// share one email.
+fn first_ids(ids: &[String]) -> String {
+    match ids.len() {
+        0..=10 => ids.join(", "),
+        n => format!("{} and {} more", ids[..10].join(", "), n - 10),
+    }
+}
+
 /// The distinct emails of the rows that name their contact by a well-formed email, as
 /// [`manifest::email_key`] makes them (so `Ada@X.example` and `ada@x.example` are one).
 pub fn emails(rows: &[Row]) -> BTreeSet<String> {
@@ -176,7 +185,7 @@ pub fn problems(rows: &[Row], lookups: &Lookups) -> Vec<Problem> {
                     "{} contacts have the email {} ({}); give the row the contact_id of the right one instead",
                     ids.len(),
                     shown(&row.contact_email),
-                    ids.join(", ")
+                    first_ids(ids)
                 ),
             ),
             _ => continue,

@@ -220,6 +220,10 @@ fn group_hash(
 ) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    // The words as the API keeps them (line ends made LF, no surrounding space): texts that
+    // differ only so would make notes that look the same, so they are one group.
+    let text = crate::onepagecrm::normalize_line_ends(text);
+    let text = text.trim();
     let parts: Vec<&str> = match key {
         Some(key) => vec![tag, contact, "key", key],
         None => vec![tag, contact, "text", text, date.unwrap_or("")],
@@ -1009,7 +1013,7 @@ fn note_spec(
             "note_date",
             ProblemKind::InvalidNoteDate,
             format!(
-                "{} is not a date written YYYY-MM-DD (e.g. 2024-03-15)",
+                "{} is not a real day written YYYY-MM-DD (e.g. 2024-03-15)",
                 shown(d)
             ),
         );
@@ -1049,7 +1053,8 @@ fn check_note_keys(rows: &[Row], problems: &mut Vec<Problem>) {
             continue;
         };
         let key = note.key.as_deref().unwrap_or_default();
-        if seen.text != note.text {
+        let words = |t: &str| crate::onepagecrm::normalize_line_ends(t).trim().to_string();
+        if words(&seen.text) != words(&note.text) {
             problems.push(Problem::error(
                 Some(row.line),
                 Some("note_text"),
@@ -1383,6 +1388,15 @@ mod tests {
                 (5, Some("name"), ProblemKind::InvalidName),
             ]
         );
+    }
+
+    #[test]
+    fn texts_that_differ_only_in_line_ends_or_surrounding_space_are_one_note_group() {
+        let g = |t: &str| note_group("c", t, None, None);
+        assert_eq!(g("Hello\r\nWorld"), g("Hello\nWorld"));
+        assert_eq!(g("Hello\rWorld"), g("Hello\nWorld"));
+        assert_eq!(g("Trail  "), g("Trail"));
+        assert_ne!(g("Hello World"), g("Hello\nWorld"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ExitStatus;
-use crate::checkpoint::{self, RowState, StoredRow};
+use crate::checkpoint::{self, NoteState, RowState, StoredRow};
 use crate::cli::{ReportArgs, ReportOnly};
 use crate::error::{CommandError, CommandResult};
 use crate::manifest;
@@ -99,9 +99,10 @@ pub fn run(args: &ReportArgs) -> CommandResult {
         Ok((
             checkpoint::load_rows(&conn)?,
             checkpoint::manifest_of(&conn)?,
+            checkpoint::load_notes(&conn)?,
         ))
     };
-    let (rows, recorded_manifest) = match read() {
+    let (rows, recorded_manifest, groups) = match read() {
         Ok(read) => read,
         Err(e) => {
             return Err(CommandError::stopped(format!(
@@ -111,8 +112,14 @@ pub fn run(args: &ReportArgs) -> CommandResult {
         }
     };
     drop(conn);
+    let notes = Notes(
+        groups
+            .into_iter()
+            .map(|g| (g.group, (g.state, g.note_id)))
+            .collect(),
+    );
     if args.only == ReportOnly::Failed {
-        tell_held_back(&rows, recorded_manifest.as_deref());
+        tell_held_back(&rows, &notes, recorded_manifest.as_deref());
     }
     let manifest_dir = recorded_manifest
         .as_deref()
@@ -121,7 +128,13 @@ pub fn run(args: &ReportArgs) -> CommandResult {
     let dir = report_dir(args.output.as_deref());
 
     let only = args.only;
-    let write = |sink: &mut dyn Write| write_rows(sink, &rows, only, manifest_dir.as_deref(), &dir);
+    let write = |sink: &mut dyn Write| {
+        let place = Place {
+            manifest_dir: manifest_dir.as_deref(),
+            dir: &dir,
+        };
+        write_rows(sink, &rows, &notes, only, place)
+    };
 
     let Some(out) = &args.output else {
         let mut stdout = io::stdout().lock();
@@ -152,9 +165,47 @@ pub fn run(args: &ReportArgs) -> CommandResult {
     Ok(ExitStatus::Success)
 }
 
+/// The note groups of a state file: each one's state and, once made, its note.
+struct Notes(std::collections::HashMap<String, (NoteState, Option<String>)>);
+
+impl Notes {
+    /// The note a row's group already has, if any (a fix file attaches to it: a new state file
+    /// would otherwise create a second note for the group).
+    fn made(&self, row: &StoredRow) -> Option<&str> {
+        let group = row.note.group.as_deref()?;
+        match self.0.get(group) {
+            Some((NoteState::Created, Some(id))) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether a failed row is settled only by a rerun of its own state file: its attach may
+    /// have taken effect, or its group's note may have been made (an answer lost). A note the
+    /// API refused (the row failed for good) was not made: its rows are for the fix file.
+    fn held_back(&self, row: &StoredRow) -> bool {
+        let note_in_doubt = row.reference_id.is_empty()
+            && row.retryable != Some(false)
+            && row
+                .note
+                .group
+                .as_deref()
+                .and_then(|g| self.0.get(g))
+                .is_some_and(|(state, _)| *state == NoteState::Intent);
+        matches!(row.state, RowState::Failed | RowState::Rejected)
+            && (row.may_be_attached() || note_in_doubt)
+    }
+}
+
+/// Where the files of a report's rows are, and the folder they are written relative to.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    manifest_dir: Option<&'a Path>,
+    dir: &'a Path,
+}
+
 /// Says which failed rows the fix file leaves out, and what settles them instead.
-fn tell_held_back(rows: &[StoredRow], manifest: Option<&str>) {
-    let held: Vec<&StoredRow> = rows.iter().filter(|r| r.may_be_attached()).collect();
+fn tell_held_back(rows: &[StoredRow], notes: &Notes, manifest: Option<&str>) {
+    let held: Vec<&StoredRow> = rows.iter().filter(|r| notes.held_back(r)).collect();
     if held.is_empty() {
         return;
     }
@@ -167,7 +218,7 @@ fn tell_held_back(rows: &[StoredRow], manifest: Option<&str>) {
         format!("`opcrm-import run {m}` (with the run's flags)")
     });
     eprintln!(
-        "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, so a fix file would attach them again. Rerun {rerun} to settle them; for those failed as attach_unsettled, look at their records first (README: \"How the check after a lost step-3 answer decides\")",
+        "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, or their note may have been made with its answer lost, so a fix file (a state file of its own) would attach or create them again. Rerun {rerun} to settle them; for those failed as attach_unsettled, look at their records first (README: \"How the check after a lost step-3 answer decides\")",
         held.len(),
         if held.len() == 1 {
             "row is"
@@ -183,15 +234,15 @@ fn tell_held_back(rows: &[StoredRow], manifest: Option<&str>) {
 fn write_rows(
     sink: &mut dyn Write,
     rows: &[StoredRow],
+    groups: &Notes,
     only: ReportOnly,
-    manifest_dir: Option<&Path>,
-    dir: &Path,
+    Place { manifest_dir, dir }: Place<'_>,
 ) -> io::Result<usize> {
     let keep = |r: &StoredRow| match only {
-        // A row whose attach may have taken effect is settled by a rerun of its own manifest,
-        // never by a fix file (a new state file would upload and attach it again).
+        // A row whose attach (or note) may have taken effect is settled by a rerun of its own
+        // manifest, never by a fix file (a new state file would do it again).
         ReportOnly::Failed => {
-            matches!(r.state, RowState::Failed | RowState::Rejected) && !r.may_be_attached()
+            matches!(r.state, RowState::Failed | RowState::Rejected) && !groups.held_back(r)
         }
         ReportOnly::Done => r.state == RowState::Done,
         ReportOnly::All => true,
@@ -213,8 +264,15 @@ fn write_rows(
         };
         // A row that creates a note gets its note's id as `reference_id` once the note is made;
         // the failed report gives the row back as written (no id), so that it stays valid.
-        let reference_id = match (only, &row.note.text) {
-            (ReportOnly::Failed, Some(_)) if !row.is_raw() => Vec::new(),
+        // A row whose group's note is made attaches to that note: the fix file names it (and
+        // leaves the note columns empty), so that the group keeps one note.
+        let made = match only {
+            ReportOnly::Failed if !row.is_raw() => groups.made(row),
+            _ => None,
+        };
+        let reference_id = match (only, &row.note.text, made) {
+            (_, _, Some(id)) => id.as_bytes().to_vec(),
+            (ReportOnly::Failed, Some(_), None) if !row.is_raw() => Vec::new(),
             _ => row.field_bytes(&row.reference_id),
         };
         let mut record = vec![
@@ -229,7 +287,10 @@ fn write_rows(
         }
         let text = |v: &Option<String>| v.clone().unwrap_or_default().into_bytes();
         if notes {
-            let note = |v: &Option<String>| row.field_bytes(v.as_deref().unwrap_or_default());
+            let note = |v: &Option<String>| match made {
+                Some(_) => Vec::new(),
+                None => row.field_bytes(v.as_deref().unwrap_or_default()),
+            };
             record.extend([
                 note(&row.note.text),
                 note(&row.note.date),

@@ -61,30 +61,53 @@ pub fn normalized(text: &str) -> String {
 }
 
 /// Whether `note` may be the one this group's lost attempt created: same words and date,
-/// created no earlier than `intent_at` less the clock skew, held by no group of this state file.
+/// created no earlier than `intent_at` (on the server's clock) less the clock skew, held by no
+/// group of this state file. A group without a date takes the API's default, the day the note
+/// was made: a note dated otherwise was made by a dated group or a person, never by it.
 pub fn adoptable(
     note: &RemoteNote,
     group: &NoteGroup,
     intent_at: DateTime<Utc>,
     claimed: &std::collections::HashSet<String>,
 ) -> bool {
-    let Some(created) = note
-        .created_at
-        .as_deref()
-        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-    else {
+    let Some(created) = created_at(note) else {
         // When it was made cannot be told: it may have been there before; never taken.
         return false;
     };
     let date_matches = match &group.date {
         Some(date) => note.date.as_deref() == Some(date.as_str()),
-        // The API's default date: any; the time window tells ours from older ones.
-        None => true,
+        None => note
+            .date
+            .as_deref()
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            // The day in the server's time zone: within a day of the UTC day it was made.
+            .is_some_and(|d| (d - created.date_naive()).num_days().abs() <= 1),
     };
     date_matches
-        && created.with_timezone(&Utc) >= intent_at - CLOCK_SKEW
+        && created >= intent_at - CLOCK_SKEW
         && !claimed.contains(&note.id)
         && normalized(&note.text) == normalized(&group.text)
+}
+
+fn created_at(note: &RemoteNote) -> Option<DateTime<Utc>> {
+    note.created_at
+        .as_deref()
+        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Of the adoptable notes, the one most likely this group's own: the first made at or after
+/// the intent (another state file's note of the same words made earlier is not it), else the
+/// last one made before it, within the skew.
+fn likeliest(mut found: Vec<&RemoteNote>, intent_at: DateTime<Utc>) -> Option<&RemoteNote> {
+    found.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
+    let after = found
+        .iter()
+        .position(|n| created_at(n).is_some_and(|c| c >= intent_at));
+    match after {
+        Some(i) => Some(found[i]),
+        None => found.last().copied(),
+    }
 }
 
 /// Settles every group (creates or adopts its note), `--concurrency` at once; groups of one
@@ -95,10 +118,15 @@ pub async fn settle_all(
     groups: Vec<NoteGroup>,
     rows: HashMap<String, usize>,
 ) -> HashMap<String, Settled> {
-    let mut families: BTreeMap<(String, String, Option<String>), Vec<NoteGroup>> = BTreeMap::new();
+    // One contact's groups of the same words are settled one after the other, dated ones first:
+    // a group without a date would otherwise race a dated one for the same note.
+    let mut families: BTreeMap<(String, String), Vec<NoteGroup>> = BTreeMap::new();
     for g in groups {
-        let family = (g.contact_id.clone(), normalized(&g.text), g.date.clone());
+        let family = (g.contact_id.clone(), normalized(&g.text));
         families.entry(family).or_default().push(g);
+    }
+    for family in families.values_mut() {
+        family.sort_by_key(|g| g.date.is_none());
     }
     let queue = Arc::new(Mutex::new(families.into_values().collect::<VecDeque<_>>()));
     let settled = Arc::new(Mutex::new(HashMap::new()));
@@ -210,10 +238,17 @@ async fn settle_group(ctx: &Context, group: &NoteGroup) -> Result<String, RowErr
 async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowError> {
     let mut notes = Vec::new();
     let mut page = 1;
+    // How far the server's clock is ahead of ours, from its first answer (0 when it says not).
+    let mut offset = chrono::Duration::zero();
     loop {
         let listed = ctx
             .api(|| ctx.client.list_notes(&group.contact_id, page, PER_PAGE))
             .await?;
+        if page == 1
+            && let Some(server) = listed.server_time
+        {
+            offset = chrono::Duration::seconds(server - Utc::now().timestamp());
+        }
         let empty = listed.notes.is_empty();
         notes.extend(listed.notes);
         if empty || page >= listed.max_page || page >= MAX_PAGES {
@@ -242,13 +277,15 @@ async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowEr
         // No intent was ever committed, so nothing was ever sent.
         return Ok(None);
     };
-    let mut found: Vec<&RemoteNote> = notes
+    // The intent on the server's clock, which stamps `created_at`: a server minutes behind or
+    // ahead of this machine is measured, not only allowed for by the skew.
+    let intent_at = intent_at + offset;
+    let found: Vec<&RemoteNote> = notes
         .iter()
         .filter(|n| n.contact_id.is_empty() || n.contact_id == group.contact_id)
         .filter(|n| adoptable(n, group, intent_at, &claimed))
         .collect();
-    found.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-    let Some(note) = found.first() else {
+    let Some(note) = likeliest(found, intent_at) else {
         return Ok(None);
     };
     record(ctx, group, &note.id, true).await?;
@@ -364,10 +401,37 @@ mod tests {
         assert!(!adoptable(&other_text, &g, intent, &none));
         let claimed = ["n1".to_string()].into_iter().collect();
         assert!(!adoptable(&ours, &g, intent, &claimed), "another group's");
-        let undated = RemoteNote {
+        let unknown_time = RemoteNote {
             created_at: None,
             ..ours.clone()
         };
-        assert!(!adoptable(&undated, &g, intent, &none));
+        assert!(!adoptable(&unknown_time, &g, intent, &none));
+    }
+
+    #[test]
+    fn a_group_without_a_date_takes_only_a_note_dated_the_day_it_was_made() {
+        let intent: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+        let g = group("Lunch", None);
+        let none = Default::default();
+        let today = note("n1", "Lunch", "2026-11-30", "2026-11-30T10:00:01Z");
+        assert!(adoptable(&today, &g, intent, &none));
+        let dated = note("n2", "Lunch", "2024-01-01", "2026-11-30T10:00:01Z");
+        assert!(
+            !adoptable(&dated, &g, intent, &none),
+            "a dated group's note"
+        );
+    }
+
+    #[test]
+    fn the_note_made_after_the_intent_is_preferred_to_an_older_one_of_the_same_words() {
+        let intent: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+        let other_run = note("a", "Lunch", "2026-11-30", "2026-11-30T09:58:00Z");
+        let ours = note("b", "Lunch", "2026-11-30", "2026-11-30T10:00:02Z");
+        let later = note("c", "Lunch", "2026-11-30", "2026-11-30T10:03:00Z");
+        let picked = likeliest(vec![&other_run, &later, &ours], intent).unwrap();
+        assert_eq!(picked.id, "b");
+        // Only older ones (a server clock behind ours): the latest of them.
+        let older = note("d", "Lunch", "2026-11-30", "2026-11-30T09:59:00Z");
+        assert_eq!(likeliest(vec![&other_run, &older], intent).unwrap().id, "d");
     }
 }

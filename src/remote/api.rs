@@ -104,6 +104,8 @@ pub struct NotesPage {
     pub total_count: u64,
     pub page: u64,
     pub max_page: u64,
+    /// The envelope's `timestamp`: the server's clock when it answered (Unix seconds).
+    pub server_time: Option<i64>,
 }
 
 fn parse_note(note: &Value) -> Option<RemoteNote> {
@@ -388,6 +390,7 @@ fn parse_notes_page(json: &Value) -> Result<NotesPage, String> {
         total_count: number("total_count").unwrap_or(0),
         page: number("page").unwrap_or(1),
         max_page: number("max_page").unwrap_or(1),
+        server_time: json.get("timestamp").and_then(Value::as_i64),
     })
 }
 

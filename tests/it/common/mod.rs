@@ -46,7 +46,12 @@ pub fn unprivileged_bin(s: &Scratch) -> Command {
         return bin();
     }
     let exe = s.path("opcrm-import");
-    std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
+    // A hard link, not a copy, where it can be: a copy is written through a file descriptor
+    // that a child forked meanwhile by another test thread may still hold, and exec then fails
+    // with "Text file busy".
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_opcrm-import"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_opcrm-import"), &exe).unwrap();
+    }
     set_mode(&exe, 0o755);
     set_mode(s.dir.path(), 0o755);
     let mut cmd = Command::new("setpriv");
