@@ -343,6 +343,11 @@ pub struct EmulatorArgs {
     #[arg(long, value_enum, value_name = "MODEL", default_value_t = crate::emulator::faults::ThrottleModel::Rack)]
     pub throttle_model: crate::emulator::faults::ThrottleModel,
 
+    /// Step 3 refuses (400, naming `key`) a second key made from one step-1 answer's timestamp:
+    /// one form, one upload.
+    #[arg(long)]
+    pub single_use_forms: bool,
+
     /// Share of requests answered with an error (API 500, S3 503 SlowDown), 0 to 1.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate: f64,

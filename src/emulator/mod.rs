@@ -49,6 +49,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// How `rate_limit` is read: `rack` (as OnePageCRM), `gcra` or `window`.
     pub throttle_model: ThrottleModel,
+    /// Step 3 refuses a second key made from one step-1 answer's timestamp (one form, one upload).
+    pub single_use_forms: bool,
     pub faults: FaultConfig,
     pub form_ttl: Duration,
     pub data_dir: Option<PathBuf>,
@@ -99,6 +101,7 @@ impl Config {
             seed: None,
             rate_limit: Some(RateLimit::ONEPAGECRM),
             throttle_model: ThrottleModel::default(),
+            single_use_forms: false,
             faults: FaultConfig::default(),
             form_ttl: Duration::from_secs(3600),
             data_dir: None,
