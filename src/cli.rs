@@ -337,6 +337,17 @@ pub struct EmulatorArgs {
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
     pub rate_limit: std::option::Option<crate::emulator::faults::RateLimit>,
 
+    /// How the throttle reads R/B: `rack` (OnePageCRM's: a leaky bucket leaking R/s that every
+    /// request, refused ones too, fills by 1 up to B; refused at B, so B-1 pass in a burst),
+    /// `gcra` (B in a burst, then one every 1/R s) or `window` (at most B accepted in any B/R s).
+    #[arg(long, value_enum, value_name = "MODEL", default_value_t = crate::emulator::faults::ThrottleModel::Rack)]
+    pub throttle_model: crate::emulator::faults::ThrottleModel,
+
+    /// Step 3 refuses (400, naming `key`) a second key made from one step-1 answer's timestamp:
+    /// one form, one upload.
+    #[arg(long)]
+    pub single_use_forms: bool,
+
     /// Share of requests answered with an error (API 500, S3 503 SlowDown), 0 to 1.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate: f64,

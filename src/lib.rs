@@ -108,6 +108,8 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
     let mut config = emulator::Config::new(listen);
     config.seed = args.seed;
     config.rate_limit = args.rate_limit;
+    config.throttle_model = args.throttle_model;
+    config.single_use_forms = args.single_use_forms;
     config.faults = emulator::faults::FaultConfig {
         fault_rate: args.fault_rate,
         drop_rate: args.drop_rate,

@@ -178,11 +178,11 @@ pub async fn s3_form(
             "x-ignore-pattern": format!("{contact_id}/__timestamp__/${{filename}}"),
         }
     });
-    ok_at(
-        StatusCode::OK,
-        data,
-        app.config.form_timestamp.unwrap_or(now.timestamp()),
-    )
+    let timestamp = app.config.form_timestamp.unwrap_or(now.timestamp());
+    if app.config.single_use_forms {
+        app.state().forms.handed_out(contact_id, timestamp);
+    }
+    ok_at(StatusCode::OK, data, timestamp)
 }
 
 /// `200 GB`, `1024MB`: the way OnePageCRM shows a quota.
@@ -280,6 +280,16 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
 
     let mut guard = app.state();
     let state: &mut State = &mut guard;
+    if app.config.single_use_forms
+        && let Err(timestamp) = state.forms.check(&contact_id, &key)
+    {
+        return invalid(
+            "key",
+            &format!(
+                "was made from the form of timestamp {timestamp}, which already carried another upload (one form, one upload)"
+            ),
+        );
+    }
     if size > state.storage_left {
         return error(
             StatusCode::FORBIDDEN,
@@ -311,6 +321,11 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         app.attachment_url(&attachment),
         app.clock.now(),
     );
+    if app.config.single_use_forms {
+        state
+            .forms
+            .attached(&attachment.contact_id, &attachment.key);
+    }
     state.storage_left -= size;
     state
         .records

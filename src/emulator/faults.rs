@@ -2,12 +2,16 @@
 //! injected faults (errors, dropped connections, slow answers) drawn from one seeded generator so
 //! that a sequence of requests meets the same faults on every run with the same `--fault-seed`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock as _, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -63,26 +67,178 @@ pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
     Ok((min, max))
 }
 
-/// One limiter per client (its user id, or its address before it authenticates).
-pub struct Throttle {
-    limiter: DefaultKeyedRateLimiter<String>,
+/// `--throttle-model`: which reading of "R requests/s on average in bursts of B" the emulator's
+/// API throttle applies, per client. Each is a pure [`Model`] that takes the time of each request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ThrottleModel {
+    /// improved-rack-throttle's `SlidingWindow`, as OnePageCRM documents its throttle: a leaky
+    /// bucket that refused requests fill too (see [`LeakyBuckets`]).
+    #[default]
+    Rack,
+    /// The generic cell rate algorithm of the `governor` crate (see [`Gcra`]).
+    Gcra,
+    /// At most B accepted requests in any B/R seconds (see [`SlidingWindows`]).
+    Window,
 }
 
-impl Throttle {
+/// improved-rack-throttle's `SlidingWindow` limiter (`lib/rack/throttle/limiters/sliding_window.rb`),
+/// one bucket per client; its level starts at 0. On each request at time `now`, refused ones too:
+///
+/// 1. the level leaks R per second since the client's previous request (never below 0);
+/// 2. the level grows by 1, capped at B;
+/// 3. the request is refused when the level has reached B, i.e. when the level after leaking was
+///    B - 1 or more; otherwise it passes.
+///
+/// So from an empty bucket B - 1 requests pass in a burst (9 at 5/10), and a refused request still
+/// fills the bucket: a client that keeps knocking faster than R per second while refused stays out.
+#[derive(Debug)]
+pub struct LeakyBuckets {
+    limit: RateLimit,
+    /// Per client: its level, and when it last changed.
+    levels: HashMap<String, (f64, Duration)>,
+}
+
+impl LeakyBuckets {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            levels: HashMap::new(),
+        }
+    }
+
+    /// Whether `client`'s request at `now` (time since any fixed start) passes.
+    pub fn admit(&mut self, client: &str, now: Duration) -> bool {
+        let burst = f64::from(self.limit.burst);
+        let (level, last) = self.levels.entry(client.to_string()).or_insert((0.0, now));
+        let elapsed = now.saturating_sub(*last).as_secs_f64();
+        *level = (*level - self.limit.per_second * elapsed).max(0.0);
+        *last = (*last).max(now);
+        *level = (*level + 1.0).min(burst);
+        *level < burst
+    }
+
+    /// `client`'s level after its last request (0 for a client never seen), for tests.
+    pub fn level(&self, client: &str) -> f64 {
+        self.levels.get(client).map_or(0.0, |(level, _)| *level)
+    }
+}
+
+/// The `governor` crate's keyed GCRA, the emulator's throttle before `--throttle-model`: a
+/// request passes when the client's theoretical arrival time is at most (B - 1) / R seconds
+/// ahead of `now`; each passing request moves it 1/R later; a refused request changes nothing.
+/// So B pass in a burst from rest, then one every 1/R seconds.
+pub struct Gcra {
+    limiter: RateLimiter<
+        String,
+        DefaultKeyedStateStore<String>,
+        FakeRelativeClock,
+        NoOpMiddleware<Nanos>,
+    >,
+    clock: FakeRelativeClock,
+}
+
+impl Gcra {
     pub fn new(limit: RateLimit) -> Self {
         let period = Duration::from_secs_f64(1.0 / limit.per_second);
         let burst = NonZeroU32::new(limit.burst).expect("burst checked above zero");
         let quota = Quota::with_period(period)
             .expect("period above zero")
             .allow_burst(burst);
+        let clock = FakeRelativeClock::default();
         Self {
-            limiter: RateLimiter::keyed(quota),
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
+        }
+    }
+
+    /// Whether `client`'s request at `now` passes (the clock never goes back).
+    pub fn admit(&mut self, client: &str, now: Duration) -> bool {
+        let at = Duration::from(self.clock.now());
+        if now > at {
+            self.clock.advance(now - at);
+        }
+        self.limiter.check_key(&client.to_string()).is_ok()
+    }
+}
+
+/// The strictest reading of "R/s in bursts of B", per client: a request at `now` passes when fewer
+/// than B of the client's accepted requests fall in the window (now - B/R s, now]; a request
+/// accepted at t leaves the window at exactly t + B/R. Refused requests are not counted.
+#[derive(Debug)]
+pub struct SlidingWindows {
+    burst: usize,
+    window: Duration,
+    accepted: HashMap<String, VecDeque<Duration>>,
+}
+
+impl SlidingWindows {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            burst: limit.burst as usize,
+            window: Duration::from_secs_f64(f64::from(limit.burst) / limit.per_second),
+            accepted: HashMap::new(),
+        }
+    }
+
+    /// Whether `client`'s request at `now` passes.
+    pub fn admit(&mut self, client: &str, now: Duration) -> bool {
+        let times = self.accepted.entry(client.to_string()).or_default();
+        while times.front().is_some_and(|t| *t + self.window <= now) {
+            times.pop_front();
+        }
+        let pass = times.len() < self.burst;
+        if pass {
+            times.push_back(now);
+        }
+        pass
+    }
+}
+
+/// One throttle model, fed explicit times.
+pub enum Model {
+    Rack(LeakyBuckets),
+    Gcra(Gcra),
+    Window(SlidingWindows),
+}
+
+impl Model {
+    pub fn new(model: ThrottleModel, limit: RateLimit) -> Self {
+        match model {
+            ThrottleModel::Rack => Self::Rack(LeakyBuckets::new(limit)),
+            ThrottleModel::Gcra => Self::Gcra(Gcra::new(limit)),
+            ThrottleModel::Window => Self::Window(SlidingWindows::new(limit)),
+        }
+    }
+
+    /// Whether `client`'s request at `now` (time since the throttle started) passes.
+    pub fn admit(&mut self, client: &str, now: Duration) -> bool {
+        match self {
+            Self::Rack(m) => m.admit(client, now),
+            Self::Gcra(m) => m.admit(client, now),
+            Self::Window(m) => m.admit(client, now),
+        }
+    }
+}
+
+/// The API's throttle: one model, read against a monotonic clock, for every client (its user id,
+/// or its address before it authenticates).
+pub struct Throttle {
+    start: Instant,
+    model: Mutex<Model>,
+}
+
+impl Throttle {
+    pub fn new(model: ThrottleModel, limit: RateLimit) -> Self {
+        Self {
+            start: Instant::now(),
+            model: Mutex::new(Model::new(model, limit)),
         }
     }
 
     /// True when the client may go ahead now.
     pub fn admit(&self, client: &str) -> bool {
-        self.limiter.check_key(&client.to_string()).is_ok()
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        model.admit(client, self.start.elapsed())
     }
 }
 
@@ -267,12 +423,116 @@ mod tests {
         assert!(parse_latency("50..10").is_err());
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn throttle_allows_the_burst_then_refuses() {
-        let t = Throttle::new(RateLimit::ONEPAGECRM);
-        assert!((0..10).all(|_| t.admit("a")));
-        assert!(!t.admit("a"));
-        assert!(t.admit("b"), "each client has its own bucket");
+    fn rack_passes_nine_in_a_burst_from_empty() {
+        let mut rack = LeakyBuckets::new(RateLimit::ONEPAGECRM);
+        let passed: Vec<bool> = (0..12).map(|_| rack.admit("a", ms(0))).collect();
+        assert_eq!(passed, [[true; 9].as_slice(), &[false; 3]].concat());
+        assert_eq!(rack.level("a"), 10.0, "capped at the burst");
+        assert!(rack.admit("b", ms(0)), "each client has its own bucket");
+    }
+
+    #[test]
+    fn rack_refused_requests_fill_the_bucket() {
+        let mut rack = LeakyBuckets::new(RateLimit::ONEPAGECRM);
+        assert!((0..9).all(|_| rack.admit("a", ms(0))));
+        assert!(!rack.admit("a", ms(0)));
+        // Knocking every 100 ms at 5/s: each knock leaks 0.5 and adds 1, so the bucket stays full.
+        for i in 1..=50 {
+            assert!(!rack.admit("a", ms(100 * i)), "knock {i} passed");
+            assert_eq!(rack.level("a"), 10.0);
+        }
+        // The same pace from an empty bucket: the level climbs 0.5 a knock (1, 1.5, ... 9.5, 18
+        // pass) until it reaches 10, and from then on every knock is refused.
+        let mut fresh = LeakyBuckets::new(RateLimit::ONEPAGECRM);
+        let passed: Vec<bool> = (0..100).map(|i| fresh.admit("a", ms(100 * i))).collect();
+        assert_eq!(passed, [[true; 18].as_slice(), &[false; 82]].concat());
+        assert!(!fresh.admit("a", ms(10_000)));
+    }
+
+    #[test]
+    fn rack_passes_again_after_two_seconds_of_silence() {
+        let mut rack = LeakyBuckets::new(RateLimit::ONEPAGECRM);
+        for i in 0..30 {
+            rack.admit("a", ms(100 * i));
+        }
+        assert_eq!(rack.level("a"), 10.0);
+        // Silence from 2.9 s: 0.2 s leaks 1 (level 9, refused again: it reaches 10).
+        assert!(!rack.admit("a", ms(3_100)));
+        // 2 s of silence leak the whole bucket: 9 pass in a burst again.
+        let passed = (0..12).filter(|_| rack.admit("a", ms(5_100))).count();
+        assert_eq!(passed, 9);
+        // One request's worth (0.2 s) after a full bucket is not enough: 10 - 1 + 1 reaches 10.
+        assert!(!rack.admit("a", ms(5_300)));
+        // Two requests' worth (0.4 s) after a full bucket: one passes (level 8 + 1 = 9).
+        assert!(rack.admit("a", ms(5_700)));
+    }
+
+    #[test]
+    fn gcra_is_governors_burst_then_one_per_period() {
+        let mut gcra = Gcra::new(RateLimit::ONEPAGECRM);
+        assert!((0..10).all(|_| gcra.admit("a", ms(0))));
+        assert!(!gcra.admit("a", ms(0)));
+        assert!(gcra.admit("b", ms(0)), "each client has its own bucket");
+        // Refused requests change nothing; one passes per 200 ms.
+        assert!(!gcra.admit("a", ms(100)));
+        assert!(gcra.admit("a", ms(200)));
+        assert!(!gcra.admit("a", ms(300)));
+        assert!(gcra.admit("a", ms(400)));
+        // Knocking every 100 ms at 5/s: every other knock passes.
+        let passed = (5..25).filter(|i| gcra.admit("a", ms(100 * i))).count();
+        assert_eq!(passed, 10);
+        // 2 s of rest refill the whole burst.
+        let passed = (0..12).filter(|_| gcra.admit("a", ms(4_400))).count();
+        assert_eq!(passed, 10);
+    }
+
+    #[test]
+    fn window_accepts_at_most_the_burst_in_any_window() {
+        let mut window = SlidingWindows::new(RateLimit::ONEPAGECRM);
+        // 10 in the first second, 100 ms apart: all pass; the 11th is refused.
+        assert!((0..10).all(|i| window.admit("a", ms(100 * i))));
+        assert!(!window.admit("a", ms(1_000)));
+        assert!(!window.admit("a", ms(1_999)));
+        assert!(
+            window.admit("b", ms(1_999)),
+            "each client has its own window"
+        );
+        // One more passes only when the oldest (at 0) leaves the 2 s window, at 2.0 s.
+        assert!(window.admit("a", ms(2_000)));
+        assert!(
+            !window.admit("a", ms(2_050)),
+            "the next oldest leaves at 2.1 s"
+        );
+        assert!(window.admit("a", ms(2_100)));
+
+        // Knocking every 50 ms for 20 s: never more than 10 accepted in any 2 s.
+        let mut window = SlidingWindows::new(RateLimit::ONEPAGECRM);
+        let accepted: Vec<u64> = (0..400)
+            .map(|i| 50 * i)
+            .filter(|t| window.admit("a", ms(*t)))
+            .collect();
+        for (i, t) in accepted.iter().enumerate() {
+            let in_window = accepted[i..].iter().take_while(|u| **u < t + 2_000).count();
+            assert!(in_window <= 10, "{in_window} accepted in 2 s from {t} ms");
+        }
+        assert_eq!(accepted.len(), 100, "5/s on average");
+    }
+
+    #[test]
+    fn the_throttle_applies_its_model() {
+        // On the monotonic clock a burst takes some microseconds, which leak a little: the 10th
+        // request finds the level just under 9 and passes (as in Ruby, whose `full?` is `==`).
+        let rack = Throttle::new(ThrottleModel::Rack, RateLimit::ONEPAGECRM);
+        assert!((9..=10).contains(&(0..20).filter(|_| rack.admit("a")).count()));
+        let gcra = Throttle::new(ThrottleModel::Gcra, RateLimit::ONEPAGECRM);
+        assert_eq!((0..20).filter(|_| gcra.admit("a")).count(), 10);
+        let window = Throttle::new(ThrottleModel::Window, RateLimit::ONEPAGECRM);
+        assert_eq!((0..20).filter(|_| window.admit("a")).count(), 10);
     }
 
     #[test]

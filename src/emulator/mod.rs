@@ -29,7 +29,7 @@ use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 
 use clock::Clock;
-use faults::{FaultConfig, Faults, RateLimit, Throttle};
+use faults::{FaultConfig, Faults, RateLimit, Throttle, ThrottleModel};
 use policy::Signer;
 use state::State;
 
@@ -47,6 +47,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub seed: Option<PathBuf>,
     pub rate_limit: Option<RateLimit>,
+    /// How `rate_limit` is read: `rack` (as OnePageCRM), `gcra` or `window`.
+    pub throttle_model: ThrottleModel,
+    /// Step 3 refuses a second key made from one step-1 answer's timestamp (one form, one upload).
+    pub single_use_forms: bool,
     pub faults: FaultConfig,
     pub form_ttl: Duration,
     pub data_dir: Option<PathBuf>,
@@ -96,6 +100,8 @@ impl Config {
             listen,
             seed: None,
             rate_limit: Some(RateLimit::ONEPAGECRM),
+            throttle_model: ThrottleModel::default(),
+            single_use_forms: false,
             faults: FaultConfig::default(),
             form_ttl: Duration::from_secs(3600),
             data_dir: None,
@@ -231,7 +237,9 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         signer,
         clock,
         state: Mutex::new(state),
-        throttle: config.rate_limit.map(Throttle::new),
+        throttle: config
+            .rate_limit
+            .map(|limit| Throttle::new(config.throttle_model, limit)),
         faults: Faults::new(config.faults.clone()),
         origin: format!("http://{addr}"),
         config,

@@ -2,7 +2,7 @@
 //! objects and the account's storage; loaded from a seed file and shown whole by
 //! `GET /_emulator/state`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -201,9 +201,76 @@ pub struct State {
     /// Requests by "METHOD route status".
     pub requests: BTreeMap<String, u64>,
     pub throttled: u64,
+    /// With `--single-use-forms`: the step-1 timestamps handed out, and the keys made from them.
+    pub forms: FormLedger,
     next_id: u64,
     next_seq: u64,
     id_epoch: u64,
+}
+
+/// `--single-use-forms`, one form, one upload. Per contact, each `timestamp` step 1 handed out,
+/// with how many forms carried it and the distinct keys attached from it so far. A key is *made
+/// from* a handed-out timestamp T when its timestamp part (between `<contact>/` and the next `/`)
+/// starts with T's digits (the longest such T if several). Step 3 refuses a key made from T that
+/// is not attached yet when as many distinct keys made from T are attached as forms carried T
+/// (with one form a second, the usual case: when another key from that form is attached). Keys
+/// made from no handed-out timestamp, and a key attached again, are not refused.
+#[derive(Debug, Default)]
+pub struct FormLedger {
+    by_contact: HashMap<String, BTreeMap<i64, (u64, BTreeSet<String>)>>,
+}
+
+impl FormLedger {
+    /// Step 1 handed `contact` a form with `timestamp`.
+    pub fn handed_out(&mut self, contact: &str, timestamp: i64) {
+        let entry = self
+            .by_contact
+            .entry(contact.to_string())
+            .or_default()
+            .entry(timestamp)
+            .or_default();
+        entry.0 += 1;
+    }
+
+    /// The handed-out timestamp `key` is made from, if any.
+    fn made_from(&self, contact: &str, key: &str) -> Option<i64> {
+        let stamp = key
+            .strip_prefix(contact)?
+            .strip_prefix('/')?
+            .split('/')
+            .next()?;
+        self.by_contact
+            .get(contact)?
+            .keys()
+            .filter(|t| stamp.starts_with(&t.to_string()))
+            .max_by_key(|t| t.to_string().len())
+            .copied()
+    }
+
+    /// `Err(timestamp)` when `key` would be one upload too many from the forms that carried it.
+    pub fn check(&self, contact: &str, key: &str) -> Result<(), i64> {
+        let Some(t) = self.made_from(contact, key) else {
+            return Ok(());
+        };
+        let (forms, keys) = &self.by_contact[contact][&t];
+        if keys.contains(key) || (keys.len() as u64) < *forms {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    }
+
+    /// `key` of `contact` was attached.
+    pub fn attached(&mut self, contact: &str, key: &str) {
+        if let Some(t) = self.made_from(contact, key)
+            && let Some((_, keys)) = self
+                .by_contact
+                .get_mut(contact)
+                .and_then(|stamps| stamps.get_mut(&t))
+        {
+            keys.insert(key.to_string());
+        }
+    }
 }
 
 impl State {
@@ -395,6 +462,36 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_use_forms_one_form_one_upload() {
+        let mut ledger = FormLedger::default();
+        let c = "cc01";
+        ledger.handed_out(c, 1_697_212_380);
+        let first = "cc01/1697212380000000000001/a.pdf";
+        let second = "cc01/1697212380000000000002/b.pdf";
+        assert_eq!(ledger.check(c, first), Ok(()));
+        ledger.attached(c, first);
+        assert_eq!(ledger.check(c, first), Ok(()), "the same key again");
+        assert_eq!(ledger.check(c, second), Err(1_697_212_380));
+        // A second form with the same timestamp (the same second) carries one more upload.
+        ledger.handed_out(c, 1_697_212_380);
+        assert_eq!(ledger.check(c, second), Ok(()));
+        ledger.attached(c, second);
+        assert!(
+            ledger
+                .check(c, "cc01/1697212380000000000003/c.pdf")
+                .is_err()
+        );
+        // Another form's timestamp, another contact, a stamp no form handed out: not refused.
+        ledger.handed_out(c, 1_697_212_381);
+        assert_eq!(ledger.check(c, "cc01/1697212381000000000003/c.pdf"), Ok(()));
+        assert_eq!(
+            ledger.check("cc02", "cc02/1697212380000000000003/c.pdf"),
+            Ok(())
+        );
+        assert_eq!(ledger.check(c, "cc01/1697212999123/c.pdf"), Ok(()));
+    }
 
     #[test]
     fn sample_seed_loads_every_record() {

@@ -13,4 +13,5 @@ mod hostile_server;
 mod notes;
 mod run;
 mod shape;
+mod throttle_models;
 mod ux;
