@@ -303,6 +303,29 @@ pub enum Outcome {
     NotStarted,
 }
 
+/// A context whose calls record nothing (a dry run, `check`'s online checks): its state store is
+/// an in-memory database that lives as long as it.
+pub struct Stateless {
+    pub ctx: Arc<Context>,
+    writer: checkpoint::StoreThread,
+}
+
+impl Stateless {
+    pub fn new(client: Client, settings: Settings) -> rusqlite::Result<Self> {
+        let (store, writer) = checkpoint::store::spawn(rusqlite::Connection::open_in_memory()?);
+        Ok(Self {
+            ctx: Arc::new(Context::new(client, store, settings)),
+            writer,
+        })
+    }
+
+    /// Lets the context go and waits for its store to close.
+    pub fn close(self) {
+        drop(self.ctx);
+        self.writer.join();
+    }
+}
+
 impl Context {
     pub fn new(client: Client, store: Store, settings: Settings) -> Self {
         let abort = CancellationToken::new();

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::pipeline::{Context, Settings};
+use crate::pipeline::{Context, Settings, Stateless};
 use crate::remote::{Client, RemoteError};
 
 /// The account's storage left, as step 1 for `contact_id` tells it.
@@ -54,18 +54,14 @@ pub fn check(client: Client, contact_id: &str, line: u64, bytes_to_upload: u64) 
 
 /// Runs `f` on a runtime of its own with a pipeline context of the run's default limits and
 /// retries, for the calls `check` makes (the quota, the email lookups) outside any run. The
-/// context wants a state store; nothing is recorded, so an in-memory one.
+/// context records nothing.
 pub fn with_context<T>(client: Client, f: impl AsyncFnOnce(&Context) -> T) -> Result<T, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let conn = rusqlite::Connection::open_in_memory().map_err(|e| e.to_string())?;
-    let (store, writer) = crate::checkpoint::store::spawn(conn);
-    let ctx = Context::new(client, store.clone(), Settings::default());
-    let answer = runtime.block_on(f(&ctx));
-    drop(ctx);
-    drop(store);
-    writer.join();
+    let stateless = Stateless::new(client, Settings::default()).map_err(|e| e.to_string())?;
+    let answer = runtime.block_on(f(&stateless.ctx));
+    stateless.close();
     Ok(answer)
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::RunConfig;
@@ -13,7 +12,7 @@ use crate::ExitStatus;
 use crate::checkpoint::{self, StoredRow};
 use crate::error::{CommandError, CommandResult};
 use crate::lookup;
-use crate::pipeline::{Context, Plan};
+use crate::pipeline::{Plan, Stateless};
 use crate::preflight::Checked;
 use crate::preflight::human_bytes;
 use crate::progress::human_duration;
@@ -41,14 +40,10 @@ pub fn dry_run(
         .iter()
         .filter(|g| g.state == checkpoint::NoteState::Intent && wanted.contains_key(&g.group))
         .count();
-    let conn = rusqlite::Connection::open_in_memory().map_err(anyhow::Error::from)?;
-    let (store, writer) = checkpoint::store::spawn(conn);
-    let ctx = Arc::new(Context::new(client, store.clone(), cfg.settings.clone()));
-    watch_stall(runtime, &ctx);
-    let quota = runtime.block_on(quota_check(&ctx, &work.work));
-    drop(ctx);
-    drop(store);
-    writer.join();
+    let stateless = Stateless::new(client, cfg.settings.clone()).map_err(anyhow::Error::from)?;
+    watch_stall(runtime, &stateless.ctx);
+    let quota = runtime.block_on(quota_check(&stateless.ctx, &work.work));
+    stateless.close();
     if cfg.json {
         return print_json(cfg, &work, quota);
     }
