@@ -453,12 +453,7 @@ fn with_skip_invalid_unresolved_rows_are_rejected_with_their_kind_and_the_others
 
 #[test]
 fn a_failed_lookup_is_retried_not_failed() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "GET /api/v3/contacts:1-2:error",
-    ]);
+    let emu = Emulator::with_faults(&["GET /api/v3/contacts:1-2:error"]);
     let (_s, manifest) = sample_copy_of("from-another-crm.csv");
     let (code, doc) = run_json(emu.run_cmd(&manifest).args(["--rate", "off"]));
     assert_eq!(code, 0, "{doc:#}");

@@ -77,12 +77,7 @@ fn status_of(state: &Path) -> Value {
 #[test]
 fn an_attach_answer_lost_after_the_retries_ran_out_is_settled_on_rerun_not_attached_again() {
     // The first attach takes effect and its answer is lost; with no retries the row fails.
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/attachments:1:drop-after",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1:drop-after"]);
     let (_s, manifest) = sample_copy();
     emu.run_cmd(&manifest)
         .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
@@ -97,12 +92,7 @@ fn an_attach_answer_lost_after_the_retries_ran_out_is_settled_on_rerun_not_attac
 
 #[test]
 fn retry_failed_also_settles_a_lost_attach_before_anything_else() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/attachments:1-3:drop-after",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1-3:drop-after"]);
     let (_s, manifest) = sample_copy();
     emu.run_cmd(&manifest)
         .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
@@ -236,12 +226,7 @@ fn run_hint(emu: &Emulator, stdout: &str, cwd: &Path) -> std::process::Output {
 
 #[test]
 fn the_resume_hint_is_the_exact_command_with_its_state_file_quoted() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/attachments:1-3:error",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1-3:error"]);
     let (s, manifest) = sample_copy();
     let state = s.path("kept elsewhere/it's the state.sqlite");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
@@ -415,12 +400,7 @@ fn heavy_faults_rerun_until_done_leave_no_duplicate_and_no_loss() {
 #[test]
 fn resume_hints_quote_for_the_shell() {
     // Checked through the binary: a state path with a quote and a space, and a delimiter.
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/attachments:1-:error",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1-:error"]);
     let s = Scratch::new();
     s.file("files/a.txt", b"a");
     let manifest = s.manifest(format!(
@@ -528,12 +508,7 @@ fn the_fix_file_leaves_out_rows_whose_attach_may_have_taken_effect() {
 
 #[test]
 fn rows_to_finish_come_before_the_fix_file_when_both_are_left() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/attachments:1-3:drop-after",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1-3:drop-after"]);
     let (s, manifest) = sample_copy();
     let mut text = std::fs::read_to_string(&manifest).unwrap();
     text.push_str(&format!("files/logo.png,{ADA},task,{ADA_NOTE},odd.png\n"));

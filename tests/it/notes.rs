@@ -410,12 +410,7 @@ fn a_note_already_there_with_the_same_words_is_never_adopted() {
 
 #[test]
 fn a_lost_answer_to_post_notes_then_a_rerun_makes_one_note_not_two() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/notes:1:drop-after",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/notes:1:drop-after"]);
     let (_s, manifest) = notes_copy();
     let before = note_ids(&emu.state());
     let (code, doc) = run_json(&emu, &manifest, &["--retries", "0", "--concurrency", "1"]);
@@ -638,12 +633,7 @@ fn record_of(state: &Value, name: &str) -> Vec<String> {
 #[test]
 fn a_dated_and_an_undated_group_of_the_same_words_each_get_their_own_note_after_lost_answers() {
     let grace = "285b4ab0cf8624250f4313ff";
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /api/v3/notes:1-2:drop-after",
-    ]);
+    let emu = Emulator::with_faults(&["POST /api/v3/notes:1-2:drop-after"]);
     let s = Scratch::new();
     s.file("dated.txt", "dated");
     s.file("undated.txt", "undated");
@@ -724,12 +714,8 @@ fn the_fix_file_leaves_out_rows_whose_note_may_exist_and_points_fixed_rows_at_a_
     let grace = "285b4ab0cf8624250f4313ff";
     // Groups are settled in the order of their words, "All hands" first: its POST /notes takes
     // effect and its answer is lost, and the lists that would settle it fail: it stays in doubt.
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
+    let emu = Emulator::with_faults(&[
         "POST /api/v3/notes:1:drop-after",
-        "--fault-at",
         "GET /api/v3/notes:1-3:error",
     ]);
     let s = Scratch::new();

@@ -547,12 +547,7 @@ fn two_files_with_one_name_for_one_contact_get_two_keys() {
 fn an_expired_form_is_renewed() {
     // The first three uploads arrive late: each moves the emulator's clock past a form's life
     // before S3 judges it, so their forms (and any other handed out before) have expired.
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /{bucket}/:1-3:late",
-    ]);
+    let emu = Emulator::with_faults(&["POST /{bucket}/:1-3:late"]);
     let (_s, manifest) = sample_copy();
     emu.run_cmd(&manifest)
         .args(["--rate", "off", "--concurrency", "8", "--retries", "20"])
@@ -574,12 +569,7 @@ fn an_expired_form_is_renewed() {
 #[test]
 fn a_form_the_clock_has_moved_past_expires_and_run_renews_it_without_waiting() {
     // The upload below is the bucket's first request; the run's first upload is its second.
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        "--fault-at",
-        "POST /{bucket}/:2:late",
-    ]);
+    let emu = Emulator::with_faults(&["POST /{bucket}/:2:late"]);
     // A form lives an hour (`--form-ttl` 3600): the clock goes a second past that.
     let ada = "ca929443ed449d7679121de5";
     let logo = samples().join("files/logo.png");

@@ -26,6 +26,15 @@ impl Emulator {
         Self::start_with_credentials(args, None)
     }
 
+    /// The throttle off, and each `--fault-at` spec of `faults` (a planned lost answer, say).
+    pub fn with_faults(faults: &[&str]) -> Self {
+        let mut args = vec!["--rate-limit", "off"];
+        for spec in faults {
+            args.extend(["--fault-at", spec]);
+        }
+        Self::start(&args)
+    }
+
     /// As `start`, with `ONEPAGECRM_USER_ID` and `ONEPAGECRM_API_KEY` set to `credentials`.
     pub fn start_with_credentials(args: &[&str], credentials: Option<(&str, &str)>) -> Self {
         Self::start_seeded(
