@@ -159,6 +159,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub burst: u32,
 
+    /// `auto`: a contact's upload form carries its next files while the form's policy allows
+    /// it (about one API call per file instead of two); `off`: one form per file.
+    #[arg(long, value_name = "auto|off", value_enum, default_value_t = crate::pipeline::FormReuse::Auto)]
+    pub form_reuse: crate::pipeline::FormReuse,
+
     /// Retries of a row's retryable failures (5xx, timeouts, dropped connections) in one run.
     #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
     pub retries: u32,

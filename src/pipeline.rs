@@ -12,6 +12,7 @@
 //! short. Cancelling `abort` cancels `stop_starting` too.
 
 mod events;
+pub mod forms;
 pub mod notes;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -31,6 +32,7 @@ use crate::remote::api::{Attach, Form};
 use crate::remote::{Client, RemoteError};
 
 pub use events::{Counts, Event, Events, Listener, Step};
+pub use forms::{FormReuse, Forms, Lease};
 
 /// The client's default limit on API calls: 4.9 requests/s in bursts of 5. OnePageCRM (and the
 /// emulator) throttle at 5/s with bursts of 10. At 4.9/s the server's bucket never drains (it
@@ -59,6 +61,8 @@ pub struct Settings {
     pub retries: u32,
     /// Stop the run when no API call has succeeded for this long (`None`: never).
     pub stall_timeout: Option<Duration>,
+    /// Whether a contact's upload form carries its next files (`--form-reuse`).
+    pub form_reuse: FormReuse,
 }
 
 impl Default for Settings {
@@ -69,6 +73,7 @@ impl Default for Settings {
             burst: DEFAULT_BURST,
             retries: DEFAULT_RETRIES,
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+            form_reuse: FormReuse::Auto,
         }
     }
 }
@@ -112,6 +117,11 @@ pub struct ApiGate {
 
 /// Throttled answers in a row after which the call gives up (as a retryable failure).
 const MAX_CONSECUTIVE_THROTTLES: u32 = 30;
+/// Refusals of reused forms by S3 that one row takes without counting them as failures.
+const MAX_WAVED_REFUSALS: u32 = 3;
+/// Times a row is uploaded again with a fresh form after step 3 refused a key of a form that
+/// carried another upload (see `maybe_reuse_refused`).
+const MAX_REDOS: u32 = 3;
 /// The longest pause one throttled answer closes the gate for: a `Retry-After` is honoured up
 /// to this (a server asking for 999999999 s would otherwise stop the run for good, in silence).
 const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
@@ -271,6 +281,8 @@ pub struct Context {
     pub client: Client,
     pub store: Store,
     pub gate: ApiGate,
+    /// The upload forms kept for their contacts' next files.
+    pub forms: Forms,
     pub settings: Settings,
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
@@ -333,6 +345,7 @@ impl Context {
             client,
             store,
             gate: ApiGate::new(settings.rate, settings.burst),
+            forms: Forms::new(settings.form_reuse),
             settings,
             events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
@@ -681,10 +694,13 @@ impl Context {
         let mut attempts = 0u32;
         let mut stage = plan;
         let mut key = row.s3_key.clone();
+        // Times the row was redone with a fresh form of its own after step 3 refused a key of a
+        // form that carried another upload.
+        let mut redos = 0u32;
         loop {
             match stage {
                 Plan::Upload => {
-                    key = Some(self.upload(row, &mut attempts).await?);
+                    key = Some(self.upload(row, &mut attempts, redos > 0).await?);
                     stage = Plan::Attach;
                 }
                 Plan::Attach => {
@@ -708,6 +724,11 @@ impl Context {
                                 step: Step::Attach,
                             });
                             self.record_later(row, Transition::Done { attachment_id: id });
+                            if redos > 0 {
+                                self.reuse_refused(
+                                    "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
+                                );
+                            }
                             return Ok(());
                         }
                         Err(e) if e.is_retryable() => {
@@ -720,6 +741,20 @@ impl Context {
                             } else {
                                 Plan::Verify
                             };
+                        }
+                        Err(e) if redos < MAX_REDOS && self.maybe_reuse_refused(&e, k).await? => {
+                            info!(
+                                "line {}: step 3 refused a key made from a form that carried another upload ({e}); uploading again with a fresh form",
+                                row.line
+                            );
+                            redos += 1;
+                            // A fresh form's key refused too: forms of one second look alike to
+                            // a server that tells forms by their timestamp; the next comes in
+                            // another second.
+                            if redos > 1 && !self.pause(Duration::from_secs(1)).await {
+                                return Err(self.cut(e));
+                            }
+                            stage = Plan::Upload;
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -779,13 +814,91 @@ impl Context {
         }
     }
 
-    /// Steps 1 and 2; returns the key the object is stored under.
-    async fn upload(&self, row: &StoredRow, attempts: &mut u32) -> Result<String, RowError> {
-        let mut form = self.form(row, attempts).await?;
-        // A new key, unique everywhere by its random part; the state file's UNIQUE constraint
-        // catches the one-in-a-billion repeat within this file, and another draw settles it.
+    /// Steps 1 and 2; returns the key the object is stored under. `own`: on a form no other
+    /// upload carries (the row is redone because its reused form was refused at step 3).
+    ///
+    /// S3 refusing a form that carried another upload before (expired, or refused outright) is
+    /// not a failure of the row: that form is dropped and the row goes on with another, a fresh
+    /// one of its own when S3 refused more than an expiration. When S3 then takes the fresh
+    /// form's upload, reuse is turned off (see `reuse_refused`).
+    async fn upload(
+        &self,
+        row: &StoredRow,
+        attempts: &mut u32,
+        own: bool,
+    ) -> Result<String, RowError> {
+        let mut own = own;
+        // The refusals of reused forms waved through for this row (then they count as failures:
+        // a server that refuses every form cannot keep a row going round).
+        let mut waved = 0;
+        let mut refused_reused = false;
+        'form: loop {
+            let lease = self.form(row, &mut *attempts, own).await?;
+            let key = self.new_key(row, &lease.form).await?;
+            loop {
+                match self
+                    .client
+                    .upload(&lease.form, &key, &row.name, &row.path, row.size)
+                    .await
+                {
+                    Ok(uploaded) => {
+                        self.progressed();
+                        self.events.emit(Event::StepDone {
+                            row,
+                            step: Step::Upload { bytes: row.size },
+                        });
+                        self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
+                        if refused_reused {
+                            self.reuse_refused(
+                                "S3 refused an upload made with a reused form and accepted one made with a fresh form",
+                            );
+                        }
+                        return Ok(key);
+                    }
+                    Err(e)
+                        if lease.reused
+                            && waved < MAX_WAVED_REFUSALS
+                            && matches!(&e, RemoteError::S3 { code, .. } if code == "AccessDenied") =>
+                    {
+                        waved += 1;
+                        self.forms.drop_form(&row.contact_id, lease.id);
+                        if e.is_form_expired() {
+                            info!(
+                                "line {}: the reused upload form expired; getting a new one",
+                                row.line
+                            );
+                        } else {
+                            info!(
+                                "line {}: S3 refused a reused upload form ({e}); trying a fresh one",
+                                row.line
+                            );
+                            refused_reused = true;
+                            own = true;
+                        }
+                        continue 'form;
+                    }
+                    Err(e) if e.is_form_expired() => {
+                        info!(
+                            "line {}: the upload form expired; getting a new one",
+                            row.line
+                        );
+                        self.retry(e, row, attempts).await?;
+                        self.forms.drop_form(&row.contact_id, lease.id);
+                        continue 'form;
+                    }
+                    Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// A new key for `row` from `form`, recorded (`uploading`) before anything is sent with it.
+    /// Unique everywhere by its random part; the state file's UNIQUE constraint catches the
+    /// one-in-a-billion repeat within this file, and another draw settles it.
+    async fn new_key(&self, row: &StoredRow, form: &Form) -> Result<String, RowError> {
         let mut draws = 0;
-        let key = loop {
+        loop {
             let key = form.key(&row.name);
             match self
                 .commit(
@@ -796,63 +909,83 @@ impl Context {
                 )
                 .await
             {
-                Ok(()) => break key,
+                Ok(()) => return Ok(key),
                 Err(RowError::Store(e)) if e.is_unique_violation() && draws < 10 => draws += 1,
                 Err(e) => return Err(e),
-            }
-        };
-        loop {
-            match self
-                .client
-                .upload(&form, &key, &row.name, &row.path, row.size)
-                .await
-            {
-                Ok(uploaded) => {
-                    self.progressed();
-                    self.events.emit(Event::StepDone {
-                        row,
-                        step: Step::Upload { bytes: row.size },
-                    });
-                    self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
-                    return Ok(key);
-                }
-                Err(e) if e.is_form_expired() => {
-                    info!(
-                        "line {}: the upload form expired; getting a new one",
-                        row.line
-                    );
-                    self.retry(e, row, attempts).await?;
-                    form = self.form(row, attempts).await?;
-                }
-                Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
-                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Step 1, retried on retryable failures; refuses a file the storage left cannot hold.
-    async fn form(&self, row: &StoredRow, attempts: &mut u32) -> Result<Form, RowError> {
-        loop {
-            match self.api(|| self.client.s3_form(&row.contact_id)).await {
-                Ok(form) if form.storage_left < row.size => {
-                    return Err(RowError::Remote(RemoteError::Quota {
-                        message: format!(
-                            "{} needs {} bytes and the account has {} left",
-                            row.file, row.size, form.storage_left
-                        ),
-                    }));
+    /// Step 1, or the contact's form while it may carry another upload (`own`: a form no other
+    /// upload carries); retried on retryable failures. Refuses a file the storage left cannot
+    /// hold.
+    async fn form(
+        &self,
+        row: &StoredRow,
+        attempts: &mut u32,
+        own: bool,
+    ) -> Result<Lease, RowError> {
+        let fetch = move || async move {
+            loop {
+                match self.api(|| self.client.s3_form(&row.contact_id)).await {
+                    Ok(form) => {
+                        self.events.emit(Event::StepDone {
+                            row,
+                            step: Step::Form,
+                        });
+                        return Ok(form);
+                    }
+                    Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
+                    Err(e) => return Err(RowError::from(e)),
                 }
-                Ok(form) => {
-                    self.events.emit(Event::StepDone {
-                        row,
-                        step: Step::Form,
-                    });
-                    return Ok(form);
-                }
-                Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,
-                Err(e) => return Err(e.into()),
             }
+        };
+        let lease = self
+            .forms
+            .lease(&row.contact_id, row.size, own, fetch)
+            .await?;
+        if lease.storage_left < row.size {
+            return Err(RowError::Remote(RemoteError::Quota {
+                message: format!(
+                    "{} needs {} bytes and the account has {} left",
+                    row.file, row.size, lease.storage_left
+                ),
+            }));
         }
+        Ok(lease)
+    }
+
+    /// S3 or step 3 refused what a reused form made while a fresh form's was accepted: reuse is
+    /// off for the rest of the run and for later runs of this state file, said once.
+    fn reuse_refused(&self, why: &str) {
+        if self.forms.turn_off(why.to_string()) {
+            warn!(
+                "{why}: form reuse is off for the rest of this run and later runs of this state file (one form per file)"
+            );
+            let why = why.to_string();
+            self.store
+                .submit(move |c| checkpoint::set_form_reuse_off(c, &why));
+        }
+    }
+
+    /// Whether step 3's refusal `e` of `key` may be a refusal of a key made from a reused form
+    /// (a 400, 409 or 422 for a key whose form's timestamp another row's key shares): then the
+    /// row is redone with a fresh form of its own (up to `MAX_REDOS` times).
+    async fn maybe_reuse_refused(&self, e: &RemoteError, key: &str) -> Result<bool, RowError> {
+        if !matches!(
+            e,
+            RemoteError::Api {
+                status: 400 | 409 | 422,
+                ..
+            }
+        ) {
+            return Ok(false);
+        }
+        let key = key.to_string();
+        self.store
+            .call(move |c| checkpoint::key_shares_form(c, &key))
+            .await
+            .map_err(RowError::Store)
     }
 
     /// Whether the record already holds this row's attachment (step 3 was sent with `key` and
@@ -1009,6 +1142,9 @@ pub async fn run_indexed(
     work: Vec<(usize, (StoredRow, Plan))>,
     results: Results,
 ) {
+    let work = schedule(work);
+    ctx.forms
+        .expect(work.iter().map(|(_, (row, _))| row.contact_id.as_str()));
     let queue = Arc::new(Mutex::new(work.into_iter().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
@@ -1018,6 +1154,7 @@ pub async fn run_indexed(
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let Some((i, (row, plan))) = next else { break };
                 let outcome = ctx.process(&row, plan).await;
+                ctx.forms.row_ended(&row.contact_id);
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1028,9 +1165,47 @@ pub async fn run_indexed(
     while workers.join_next().await.is_some() {}
 }
 
+/// The order rows are taken up in: rows to verify first (their checks run one at a time), then
+/// the others with each contact's rows together, contacts in the order they first appear, rows
+/// of a contact in the order given. So a contact's form carries its files one after another
+/// while it lives, and the workers share it instead of each waiting for a form of its own.
+fn schedule(work: Vec<(usize, (StoredRow, Plan))>) -> Vec<(usize, (StoredRow, Plan))> {
+    let mut first_seen: std::collections::HashMap<String, usize> = Default::default();
+    for (_, (row, _)) in &work {
+        let next = first_seen.len();
+        first_seen.entry(row.contact_id.clone()).or_insert(next);
+    }
+    let mut work: Vec<_> = work.into_iter().enumerate().collect();
+    work.sort_by_key(|(n, (_, (row, plan)))| match plan {
+        Plan::Verify => (0, 0, *n),
+        _ => (1, first_seen[&row.contact_id], *n),
+    });
+    work.into_iter().map(|(_, w)| w).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_to_verify_come_first_then_each_contacts_rows_together() {
+        let row = |line: u64, contact: &str| {
+            let mut r = a_row();
+            r.line = line;
+            r.contact_id = contact.into();
+            r
+        };
+        let work = vec![
+            (0, (row(2, "a"), Plan::Upload)),
+            (1, (row(3, "b"), Plan::Upload)),
+            (2, (row(4, "a"), Plan::Attach)),
+            (3, (row(5, "c"), Plan::Verify)),
+            (4, (row(6, "b"), Plan::Upload)),
+            (5, (row(7, "a"), Plan::Verify)),
+        ];
+        let order: Vec<usize> = schedule(work).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(order, [3, 5, 0, 2, 1, 4]);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -1099,6 +1274,7 @@ mod tests {
             burst: 5,
             retries: 3,
             stall_timeout: None,
+            form_reuse: FormReuse::Auto,
         };
         Context::new(client, store, settings)
     }

@@ -749,6 +749,59 @@ pub fn set_manifest(conn: &Connection, manifest: &str) -> rusqlite::Result<()> {
     .map(drop)
 }
 
+/// Why form reuse is off for this state file, if a run turned it off (step 3 or S3 refused an
+/// upload made with a reused form while a fresh form's was accepted): later runs of this file get
+/// one form per file.
+pub fn form_reuse_off(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'form_reuse_off'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Turns form reuse off for every later run of this state file, saying why.
+pub fn set_form_reuse_off(conn: &Connection, why: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('form_reuse_off', ?1) ON CONFLICT (key) DO NOTHING",
+        [why],
+    )
+    .map(drop)
+}
+
+/// Whether another row of the state file holds a key made from the same form's timestamp as
+/// `key` (`<contact>/<timestamp><12 digits>/<name>`: the same contact and timestamp), i.e. whether
+/// the form `key` was made from may have carried another upload. Two forms handed out in the
+/// same second look alike here; that only errs on the side of "maybe reused".
+pub fn key_shares_form(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+    let Some(prefix) = form_prefix(key) else {
+        return Ok(false);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT s3_key FROM rows WHERE s3_key >= ?1 AND s3_key < ?2 AND s3_key != ?3",
+    )?;
+    let keys = stmt.query_map(
+        params![format!("{prefix}0"), format!("{prefix}:"), key],
+        |r| r.get::<_, String>(0),
+    )?;
+    for other in keys {
+        if form_prefix(&other?).as_deref() == Some(prefix.as_str()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `<contact>/<timestamp>` of a key the tool made, `<contact>/<timestamp><12 digits>/<name>`.
+fn form_prefix(key: &str) -> Option<String> {
+    let (contact, rest) = key.split_once('/')?;
+    let (stamp, name) = rest.split_once('/')?;
+    let unique = stamp.len().checked_sub(12).filter(|n| *n > 0)?;
+    let ok = !contact.is_empty() && !name.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| format!("{contact}/{}", &stamp[..unique]))
+}
+
 /// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
 /// invalid ones as `rejected`; rows already known keep their progress.
 pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
@@ -1331,6 +1384,51 @@ mod tests {
             rejected: rejected.map(str::to_string),
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
+        }
+    }
+
+    #[test]
+    fn keys_share_a_form_when_their_contact_and_timestamp_part_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        record_rows(
+            &conn,
+            &[
+                new_row("k1", None),
+                new_row("k2", None),
+                new_row("k3", None),
+            ],
+        )
+        .unwrap();
+        let key = |k: &str, s3_key: &str| {
+            transition(
+                &conn,
+                k,
+                &Transition::Uploading {
+                    s3_key: s3_key.into(),
+                },
+            )
+            .unwrap()
+        };
+        key("k1", "c1/1764496800000000000001/a.pdf");
+        key("k2", "c2/1764496800000000000002/a.pdf");
+        key("k3", "c1/1764496801000000000003/a.pdf");
+        // Alone on its contact's timestamp: another contact's, or another second's, do not count.
+        assert!(!key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        // A key of one more digit's timestamp is not of that form either.
+        key("k2", "c1/17644968000000000000021/a.pdf");
+        assert!(!key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        key("k2", "c1/1764496800999999999999/b.pdf");
+        assert!(key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        assert!(key_shares_form(&conn, "c1/1764496800123456789012/z.pdf").unwrap());
+        // Keys not of the tool's shape share nothing.
+        for odd in [
+            "c1/1/a.pdf",
+            "c1/x764496800000000000001/a.pdf",
+            "nothing",
+            "c1//a",
+        ] {
+            assert!(!key_shares_form(&conn, odd).unwrap(), "{odd}");
         }
     }
 

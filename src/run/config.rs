@@ -94,6 +94,7 @@ impl RunConfig {
                 burst: args.burst,
                 retries: args.retries,
                 stall_timeout: args.stall_timeout.0,
+                form_reuse: args.form_reuse,
             },
             grace: Duration::from_secs(args.grace),
             choices: Choices {

@@ -12,7 +12,7 @@ use crate::ExitStatus;
 use crate::checkpoint::{self, StoredRow};
 use crate::error::{CommandError, CommandResult};
 use crate::lookup;
-use crate::pipeline::{Plan, Stateless};
+use crate::pipeline::{FormReuse, Plan, Stateless};
 use crate::preflight::Checked;
 use crate::preflight::human_bytes;
 use crate::progress::human_duration;
@@ -24,15 +24,31 @@ pub fn dry_run(
     client: Client,
     checked: &mut Checked,
 ) -> CommandResult {
-    let (known, stored, notes) = read_state(cfg)?;
+    let (known, stored, notes, reuse_off) = read_state(cfg)?;
     // Rows whose email an earlier run resolved know their contact; the others would be looked up.
     let lookups = lookup::to_look_up(&checked.manifest.rows, &known);
     checked.resolved = known;
     let new_rows = manifest_rows(checked);
-    let stored = stored.unwrap_or_else(|| new_rows.iter().map(StoredRow::from).collect());
+    // The rows a run would record first: those the state file holds, and the manifest's new ones
+    // (added since its last run), as a run records them.
+    let stored = match stored {
+        Some(mut rows) => {
+            let known: std::collections::HashSet<String> =
+                rows.iter().map(|r| r.key.clone()).collect();
+            rows.extend(
+                new_rows
+                    .iter()
+                    .filter(|n| !known.contains(&n.key))
+                    .map(StoredRow::from),
+            );
+            rows
+        }
+        None => new_rows.iter().map(StoredRow::from).collect(),
+    };
     let mut work = Planned {
         work: plan(&new_rows, stored, &cfg.choices).0,
         lookups,
+        reuse_forms: false,
     };
     // A note whose POST may have been sent is settled by a list of its contact's notes first.
     let wanted = work.work.notes_to_create();
@@ -40,9 +56,14 @@ pub fn dry_run(
         .iter()
         .filter(|g| g.state == checkpoint::NoteState::Intent && wanted.contains_key(&g.group))
         .count();
-    let stateless = Stateless::new(client, cfg.settings.clone()).map_err(anyhow::Error::from)?;
+    let mut settings = cfg.settings.clone();
+    if reuse_off {
+        settings.form_reuse = FormReuse::Off;
+    }
+    let stateless = Stateless::new(client, settings).map_err(anyhow::Error::from)?;
     watch_stall(runtime, &stateless.ctx);
     let quota = runtime.block_on(quota_check(&stateless.ctx, &work.work));
+    work.reuse_forms = stateless.ctx.forms.reuse_expected();
     stateless.close();
     if cfg.json {
         return print_json(cfg, &work, quota);
@@ -67,28 +88,32 @@ pub fn dry_run(
 struct Planned {
     work: Work,
     lookups: usize,
+    /// A contact's form would carry its files (`--form-reuse auto`, not turned off for the state
+    /// file, and the quota check's form allows it).
+    reuse_forms: bool,
 }
 
 impl Planned {
     /// The rows' API calls and the lookups' (one each: a list of over 100 contacts for one
     /// email takes more, but no real email has that many).
     fn api_calls(&self) -> usize {
-        self.work.api_calls() + self.lookups
+        self.work.api_calls(self.reuse_forms) + self.lookups
     }
 }
 
-/// What an existing state file says (the emails it resolved, its rows), read without creating
-/// or changing it; nothing when there is none.
+/// What an existing state file says (the emails it resolved, its rows, its notes, whether form
+/// reuse was turned off for it), read without creating or changing it; nothing when there is none.
 type StateRead = (
     HashMap<String, String>,
     Option<Vec<StoredRow>>,
     Vec<checkpoint::NoteGroup>,
+    bool,
 );
 
 fn read_state(cfg: &RunConfig) -> Result<StateRead, CommandError> {
     let state = &cfg.state;
     if !state.exists() {
-        return Ok((HashMap::new(), None, Vec::new()));
+        return Ok((HashMap::new(), None, Vec::new(), false));
     }
     let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
     let read = || -> rusqlite::Result<StateRead> {
@@ -96,7 +121,8 @@ fn read_state(cfg: &RunConfig) -> Result<StateRead, CommandError> {
         // migrated here: a dry run changes nothing).
         let known = checkpoint::load_lookups(&conn).unwrap_or_default();
         let notes = checkpoint::load_notes(&conn).unwrap_or_default();
-        Ok((known, Some(checkpoint::load_rows(&conn)?), notes))
+        let reuse_off = checkpoint::form_reuse_off(&conn)?.is_some();
+        Ok((known, Some(checkpoint::load_rows(&conn)?), notes, reuse_off))
     };
     read().map_err(|e| {
         CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))

@@ -16,7 +16,7 @@ use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Outcome, Plan, Stop};
 use crate::preflight::human_bytes;
 use crate::remote::RemoteError;
-use crate::{ExitStatus, progress, quota};
+use crate::{ExitStatus, progress};
 
 /// What the pipeline did with the rows of one run.
 pub struct Executed {
@@ -77,7 +77,7 @@ async fn drive(
     let totals = progress::Totals {
         rows: work.todo.len() as u64,
         bytes: work.bytes(),
-        api_calls: work.api_calls() as u64,
+        api_calls: work.api_calls(ctx.forms.reuse_expected()) as u64,
     };
     let progress = tokio::spawn(progress::show(
         ctx.clone(),
@@ -227,8 +227,8 @@ async fn signal() {
     }
 }
 
-/// One step-1 call for the first row still to upload: the bytes still to upload must fit in the
-/// storage left.
+/// The first form the run needs (step 1 for the first row still to upload, kept for that row):
+/// the bytes still to upload must fit in the storage left it tells.
 pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError> {
     // A row by email whose contact is not known yet (a dry run looks nothing up) cannot ask.
     let Some((first, _)) = work
@@ -239,7 +239,15 @@ pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError>
         return Ok(());
     };
     let needed = work.bytes();
-    match quota::storage_left(ctx, &first.contact_id).await {
+    let first_form = ctx
+        .api_retrying(|| ctx.client.s3_form(&first.contact_id))
+        .await
+        .map(|form| {
+            let storage_left = form.storage_left;
+            ctx.forms.keep_unused(&first.contact_id, form);
+            storage_left
+        });
+    match first_form {
         Err(_) if ctx.stop_reason() == Stop::Stalled => Err(CommandError::new(
             ExitStatus::Retryable,
             format!(

@@ -21,7 +21,7 @@ pub use plan::{Work, manifest_rows, plan};
 use crate::checkpoint;
 use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
-use crate::pipeline::Context;
+use crate::pipeline::{Context, FormReuse};
 use crate::preflight::{self, Checked};
 use crate::remote::Client;
 
@@ -42,11 +42,16 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
         return dry_run::dry_run(cfg, &runtime, client, &mut checked);
     }
     let mut session = session::Session::open(cfg)?;
-    let ctx = Arc::new(Context::new(
-        client,
-        session.store.clone(),
-        cfg.settings.clone(),
-    ));
+    let mut settings = cfg.settings.clone();
+    if settings.form_reuse == FormReuse::Auto
+        && let Some(why) = session.form_reuse_off(cfg)?
+    {
+        eprintln!(
+            "form reuse is off for this state file (an earlier run turned it off: {why}); one upload form per file"
+        );
+        settings.form_reuse = FormReuse::Off;
+    }
+    let ctx = Arc::new(Context::new(client, session.store.clone(), settings));
     execute::watch_stall(&runtime, &ctx);
     // Every row is recorded, with its contact, before anything is uploaded.
     let prepared =

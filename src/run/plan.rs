@@ -128,15 +128,29 @@ impl Work {
         self.todo.iter().map(|(r, _)| r.size).sum()
     }
 
-    /// API calls the rows need: 2 to upload and attach, 1 to attach, 2 to verify and attach;
+    /// API calls the rows need: 1 to attach, 2 to verify and attach, and to upload and attach
+    /// 2, or with `reuse_forms` 1 and one form per contact (its form carries its files: a
+    /// contact with more files than one form's life holds needs more, which this leaves out);
     /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown.
-    pub fn api_calls(&self) -> usize {
-        self.todo
-            .iter()
-            .map(|(_, p)| if *p == Plan::Attach { 1 } else { 2 })
-            .sum::<usize>()
-            + self.notes_to_create().len()
-            + self.notes_unsettled
+    pub fn api_calls(&self, reuse_forms: bool) -> usize {
+        let mut contacts = std::collections::HashSet::new();
+        let mut calls = 0;
+        for (row, plan) in &self.todo {
+            calls += match plan {
+                Plan::Attach => 1,
+                Plan::Verify => 2,
+                Plan::Upload if !reuse_forms => 2,
+                Plan::Upload => {
+                    // A row by email not looked up yet: its email (any case) stands for it.
+                    let contact = match row.contact_id.is_empty() {
+                        true => row.contact_email.to_lowercase(),
+                        false => row.contact_id.clone(),
+                    };
+                    1 + usize::from(contacts.insert(contact))
+                }
+            };
+        }
+        calls + self.notes_to_create().len() + self.notes_unsettled
     }
 
     /// The note groups whose rows wait for a note not yet recorded, with their row counts.

@@ -41,6 +41,18 @@ impl Session {
         })
     }
 
+    /// Why an earlier run turned form reuse off for this state file, if it did.
+    pub fn form_reuse_off(&self, cfg: &RunConfig) -> Result<Option<String>, CommandError> {
+        self.store
+            .call_blocking(checkpoint::form_reuse_off)
+            .map_err(|e| {
+                CommandError::stopped(format!(
+                    "cannot read state file {}: {e}",
+                    cfg.state.display()
+                ))
+            })
+    }
+
     /// The emails earlier runs resolved, and their contacts.
     pub fn known_lookups(&self, cfg: &RunConfig) -> Result<HashMap<String, String>, CommandError> {
         self.store

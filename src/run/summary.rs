@@ -14,7 +14,7 @@ use crate::ExitStatus;
 use crate::checkpoint::RunCounts;
 use crate::failure::FailureKind;
 use crate::lookup::Lookups;
-use crate::pipeline::{Context, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_RATE};
+use crate::pipeline::{Context, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_RATE, FormReuse};
 use crate::pipeline::{DEFAULT_RETRIES, DEFAULT_STALL_TIMEOUT, Outcome, Stop};
 use crate::preflight::human_bytes;
 use crate::progress::human_duration;
@@ -61,6 +61,13 @@ pub struct Summary {
     /// Notes recorded for note groups in this run (created, or adopted after a lost answer).
     notes_created: u64,
     notes_adopted: u64,
+    /// Upload forms fetched (step 1), and uploads that went on a form another had carried.
+    forms_fetched: u64,
+    uploads_on_reused_forms: u64,
+    /// `on` (`--form-reuse auto`), `off` (`--form-reuse off`, or turned off for the state file by
+    /// an earlier run), or `turned_off` (by this run: see `form_reuse_turned_off`).
+    form_reuse: &'static str,
+    form_reuse_turned_off: Option<String>,
     stopped: Option<Stopped>,
     /// Why the run stalled (`stopped` is then `"stalled"`), for the readable summary.
     #[serde(skip)]
@@ -202,6 +209,14 @@ impl Summary {
             throttles: c.throttles,
             notes_created: c.notes_created,
             notes_adopted: c.notes_adopted,
+            forms_fetched: ctx.forms.counts().0,
+            uploads_on_reused_forms: ctx.forms.counts().1,
+            form_reuse: match (ctx.forms.turned_off(), ctx.settings.form_reuse) {
+                (Some(_), _) => "turned_off",
+                (None, FormReuse::Auto) => "on",
+                (None, FormReuse::Off) => "off",
+            },
+            form_reuse_turned_off: ctx.forms.turned_off().map(str::to_string),
             stopped,
             stall: ctx.stall_detail().map(str::to_string),
             status,
@@ -289,7 +304,23 @@ impl Summary {
             out,
             "  API calls:          {} ({} retries, {} throttled)",
             self.api_calls, self.retries, self.throttles
-        )
+        )?;
+        if self.forms_fetched > 0 {
+            writeln!(
+                out,
+                "  upload forms:       {} fetched, {} uploads on a reused form (form reuse {})",
+                self.forms_fetched,
+                self.uploads_on_reused_forms,
+                self.form_reuse.replace('_', " ")
+            )?;
+        }
+        if let Some(why) = &self.form_reuse_turned_off {
+            writeln!(
+                out,
+                "  form reuse turned off: {why}; this state file's later runs use one form per file"
+            )?;
+        }
+        Ok(())
     }
 
     /// The `Result:` line: what happened, and the command to type next.
@@ -393,6 +424,9 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
         if value != default {
             flags.push(format!("{flag} {value}"));
         }
+    }
+    if s.form_reuse == FormReuse::Off {
+        flags.push("--form-reuse off".into());
     }
     let c = &cfg.choices;
     for (flag, on) in [

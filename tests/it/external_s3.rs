@@ -118,10 +118,48 @@ fn sample_manifest_lands_in_s3s_fs_once_and_byte_identical() {
         "{}",
         state["requests"]
     );
+    // s3s-fs takes a reused form as it takes a fresh one: one form per contact (the sample's 20
+    // rows name 4) carried every file, and every object holds its file's bytes (checked above).
+    assert_eq!(forms_given(&state), 4, "{}", state["requests"]);
 
     // The rerun sends nothing.
     let (again, _) = run_to_the_end(&emu, &server, &manifest, 0, &[]);
     assert_eq!(again["requests"], state["requests"]);
+}
+
+#[test]
+fn reused_forms_carry_many_files_of_awkward_bytes_into_s3s_fs() {
+    // 60 files over 3 contacts, each form carrying 20 uploads of bytes no text file has.
+    let server = S3sFs::start();
+    let emu = Emulator::start_external(&server, &[]);
+    let s = Scratch::new();
+    let contacts = [
+        "ca929443ed449d7679121de5",
+        "285b4ab0cf8624250f4313ff",
+        "af16db6b4f2e2bc045adacd3",
+    ];
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(samples().join("emulator-seed.json")).unwrap(),
+    )
+    .unwrap();
+    let mut manifest = String::from("file,contact_id,reference_type,reference_id,name\n");
+    for i in 0..60 {
+        let contact = contacts[i % 3];
+        let note = seed["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == contact)
+            .and_then(|c| c["notes"][0]["id"].as_str())
+            .unwrap();
+        s.file(&format!("files/f{i}.bin"), awkward_bytes(100 + i * 97));
+        manifest.push_str(&format!(
+            "files/f{i}.bin,{contact},note,{note},part {i}.bin\n"
+        ));
+    }
+    let manifest = s.manifest(manifest);
+    let (state, _) = run_to_the_end(&emu, &server, &manifest, 60, &[]);
+    assert_eq!(forms_given(&state), 3, "{}", state["requests"]);
 }
 
 #[test]
@@ -203,13 +241,9 @@ fn an_expired_form_is_renewed_and_the_file_uploaded() {
         stderr.contains("the upload form expired; getting a new one"),
         "{stderr}"
     );
-    // One form per row, one for the quota check before the first upload, one per expired form.
-    assert_eq!(
-        forms_given(&state),
-        20 + 1 + expired,
-        "{}",
-        state["requests"]
-    );
+    // One form per contact (the sample's 20 rows name 4; the quota check's form is the first
+    // contact's and each contact's form carries its files), and one per expired form.
+    assert_eq!(forms_given(&state), 4 + expired, "{}", state["requests"]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod emulator_notes;
 mod exactly_once;
 mod external_s3;
 mod faults;
+mod form_reuse;
 mod hostile_input;
 mod hostile_server;
 mod notes;

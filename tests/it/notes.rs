@@ -172,12 +172,13 @@ fn the_notes_sample_creates_each_note_once_and_a_rerun_sends_nothing() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let (_s, manifest) = notes_copy();
     let before = note_ids(&emu.state());
-    // The dry run counts the notes and their calls: 2 per row, 1 per note.
+    // The dry run counts the notes and their calls: an attach per row (11), a form per contact
+    // (4: each contact's form carries its files), a note per note (5).
     let (code, plan) = run_json(&emu, &manifest, &["--dry-run"]);
     assert_eq!(code, 0, "{plan}");
     assert_eq!(
         (&plan["notes_to_create"], &plan["api_calls"]),
-        (&Value::from(5), &Value::from(27))
+        (&Value::from(5), &Value::from(20))
     );
     let (code, doc) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
@@ -424,7 +425,8 @@ fn a_lost_answer_to_post_notes_then_a_rerun_makes_one_note_not_two() {
     let (_, plan) = run_json(&emu, &manifest, &["--dry-run"]);
     assert_eq!(plan["notes_to_create"], 1, "{plan}");
     assert_eq!(plan["to_upload"], failed.len(), "{plan}");
-    assert_eq!(plan["api_calls"], 2 * failed.len() + 2, "{plan}");
+    // An attach per row and one form for their contact, a list and a note.
+    assert_eq!(plan["api_calls"], failed.len() + 1 + 2, "{plan}");
     let (code, doc) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["notes_adopted"], 1, "{doc}");

@@ -1,0 +1,346 @@
+//! Form reuse (`--form-reuse`, issue 14): a contact's upload form carries its next files, every
+//! row still exactly once, each under a key of its own, with the bytes S3 holds the file's; forms
+//! that expire mid-reuse renewed without a failure; a server that refuses reused forms turns
+//! reuse off for good, with every row done once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::emulator::Emulator;
+use crate::common::{Scratch, sample_copy_of};
+use crate::faults::generated;
+use crate::run::{assert_exactly_once, manifest_rows, sample_copy};
+
+/// `run --json` with the rate limit off; exit code and summary.
+fn run_json(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, Value, String) {
+    let out = emu
+        .run_cmd(manifest)
+        .args(["--rate", "off", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap(), doc, stderr)
+}
+
+fn count(requests: &BTreeMap<String, u64>, what: &str) -> u64 {
+    requests.get(what).copied().unwrap_or(0)
+}
+
+const FORMS: &str = "GET /api/v3/attachments/s3_form 200";
+const ATTACHED: &str = "POST /api/v3/attachments 201";
+
+/// The distinct contacts of a manifest's rows.
+fn contacts(manifest: &Path) -> usize {
+    manifest_rows(manifest)
+        .iter()
+        .map(|r| r.contact_id.clone())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Every attachment's object in S3 holds its row's file, byte for byte, and no two attachments
+/// share a key.
+fn assert_objects_are_the_files(emu: &Emulator, manifest: &Path) {
+    let state = emu.state();
+    let attachments = state["attachments"].as_array().unwrap();
+    let keys: HashSet<&str> = attachments
+        .iter()
+        .map(|a| a["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), attachments.len(), "a key carried two files");
+    for row in manifest_rows(manifest) {
+        let a = attachments
+            .iter()
+            .find(|a| {
+                a["reference_id"] == row.reference_id.as_str() && a["filename"] == row.name.as_str()
+            })
+            .unwrap_or_else(|| panic!("line {}: not attached", row.line));
+        let key = a["key"].as_str().unwrap();
+        assert!(
+            key.starts_with(&format!("{}/", row.contact_id)),
+            "line {}: {key}",
+            row.line
+        );
+        assert!(
+            emu.object(&encoded(key)) == std::fs::read(&row.path).unwrap(),
+            "line {}: the object under {key} is not the file",
+            row.line
+        );
+    }
+}
+
+/// `key` as a URL path (its names may hold spaces).
+fn encoded(key: &str) -> String {
+    let segments: Vec<String> = key
+        .split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect();
+    segments.join("/")
+}
+
+/// A rerun of a finished manifest sends nothing.
+fn assert_rerun_sends_nothing(emu: &Emulator, manifest: &Path) {
+    let before = emu.requests();
+    let (code, doc, _) = run_json(emu, manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["api_calls"], 0, "{doc}");
+    assert_eq!(emu.requests(), before, "the rerun sent requests");
+}
+
+#[test]
+fn the_samples_go_up_exactly_once_on_one_form_per_contact() {
+    // The sample by contact id here; the samples by email and with notes have their own
+    // exactly-once tests (`contacts_by_email`, `notes`), which run with form reuse too (the
+    // default): here each of them gets one form per contact and the bytes S3 holds are the files'.
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = sample_copy();
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+    let requests = emu.requests();
+    assert_eq!(count(&requests, FORMS), 4, "{requests:?}");
+    assert_eq!(count(&requests, ATTACHED), 20);
+    assert_eq!(doc["api_calls"], 24, "{doc}");
+    assert_eq!(doc["forms_fetched"], 4, "{doc}");
+    assert_eq!(doc["uploads_on_reused_forms"], 16, "{doc}");
+    assert_eq!(doc["form_reuse"], "on", "{doc}");
+    assert_eq!(doc["form_reuse_turned_off"], Value::Null, "{doc}");
+    assert_rerun_sends_nothing(&emu, &manifest);
+
+    for sample in ["from-another-crm.csv", "notes.csv"] {
+        let emu = Emulator::start(&["--rate-limit", "off"]);
+        let (_s, manifest) = sample_copy_of(sample);
+        let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+        assert_eq!(code, 0, "{sample}: {doc}\n{stderr}");
+        let state = emu.state();
+        let attachments = state["attachments"].as_array().unwrap();
+        let rows = manifest_rows(&manifest);
+        assert_eq!(attachments.len(), rows.len(), "{sample}");
+        let contacts: HashSet<&str> = attachments
+            .iter()
+            .map(|a| a["contact_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            count(&emu.requests(), FORMS),
+            contacts.len() as u64,
+            "{sample}"
+        );
+        for a in attachments {
+            let row = rows
+                .iter()
+                .find(|r| a["filename"] == r.name.as_str())
+                .unwrap();
+            assert!(
+                emu.object(&encoded(a["key"].as_str().unwrap()))
+                    == std::fs::read(&row.path).unwrap(),
+                "{sample}: line {}",
+                row.line
+            );
+        }
+        assert_rerun_sends_nothing(&emu, &manifest);
+    }
+}
+
+#[test]
+fn two_hundred_files_over_ten_contacts_take_ten_forms_and_keep_their_bytes() {
+    let s = Scratch::new();
+    let (seed, manifest) = generated(&s, 200);
+    let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off"], None);
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+    let requests = emu.requests();
+    assert_eq!(count(&requests, FORMS), 10, "{requests:?}");
+    assert_eq!(count(&requests, ATTACHED), 200, "{requests:?}");
+    assert_eq!(doc["api_calls"], 210, "{doc}");
+    assert_rerun_sends_nothing(&emu, &manifest);
+}
+
+#[test]
+fn two_files_of_one_name_for_one_contact_in_one_second_get_two_keys() {
+    // Every form carries one timestamp, so every key of a contact starts alike.
+    let emu = Emulator::start(&["--rate-limit", "off", "--form-timestamp", "1764496800"]);
+    let s = Scratch::new();
+    s.file("a/report.pdf", b"the first report");
+    s.file("b/report.pdf", b"the second report, longer");
+    // Ada and two of her notes (samples/emulator-seed.json).
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id\n\
+         a/report.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n\
+         b/report.pdf,ca929443ed449d7679121de5,note,ce1987ee72777833d0d1e0e7\n",
+    );
+    let (code, doc, _) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        doc["uploads_on_reused_forms"], 1,
+        "one form carried both: {doc}"
+    );
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+}
+
+#[test]
+fn forms_too_short_lived_to_reuse_are_one_per_file() {
+    // A form that lives 30 s has less life than the safe margin (60 s): never reused.
+    let emu = Emulator::start(&["--rate-limit", "off", "--form-ttl", "30"]);
+    let (_s, manifest) = sample_copy();
+    let (code, doc, _) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_eq!(count(&emu.requests(), FORMS), 20);
+    assert_eq!(doc["uploads_on_reused_forms"], 0, "{doc}");
+}
+
+#[test]
+fn forms_that_expire_mid_reuse_are_renewed_and_no_row_fails() {
+    // The 4th upload arrives late: the emulator's clock first moves past every form's life
+    // (`--form-ttl` + 1 s), so the reused form it carries has expired. It is renewed when S3
+    // refuses it, not counted as a failure.
+    let emu = Emulator::with_faults(&["POST /{bucket}/:4:late"]);
+    let (_s, manifest) = sample_copy();
+    // One row at a time: the 4th upload is the first contact's 4th file (of 5), on its reused
+    // form.
+    let (code, doc, stderr) = run_json(&emu, &manifest, &["-v", "--concurrency", "1"]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+    assert!(
+        stderr.contains("the reused upload form expired; getting a new one"),
+        "{stderr}"
+    );
+    assert_eq!(
+        doc["retries"], 0,
+        "a refused reused form is no failure: {doc}"
+    );
+    assert_eq!(doc["failures"], Value::Array(vec![]), "{doc}");
+    let requests = emu.requests();
+    assert!(count(&requests, "POST /{bucket}/ 403") >= 1, "{requests:?}");
+    assert!(count(&requests, FORMS) > 4, "renewed: {requests:?}");
+    assert_eq!(doc["form_reuse"], "on", "{doc}");
+}
+
+#[test]
+fn a_short_form_life_renews_forms_as_the_run_goes_and_no_row_fails() {
+    // 61 s of life leaves 1 s of reuse after the 60 s margin: forms are renewed as the run goes
+    // (how often depends on the machine's speed; what is asserted does not).
+    let s = Scratch::new();
+    let (seed, manifest) = generated(&s, 60);
+    let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off", "--form-ttl", "61"], None);
+    let (code, doc, _) = run_json(&emu, &manifest, &["--concurrency", "4"]);
+    assert_eq!(code, 0, "{doc}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+    assert_eq!(doc["retries"], 0, "{doc}");
+    assert_eq!(
+        count(&emu.requests(), "POST /{bucket}/ 403"),
+        0,
+        "no form was used past its margin"
+    );
+}
+
+#[test]
+fn single_use_forms_turn_reuse_off_for_good_and_every_row_is_done_once() {
+    let s = Scratch::new();
+    let (seed, full) = generated(&s, 80);
+    // The first 60 rows now, the other 20 in a later run of the same state file.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let manifest = s.path("manifest.csv");
+    std::fs::write(&manifest, lines[..61].join("\n") + "\n").unwrap();
+    let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off", "--single-use-forms"], None);
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_objects_are_the_files(&emu, &manifest);
+    assert_eq!(doc["form_reuse"], "turned_off", "{doc}");
+    let why = doc["form_reuse_turned_off"].as_str().unwrap();
+    assert!(
+        why.contains("step 3 refused a key made from a reused"),
+        "{why}"
+    );
+    assert_eq!(doc["failures"], Value::Array(vec![]), "{doc}");
+    assert_eq!(
+        stderr
+            .matches("form reuse is off for the rest of this run")
+            .count(),
+        1,
+        "said once: {stderr}"
+    );
+    let refused = count(&emu.requests(), "POST /api/v3/attachments 400");
+    assert!(refused >= 1, "{:?}", emu.requests());
+
+    // A later run of this state file: one form per file from the start (its dry run counts two
+    // calls per file), nothing refused.
+    std::fs::write(&manifest, &text).unwrap();
+    let (code, plan, _) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["api_calls"], 40, "{plan}");
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert!(
+        stderr.contains("form reuse is off for this state file"),
+        "{stderr}"
+    );
+    assert_eq!(doc["form_reuse"], "off", "{doc}");
+    assert_eq!(doc["done_now"], 20, "{doc}");
+    assert_eq!(doc["forms_fetched"], 20, "{doc}");
+    assert_eq!(doc["uploads_on_reused_forms"], 0, "{doc}");
+    assert_eq!(
+        count(&emu.requests(), "POST /api/v3/attachments 400"),
+        refused,
+        "nothing more refused"
+    );
+    assert_exactly_once(&emu.state(), &manifest);
+}
+
+#[test]
+fn form_reuse_off_is_one_form_per_file_and_the_resume_command_keeps_it() {
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:3:error"]);
+    let (_s, manifest) = sample_copy();
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--form-reuse", "off", "--retries", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("--form-reuse off"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "upload forms:       20 fetched, 0 uploads on a reused form (form reuse off)"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(count(&emu.requests(), FORMS), 20);
+}
+
+#[test]
+fn the_dry_run_counts_one_form_per_contact_with_reuse_and_one_per_file_without() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = sample_copy();
+    let contacts = contacts(&manifest);
+    let (code, plan, _) = run_json(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["api_calls"], 20 + contacts, "{plan}");
+    let (code, plan, _) = run_json(&emu, &manifest, &["--dry-run", "--form-reuse", "off"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["api_calls"], 40, "{plan}");
+    // A form too short-lived to reuse: the quota check's form shows it.
+    let short = Emulator::start(&["--rate-limit", "off", "--form-ttl", "30"]);
+    let (code, plan, _) = run_json(&short, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["api_calls"], 40, "{plan}");
+}
