@@ -34,7 +34,8 @@ impl Mode {
 pub struct Totals {
     pub rows: u64,
     pub bytes: u64,
-    /// API calls the rows still need (2 to upload and attach, 1 to attach, 2 to verify and attach).
+    /// API calls the rows still need (see `Work::api_calls`: with form reuse, an attach per file
+    /// and a form per contact).
     pub api_calls: u64,
 }
 

@@ -1,16 +1,22 @@
 //! The storage quota check, one for `check` and `run`: one step-1 call for the first row's
 //! contact (the form's answer carries `storage_left`), sent like every other call of a run:
 //! through the client's rate limit and the throttle gate, with retries, so that a throttled
-//! answer is waited out instead of failing the check.
+//! answer is waited out instead of failing the check. A run keeps that form for its first row.
 
 use serde::Serialize;
 
 use crate::pipeline::{Context, Settings, Stateless};
+use crate::remote::api::Form;
 use crate::remote::{Client, RemoteError};
+
+/// Step 1 for `contact_id`: its answer tells the account's storage left.
+pub async fn first_form(ctx: &Context, contact_id: &str) -> Result<Form, RemoteError> {
+    ctx.api_retrying(|| ctx.client.s3_form(contact_id)).await
+}
 
 /// The account's storage left, as step 1 for `contact_id` tells it.
 pub async fn storage_left(ctx: &Context, contact_id: &str) -> Result<u64, RemoteError> {
-    ctx.api_retrying(|| ctx.client.s3_form(contact_id))
+    first_form(ctx, contact_id)
         .await
         .map(|form| form.storage_left)
 }

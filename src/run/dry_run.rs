@@ -218,6 +218,14 @@ fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
         human_bytes(work.bytes()),
         work.bytes()
     )?;
+    let uploads = work.count(Plan::Upload);
+    if uploads > 0 {
+        let forms = match planned.reuse_forms {
+            true => "one per contact: a contact's form carries its files (--form-reuse auto)",
+            false => "one per file",
+        };
+        writeln!(out, "  upload forms:                {forms}")?;
+    }
     let calls = planned.api_calls();
     match (estimate(cfg, planned), cfg.settings.rate) {
         (Some(d), Some(rate)) => writeln!(

@@ -16,7 +16,7 @@ use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Outcome, Plan, Stop};
 use crate::preflight::human_bytes;
 use crate::remote::RemoteError;
-use crate::{ExitStatus, progress};
+use crate::{ExitStatus, progress, quota};
 
 /// What the pipeline did with the rows of one run.
 pub struct Executed {
@@ -239,14 +239,11 @@ pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError>
         return Ok(());
     };
     let needed = work.bytes();
-    let first_form = ctx
-        .api_retrying(|| ctx.client.s3_form(&first.contact_id))
-        .await
-        .map(|form| {
-            let storage_left = form.storage_left;
-            ctx.forms.keep_unused(&first.contact_id, form);
-            storage_left
-        });
+    let first_form = quota::first_form(ctx, &first.contact_id).await.map(|form| {
+        let storage_left = form.storage_left;
+        ctx.forms.keep_unused(&first.contact_id, form);
+        storage_left
+    });
     match first_form {
         Err(_) if ctx.stop_reason() == Stop::Stalled => Err(CommandError::new(
             ExitStatus::Retryable,

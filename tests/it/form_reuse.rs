@@ -338,6 +338,13 @@ fn the_dry_run_counts_one_form_per_contact_with_reuse_and_one_per_file_without()
     let (code, plan, _) = run_json(&emu, &manifest, &["--dry-run", "--form-reuse", "off"]);
     assert_eq!(code, 0, "{plan}");
     assert_eq!(plan["api_calls"], 40, "{plan}");
+    emu.run_cmd(&manifest)
+        .arg("--dry-run")
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains(
+            "upload forms:                one per contact",
+        ));
     // A form too short-lived to reuse: the quota check's form shows it.
     let short = Emulator::start(&["--rate-limit", "off", "--form-ttl", "30"]);
     let (code, plan, _) = run_json(&short, &manifest, &["--dry-run"]);
