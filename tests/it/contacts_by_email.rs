@@ -164,7 +164,7 @@ fn dry_run_counts_the_lookups_in_its_calls_and_after_a_run_none() {
     assert_eq!(plan["notes_to_create"], 4);
     assert_eq!(plan["api_calls"], 48);
     let seconds = plan["estimated_seconds"].as_f64().unwrap();
-    assert!((seconds - 48.0 / 4.9).abs() < 0.01, "{seconds}");
+    assert!((seconds - 48.0 / 4.8).abs() < 0.01, "{seconds}");
     assert!(
         emu.requests().keys().all(|k| k.contains("s3_form")),
         "a dry run sends only the quota check: {:?}",

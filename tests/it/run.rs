@@ -650,7 +650,7 @@ fn dry_run_plans_without_uploading() {
         .assert()
         .code(0)
         .stdout(contains("to upload (all three steps): 20"))
-        .stdout(contains("API calls: 40, about 8.2 s at 4.9 requests/s"))
+        .stdout(contains("API calls: 40, about 8.3 s at 4.8 requests/s"))
         .stdout(contains("storage quota: enough"));
     let state = emu.state();
     assert_eq!(
