@@ -46,9 +46,9 @@ const MIN_RATE: f64 = 0.2;
 /// to the rate asked for: a days-long run is not held back for good by a bad minute.
 const QUIET_TO_SPEED_UP: Duration = Duration::from_secs(60);
 const SPEED_UP: f64 = 1.1;
-/// With `--rate off`, a throttled answer's pause is one call's worth at this rate, and slowing
-/// down installs a limiter as if the client had been sending at this rate; speeding up past it
-/// lifts the limiter again.
+/// With `--rate off`, slowing down installs a limiter as if the client had been sending at this
+/// rate, and speeding up past it lifts the limiter again. (A throttled answer's pause is then one
+/// call's worth at `DEFAULT_RATE`, what OnePageCRM's bucket needs to let one through.)
 const UNLIMITED_AS: f64 = 10.0;
 /// The longest gap between two calls the limiter keeps (a rate far below any use stays finite).
 const MAX_PERIOD: Duration = Duration::from_secs(86_400);
@@ -254,7 +254,7 @@ impl ApiGate {
         s.closings += 1;
         s.refused = true;
         let n = s.consecutive;
-        let one_call = period(s.rate.unwrap_or(UNLIMITED_AS));
+        let one_call = period(s.rate.unwrap_or(DEFAULT_RATE));
         let wanted = retry_after
             .unwrap_or_else(|| one_call.saturating_mul(1 << (n - 1).min(20)))
             .min(MAX_THROTTLE_PAUSE);
@@ -653,7 +653,7 @@ mod tests {
         let before = Instant::now();
         let throttle = refused(&gate, None).await;
         let pause = throttle.pause.unwrap();
-        assert!(pause >= period(UNLIMITED_AS) && pause < Duration::from_secs(1));
+        assert!(pause >= period(DEFAULT_RATE) && pause < Duration::from_secs(1));
         let ticket = gate.turn().await;
         assert!(before.elapsed() >= pause, "the gate paused");
         gate.throttled(ticket, None);
