@@ -83,7 +83,7 @@ impl Limiter {
     /// Grants a call at `now`, or says when one may be granted.
     fn grant(&mut self, now: Instant) -> Result<(), Instant> {
         let tat = self.tat.map_or(now, |t| t.max(now));
-        let tolerance = self.period * (self.burst - 1);
+        let tolerance = self.period.saturating_mul(self.burst - 1).min(MAX_PERIOD);
         if tat <= now + tolerance {
             self.tat = Some(tat + self.period);
             Ok(())
