@@ -13,15 +13,14 @@
 
 mod events;
 pub mod forms;
+mod gate;
 pub mod notes;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -33,14 +32,9 @@ use crate::remote::{Client, RemoteError};
 
 pub use events::{Counts, Event, Events, Listener, Step};
 pub use forms::{FormReuse, Forms, Lease};
+use gate::{ANNOUNCED_PAUSE, MAX_CONSECUTIVE_THROTTLES, MAX_THROTTLE_PAUSE, Ticket};
+pub use gate::{ApiGate, DEFAULT_BURST, DEFAULT_RATE};
 
-/// The client's default limit on API calls: 4.9 requests/s in bursts of 5. OnePageCRM (and the
-/// emulator) throttle at 5/s with bursts of 10. At 4.9/s the server's bucket never drains (it
-/// gains 0.1 request/s), and a client burst of 5 leaves 5 of the server's 10 free: requests that
-/// network jitter brings closer together than they were sent (by up to a second) still pass, so
-/// no answer is throttled, while the API is used at 98% of what it allows.
-pub const DEFAULT_RATE: f64 = 4.9;
-pub const DEFAULT_BURST: u32 = 5;
 /// `--stall-timeout`'s default: a run in which no API call has succeeded for this long stops.
 /// Long enough for any throttle pause (at most `MAX_THROTTLE_PAUSE`) and several row retries,
 /// short enough that a run against a dead or hostile server does not go on for hours.
@@ -104,138 +98,11 @@ pub enum Stop {
     Stalled = 4,
 }
 
-/// The shared limit on API calls, and the gate a throttled answer closes for every worker.
-pub struct ApiGate {
-    limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
-    rate: Mutex<Option<f64>>,
-    burst: u32,
-    /// No API call starts before this instant (on tokio's clock, which the waits follow).
-    resume_at: Mutex<Option<tokio::time::Instant>>,
-    consecutive: AtomicU32,
-    recent: Mutex<VecDeque<Instant>>,
-}
-
-/// Throttled answers in a row after which the call gives up (as a retryable failure).
-const MAX_CONSECUTIVE_THROTTLES: u32 = 30;
 /// Refusals of reused forms by S3 that one row takes without counting them as failures.
 const MAX_WAVED_REFUSALS: u32 = 3;
 /// Times a row is uploaded again with a fresh form after step 3 refused a key of a form that
 /// carried another upload (see `maybe_reuse_refused`).
 const MAX_REDOS: u32 = 3;
-/// The longest pause one throttled answer closes the gate for: a `Retry-After` is honoured up
-/// to this (a server asking for 999999999 s would otherwise stop the run for good, in silence).
-const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
-/// A throttle pause at least this long is announced (a warning), so a waiting run is not silent.
-const ANNOUNCED_PAUSE: Duration = Duration::from_secs(5);
-/// This many throttled answers within `THROTTLE_WINDOW` lower the client's rate.
-const THROTTLES_TO_SLOW_DOWN: usize = 3;
-const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
-
-fn limiter(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let quota = Quota::with_period(period)
-        .expect("a positive rate")
-        .allow_burst(NonZeroU32::new(burst.max(1)).expect("at least 1"));
-    Arc::new(RateLimiter::direct(quota))
-}
-
-impl ApiGate {
-    pub fn new(rate: Option<f64>, burst: u32) -> Self {
-        Self {
-            limiter: RwLock::new(rate.map(|r| limiter(r, burst))),
-            rate: Mutex::new(rate),
-            burst,
-            resume_at: Mutex::new(None),
-            consecutive: AtomicU32::new(0),
-            recent: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// Waits until the gate is open and the limiter grants a call.
-    async fn turn(&self) {
-        loop {
-            let until = *self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
-            match until {
-                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
-                _ => break,
-            }
-        }
-        let limiter = self
-            .limiter
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(limiter) = limiter {
-            limiter.until_ready().await;
-        }
-    }
-
-    /// A throttled answer: close the gate for everybody, longer each time (a `Retry-After` is
-    /// honoured up to `MAX_THROTTLE_PAUSE`), and slow down for good when they keep coming.
-    fn throttled(&self, retry_after: Option<Duration>) -> Throttle {
-        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
-        let backoff = Duration::from_millis(500u64.saturating_mul(1 << n.min(7)));
-        let pause = retry_after.unwrap_or(backoff).min(MAX_THROTTLE_PAUSE)
-            + jitter(Duration::from_millis(250));
-        let extended = {
-            let mut resume = self.resume_at.lock().unwrap_or_else(|e| e.into_inner());
-            let at = tokio::time::Instant::now() + pause;
-            let later = resume.is_none_or(|r| r < at);
-            if later {
-                *resume = Some(at);
-            }
-            later
-        };
-        let now = Instant::now();
-        let slow_down = {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.push_back(now);
-            while recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > THROTTLE_WINDOW)
-            {
-                recent.pop_front();
-            }
-            let slow = recent.len() >= THROTTLES_TO_SLOW_DOWN;
-            if slow {
-                recent.clear();
-            }
-            slow
-        };
-        if slow_down {
-            let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-            let new = (rate.unwrap_or(10.0) * 0.75).max(0.2);
-            warn!(
-                "the API keeps throttling; lowering the request rate from {} to {new:.2}/s",
-                rate.map_or("unlimited".to_string(), |r| format!("{r:.2}/s"))
-            );
-            *rate = Some(new);
-            *self.limiter.write().unwrap_or_else(|e| e.into_inner()) =
-                Some(limiter(new, self.burst.min(5)));
-        }
-        Throttle {
-            n,
-            pause: extended.then_some(pause),
-        }
-    }
-
-    fn answered(&self) {
-        self.consecutive.store(0, Ordering::SeqCst);
-    }
-
-    pub fn current_rate(&self) -> Option<f64> {
-        *self.rate.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// What one throttled answer did to the gate.
-#[derive(Debug)]
-struct Throttle {
-    /// Throttled answers in a row, this one included.
-    n: u32,
-    /// The pause every API call now waits, when this answer made the gate close later.
-    pause: Option<Duration>,
-}
 
 /// Since when no API call has succeeded, and what the calls got since then.
 struct StallClock {
@@ -251,11 +118,6 @@ pub fn show_duration(d: Duration) -> String {
         s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
         s => format!("{s} s"),
     }
-}
-
-/// A random share of `max`.
-fn jitter(max: Duration) -> Duration {
-    max.mul_f64(rand::rng().random::<f64>())
 }
 
 /// The longest backoff, however many attempts came before.
@@ -400,7 +262,7 @@ impl Context {
     {
         let mut throttled: Option<(u16, Option<Duration>)> = None;
         loop {
-            if !self.turn().await {
+            let Some(ticket) = self.turn().await else {
                 return Err(match throttled {
                     Some((status, retry_after)) => RemoteError::Throttled {
                         status,
@@ -408,7 +270,7 @@ impl Context {
                     },
                     None => RemoteError::Stopped(self.abort_reason()),
                 });
-            }
+            };
             self.events.emit(Event::ApiCall);
             let result = call().await;
             self.clock(&result);
@@ -417,7 +279,7 @@ impl Context {
                     status,
                     retry_after,
                 }) => {
-                    let throttle = self.gate.throttled(retry_after);
+                    let throttle = self.gate.throttled(ticket, retry_after);
                     self.events.emit(Event::Throttled {
                         status,
                         consecutive: throttle.n,
@@ -446,25 +308,25 @@ impl Context {
                     throttled = Some((status, retry_after));
                 }
                 Err(RemoteError::Unauthorized { message }) => {
-                    self.gate.answered();
+                    self.gate.answered(ticket);
                     self.stop(Stop::Credentials);
                     return Err(RemoteError::Unauthorized { message });
                 }
                 other => {
-                    self.gate.answered();
+                    self.gate.answered(ticket);
                     return other;
                 }
             }
         }
     }
 
-    /// Waits for the gate (its throttle pause, then the limiter); false, at once, when the run
-    /// is aborted.
-    async fn turn(&self) -> bool {
+    /// Waits for the gate (its throttle pause, the probe while refused, then the limiter);
+    /// `None`, at once, when the run is aborted.
+    async fn turn(&self) -> Option<Ticket<'_>> {
         tokio::select! {
             biased;
-            _ = self.abort.cancelled() => false,
-            _ = self.gate.turn() => true,
+            _ = self.abort.cancelled() => None,
+            ticket = self.gate.turn() => Some(ticket),
         }
     }
 
@@ -1312,9 +1174,10 @@ mod tests {
         let before = tokio::time::Instant::now();
         assert!(ctx.pause(Duration::from_secs(3600)).await, "not cut");
         assert!(before.elapsed() >= Duration::from_secs(3600));
-        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let ticket = ctx.gate.turn().await;
+        ctx.gate.throttled(ticket, Some(Duration::from_secs(30)));
         let before = tokio::time::Instant::now();
-        assert!(ctx.turn().await, "the gate's pause is waited out");
+        assert!(ctx.turn().await.is_some(), "the gate's pause is waited out");
         assert!(before.elapsed() >= Duration::from_secs(30));
     }
 
@@ -1332,10 +1195,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_abort_cuts_backoffs_and_gate_waits_short_and_stops_new_rows() {
         let ctx = Arc::new(context());
-        ctx.gate.throttled(Some(Duration::from_secs(30)));
+        let ticket = ctx.gate.turn().await;
+        ctx.gate.throttled(ticket, Some(Duration::from_secs(30)));
         let before = tokio::time::Instant::now();
         let (gate, backoff) = (ctx.clone(), ctx.clone());
-        let gate = tokio::spawn(async move { gate.turn().await });
+        let gate = tokio::spawn(async move { gate.turn().await.is_some() });
         let backoff = tokio::spawn(async move { backoff.pause(Duration::from_secs(3600)).await });
         // Both tasks run until they wait (this task is runnable meanwhile, so the clock holds).
         tokio::task::yield_now().await;
@@ -1354,48 +1218,11 @@ mod tests {
         assert_eq!(ctx.counts(), Counts::default());
     }
 
-    #[tokio::test]
-    async fn a_retry_after_is_honoured_up_to_the_cap() {
-        let gate = ApiGate::new(None, 5);
-        let before = tokio::time::Instant::now();
-        for asked in [999_999_999, u64::MAX] {
-            gate.throttled(Some(Duration::from_secs(asked)));
-            let resume = gate.resume_at.lock().unwrap().unwrap();
-            assert!(
-                resume
-                    <= tokio::time::Instant::now()
-                        + MAX_THROTTLE_PAUSE
-                        + Duration::from_millis(250),
-                "{asked}: the gate is closed for {:?}",
-                resume - before
-            );
-        }
-        let gate = ApiGate::new(None, 5);
-        let throttle = gate.throttled(Some(Duration::from_secs(7)));
-        let pause = throttle.pause.unwrap();
-        assert!(pause >= Duration::from_secs(7) && pause < Duration::from_secs(8));
-        assert!(
-            gate.throttled(Some(Duration::ZERO)).pause.is_none(),
-            "not later"
-        );
-    }
-
     #[test]
     fn durations_are_shown_as_given() {
         assert_eq!(show_duration(Duration::from_secs(600)), "10 min");
         assert_eq!(show_duration(Duration::from_secs(2)), "2 s");
         assert_eq!(show_duration(Duration::from_secs(90)), "90 s");
         assert_eq!(show_duration(Duration::from_secs(7200)), "2 h");
-    }
-
-    #[tokio::test]
-    async fn repeated_throttles_lower_the_rate() {
-        let gate = ApiGate::new(Some(4.0), 5);
-        for _ in 0..THROTTLES_TO_SLOW_DOWN {
-            gate.throttled(Some(Duration::ZERO));
-        }
-        assert_eq!(gate.current_rate(), Some(3.0));
-        gate.answered();
-        assert_eq!(gate.consecutive.load(Ordering::SeqCst), 0);
     }
 }
