@@ -351,3 +351,49 @@ fn the_dry_run_counts_one_form_per_contact_with_reuse_and_one_per_file_without()
     assert_eq!(code, 0, "{plan}");
     assert_eq!(plan["api_calls"], 40, "{plan}");
 }
+
+#[test]
+fn an_s3_that_refuses_reused_forms_turns_reuse_off_and_every_row_is_done_once() {
+    use crate::common::hostile::{Answer, Hostile};
+    // In front of the emulator: S3 takes one upload per form handed out, and refuses any other
+    // as a policy condition failure (S3's `AccessDenied`), as a stricter S3 might.
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let fresh = std::sync::Mutex::new(0u32);
+    let server = Hostile::start(Some(&emu), move |call| {
+        let mut fresh = fresh.lock().unwrap();
+        if call.seen.path.contains("/attachments/s3_form") {
+            *fresh += 1;
+        } else if call.seen.is_s3() {
+            if *fresh == 0 {
+                return Answer::plain(
+                    403,
+                    "application/xml",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Invalid according to Policy: Policy Condition failed</Message></Error>",
+                );
+            }
+            *fresh -= 1;
+        }
+        Answer::Pass
+    });
+    let (_s, manifest) = sample_copy();
+    let out = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--concurrency", "1", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_eq!(doc["form_reuse"], "turned_off", "{doc}");
+    let why = doc["form_reuse_turned_off"].as_str().unwrap();
+    assert!(
+        why.contains("S3 refused an upload made with a reused form"),
+        "{why}"
+    );
+    assert_eq!(doc["retries"], 0, "the refusal is no failure: {doc}");
+    // One refusal: the second upload, on the first form; then one form per file.
+    let refused = server.requests().iter().filter(|r| r.is_s3()).count() - 20;
+    assert_eq!(refused, 1, "{doc}");
+    assert_eq!(doc["uploads_on_reused_forms"], 1, "{doc}");
+}
