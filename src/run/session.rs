@@ -43,26 +43,26 @@ impl Session {
 
     /// Why an earlier run turned form reuse off for this state file, if it did.
     pub fn form_reuse_off(&self, cfg: &RunConfig) -> Result<Option<String>, CommandError> {
-        self.store
-            .call_blocking(checkpoint::form_reuse_off)
-            .map_err(|e| {
-                CommandError::stopped(format!(
-                    "cannot read state file {}: {e}",
-                    cfg.state.display()
-                ))
-            })
+        self.read(cfg, checkpoint::form_reuse_off)
     }
 
     /// The emails earlier runs resolved, and their contacts.
     pub fn known_lookups(&self, cfg: &RunConfig) -> Result<HashMap<String, String>, CommandError> {
-        self.store
-            .call_blocking(checkpoint::load_lookups)
-            .map_err(|e| {
-                CommandError::stopped(format!(
-                    "cannot read state file {}: {e}",
-                    cfg.state.display()
-                ))
-            })
+        self.read(cfg, checkpoint::load_lookups)
+    }
+
+    /// What `f` reads from the state file; an error names the file.
+    fn read<T: Send + 'static>(
+        &self,
+        cfg: &RunConfig,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, CommandError> {
+        self.store.call_blocking(f).map_err(|e| {
+            CommandError::stopped(format!(
+                "cannot read state file {}: {e}",
+                cfg.state.display()
+            ))
+        })
     }
 
     /// Records emails resolved now (email, contact), so that no later run looks them up again.
