@@ -19,7 +19,8 @@
 //!    accepted in any 2 s): accepted API calls/s ÷ 5, and throttled answers ÷ requests.
 //!
 //! `PIPELINE_BENCH_SMALL=1` shrinks every figure (for CI, so the bench cannot rot; nothing is
-//! judged then).
+//! judged then). `PIPELINE_BENCH_FIGURES=7,8` measures only those figures (1, 3, 4 and 5 share
+//! their emulator: asking for one measures the four).
 
 mod common;
 
@@ -78,191 +79,208 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let contacts = 100u64;
     let mut figures = Vec::new();
+    // `PIPELINE_BENCH_FIGURES=7,8`: only those figures (and those measured with them).
+    let only: Option<Vec<u32>> = std::env::var("PIPELINE_BENCH_FIGURES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let wanted = |numbers: &[u32]| {
+        only.as_ref()
+            .is_none_or(|only| numbers.iter().any(|n| only.contains(n)))
+    };
 
-    // 1 and 5: throughput, and what the checkpoint costs.
-    let emu = start(
-        &runtime,
-        dir.path(),
-        contacts,
-        sizes.small_files.max(sizes.rerun_rows),
-        None,
-    );
-    let api = emu.app.api_base();
-    let small_manifest =
-        common::make_files(&dir.path().join("small"), sizes.small_files, 1024, contacts);
-    let fast = ["--rate", "off", "--concurrency", "32"];
-    // Three runs each way, each with a fresh state; the best of each (the least disturbed by
-    // whatever else the machine does) is the figure.
-    let mut with_file = Duration::MAX;
-    let mut in_memory = Duration::MAX;
-    for _ in 0..3 {
-        for suffix in ["opcrm.sqlite", "opcrm.sqlite-wal", "opcrm.sqlite-shm"] {
-            let _ = std::fs::remove_file(small_manifest.with_extension(suffix));
+    if wanted(&[1, 3, 4, 5]) {
+        // 1 and 5: throughput, and what the checkpoint costs.
+        let emu = start(
+            &runtime,
+            dir.path(),
+            contacts,
+            sizes.small_files.max(sizes.rerun_rows),
+            None,
+        );
+        let api = emu.app.api_base();
+        let small_manifest =
+            common::make_files(&dir.path().join("small"), sizes.small_files, 1024, contacts);
+        let fast = ["--rate", "off", "--concurrency", "32"];
+        // Three runs each way, each with a fresh state; the best of each (the least disturbed by
+        // whatever else the machine does) is the figure.
+        let mut with_file = Duration::MAX;
+        let mut in_memory = Duration::MAX;
+        for _ in 0..3 {
+            for suffix in ["opcrm.sqlite", "opcrm.sqlite-wal", "opcrm.sqlite-shm"] {
+                let _ = std::fs::remove_file(small_manifest.with_extension(suffix));
+            }
+            with_file = with_file.min(common::run_tool(&api, &small_manifest, &fast, None).elapsed);
+            in_memory = in_memory
+                .min(common::run_tool(&api, &small_manifest, &fast, Some(":memory:")).elapsed);
         }
-        with_file = with_file.min(common::run_tool(&api, &small_manifest, &fast, None).elapsed);
-        in_memory =
-            in_memory.min(common::run_tool(&api, &small_manifest, &fast, Some(":memory:")).elapsed);
-    }
-    let rows_per_s = sizes.small_files as f64 / with_file.as_secs_f64();
-    let curl_manifest =
-        common::make_files(&dir.path().join("curl"), sizes.curl_files, 1024, contacts);
-    let curl_rows_per_s = sizes.curl_files as f64 / curl_loop(&api, &curl_manifest).as_secs_f64();
-    figures.push(Figure {
-        what: format!(
-            "1. {} files of 1 KB, throttle off, --concurrency 32: rows/s (best of 3)",
-            sizes.small_files
-        ),
-        value: format!("{rows_per_s:.0}"),
-        baseline: format!("{curl_rows_per_s:.1} (curl loop)"),
-        ratio: format!("{:.1}x", rows_per_s / curl_rows_per_s),
-        target: ">= 2000 and >= 50x".into(),
-        met: Some(rows_per_s >= 2000.0 && rows_per_s / curl_rows_per_s >= 50.0),
-    });
-    let cost = with_file.as_secs_f64() / in_memory.as_secs_f64() - 1.0;
-    figures.push(Figure {
-        what: "5. figure 1 with the state file vs --state :memory:, seconds (best of 3)".into(),
-        value: format!("{:.2}", with_file.as_secs_f64()),
-        baseline: format!("{:.2} (in memory)", in_memory.as_secs_f64()),
-        ratio: format!("{:+.1}%", cost * 100.0),
-        target: "checkpoint <= 15%".into(),
-        met: Some(cost <= 0.15),
-    });
+        let rows_per_s = sizes.small_files as f64 / with_file.as_secs_f64();
+        let curl_manifest =
+            common::make_files(&dir.path().join("curl"), sizes.curl_files, 1024, contacts);
+        let curl_rows_per_s =
+            sizes.curl_files as f64 / curl_loop(&api, &curl_manifest).as_secs_f64();
+        figures.push(Figure {
+            what: format!(
+                "1. {} files of 1 KB, throttle off, --concurrency 32: rows/s (best of 3)",
+                sizes.small_files
+            ),
+            value: format!("{rows_per_s:.0}"),
+            baseline: format!("{curl_rows_per_s:.1} (curl loop)"),
+            ratio: format!("{:.1}x", rows_per_s / curl_rows_per_s),
+            target: ">= 2000 and >= 50x".into(),
+            met: Some(rows_per_s >= 2000.0 && rows_per_s / curl_rows_per_s >= 50.0),
+        });
+        let cost = with_file.as_secs_f64() / in_memory.as_secs_f64() - 1.0;
+        figures.push(Figure {
+            what: "5. figure 1 with the state file vs --state :memory:, seconds (best of 3)".into(),
+            value: format!("{:.2}", with_file.as_secs_f64()),
+            baseline: format!("{:.2} (in memory)", in_memory.as_secs_f64()),
+            ratio: format!("{:+.1}%", cost * 100.0),
+            target: "checkpoint <= 15%".into(),
+            met: Some(cost <= 0.15),
+        });
 
-    // 4: a rerun of a state where every row is done.
-    let rerun_manifest =
-        common::make_files(&dir.path().join("rerun"), sizes.rerun_rows, 16, contacts);
-    mark_all_done(&rerun_manifest);
-    let before = total_requests(&emu);
-    let rerun = common::run_tool(&api, &rerun_manifest, &[], None);
-    let sent = total_requests(&emu) - before;
-    figures.push(Figure {
-        what: format!(
-            "4. rerun of a done {}-row state: seconds, requests",
-            sizes.rerun_rows
-        ),
-        value: format!("{:.2} s, {sent} req", rerun.elapsed.as_secs_f64()),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: "<= 5 s and 0 requests".into(),
-        met: Some(rerun.elapsed <= Duration::from_secs(5) && sent == 0),
-    });
+        // 4: a rerun of a state where every row is done.
+        let rerun_manifest =
+            common::make_files(&dir.path().join("rerun"), sizes.rerun_rows, 16, contacts);
+        mark_all_done(&rerun_manifest);
+        let before = total_requests(&emu);
+        let rerun = common::run_tool(&api, &rerun_manifest, &[], None);
+        let sent = total_requests(&emu) - before;
+        figures.push(Figure {
+            what: format!(
+                "4. rerun of a done {}-row state: seconds, requests",
+                sizes.rerun_rows
+            ),
+            value: format!("{:.2} s, {sent} req", rerun.elapsed.as_secs_f64()),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: "<= 5 s and 0 requests".into(),
+            met: Some(rerun.elapsed <= Duration::from_secs(5) && sent == 0),
+        });
 
-    // 3: memory with large files.
-    let big = common::make_files(
-        &dir.path().join("big"),
-        sizes.big_files,
-        sizes.big_size,
-        contacts,
-    );
-    let run = common::run_tool(&api, &big, &["--rate", "off", "--concurrency", "16"], None);
-    let rss_mb = run.peak_rss_kb as f64 / 1024.0;
-    let mb = (sizes.big_files * sizes.big_size) as f64 / f64::from(1 << 20);
-    figures.push(Figure {
-        what: format!(
-            "3. {} files of {} MB, --concurrency 16: peak RSS, MB ({:.0} MB/s)",
+        // 3: memory with large files.
+        let big = common::make_files(
+            &dir.path().join("big"),
             sizes.big_files,
-            sizes.big_size >> 20,
-            mb / run.elapsed.as_secs_f64()
-        ),
-        value: format!("{rss_mb:.1}"),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: "<= 64 MB".into(),
-        met: Some(rss_mb <= 64.0),
-    });
-    runtime.block_on(emu.stop());
+            sizes.big_size,
+            contacts,
+        );
+        let run = common::run_tool(&api, &big, &["--rate", "off", "--concurrency", "16"], None);
+        let rss_mb = run.peak_rss_kb as f64 / 1024.0;
+        let mb = (sizes.big_files * sizes.big_size) as f64 / f64::from(1 << 20);
+        figures.push(Figure {
+            what: format!(
+                "3. {} files of {} MB, --concurrency 16: peak RSS, MB ({:.0} MB/s)",
+                sizes.big_files,
+                sizes.big_size >> 20,
+                mb / run.elapsed.as_secs_f64()
+            ),
+            value: format!("{rss_mb:.1}"),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: "<= 64 MB".into(),
+            met: Some(rss_mb <= 64.0),
+        });
+        runtime.block_on(emu.stop());
+    }
 
-    // 2: the client's defaults against the real throttle.
-    let throttled = start(
-        &runtime,
-        dir.path(),
-        contacts,
-        sizes.throttled_files,
-        Some("5/10"),
-    );
-    let manifest = common::make_files(
-        &dir.path().join("throttled"),
-        sizes.throttled_files,
-        1024,
-        contacts,
-    );
-    let run = common::run_tool(&throttled.app.api_base(), &manifest, &[], None);
-    let calls = run.summary["api_calls"].as_f64().unwrap();
-    let use_of_limit = calls / run.elapsed.as_secs_f64() / 5.0;
-    let refused = throttled.app.state().throttled;
-    figures.push(Figure {
-        what: format!(
-            "2. throttle 5/10, client defaults, {} files: calls/s / 5",
-            sizes.throttled_files
-        ),
-        value: format!("{use_of_limit:.3}, {refused} throttled"),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: "0 throttled".into(),
-        met: Some(refused == 0),
-    });
-    runtime.block_on(throttled.stop());
+    if wanted(&[2]) {
+        // 2: the client's defaults against the real throttle.
+        let throttled = start(
+            &runtime,
+            dir.path(),
+            contacts,
+            sizes.throttled_files,
+            Some("5/10"),
+        );
+        let manifest = common::make_files(
+            &dir.path().join("throttled"),
+            sizes.throttled_files,
+            1024,
+            contacts,
+        );
+        let run = common::run_tool(&throttled.app.api_base(), &manifest, &[], None);
+        let calls = run.summary["api_calls"].as_f64().unwrap();
+        let use_of_limit = calls / run.elapsed.as_secs_f64() / 5.0;
+        let refused = throttled.app.state().throttled;
+        figures.push(Figure {
+            what: format!(
+                "2. throttle 5/10, client defaults, {} files: calls/s / 5",
+                sizes.throttled_files
+            ),
+            value: format!("{use_of_limit:.3}, {refused} throttled"),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: "0 throttled".into(),
+            met: Some(refused == 0),
+        });
+        runtime.block_on(throttled.stop());
+    }
 
-    // 8: the client's defaults against the strictest reading of the throttle.
-    let window = start_with_model(
-        &runtime,
-        dir.path(),
-        contacts,
-        sizes.throttled_files,
-        emulator::faults::ThrottleModel::Window,
-    );
-    let manifest = common::make_files(
-        &dir.path().join("window"),
-        sizes.throttled_files,
-        1024,
-        contacts,
-    );
-    let run = common::run_tool(&window.app.api_base(), &manifest, &[], None);
-    let calls = run.summary["api_calls"].as_f64().unwrap();
-    let refused = window.app.state().throttled;
-    let use_of_limit = (calls - refused as f64) / run.elapsed.as_secs_f64() / 5.0;
-    let share = refused as f64 / calls;
-    figures.push(Figure {
-        what: format!(
-            "8. throttle 5/10 window, client defaults, {} files: accepted/s / 5",
-            sizes.throttled_files
-        ),
-        value: format!("{use_of_limit:.3}, {:.1}% thr.", share * 100.0),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: ">= 0.90 and <= 1% throttled".into(),
-        met: Some(use_of_limit >= 0.90 && share <= 0.01),
-    });
-    runtime.block_on(window.stop());
+    if wanted(&[8]) {
+        // 8: the client's defaults against the strictest reading of the throttle.
+        let window = start_with_model(
+            &runtime,
+            dir.path(),
+            contacts,
+            sizes.throttled_files,
+            emulator::faults::ThrottleModel::Window,
+        );
+        let manifest = common::make_files(
+            &dir.path().join("window"),
+            sizes.throttled_files,
+            1024,
+            contacts,
+        );
+        let run = common::run_tool(&window.app.api_base(), &manifest, &[], None);
+        let calls = run.summary["api_calls"].as_f64().unwrap();
+        let refused = window.app.state().throttled;
+        let use_of_limit = (calls - refused as f64) / run.elapsed.as_secs_f64() / 5.0;
+        let share = refused as f64 / calls;
+        figures.push(Figure {
+            what: format!(
+                "8. throttle 5/10 window, client defaults, {} files: accepted/s / 5",
+                sizes.throttled_files
+            ),
+            value: format!("{use_of_limit:.3}, {:.1}% thr.", share * 100.0),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: ">= 0.90 and <= 1% throttled".into(),
+            met: Some(use_of_limit >= 0.90 && share <= 0.01),
+        });
+        runtime.block_on(window.stop());
+    }
 
-    // 6: check of a large manifest.
-    let check_manifest =
-        common::make_files(&dir.path().join("check"), sizes.check_rows, 16, contacts);
-    let mut check_cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
-    check_cmd
-        .args(["check", "--offline", "--json"])
-        .arg(&check_manifest);
-    let check = common::measure(&check_cmd);
-    let check_mb = check.peak_rss_kb as f64 / 1024.0;
-    figures.push(Figure {
-        what: format!(
-            "6. check of a {}-row manifest: seconds, peak RSS",
-            sizes.check_rows
-        ),
-        value: format!("{:.1} s, {check_mb:.0} MB", check.elapsed.as_secs_f64()),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: "<= 30 s and <= 500 MB".into(),
-        met: Some(check.elapsed <= Duration::from_secs(30) && check_mb <= 500.0),
-    });
-
-    // 7: form reuse at the real limit, against one form per file in the same run.
-    figures.extend(form_reuse_figures(
-        &runtime,
-        dir.path(),
-        sizes.throttled_files,
-    ));
-
+    if wanted(&[6]) {
+        // 6: check of a large manifest.
+        let check_manifest =
+            common::make_files(&dir.path().join("check"), sizes.check_rows, 16, contacts);
+        let mut check_cmd = Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
+        check_cmd
+            .args(["check", "--offline", "--json"])
+            .arg(&check_manifest);
+        let check = common::measure(&check_cmd);
+        let check_mb = check.peak_rss_kb as f64 / 1024.0;
+        figures.push(Figure {
+            what: format!(
+                "6. check of a {}-row manifest: seconds, peak RSS",
+                sizes.check_rows
+            ),
+            value: format!("{:.1} s, {check_mb:.0} MB", check.elapsed.as_secs_f64()),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: "<= 30 s and <= 500 MB".into(),
+            met: Some(check.elapsed <= Duration::from_secs(30) && check_mb <= 500.0),
+        });
+    }
+    if wanted(&[7]) {
+        // 7: form reuse at the real limit, against one form per file in the same run.
+        figures.extend(form_reuse_figures(
+            &runtime,
+            dir.path(),
+            sizes.throttled_files,
+        ));
+    }
     figures.sort_by(|a, b| a.what.cmp(&b.what));
     println!(
         "pipeline bench on {} cores (the tool and the emulator share them)",
@@ -294,11 +312,12 @@ fn main() {
 /// file and files/s. Each run gets an emulator of its own (a fresh throttle bucket).
 fn form_reuse_figures(runtime: &tokio::runtime::Runtime, dir: &Path, files: usize) -> Vec<Figure> {
     let one_run = |contacts: u64, args: &[&str], name: &str| {
+        // As many contacts as files, each with the notes the 10-contact manifest needs.
         let emu = start(
             runtime,
             &dir.join(name),
             files as u64,
-            files * 10,
+            files * files.div_ceil(10),
             Some("5/10"),
         );
         let manifest = common::make_files(&dir.join(name), files, 1024, contacts);
