@@ -556,9 +556,10 @@ impl Context {
         let mut attempts = 0u32;
         let mut stage = plan;
         let mut key = row.s3_key.clone();
-        // Times the row was redone with a fresh form of its own after step 3 refused a key of a
-        // form that carried another upload.
+        // Times the row was redone with a fresh form of its own after step 3 refused its key, and
+        // whether a refused key was made from a form that carried another of this state file's.
         let mut redos = 0u32;
+        let mut refused_shared = false;
         loop {
             match stage {
                 Plan::Upload => {
@@ -586,7 +587,7 @@ impl Context {
                                 step: Step::Attach,
                             });
                             self.record_later(row, Transition::Done { attachment_id: id });
-                            if redos > 0 {
+                            if refused_shared {
                                 self.reuse_refused(
                                     "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
                                 );
@@ -604,10 +605,23 @@ impl Context {
                                 Plan::Verify
                             };
                         }
-                        Err(e) if redos < MAX_REDOS && self.maybe_reuse_refused(&e, k).await? => {
+                        Err(e) => {
+                            let refused = match redos < MAX_REDOS {
+                                true => self.key_refused(&e, k).await?,
+                                false => None,
+                            };
+                            let Some(shared) = refused else {
+                                return Err(e.into());
+                            };
+                            refused_shared |= shared;
                             info!(
-                                "line {}: step 3 refused a key made from a form that carried another upload ({e}); uploading again with a fresh form",
-                                row.line
+                                "line {}: step 3 refused the key ({e}); uploading again with a fresh form{}",
+                                row.line,
+                                if shared {
+                                    " (the key's form carried another upload)"
+                                } else {
+                                    ""
+                                }
                             );
                             redos += 1;
                             // A fresh form's key refused too: forms of one second look alike to
@@ -618,7 +632,6 @@ impl Context {
                             }
                             stage = Plan::Upload;
                         }
-                        Err(e) => return Err(e.into()),
                     }
                 }
                 Plan::Verify => match self.verify(row, key.as_deref()).await {
@@ -679,8 +692,8 @@ impl Context {
     /// Steps 1 and 2; returns the key the object is stored under. `own`: on a form no other
     /// upload carries (the row is redone because its reused form was refused at step 3).
     ///
-    /// S3 refusing a form that carried another upload before (expired, or refused outright) is
-    /// not a failure of the row: that form is dropped and the row goes on with another, a fresh
+    /// S3 refusing a form handed to another upload too (expired, or refused outright) is not a
+    /// failure of the row: that form is dropped and the row goes on with another, a fresh
     /// one of its own when S3 refused more than an expiration. When S3 then takes the fresh
     /// form's upload, reuse is turned off (see `reuse_refused`).
     async fn upload(
@@ -712,13 +725,13 @@ impl Context {
                         self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
                         if refused_reused {
                             self.reuse_refused(
-                                "S3 refused an upload made with a reused form and accepted one made with a fresh form",
+                                "S3 refused an upload made with a form that carried another and accepted one made with a fresh form",
                             );
                         }
                         return Ok(key);
                     }
                     Err(e)
-                        if lease.reused
+                        if lease.shared()
                             && waved < MAX_WAVED_REFUSALS
                             && matches!(&e, RemoteError::S3 { code, .. } if code == "AccessDenied") =>
                     {
@@ -726,12 +739,12 @@ impl Context {
                         self.forms.drop_form(&row.contact_id, lease.id);
                         if e.is_form_expired() {
                             info!(
-                                "line {}: the reused upload form expired; getting a new one",
+                                "line {}: the shared upload form expired; getting a new one",
                                 row.line
                             );
                         } else {
                             info!(
-                                "line {}: S3 refused a reused upload form ({e}); trying a fresh one",
+                                "line {}: S3 refused a shared upload form ({e}); trying a fresh one",
                                 row.line
                             );
                             refused_reused = true;
@@ -824,30 +837,44 @@ impl Context {
             warn!(
                 "{why}: form reuse is off for the rest of this run and later runs of this state file (one form per file)"
             );
+        }
+        if self.forms.record_once() {
             let why = why.to_string();
             self.store
                 .submit(move |c| checkpoint::set_form_reuse_off(c, &why));
         }
     }
 
-    /// Whether step 3's refusal `e` of `key` may be a refusal of a key made from a reused form
-    /// (a 400, 409 or 422 for a key whose form's timestamp another row's key shares): then the
-    /// row is redone with a fresh form of its own (up to `MAX_REDOS` times).
-    async fn maybe_reuse_refused(&self, e: &RemoteError, key: &str) -> Result<bool, RowError> {
-        if !matches!(
-            e,
-            RemoteError::Api {
-                status: 400 | 409 | 422,
-                ..
-            }
-        ) {
-            return Ok(false);
+    /// Whether step 3's refusal `e` refuses `key` itself, so that the row is redone with a fresh
+    /// form of its own (up to `MAX_REDOS` times); `Some(shared)` when it does, `shared` when
+    /// another row of the state file holds a key of the same form (see `key_shares_form`).
+    ///
+    /// A refusal of the key: a 400, 409 or 422 whose `errors` name `key`. A server that refuses
+    /// one form's second key may do so because of any client's uploads (another migration's,
+    /// with its own state file, that reused a form of the same second), and a key that names no
+    /// stored object is cured by uploading again too. A refusal that names other fields (the
+    /// record, the contact, the size) is not the key's. One that names none is taken for the
+    /// key's only when the key's form carried another of this state file's uploads.
+    async fn key_refused(&self, e: &RemoteError, key: &str) -> Result<Option<bool>, RowError> {
+        let RemoteError::Api {
+            status: 400 | 409 | 422,
+            fields,
+            ..
+        } = e
+        else {
+            return Ok(None);
+        };
+        let names_key = fields.iter().any(|f| f.eq_ignore_ascii_case("key"));
+        if !names_key && !fields.is_empty() {
+            return Ok(None);
         }
         let key = key.to_string();
-        self.store
+        let shared = self
+            .store
             .call(move |c| checkpoint::key_shares_form(c, &key))
             .await
-            .map_err(RowError::Store)
+            .map_err(RowError::Store)?;
+        Ok((names_key || shared).then_some(shared))
     }
 
     /// Whether the record already holds this row's attachment (step 3 was sent with `key` and

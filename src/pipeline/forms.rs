@@ -12,7 +12,7 @@
 //! Workers of one contact wait for the form one of them is fetching instead of fetching their own.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,14 +41,18 @@ pub const MIN_REUSE_MARGIN: Duration = Duration::from_secs(60);
 /// (the quota check's), before the row it is handed to takes it: forms last minutes at least.
 const UNUSED_FORM_LIFE: Duration = Duration::from_secs(60);
 
-/// How long after it was received `form` may still carry uploads (until the safe margin before
-/// its expiration), or why it may carry only one.
-///
-/// The expiration is read against the server's clock (the answer's `timestamp`) and against
-/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
-/// a form look younger than it is. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth
-/// of that life (read as the form arrives: its lifetime).
-pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, String> {
+/// How long `form` has left before its policy expires, read against the server's clock (the
+/// answer's `timestamp`) and ours (`wall_now`), whichever leaves less; `None` when its policy
+/// cannot be read.
+pub fn time_left(form: &Form, wall_now: DateTime<Utc>) -> Option<Duration> {
+    let expiration = read_policy(form).ok()?.0;
+    let issued = DateTime::from_timestamp(form.timestamp, 0)?;
+    let by_server = (expiration - issued).to_std().unwrap_or_default();
+    Some(by_server.min((expiration - wall_now).to_std().unwrap_or_default()))
+}
+
+/// A form's policy: its expiration, and its conditions.
+fn read_policy(form: &Form) -> Result<(DateTime<Utc>, Vec<Value>), String> {
     let policy = form
         .fields
         .iter()
@@ -70,13 +74,25 @@ pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, St
         .get("conditions")
         .and_then(Value::as_array)
         .ok_or("the policy has no conditions")?;
+    Ok((expiration, conditions.clone()))
+}
+
+/// How long after it was received `form` may still carry uploads (until the safe margin before
+/// its expiration), or why it may carry only one.
+///
+/// The expiration is read against the server's clock (the answer's `timestamp`) and against
+/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
+/// a form look younger than it is. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth
+/// of that life (read as the form arrives: its lifetime).
+pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, String> {
+    let (expiration, conditions) = read_policy(form)?;
     // Every key the tool makes starts with what the key pattern has before its timestamp.
     let fixed = form
         .key_pattern
         .split("__timestamp__")
         .next()
         .unwrap_or_default();
-    for condition in conditions {
+    for condition in &conditions {
         match key_condition(condition) {
             KeyCondition::None => {}
             KeyCondition::Exact => return Err("the policy binds the exact key".into()),
@@ -143,8 +159,18 @@ pub struct Lease {
     pub id: u64,
     /// The form carried another upload before this one.
     pub reused: bool,
+    /// How many uploads the form has been handed to so far (this one and any after it).
+    carriers: Arc<AtomicU32>,
     /// The storage left as the form told it, less the files it carried before this one.
     pub storage_left: u64,
+}
+
+impl Lease {
+    /// The form was handed to another upload too, before this one or since: when S3 refuses
+    /// it, that may be for carrying more than one (whichever of them S3 saw first).
+    pub fn shared(&self) -> bool {
+        self.carriers.load(Ordering::SeqCst) > 1
+    }
 }
 
 /// A contact's form, kept for its next files.
@@ -152,7 +178,10 @@ struct Held {
     form: Arc<Form>,
     id: u64,
     uses: u32,
-    received: Instant,
+    carriers: Arc<AtomicU32>,
+    /// Until when it may carry its first upload: a form kept unused (the quota check's) is not
+    /// handed out near or past its expiration.
+    first_use_until: Instant,
     /// Until when it may carry another upload (`None`: one upload only).
     reuse_until: Option<Instant>,
     storage_left: u64,
@@ -161,23 +190,26 @@ struct Held {
 impl Held {
     /// Hands the form to one more upload, if it may carry it at `now`.
     fn lease(&mut self, now: Instant, reusing: bool, size: u64) -> Option<Lease> {
-        let fresh = match self.reuse_until {
-            Some(until) => now < until,
-            None => now.duration_since(self.received) < UNUSED_FORM_LIFE,
+        let may = match self.uses {
+            0 => now < self.first_use_until,
+            _ => reusing && self.reuse_until.is_some_and(|until| now < until),
         };
-        let may = fresh && (self.uses == 0 || (reusing && self.reuse_until.is_some()));
-        if !may {
-            return None;
-        }
+        may.then(|| self.hand_out(size))
+    }
+
+    /// Hands the form to one more upload of `size` bytes.
+    fn hand_out(&mut self, size: u64) -> Lease {
         self.uses += 1;
+        self.carriers.store(self.uses, Ordering::SeqCst);
         let lease = Lease {
             form: self.form.clone(),
             id: self.id,
             reused: self.uses > 1,
+            carriers: self.carriers.clone(),
             storage_left: self.storage_left,
         };
         self.storage_left = self.storage_left.saturating_sub(size);
-        Some(lease)
+        lease
     }
 }
 
@@ -185,7 +217,11 @@ type Slot = Arc<tokio::sync::Mutex<Option<Held>>>;
 
 /// The run's forms, per contact, and whether they are reused.
 pub struct Forms {
+    /// Reuse was on when the run started (`--form-reuse auto`, not off for the state file).
+    started_on: bool,
     reusing: AtomicBool,
+    /// This run recorded in the state file that reuse is refused.
+    recorded: AtomicBool,
     /// Why reuse was turned off in this run, once it was.
     turned_off: OnceLock<String>,
     slots: Mutex<HashMap<String, Slot>>,
@@ -204,7 +240,9 @@ pub struct Forms {
 impl Forms {
     pub fn new(reuse: FormReuse) -> Self {
         Self {
+            started_on: reuse == FormReuse::Auto,
             reusing: AtomicBool::new(reuse == FormReuse::Auto),
+            recorded: AtomicBool::new(false),
             turned_off: OnceLock::new(),
             slots: Mutex::default(),
             remaining: Mutex::default(),
@@ -226,11 +264,16 @@ impl Forms {
         self.reusing() && self.last_reusable.load(Ordering::Relaxed) != 2
     }
 
-    /// Turns reuse off for the rest of the run; true the first time (the caller says so once
-    /// and records it in the state file).
+    /// Turns reuse off for the rest of the run; true the first time, when reuse was on (the
+    /// caller says so once). A run that started with reuse off turns nothing off.
     pub fn turn_off(&self, why: String) -> bool {
         self.reusing.store(false, Ordering::SeqCst);
-        self.turned_off.set(why).is_ok()
+        self.started_on && self.turned_off.set(why).is_ok()
+    }
+
+    /// True the first time in this run: the state file is to record that reuse is refused.
+    pub fn record_once(&self) -> bool {
+        !self.recorded.swap(true, Ordering::SeqCst)
     }
 
     /// Why reuse was turned off in this run.
@@ -265,16 +308,24 @@ impl Forms {
         self.last_reusable
             .store(if reuse_until.is_some() { 1 } else { 2 }, Ordering::Relaxed);
         let storage_left = form.storage_left;
+        // Unused, a form waits for its first upload a minute at most, and no longer than half
+        // the life it has left (an expired one not at all).
+        let first_use_until = match time_left(&form, Utc::now()) {
+            Some(left) => now + UNUSED_FORM_LIFE.min(left / 2),
+            None => now + UNUSED_FORM_LIFE,
+        };
         let kept = held.insert(Held {
             form: Arc::new(form),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uses: 0,
-            received: now,
+            carriers: Arc::default(),
+            first_use_until,
             reuse_until,
             storage_left,
         });
-        kept.lease(now, false, size)
-            .expect("a form just fetched carries its first upload")
+        // A form just fetched carries its first upload whatever its life: it is used at once, as
+        // one form per file always was.
+        kept.hand_out(size)
     }
 
     /// A form for one upload of `size` bytes to `contact`: the contact's kept form while it may
@@ -330,6 +381,7 @@ impl Forms {
             if let Some(h) = held.as_mut() {
                 // Not handed to anybody yet.
                 h.uses = 0;
+                h.carriers.store(0, Ordering::SeqCst);
                 h.storage_left = h.form.storage_left;
             }
         }
@@ -525,6 +577,47 @@ mod tests {
             assert_eq!(second.reused, reuse == FormReuse::Auto, "{reuse:?}");
             assert_eq!(forms.counts().0, 1 + u64::from(reuse == FormReuse::Off));
         }
+    }
+
+    #[tokio::test]
+    async fn the_first_upload_of_a_form_learns_when_a_second_shares_it() {
+        // S3 may see the second upload first and refuse the first: the first is then on a
+        // shared form too.
+        let forms = Forms::new(FormReuse::Auto);
+        let fetch = || async { Ok::<_, ()>(reusable()) };
+        let first = forms.lease("c1", 1, false, fetch).await.unwrap();
+        assert!(!first.shared());
+        let second = forms.lease("c1", 1, false, fetch).await.unwrap();
+        assert!(first.shared() && second.shared() && !first.reused && second.reused);
+    }
+
+    #[test]
+    fn a_run_that_started_with_reuse_off_turns_nothing_off_but_records_once() {
+        let forms = Forms::new(FormReuse::Off);
+        assert!(!forms.turn_off("why".into()));
+        assert_eq!(forms.turned_off(), None);
+        assert!(forms.record_once());
+        assert!(!forms.record_once());
+    }
+
+    #[tokio::test]
+    async fn an_expired_form_kept_unused_is_not_handed_out() {
+        let forms = Forms::new(FormReuse::Auto);
+        let now = Utc::now();
+        let expired = form(
+            &policy(
+                &(now - chrono::Duration::seconds(1)).to_rfc3339(),
+                json!(["starts-with", "$key", "c1/"]),
+            ),
+            now.timestamp(),
+        );
+        forms.keep_unused("c1", expired);
+        let lease = forms
+            .lease("c1", 1, false, || async { Ok::<_, ()>(reusable()) })
+            .await
+            .unwrap();
+        assert_eq!(forms.counts().0, 2, "a new form was fetched");
+        assert!(!lease.reused);
     }
 
     #[tokio::test]

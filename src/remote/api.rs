@@ -193,6 +193,7 @@ impl Client {
             if message.is_empty() {
                 message = text("message");
             }
+            let mut fields = Vec::new();
             if let Some(errors) = json
                 .get("errors")
                 .and_then(Value::as_object)
@@ -203,6 +204,7 @@ impl Client {
                     .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(&v.to_string())))
                     .collect();
                 message = format!("{message} ({})", details.join("; "));
+                fields = errors.keys().cloned().collect();
             }
             if status == 403 && (error_name.contains("storage") || error_name.contains("quota")) {
                 return Err(RemoteError::Quota { message });
@@ -211,6 +213,7 @@ impl Client {
                 status,
                 error_name,
                 message,
+                fields,
             });
         }
         Ok(json)
@@ -223,10 +226,23 @@ impl Client {
             .get(self.api_url("/attachments/s3_form"))
             .query(&[("contact_id", contact_id)]);
         let json = self.api(request).await?;
-        parse_form(&json).map_err(|detail| RemoteError::Protocol {
+        let form = parse_form(&json).map_err(|detail| RemoteError::Protocol {
             what: "step 1 (s3_form)",
             detail,
-        })
+        })?;
+        // The tutorial's pattern, `<CONTACT_ID>/__timestamp__/${filename}`: a form whose keys
+        // would land under another contact, or under none, is not used.
+        let expected = format!("{contact_id}/__timestamp__/${{filename}}");
+        if form.key_pattern != expected {
+            return Err(RemoteError::Protocol {
+                what: "step 1 (s3_form)",
+                detail: format!(
+                    "x-ignore-pattern {:?} is not {expected:?}",
+                    crate::manifest::cut(&form.key_pattern)
+                ),
+            });
+        }
+        Ok(form)
     }
 
     /// Step 3: `POST /attachments`; returns the new attachment's id.
@@ -439,10 +455,13 @@ fn parse_form(json: &Value) -> Result<Form, String> {
             text(v).ok_or_else(|| format!("field {name} is not a string"))?,
         ));
     }
+    // The key's timestamp part: digits only, so that a key can be told from the link that shows
+    // it (`RemoteAttachment::key`).
     let timestamp = json
         .get("timestamp")
         .and_then(Value::as_i64)
-        .ok_or("no timestamp")?;
+        .filter(|t| *t > 0)
+        .ok_or("no positive timestamp")?;
     let storage_left = data
         .get("storage_left")
         .and_then(Value::as_u64)

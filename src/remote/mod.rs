@@ -186,6 +186,8 @@ pub enum RemoteError {
         status: u16,
         error_name: String,
         message: String,
+        /// The request's fields the answer's `errors` names (`key`, `contact_id`, ...).
+        fields: Vec<String>,
     },
     #[error("S3 answered {status} {code}: {message}")]
     S3 {
@@ -553,6 +555,7 @@ mod tests {
         assert!(s3(503, "SlowDown", "").is_retryable());
         assert!(!s3(400, "EntityTooLarge", "").is_retryable());
         let api = |status| RemoteError::Api {
+            fields: Vec::new(),
             status,
             error_name: String::new(),
             message: String::new(),

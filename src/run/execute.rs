@@ -228,7 +228,8 @@ async fn signal() {
 }
 
 /// The first form the run needs (step 1 for the first row still to upload, kept for that row):
-/// the bytes still to upload must fit in the storage left it tells.
+/// the bytes still to upload and attach must fit in the storage left it tells (see
+/// `Work::storage_needed`).
 pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError> {
     // A row by email whose contact is not known yet (a dry run looks nothing up) cannot ask.
     let Some((first, _)) = work
@@ -238,7 +239,7 @@ pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError>
     else {
         return Ok(());
     };
-    let needed = work.bytes();
+    let needed = work.storage_needed();
     let first_form = quota::first_form(ctx, &first.contact_id).await.map(|form| {
         let storage_left = form.storage_left;
         ctx.forms.keep_unused(&first.contact_id, form);

@@ -124,8 +124,25 @@ impl Work {
         self.todo.iter().filter(|(_, p)| *p == plan).count()
     }
 
+    /// The bytes still to upload (the rows from step 1).
     pub fn bytes(&self) -> u64 {
-        self.todo.iter().map(|(r, _)| r.size).sum()
+        self.bytes_of(&[Plan::Upload])
+    }
+
+    /// The storage the rows still need: those to upload, and those uploaded whose attach was
+    /// never sent (the account is charged at step 3). Not the rows to verify: their attach may
+    /// have taken effect (a kill, a lost answer), and counting them again would stop every rerun
+    /// of a nearly full account before the check that settles them.
+    pub fn storage_needed(&self) -> u64 {
+        self.bytes_of(&[Plan::Upload, Plan::Attach])
+    }
+
+    fn bytes_of(&self, plans: &[Plan]) -> u64 {
+        self.todo
+            .iter()
+            .filter(|(_, p)| plans.contains(p))
+            .map(|(r, _)| r.size)
+            .sum()
     }
 
     /// API calls the rows need: 1 to attach, 2 to verify and attach, and to upload and attach

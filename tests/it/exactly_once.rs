@@ -644,3 +644,43 @@ fn a_state_file_with_a_second_name_is_refused_after_a_kill() {
         .code(0);
     assert_exactly_once(&emu.state(), &manifest);
 }
+
+#[test]
+fn rows_to_verify_do_not_count_against_storage_their_attach_may_have_taken() {
+    // Storage for exactly the sample's files. Line 4's attach takes effect and its answer is
+    // lost; without retries it fails, to be checked by the rerun. The account is then full, and
+    // the rerun must not count line 4's bytes again (that would stop it before the check, every
+    // time).
+    let (s, manifest) = sample_copy();
+    let total: u64 = crate::run::manifest_rows(&manifest)
+        .iter()
+        .map(|r| std::fs::metadata(&r.path).unwrap().len())
+        .sum();
+    let mut seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::common::samples().join("emulator-seed.json")).unwrap(),
+    )
+    .unwrap();
+    seed["storage_left"] = json!(total);
+    let seed = s.file("seed.json", seed.to_string());
+    let emu = Emulator::start_seeded(
+        &seed,
+        &[
+            "--rate-limit",
+            "off",
+            "--fault-at",
+            "POST /api/v3/attachments:3:drop-after",
+        ],
+        None,
+    );
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
+        .assert()
+        .code(4);
+    assert_eq!(emu.state()["storage_left"], 0);
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0)
+        .stdout(contains("done in this run:   1"));
+    crate::run::assert_exactly_once(&emu.state(), &manifest);
+}

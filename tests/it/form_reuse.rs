@@ -218,7 +218,7 @@ fn forms_that_expire_mid_reuse_are_renewed_and_no_row_fails() {
     assert_exactly_once(&emu.state(), &manifest);
     assert_objects_are_the_files(&emu, &manifest);
     assert!(
-        stderr.contains("the reused upload form expired; getting a new one"),
+        stderr.contains("the shared upload form expired; getting a new one"),
         "{stderr}"
     );
     assert_eq!(
@@ -388,7 +388,7 @@ fn an_s3_that_refuses_reused_forms_turns_reuse_off_and_every_row_is_done_once() 
     assert_eq!(doc["form_reuse"], "turned_off", "{doc}");
     let why = doc["form_reuse_turned_off"].as_str().unwrap();
     assert!(
-        why.contains("S3 refused an upload made with a reused form"),
+        why.contains("S3 refused an upload made with a form that carried another"),
         "{why}"
     );
     assert_eq!(doc["retries"], 0, "the refusal is no failure: {doc}");
@@ -396,4 +396,74 @@ fn an_s3_that_refuses_reused_forms_turns_reuse_off_and_every_row_is_done_once() 
     let refused = server.requests().iter().filter(|r| r.is_s3()).count() - 20;
     assert_eq!(refused, 1, "{doc}");
     assert_eq!(doc["uploads_on_reused_forms"], 1, "{doc}");
+}
+
+/// A hostile server in front of the emulator that answers the first step 3 with a `400` whose
+/// `errors` name `field`, and passes everything else on.
+fn refusing_the_first_attach(
+    emu: &Emulator,
+    field: &'static str,
+) -> crate::common::hostile::Hostile {
+    use crate::common::hostile::{Answer, Hostile};
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    Hostile::start(Some(emu), move |call| {
+        let attach = call.seen.method == "POST" && call.seen.path == "/api/v3/attachments";
+        if attach && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let body = serde_json::json!({
+                "status": 400, "message": "Invalid request data",
+                "error_name": "invalid_request_data", "error_message": "Invalid request data",
+                "errors": {field: "was refused"}, "timestamp": 1_764_496_800, "data": {},
+            });
+            return Answer::plain(400, "application/json", &body.to_string());
+        }
+        Answer::Pass
+    })
+}
+
+#[test]
+fn a_refused_key_is_uploaded_again_with_a_fresh_form_even_when_no_form_of_ours_was_shared() {
+    // A server that tells forms by their timestamp may refuse a key because another migration
+    // reused a form of the same second: the row's own key shares nothing in its state file.
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = refusing_the_first_attach(&emu, "key");
+    let s = Scratch::new();
+    s.file("a.pdf", b"one file");
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id\n\
+         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
+    );
+    let out = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{doc}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_eq!(
+        count(&emu.requests(), "POST /{bucket}/ 201"),
+        2,
+        "uploaded again"
+    );
+    // Nothing of this state file was shared: reuse stays on.
+    assert_eq!(doc["form_reuse"], "on", "{doc}");
+}
+
+#[test]
+fn a_refusal_that_names_another_field_is_not_uploaded_again() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = refusing_the_first_attach(&emu, "contact_id");
+    let (_s, manifest) = sample_copy();
+    let out = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--json", "--concurrency", "1"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["failed_permanent"], 1, "{doc}");
+    assert_eq!(doc["failures"][0]["kind"], "api_rejected", "{doc}");
+    // One upload per row: the refused row's file was not sent again.
+    assert_eq!(count(&emu.requests(), "POST /{bucket}/ 201"), 20);
+    assert_eq!(doc["form_reuse"], "on", "{doc}");
 }
