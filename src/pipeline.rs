@@ -736,7 +736,7 @@ impl Context {
                             && matches!(&e, RemoteError::S3 { code, .. } if code == "AccessDenied") =>
                     {
                         waved += 1;
-                        self.forms.drop_form(&row.contact_id, lease.id);
+                        self.forms.drop_form(&row.contact_id, lease.id).await;
                         if e.is_form_expired() {
                             info!(
                                 "line {}: the shared upload form expired; getting a new one",
@@ -758,7 +758,7 @@ impl Context {
                             row.line
                         );
                         self.retry(e, row, attempts).await?;
-                        self.forms.drop_form(&row.contact_id, lease.id);
+                        self.forms.drop_form(&row.contact_id, lease.id).await;
                         continue 'form;
                     }
                     Err(e) if e.is_retryable() => self.retry(e, row, attempts).await?,

@@ -389,11 +389,10 @@ impl Forms {
 
     /// S3 refused form `id` of `contact` (expired, or refused for another upload): nobody gets
     /// it again.
-    pub fn drop_form(&self, contact: &str, id: u64) {
+    pub async fn drop_form(&self, contact: &str, id: u64) {
         let slot = self.slot(contact);
-        if let Ok(mut held) = slot.try_lock()
-            && held.as_ref().is_some_and(|h| h.id == id)
-        {
+        let mut held = slot.lock().await;
+        if held.as_ref().is_some_and(|h| h.id == id) {
             *held = None;
         }
     }
@@ -553,7 +552,7 @@ mod tests {
         assert!(!other.reused);
         assert_eq!(fetches.load(Ordering::SeqCst), 3);
         // A refused form is not handed out again.
-        forms.drop_form("c1", first.id);
+        forms.drop_form("c1", first.id).await;
         let again = forms.lease("c1", 100, false, fetch).await.unwrap();
         assert!(!again.reused && again.id != first.id);
         // Turned off: one form per file from now on.
