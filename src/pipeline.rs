@@ -560,6 +560,8 @@ impl Context {
         // whether a refused key was made from a form that carried another of this state file's.
         let mut redos = 0u32;
         let mut refused_shared = false;
+        // Step 3 refused the key: once the record is known not to hold it, upload again.
+        let mut redo = false;
         loop {
             match stage {
                 Plan::Upload => {
@@ -615,7 +617,7 @@ impl Context {
                             };
                             refused_shared |= shared;
                             info!(
-                                "line {}: step 3 refused the key ({e}); uploading again with a fresh form{}",
+                                "line {}: step 3 refused the key ({e}); unless the record holds it already, uploading again with a fresh form{}",
                                 row.line,
                                 if shared {
                                     " (the key's form carried another upload)"
@@ -623,14 +625,11 @@ impl Context {
                                     ""
                                 }
                             );
-                            redos += 1;
-                            // A fresh form's key refused too: forms of one second look alike to
-                            // a server that tells forms by their timestamp; the next comes in
-                            // another second.
-                            if redos > 1 && !self.pause(Duration::from_secs(1)).await {
-                                return Err(self.cut(e));
-                            }
-                            stage = Plan::Upload;
+                            // A refusal may also mean the key is attached already (an earlier
+                            // attempt whose answer was lost): the record is asked first, and an
+                            // attachment with this key is adopted, never made twice.
+                            redo = true;
+                            stage = Plan::Verify;
                         }
                     }
                 }
@@ -644,6 +643,16 @@ impl Context {
                             return Ok(());
                         }
                         stage = Plan::Attach;
+                        if std::mem::take(&mut redo) {
+                            redos += 1;
+                            // A fresh form's key refused too: forms of one second look alike to
+                            // a server that tells forms by their timestamp; the next comes in
+                            // another second.
+                            if redos > 1 && !self.pause(Duration::from_secs(1)).await {
+                                return Err(self.cut(RemoteError::Stopped(self.abort_reason())));
+                            }
+                            stage = Plan::Upload;
+                        }
                     }
                     Err(RowError::Remote(e)) if e.is_retryable() => {
                         self.retry(e, row, &mut attempts).await?
@@ -846,10 +855,12 @@ impl Context {
     }
 
     /// Whether step 3's refusal `e` refuses `key` itself, so that the row is redone with a fresh
-    /// form of its own (up to `MAX_REDOS` times); `Some(shared)` when it does, `shared` when
+    /// form of its own (up to `MAX_REDOS` times, each after the record was asked whether it holds
+    /// the key); `Some(shared)` when it does, `shared` when
     /// another row of the state file holds a key of the same form (see `key_shares_form`).
     ///
-    /// A refusal of the key: a 400, 409 or 422 whose `errors` name `key`. A server that refuses
+    /// A refusal of the key: a 400 or 422 whose `errors` name `key` (not a 409: a conflict may
+    /// say the key is attached already, and the row fails as before). A server that refuses
     /// one form's second key may do so because of any client's uploads (another migration's,
     /// with its own state file, that reused a form of the same second), and a key that names no
     /// stored object is cured by uploading again too. A refusal that names other fields (the
@@ -857,7 +868,7 @@ impl Context {
     /// key's only when the key's form carried another of this state file's uploads.
     async fn key_refused(&self, e: &RemoteError, key: &str) -> Result<Option<bool>, RowError> {
         let RemoteError::Api {
-            status: 400 | 409 | 422,
+            status: 400 | 422,
             fields,
             ..
         } = e

@@ -35,8 +35,10 @@ pub(super) const MAX_CONSECUTIVE_THROTTLES: u32 = 30;
 pub(super) const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
 /// A throttle pause at least this long is announced (a warning), so a waiting run is not silent.
 pub(super) const ANNOUNCED_PAUSE: Duration = Duration::from_secs(5);
-/// This many throttled answers (stragglers aside) within `SLOW_DOWN_WINDOW` lower the rate: one
-/// refusal now and then is network jitter, several close together mean the client is too fast.
+/// This many refusals after an accepted call (the first of each run of refusals; stragglers and
+/// refused probes aside) within `SLOW_DOWN_WINDOW` lower the rate: one now and then is network
+/// jitter, several close together mean the client is too fast. The probes of an outage that
+/// refuses everything for a while do not count: they say nothing of the client's pace.
 const THROTTLES_TO_SLOW_DOWN: usize = 3;
 const SLOW_DOWN_WINDOW: Duration = Duration::from_secs(20);
 /// How much slowing down lowers the rate, and the rate it never goes below.
@@ -265,7 +267,9 @@ impl ApiGate {
             s.resume_at = Some(at);
         }
         s.calm_since = now;
-        s.recent.push_back(now);
+        if n == 1 {
+            s.recent.push_back(now);
+        }
         while s
             .recent
             .front()
@@ -381,6 +385,13 @@ mod tests {
     async fn refused(gate: &ApiGate, retry_after: Option<Duration>) -> Throttle {
         let ticket = gate.turn().await;
         gate.throttled(ticket, retry_after)
+    }
+
+    /// A refused call, then one that passes: the client knocked too early once.
+    async fn refused_once(gate: &ApiGate) {
+        refused(gate, None).await;
+        let ticket = gate.turn().await;
+        gate.answered(ticket);
     }
 
     /// What a simulated run of `calls` API calls by `workers` workers through the client's
@@ -599,13 +610,20 @@ mod tests {
         let gate = ApiGate::new(Some(4.0), 1);
         // Refusals far apart (a bad moment now and then) change nothing.
         for _ in 0..THROTTLES_TO_SLOW_DOWN {
-            refused(&gate, None).await;
+            refused_once(&gate).await;
             tokio::time::sleep(SLOW_DOWN_WINDOW + Duration::from_secs(1)).await;
         }
         assert_eq!(gate.current_rate(), Some(4.0));
-        // Several close together lower it.
-        for _ in 0..THROTTLES_TO_SLOW_DOWN {
+        // Refused knocks in a row (an outage that refuses everything) change nothing either.
+        for _ in 0..THROTTLES_TO_SLOW_DOWN * 3 {
             refused(&gate, None).await;
+        }
+        let ticket = gate.turn().await;
+        gate.answered(ticket);
+        assert_eq!(gate.current_rate(), Some(4.0));
+        // Several refusals after accepted calls, close together, lower it.
+        for _ in 0..THROTTLES_TO_SLOW_DOWN {
+            refused_once(&gate).await;
         }
         assert_eq!(gate.current_rate(), Some(4.0 * SLOW_DOWN));
         // Answers that pass soon after do not raise it.
@@ -638,10 +656,8 @@ mod tests {
     async fn the_rate_never_goes_below_its_floor() {
         let gate = ApiGate::new(Some(0.3), 1);
         for _ in 0..THROTTLES_TO_SLOW_DOWN * 4 {
-            let ticket = gate.turn().await;
-            gate.answered(ticket);
             for _ in 0..THROTTLES_TO_SLOW_DOWN {
-                refused(&gate, None).await;
+                refused_once(&gate).await;
             }
         }
         assert_eq!(gate.current_rate(), Some(MIN_RATE));
@@ -656,8 +672,9 @@ mod tests {
         assert!(pause >= period(DEFAULT_RATE) && pause < Duration::from_secs(1));
         let ticket = gate.turn().await;
         assert!(before.elapsed() >= pause, "the gate paused");
-        gate.throttled(ticket, None);
-        refused(&gate, None).await;
+        gate.answered(ticket);
+        refused_once(&gate).await;
+        refused_once(&gate).await;
         assert_eq!(gate.current_rate(), Some(UNLIMITED_AS * SLOW_DOWN));
         for _ in 0..5 {
             tokio::time::sleep(QUIET_TO_SPEED_UP).await;

@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::{
     API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, log_request, read_capped,
 };
+use crate::manifest::cut;
 use crate::onepagecrm::ReferenceType;
 
 /// Step 1's answer: where and how to upload.
@@ -188,21 +189,31 @@ impl Client {
             });
         }
         if !(200..300).contains(&status) {
-            let error_name = text("error_name");
+            // Kept short whatever the server sends: the message goes to the log and the state
+            // file with each failed row.
+            let error_name = cut(&text("error_name")).into_owned();
             let mut message = text("error_message");
             if message.is_empty() {
                 message = text("message");
             }
+            let mut message = cut(&message).into_owned();
             let mut fields = Vec::new();
             if let Some(errors) = json
                 .get("errors")
                 .and_then(Value::as_object)
                 .filter(|e| !e.is_empty())
             {
-                let details: Vec<String> = errors
+                let mut details: Vec<String> = errors
                     .iter()
-                    .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(&v.to_string())))
+                    .take(SHOWN_ERRORS)
+                    .map(|(k, v)| {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        format!("{}: {}", cut(k), cut(&v))
+                    })
                     .collect();
+                if errors.len() > SHOWN_ERRORS {
+                    details.push(format!("and {} more", errors.len() - SHOWN_ERRORS));
+                }
                 message = format!("{message} ({})", details.join("; "));
                 fields = errors.keys().cloned().collect();
             }
@@ -357,6 +368,9 @@ impl Client {
             .collect())
     }
 }
+
+/// The fields of an API error's `errors` its message shows (the rest are counted).
+const SHOWN_ERRORS: usize = 10;
 
 /// Contacts asked for a page of a lookup: the API's maximum.
 pub const CONTACTS_PER_PAGE: u32 = 100;

@@ -467,3 +467,106 @@ fn a_refusal_that_names_another_field_is_not_uploaded_again() {
     assert_eq!(count(&emu.requests(), "POST /{bucket}/ 201"), 20);
     assert_eq!(doc["form_reuse"], "on", "{doc}");
 }
+
+#[test]
+fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
+    use crate::common::hostile::{Answer, Hostile};
+    // The first attach takes effect and its answer is lost (a 502 from the proxy); the record's
+    // first listing lags (no attachment yet); the attach sent again is refused, naming the key
+    // ("has already been taken"). The row must not be uploaded and attached a second time.
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1:drop-after"]);
+    let counts = std::sync::Mutex::new((0u32, 0u32));
+    let server = Hostile::start(Some(&emu), move |call| {
+        let mut counts = counts.lock().unwrap();
+        let (attaches, listings) = &mut *counts;
+        if call.seen.method == "POST" && call.seen.path == "/api/v3/attachments" {
+            *attaches += 1;
+            if *attaches == 2 {
+                let body = serde_json::json!({
+                    "status": 400, "message": "Invalid request data",
+                    "error_name": "invalid_request_data",
+                    "errors": {"key": "has already been taken"}, "data": {},
+                });
+                return Answer::plain(400, "application/json", &body.to_string());
+            }
+        } else if call.seen.method == "GET" && call.seen.path.starts_with("/api/v3/notes/") {
+            *listings += 1;
+            if *listings == 1 {
+                let body = serde_json::json!({
+                    "status": 0, "message": "OK",
+                    "data": {"note": {"id": "064132394d9b497f536b2bb7", "attachments": []}},
+                });
+                return Answer::plain(200, "application/json", &body.to_string());
+            }
+        }
+        Answer::Pass
+    });
+    let s = Scratch::new();
+    s.file("a.pdf", b"one file");
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id\n\
+         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
+    );
+    let out = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--json", "-v"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+    assert!(stderr.contains("step 3 refused the key"), "{stderr}");
+    assert!(
+        stderr.contains("the record already holds this upload"),
+        "{stderr}"
+    );
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_eq!(
+        count(&emu.requests(), "POST /{bucket}/ 201"),
+        1,
+        "not uploaded again"
+    );
+}
+
+#[test]
+fn a_huge_error_answer_makes_a_short_message_in_the_state_file() {
+    use crate::common::hostile::{Answer, Hostile};
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(Some(&emu), |call| {
+        if call.seen.method == "POST" && call.seen.path == "/api/v3/attachments" {
+            let mut errors = serde_json::Map::new();
+            errors.insert("contact_id".into(), Value::from("x".repeat(1 << 20)));
+            for i in 0..5000 {
+                errors.insert(format!("field{i}"), Value::from("is wrong"));
+            }
+            let body = serde_json::json!({
+                "status": 400, "message": "m".repeat(100_000),
+                "error_name": "invalid_request_data", "errors": errors, "data": {},
+            });
+            return Answer::plain(400, "application/json", &body.to_string());
+        }
+        Answer::Pass
+    });
+    let s = Scratch::new();
+    s.file("a.pdf", b"one file");
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id\n\
+         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
+    );
+    let out = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.len() + out.stderr.len() < 8192,
+        "{} bytes",
+        out.stdout.len()
+    );
+    let conn = opcrm_import::checkpoint::open(&s.path("manifest.opcrm.sqlite")).unwrap();
+    let rows = opcrm_import::checkpoint::load_rows(&conn).unwrap();
+    let message = rows[0].last_error.as_deref().unwrap();
+    assert!(message.len() < 4096, "{} bytes", message.len());
+    assert!(message.contains("and 4991 more"), "{message}");
+}
