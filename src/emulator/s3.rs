@@ -24,7 +24,9 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::partial_escape(s)
 }
 
-/// S3's `<Error>` document with its status.
+/// S3's `<Error>` document with its status, and `Connection: close` as S3 sends with a refusal:
+/// the upload's body may be left unread, so the connection cannot carry another request (a
+/// client that pooled it would meet a broken pipe on its next request).
 pub fn error_response(refusal: &Refusal, resource: &str) -> Response {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>EMULATOR</RequestId><HostId>opcrm-import-emulator</HostId></Error>",
@@ -33,7 +35,15 @@ pub fn error_response(refusal: &Refusal, resource: &str) -> Response {
         escape(resource)
     );
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, [(header::CONTENT_TYPE, "application/xml")], xml).into_response()
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/xml"),
+            (header::CONNECTION, "close"),
+        ],
+        xml,
+    )
+        .into_response()
 }
 
 fn malformed() -> Refusal {
