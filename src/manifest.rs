@@ -176,7 +176,7 @@ pub struct Row {
     /// The attachment name: the `name` column, or the file's own name.
     pub name: String,
     /// The note this row creates (or shares) and attaches to, when it gives `note_text`.
-    pub note: Option<NoteSpec>,
+    pub note: Option<Box<NoteSpec>>,
 }
 
 /// A note to create from the manifest, as a row gives it. Rows of one contact with one
@@ -855,7 +855,7 @@ fn parse_row(
         unknown_reference_type,
         reference_id,
         name,
-        note,
+        note: note.map(Box::new),
     })
 }
 
