@@ -562,10 +562,14 @@ impl Context {
         let mut refused_shared = false;
         // Step 3 refused the key: once the record is known not to hold it, upload again.
         let mut redo = false;
+        // The ETag of the upload this run just made, not recorded yet.
+        let mut uploaded: Option<String> = None;
         loop {
             match stage {
                 Plan::Upload => {
-                    key = Some(self.upload(row, &mut attempts, redos > 0).await?);
+                    let (k, etag) = self.upload(row, &mut attempts, redos > 0).await?;
+                    key = Some(k);
+                    uploaded = Some(etag);
                     stage = Plan::Attach;
                 }
                 Plan::Attach => {
@@ -573,7 +577,9 @@ impl Context {
                         stage = Plan::Upload;
                         continue;
                     };
-                    self.commit(row, Transition::Attaching).await?;
+                    // The upload's ETag (just now) and the intent to attach, in one write.
+                    let etag = uploaded.take();
+                    self.commit(row, Transition::Attaching { etag }).await?;
                     let attach = Attach {
                         reference_id: &row.reference_id,
                         reference_type: row.reference_type,
@@ -698,7 +704,8 @@ impl Context {
         }
     }
 
-    /// Steps 1 and 2; returns the key the object is stored under. `own`: on a form no other
+    /// Steps 1 and 2; returns the key the object is stored under and its ETag (recorded with
+    /// the intent to attach, see `run_row`). `own`: on a form no other
     /// upload carries (the row is redone because its reused form was refused at step 3).
     ///
     /// S3 refusing a form handed to another upload too (expired, or refused outright) is not a
@@ -710,7 +717,7 @@ impl Context {
         row: &StoredRow,
         attempts: &mut u32,
         own: bool,
-    ) -> Result<String, RowError> {
+    ) -> Result<(String, String), RowError> {
         let mut own = own;
         // The refusals of reused forms waved through for this row (then they count as failures:
         // a server that refuses every form cannot keep a row going round).
@@ -731,13 +738,12 @@ impl Context {
                             row,
                             step: Step::Upload { bytes: row.size },
                         });
-                        self.record_later(row, Transition::Uploaded { etag: uploaded.md5 });
                         if refused_reused {
                             self.reuse_refused(
                                 "S3 refused an upload made with a form that carried another and accepted one made with a fresh form",
                             );
                         }
-                        return Ok(key);
+                        return Ok((key, uploaded.md5));
                     }
                     Err(e)
                         if lease.shared()
@@ -1004,7 +1010,7 @@ fn state_name(t: &Transition) -> &'static str {
     match t {
         Transition::Uploading { .. } => "uploading",
         Transition::Uploaded { .. } => "uploaded",
-        Transition::Attaching => "attaching",
+        Transition::Attaching { .. } => "attaching",
         Transition::Done { .. } => "done",
         Transition::Failed { .. } => "failed",
         Transition::Pending => "pending",

@@ -1156,7 +1156,11 @@ pub enum Transition {
     Uploaded {
         etag: String,
     },
-    Attaching,
+    /// Step 3 is about to be sent; with the upload's ETag when step 2 just ended (one write
+    /// for both: the row goes from `uploading` to `attaching` in one transition).
+    Attaching {
+        etag: Option<String>,
+    },
     Done {
         attachment_id: String,
     },
@@ -1178,8 +1182,10 @@ pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Res
                  attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, s3_key, now])?,
         Transition::Uploaded { etag } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
-        Transition::Attaching => conn.prepare_cached(
+        Transition::Attaching { etag: None } => conn.prepare_cached(
             "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
+        Transition::Attaching { etag: Some(etag) } => conn.prepare_cached(
+            "UPDATE rows SET state = 'attaching', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
         Transition::Done { attachment_id } => conn.prepare_cached(
             "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
                  retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?,

@@ -245,7 +245,7 @@ fn logs_never_hold_the_key_a_policy_or_a_signature() {
     for state in [
         "started (upload)",
         "now uploading",
-        "now uploaded",
+        // The upload's ETag is recorded with `attaching`, in one write.
         "now attaching",
         "now done",
         "finished: done",
