@@ -78,6 +78,17 @@ fn assert_objects_are_the_files(emu: &Emulator, manifest: &Path) {
     }
 }
 
+/// A manifest of one small file on a note of Ada's (samples/emulator-seed.json).
+fn one_row() -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new();
+    s.file("a.pdf", b"one file");
+    let manifest = s.manifest(
+        "file,contact_id,reference_type,reference_id\n\
+         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
+    );
+    (s, manifest)
+}
+
 /// `key` as a URL path (its names may hold spaces).
 fn encoded(key: &str) -> String {
     let segments: Vec<String> = key
@@ -438,12 +449,7 @@ fn a_refused_key_is_uploaded_again_with_a_fresh_form_even_when_no_form_of_ours_w
     // reused a form of the same second: the row's own key shares nothing in its state file.
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let server = refusing_the_first_attach(&emu, "key");
-    let s = Scratch::new();
-    s.file("a.pdf", b"one file");
-    let manifest = s.manifest(
-        "file,contact_id,reference_type,reference_id\n\
-         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
-    );
+    let (_s, manifest) = one_row();
     let out = server
         .run_cmd(&manifest)
         .args(["--rate", "off", "--json"])
@@ -513,12 +519,7 @@ fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
         }
         Answer::Pass
     });
-    let s = Scratch::new();
-    s.file("a.pdf", b"one file");
-    let manifest = s.manifest(
-        "file,contact_id,reference_type,reference_id\n\
-         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
-    );
+    let (_s, manifest) = one_row();
     let out = server
         .run_cmd(&manifest)
         .args(["--rate", "off", "--json", "-v"])
@@ -559,12 +560,7 @@ fn a_huge_error_answer_makes_a_short_message_in_the_state_file() {
         }
         Answer::Pass
     });
-    let s = Scratch::new();
-    s.file("a.pdf", b"one file");
-    let manifest = s.manifest(
-        "file,contact_id,reference_type,reference_id\n\
-         a.pdf,ca929443ed449d7679121de5,note,064132394d9b497f536b2bb7\n",
-    );
+    let (s, manifest) = one_row();
     let out = server
         .run_cmd(&manifest)
         .args(["--rate", "off"])
