@@ -16,7 +16,7 @@ pub mod forms;
 mod gate;
 pub mod notes;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::checkpoint::{self, Store, StoredRow, Transition};
 use crate::failure::FailureKind;
+use crate::onepagecrm::ReferenceType;
 use crate::remote::api::{Attach, Form};
 use crate::remote::{Client, RemoteError};
 
@@ -149,9 +150,10 @@ pub struct Context {
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
     stop: AtomicU8,
-    /// Serializes the checks of attaches whose answer was lost, so two rows with one name and
-    /// size on one record cannot claim the same attachment.
-    verify: tokio::sync::Mutex<()>,
+    /// Serializes the checks of attaches whose answer was lost, one record at a time, so two
+    /// rows with one name and size on one record cannot claim the same attachment (checks of
+    /// other records go on meanwhile: a slow record does not hold up the run).
+    verify: Mutex<HashMap<(ReferenceType, String), RecordLock>>,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
@@ -162,6 +164,9 @@ pub struct Context {
     /// Its child is `stop_starting`.
     abort: CancellationToken,
 }
+
+/// One record's turn at checking its attachments (see `Context::verify`).
+type RecordLock = Arc<tokio::sync::Mutex<()>>;
 
 /// How a row ended in this run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +216,7 @@ impl Context {
             settings,
             events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
-            verify: tokio::sync::Mutex::new(()),
+            verify: Mutex::default(),
             stall: Mutex::new(StallClock {
                 last_success: Instant::now(),
                 since: BTreeMap::new(),
@@ -564,6 +569,8 @@ impl Context {
         let mut redo = false;
         // The ETag of the upload this run just made, not recorded yet.
         let mut uploaded: Option<String> = None;
+        // Step 3 answered a conflict: the row fails with it unless the record holds the key.
+        let mut conflict: Option<RemoteError> = None;
         loop {
             match stage {
                 Plan::Upload => {
@@ -619,6 +626,16 @@ impl Context {
                                 false => None,
                             };
                             let Some(shared) = refused else {
+                                // A conflict may say the key is attached already (an earlier
+                                // attempt whose answer was lost, a proxy that sent it twice): the
+                                // record is asked before the row fails.
+                                if matches!(e, RemoteError::Api { status: 409, .. })
+                                    && conflict.is_none()
+                                {
+                                    conflict = Some(e);
+                                    stage = Plan::Verify;
+                                    continue;
+                                }
                                 return Err(e.into());
                             };
                             refused_shared |= shared;
@@ -647,6 +664,9 @@ impl Context {
                         });
                         if held {
                             return Ok(());
+                        }
+                        if let Some(e) = conflict.take() {
+                            return Err(e.into());
                         }
                         stage = Plan::Attach;
                         if std::mem::take(&mut redo) {
@@ -906,7 +926,14 @@ impl Context {
             // No key was ever chosen, so no attach was ever sent.
             return Ok(false);
         };
-        let _one_at_a_time = self.verify.lock().await;
+        let record = {
+            let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
+            locks
+                .entry((row.reference_type, row.reference_id.clone()))
+                .or_default()
+                .clone()
+        };
+        let _one_at_a_time_on_this_record = record.lock().await;
         let listed = self
             .api(|| {
                 self.client

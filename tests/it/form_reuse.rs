@@ -486,12 +486,11 @@ fn a_refusal_that_names_another_field_is_not_uploaded_again() {
     assert_eq!(doc["form_reuse"], "on", "{doc}");
 }
 
-#[test]
-fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
+/// One row whose first attach takes effect and whose answer is lost (a 502 from the proxy); the
+/// record's first listing lags (no attachment yet); the attach sent again is answered `status`
+/// with `errors`. Returns the emulator, the run's exit code, summary and stderr.
+fn attached_then_refused(status: u16, errors: Value) -> (Emulator, i32, Value, String) {
     use crate::common::hostile::{Answer, Hostile};
-    // The first attach takes effect and its answer is lost (a 502 from the proxy); the record's
-    // first listing lags (no attachment yet); the attach sent again is refused, naming the key
-    // ("has already been taken"). The row must not be uploaded and attached a second time.
     let emu = Emulator::with_faults(&["POST /api/v3/attachments:1:drop-after"]);
     let counts = std::sync::Mutex::new((0u32, 0u32));
     let server = Hostile::start(Some(&emu), move |call| {
@@ -501,11 +500,10 @@ fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
             *attaches += 1;
             if *attaches == 2 {
                 let body = serde_json::json!({
-                    "status": 400, "message": "Invalid request data",
-                    "error_name": "invalid_request_data",
-                    "errors": {"key": "has already been taken"}, "data": {},
+                    "status": status, "message": "Refused",
+                    "error_name": "invalid_request_data", "errors": errors, "data": {},
                 });
-                return Answer::plain(400, "application/json", &body.to_string());
+                return Answer::plain(status, "application/json", &body.to_string());
             }
         } else if call.seen.method == "GET" && call.seen.path.starts_with("/api/v3/notes/") {
             *listings += 1;
@@ -526,18 +524,42 @@ fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
         .output()
         .unwrap();
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
-    assert!(stderr.contains("step 3 refused the key"), "{stderr}");
-    assert!(
-        stderr.contains("the record already holds this upload"),
-        "{stderr}"
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_exactly_once(&emu.state(), &manifest);
     assert_eq!(
         count(&emu.requests(), "POST /{bucket}/ 201"),
         1,
         "not uploaded again"
+    );
+    (emu, out.status.code().unwrap(), doc, stderr)
+}
+
+#[test]
+fn a_refused_key_that_is_attached_already_is_adopted_not_uploaded_again() {
+    // "has already been taken", naming the key: the row must not be uploaded and attached a
+    // second time.
+    let (_emu, code, doc, stderr) =
+        attached_then_refused(400, serde_json::json!({"key": "has already been taken"}));
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert!(stderr.contains("step 3 refused the key"), "{stderr}");
+    assert!(
+        stderr.contains("the record already holds this upload"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_conflict_for_a_key_attached_already_settles_the_row_as_done() {
+    // A 409 (a proxy that sent the attach twice, say): the record is asked before the row fails,
+    // so the row is done, not failed for good (a fix manifest of failed rows would attach it
+    // again).
+    let (_emu, code, doc, stderr) =
+        attached_then_refused(409, serde_json::json!({"base": "conflict"}));
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_eq!(doc["failures"], Value::Array(vec![]), "{doc}");
+    assert!(
+        stderr.contains("the record already holds this upload"),
+        "{stderr}"
     );
 }
 
