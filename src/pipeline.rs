@@ -99,10 +99,11 @@ pub enum Stop {
     Stalled = 4,
 }
 
-/// Refusals of reused forms by S3 that one row takes without counting them as failures.
+/// Refusals by S3 of forms shared with other uploads that one row takes without counting them as
+/// failures.
 const MAX_WAVED_REFUSALS: u32 = 3;
-/// Times a row is uploaded again with a fresh form after step 3 refused a key of a form that
-/// carried another upload (see `maybe_reuse_refused`).
+/// Times a row is uploaded again with a fresh form after step 3 refused its key (see
+/// `key_refused`).
 const MAX_REDOS: u32 = 3;
 
 /// Since when no API call has succeeded, and what the calls got since then.
@@ -725,8 +726,8 @@ impl Context {
     }
 
     /// Steps 1 and 2; returns the key the object is stored under and its ETag (recorded with
-    /// the intent to attach, see `run_row`). `own`: on a form no other
-    /// upload carries (the row is redone because its reused form was refused at step 3).
+    /// the intent to attach, see `run_row`). `own`: on a form no other upload carries (the row
+    /// is redone because step 3 refused its key).
     ///
     /// S3 refusing a form handed to another upload too (expired, or refused outright) is not a
     /// failure of the row: that form is dropped and the row goes on with another, a fresh

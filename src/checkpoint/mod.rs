@@ -1153,6 +1153,8 @@ pub enum Transition {
     Uploading {
         s3_key: String,
     },
+    /// Step 2 ended with this ETag. A run now records the ETag with `Attaching` instead; state
+    /// files of earlier versions hold rows in this state, and tests set it.
     Uploaded {
         etag: String,
     },

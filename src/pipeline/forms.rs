@@ -331,7 +331,7 @@ impl Forms {
     /// A form for one upload of `size` bytes to `contact`: the contact's kept form while it may
     /// carry it, else a new one from `fetch` (which the contact's other rows then wait for and
     /// share). `own` asks for a form no other upload carried or will carry (a row redone after
-    /// its reused form was refused).
+    /// its key or its shared form was refused).
     pub async fn lease<F, Fut, E>(
         &self,
         contact: &str,
