@@ -1270,6 +1270,14 @@ pub fn io_reason(e: &io::Error) -> String {
 mod tests {
     use super::*;
 
+    /// Each problem's line, column and kind.
+    fn lines_columns_kinds(m: &Manifest) -> Vec<(u64, Option<&str>, ProblemKind)> {
+        m.problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.column, p.kind))
+            .collect()
+    }
+
     fn parse(text: &[u8]) -> Manifest {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.csv");
@@ -1371,11 +1379,7 @@ mod tests {
             "n".repeat(256)
         );
         let m = parse(text.as_bytes());
-        let got: Vec<_> = m
-            .problems
-            .iter()
-            .map(|p| (p.line.unwrap(), p.column, p.kind))
-            .collect();
+        let got = lines_columns_kinds(&m);
         assert_eq!(
             got,
             vec![
@@ -1410,11 +1414,7 @@ mod tests {
              e.pdf,{ID},,{ID}\n"
         );
         let m = parse(text.as_bytes());
-        let got: Vec<_> = m
-            .problems
-            .iter()
-            .map(|p| (p.line.unwrap(), p.column, p.kind))
-            .collect();
+        let got = lines_columns_kinds(&m);
         assert_eq!(
             got,
             vec![

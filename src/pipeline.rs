@@ -480,7 +480,22 @@ impl Context {
     /// Ends a row that cannot start because its note could not be created: recorded as failed
     /// (`note_failed`), reported as any failed row is.
     pub fn fail_unstarted(&self, row: &StoredRow, retryable: bool, message: String) -> Outcome {
-        let kind = FailureKind::NoteFailed;
+        let outcome = self.failed(row, FailureKind::NoteFailed, retryable, message);
+        self.events.emit(Event::RowFinished {
+            row,
+            outcome: &outcome,
+        });
+        outcome
+    }
+
+    /// Records `row` as failed (queued) and returns that outcome.
+    fn failed(
+        &self,
+        row: &StoredRow,
+        kind: FailureKind,
+        retryable: bool,
+        message: String,
+    ) -> Outcome {
         self.record_later(
             row,
             Transition::Failed {
@@ -489,16 +504,11 @@ impl Context {
                 retryable,
             },
         );
-        let outcome = Outcome::Failed {
+        Outcome::Failed {
             kind,
             retryable,
             message,
-        };
-        self.events.emit(Event::RowFinished {
-            row,
-            outcome: &outcome,
-        });
-        outcome
+        }
     }
 
     /// Takes a row through what `plan` says is left of it; records how it ended.
@@ -532,20 +542,7 @@ impl Context {
                 if matches!(e, RemoteError::Quota { .. }) {
                     self.stop(Stop::Quota);
                 }
-                let message = e.to_string();
-                self.record_later(
-                    row,
-                    Transition::Failed {
-                        kind,
-                        message: message.clone(),
-                        retryable,
-                    },
-                );
-                Outcome::Failed {
-                    kind,
-                    retryable,
-                    message,
-                }
+                self.failed(row, kind, retryable, e.to_string())
             }
             Err(RowError::Store(e)) => {
                 self.stop(Stop::StateFile);

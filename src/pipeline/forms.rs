@@ -41,18 +41,26 @@ pub const MIN_REUSE_MARGIN: Duration = Duration::from_secs(60);
 /// (the quota check's), before the row it is handed to takes it: forms last minutes at least.
 const UNUSED_FORM_LIFE: Duration = Duration::from_secs(60);
 
-/// How long `form` has left before its policy expires, read against the server's clock (the
-/// answer's `timestamp`) and ours (`wall_now`), whichever leaves less; `None` when its policy
-/// cannot be read.
-pub fn time_left(form: &Form, wall_now: DateTime<Utc>) -> Option<Duration> {
-    let expiration = read_policy(form).ok()?.0;
-    let issued = DateTime::from_timestamp(form.timestamp, 0)?;
-    let by_server = (expiration - issued).to_std().unwrap_or_default();
-    Some(by_server.min((expiration - wall_now).to_std().unwrap_or_default()))
+/// How long after it was received `form` may still carry uploads (until the safe margin before
+/// its expiration), or why it may carry only one.
+///
+/// The expiration is read against the server's clock (the answer's `timestamp`) and against
+/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
+/// a form look younger than it is. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth
+/// of that life (read as the form arrives: its lifetime).
+pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, String> {
+    reuse_window_of(form, &read_life(form, wall_now)?)
 }
 
-/// A form's policy: its expiration, and its conditions.
-fn read_policy(form: &Form) -> Result<(DateTime<Utc>, Vec<Value>), String> {
+/// What a form's policy says of its life: the time it has left, and its conditions.
+struct Life {
+    left: Duration,
+    conditions: Vec<Value>,
+}
+
+/// Reads `form`'s policy (base64 JSON): its expiration, against both clocks (see
+/// [`reuse_window`]), and its conditions.
+fn read_life(form: &Form, wall_now: DateTime<Utc>) -> Result<Life, String> {
     let policy = form
         .fields
         .iter()
@@ -73,26 +81,26 @@ fn read_policy(form: &Form) -> Result<(DateTime<Utc>, Vec<Value>), String> {
     let conditions = policy
         .get("conditions")
         .and_then(Value::as_array)
-        .ok_or("the policy has no conditions")?;
-    Ok((expiration, conditions.clone()))
+        .ok_or("the policy has no conditions")?
+        .clone();
+    let issued = DateTime::from_timestamp(form.timestamp, 0).ok_or("no readable timestamp")?;
+    // Read as the form arrives, what is left is its lifetime (a server's timestamp far in the
+    // past would otherwise make it look long-lived and its margin huge). Expired: nothing left.
+    let by_server = (expiration - issued).to_std().unwrap_or_default();
+    let left = by_server.min((expiration - wall_now).to_std().unwrap_or_default());
+    Ok(Life { left, conditions })
 }
 
-/// How long after it was received `form` may still carry uploads (until the safe margin before
-/// its expiration), or why it may carry only one.
-///
-/// The expiration is read against the server's clock (the answer's `timestamp`) and against
-/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
-/// a form look younger than it is. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth
-/// of that life (read as the form arrives: its lifetime).
-pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, String> {
-    let (expiration, conditions) = read_policy(form)?;
+/// How long a form of `life` may carry uploads: while every key condition is a prefix the
+/// tool's keys meet, until the safe margin before it expires.
+fn reuse_window_of(form: &Form, life: &Life) -> Result<Duration, String> {
     // Every key the tool makes starts with what the key pattern has before its timestamp.
     let fixed = form
         .key_pattern
         .split("__timestamp__")
         .next()
         .unwrap_or_default();
-    for condition in &conditions {
+    for condition in &life.conditions {
         match key_condition(condition) {
             KeyCondition::None => {}
             KeyCondition::Exact => return Err("the policy binds the exact key".into()),
@@ -104,19 +112,12 @@ pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, St
             }
         }
     }
-    let issued = DateTime::from_timestamp(form.timestamp, 0).ok_or("no readable timestamp")?;
-    let by_server = (expiration - issued)
-        .to_std()
-        .map_err(|_| "the form expires before it was issued")?;
-    // Read as the form arrives, what is left is its lifetime (a server's timestamp far in the
-    // past would otherwise make it look long-lived and its margin huge).
-    let left = by_server.min((expiration - wall_now).to_std().unwrap_or_default());
-    let margin = MIN_REUSE_MARGIN.max(left / 10);
-    match left.checked_sub(margin) {
+    let margin = MIN_REUSE_MARGIN.max(life.left / 10);
+    match life.left.checked_sub(margin) {
         Some(window) if !window.is_zero() => Ok(window),
         _ => Err(format!(
             "the form has {} s left, not more than the safe margin of {} s",
-            left.as_secs(),
+            life.left.as_secs(),
             margin.as_secs()
         )),
     }
@@ -294,11 +295,15 @@ impl Forms {
         slots.entry(contact.to_string()).or_default().clone()
     }
 
-    /// Keeps `form`, just fetched for `contact`, and hands it to one upload of `size` bytes.
-    fn keep(&self, held: &mut Option<Held>, form: Form, size: u64) -> Lease {
+    /// `form`, just fetched, as a form to keep: when it may carry its first and its next
+    /// uploads.
+    fn held(&self, form: Form) -> Held {
         self.fetched.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let reuse_until = match reuse_window(&form, Utc::now()) {
+        // The policy is read once, for both of the form's times below.
+        let life = read_life(&form, Utc::now());
+        let reuse = life.as_ref().map_err(String::clone);
+        let reuse_until = match reuse.and_then(|life| reuse_window_of(&form, life)) {
             Ok(window) => Some(now + window),
             Err(why) => {
                 tracing::debug!("a form for one upload only: {why}");
@@ -310,11 +315,11 @@ impl Forms {
         let storage_left = form.storage_left;
         // Unused, a form waits for its first upload a minute at most, and no longer than half
         // the life it has left (an expired one not at all).
-        let first_use_until = match time_left(&form, Utc::now()) {
-            Some(left) => now + UNUSED_FORM_LIFE.min(left / 2),
-            None => now + UNUSED_FORM_LIFE,
+        let first_use_until = match life {
+            Ok(life) => now + UNUSED_FORM_LIFE.min(life.left / 2),
+            Err(_) => now + UNUSED_FORM_LIFE,
         };
-        let kept = held.insert(Held {
+        Held {
             form: Arc::new(form),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             uses: 0,
@@ -322,10 +327,7 @@ impl Forms {
             first_use_until,
             reuse_until,
             storage_left,
-        });
-        // A form just fetched carries its first upload whatever its life: it is used at once, as
-        // one form per file always was.
-        kept.hand_out(size)
+        }
     }
 
     /// A form for one upload of `size` bytes to `contact`: the contact's kept form while it may
@@ -356,7 +358,9 @@ impl Forms {
                 return Ok(lease);
             }
             let form = fetch().await?;
-            return Ok(self.keep(&mut None, form, size));
+            // A form just fetched carries its first upload whatever its life: it is used at once,
+            // as one form per file always was.
+            return Ok(self.held(form).hand_out(size));
         }
         let mut held = slot.lock().await;
         if let Some(lease) = held
@@ -370,20 +374,14 @@ impl Forms {
         }
         *held = None;
         let form = fetch().await?;
-        Ok(self.keep(&mut held, form, size))
+        Ok(held.insert(self.held(form)).hand_out(size))
     }
 
     /// Keeps a form fetched outside any upload (the quota check's) for `contact`'s first upload.
     pub fn keep_unused(&self, contact: &str, form: Form) {
         let slot = self.slot(contact);
         if let Ok(mut held) = slot.try_lock() {
-            self.keep(&mut held, form, 0);
-            if let Some(h) = held.as_mut() {
-                // Not handed to anybody yet.
-                h.uses = 0;
-                h.carriers.store(0, Ordering::SeqCst);
-                h.storage_left = h.form.storage_left;
-            }
+            *held = Some(self.held(form));
         }
     }
 

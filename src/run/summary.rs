@@ -178,6 +178,7 @@ impl Summary {
         };
         let status = exit_status(stopped, &tally, work.rejected);
         let c = ctx.counts();
+        let (forms_fetched, uploads_on_reused_forms) = ctx.forms.counts();
         Summary {
             manifest: cfg.manifest.display().to_string(),
             state: cfg.state.display().to_string(),
@@ -209,8 +210,8 @@ impl Summary {
             throttles: c.throttles,
             notes_created: c.notes_created,
             notes_adopted: c.notes_adopted,
-            forms_fetched: ctx.forms.counts().0,
-            uploads_on_reused_forms: ctx.forms.counts().1,
+            forms_fetched,
+            uploads_on_reused_forms,
             form_reuse: match (ctx.forms.turned_off(), ctx.settings.form_reuse) {
                 (Some(_), _) => "turned_off",
                 (None, FormReuse::Auto) => "on",

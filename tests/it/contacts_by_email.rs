@@ -43,14 +43,7 @@ fn not_lookups(requests: &BTreeMap<String, u64>) -> Vec<String> {
 
 fn run_json(cmd: &mut assert_cmd::Command) -> (i32, Value) {
     let out = cmd.arg("--json").output().unwrap();
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap(), doc)
+    (out.status.code().unwrap(), crate::common::json_stdout(&out))
 }
 
 #[test]

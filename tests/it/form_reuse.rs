@@ -21,13 +21,8 @@ fn run_json(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, Value, Stri
         .args(args)
         .output()
         .unwrap();
+    let doc = crate::common::json_stdout(&out);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
     (out.status.code().unwrap(), doc, stderr)
 }
 

@@ -190,13 +190,7 @@ const READ_AT_MOST: u64 = 64 << 20;
 
 /// The JSON summary a `run --json` printed.
 fn summary(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr_of(output)
-        )
-    })
+    crate::common::json_stdout(output)
 }
 
 #[test]

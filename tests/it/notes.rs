@@ -147,14 +147,7 @@ fn run_json(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, Value) {
         .args(args)
         .output()
         .unwrap();
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap(), doc)
+    (out.status.code().unwrap(), crate::common::json_stdout(&out))
 }
 
 fn request_count(state: &Value, prefix: &str) -> u64 {

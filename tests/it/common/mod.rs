@@ -106,6 +106,17 @@ pub fn sample_copy_of(name: &str) -> (Scratch, PathBuf) {
     (s, manifest)
 }
 
+/// The JSON document a command printed on stdout; panics with its stdout and stderr otherwise.
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Runs `check --json` and returns the exit code and the parsed document.
 pub fn check_json(manifest: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = bin()
@@ -115,13 +126,7 @@ pub fn check_json(manifest: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
         .args(extra)
         .output()
         .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    (out.status.code().unwrap(), doc)
+    (out.status.code().unwrap(), json_stdout(&out))
 }
 
 /// (line, column, kind) of each problem in a `check --json` document.
