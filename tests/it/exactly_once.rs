@@ -548,13 +548,8 @@ fn rows_to_finish_come_before_the_fix_file_when_both_are_left() {
 
 #[test]
 fn a_file_changed_after_a_lost_attach_is_settled_as_uploaded_then_reported() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        // The attach takes effect and its answer is lost.
-        "--fault-at",
-        "POST /api/v3/attachments:1:drop-after",
-    ]);
+    // The attach takes effect and its answer is lost.
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1:drop-after"]);
     let s = Scratch::new();
     let manifest = one_row(&s, b"the first version, 30 bytes...");
     emu.run_cmd(&manifest)
@@ -588,13 +583,8 @@ fn a_file_changed_after_a_lost_attach_is_settled_as_uploaded_then_reported() {
 
 #[test]
 fn a_file_that_grew_after_a_lost_attach_still_attaches_what_was_uploaded() {
-    let emu = Emulator::start(&[
-        "--rate-limit",
-        "off",
-        // Lost before it reached the API: nothing attached.
-        "--fault-at",
-        "POST /api/v3/attachments:1:drop-before",
-    ]);
+    // Lost before it reached the API: nothing attached.
+    let emu = Emulator::with_faults(&["POST /api/v3/attachments:1:drop-before"]);
     let s = Scratch::new();
     let manifest = one_row(&s, b"short");
     emu.run_cmd(&manifest)
