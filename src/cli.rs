@@ -190,10 +190,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub reupload_changed: bool,
 
-    /// Attach the rows that failed as `attach_unsettled` (you looked at their records and their
-    /// files are not there); without it such rows are checked again and never attached twice.
-    #[arg(long)]
-    pub attach_unsettled: bool,
+    /// After a lost answer, how long the record (or the contact's notes) is read again, with
+    /// growing waits (5 s, 15 s, 45 s, ...), before the row is sent again: a listing may show a
+    /// write late. Seconds or with a unit (`90s`, `2m`); `0` sends again at once.
+    #[arg(long, value_name = "T", default_value_t = SettleWindow(crate::pipeline::DEFAULT_SETTLE_WINDOW), value_parser = parse_settle_window)]
+    pub settle_window: SettleWindow,
 
     /// Take over a state file that belongs to this manifest at another path (the manifest was
     /// moved or renamed); its done rows stay done.
@@ -262,6 +263,39 @@ fn parse_stall_timeout(s: &str) -> Result<StallTimeout, String> {
     if s == "off" {
         return Ok(StallTimeout(None));
     }
+    match parse_seconds(s) {
+        Some(d) if !d.is_zero() => Ok(StallTimeout(Some(d))),
+        _ => Err(format!(
+            "{s:?} is not a stall timeout: give seconds (600) or a number with s, m or h (90s, 10m, 1h), up to a week, or off"
+        )),
+    }
+}
+
+/// `--settle-window`: how long a lost answer's record is read again before the row is resent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SettleWindow(pub std::time::Duration);
+
+impl std::fmt::Display for SettleWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_secs() {
+            s if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+/// `120`, `90s`, `2m`, `1h`, or `0`.
+fn parse_settle_window(s: &str) -> Result<SettleWindow, String> {
+    parse_seconds(s).map(SettleWindow).ok_or_else(|| {
+        format!(
+            "{s:?} is not a settle window: give seconds (120) or a number with s, m or h (90s, 2m), up to a week"
+        )
+    })
+}
+
+/// Seconds, or a whole number with `s`, `m` (`min`) or `h`, up to a week.
+fn parse_seconds(s: &str) -> Option<std::time::Duration> {
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -270,15 +304,11 @@ fn parse_stall_timeout(s: &str) -> Result<StallTimeout, String> {
         "s" => 1,
         "m" | "min" => 60,
         "h" => 3600,
-        _ => 0,
+        _ => return None,
     };
     match number.parse::<u64>() {
-        Ok(n) if n > 0 && seconds > 0 && n <= 7 * 24 * 3600 / seconds => Ok(StallTimeout(Some(
-            std::time::Duration::from_secs(n * seconds),
-        ))),
-        _ => Err(format!(
-            "{s:?} is not a stall timeout: give seconds (600) or a number with s, m or h (90s, 10m, 1h), up to a week, or off"
-        )),
+        Ok(n) if n <= 7 * 24 * 3600 / seconds => Some(std::time::Duration::from_secs(n * seconds)),
+        _ => None,
     }
 }
 
@@ -498,6 +528,17 @@ mod tests {
         assert_eq!(parse_stall_timeout("off"), Ok(StallTimeout(None)));
         for bad in ["0", "", "m", "5x", "-1", "1.5m", "99999999999h", "8d"] {
             assert!(parse_stall_timeout(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_settle_window("0"),
+            Ok(SettleWindow(std::time::Duration::ZERO))
+        );
+        assert_eq!(
+            parse_settle_window("2m"),
+            Ok(SettleWindow(std::time::Duration::from_secs(120)))
+        );
+        for bad in ["", "m", "-1", "1.5m", "8d"] {
+            assert!(parse_settle_window(bad).is_err(), "{bad}");
         }
         let cli = Cli::try_parse_from(["opcrm-import", "run", "m.csv"]).unwrap();
         let Command::Run(args) = cli.command else {

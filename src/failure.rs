@@ -34,12 +34,16 @@ pub enum FailureKind {
     ContactNotFound,
     /// Rejected: several contacts have the row's email.
     ContactAmbiguous,
+    /// The row's record (note, deal, call or meeting) does not exist.
+    RecordNotFound,
+    /// The row's record belongs to another contact than the row's.
+    RecordOfOtherContact,
     /// A name this version does not know (a state file of a newer version).
     Other,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 22] = [
+    pub const ALL: [FailureKind; 24] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -61,6 +65,8 @@ impl FailureKind {
         Self::InvalidEmail,
         Self::ContactNotFound,
         Self::ContactAmbiguous,
+        Self::RecordNotFound,
+        Self::RecordOfOtherContact,
         Self::Other,
     ];
 
@@ -88,6 +94,8 @@ impl FailureKind {
             Self::InvalidEmail => "invalid_email",
             Self::ContactNotFound => "contact_not_found",
             Self::ContactAmbiguous => "contact_ambiguous",
+            Self::RecordNotFound => "record_not_found",
+            Self::RecordOfOtherContact => "record_of_other_contact",
             Self::Other => "other",
         }
     }
@@ -117,7 +125,9 @@ impl FailureKind {
             Self::FileUnreadable => "the file could not be read",
             Self::Protocol => "unexpected answers",
             Self::StateFile => "the state file could not be written",
-            Self::AttachUnsettled => "whether it was attached cannot be told (look at the record)",
+            Self::AttachUnsettled => {
+                "whether it was attached is not known yet (a rerun reads the record again and settles it)"
+            }
             Self::Stalled => "the run stopped (it stalled) before this row could finish",
             Self::NoteFailed => "the note this row attaches to could not be created",
             Self::Invalid => "the row is invalid",
@@ -127,6 +137,12 @@ impl FailureKind {
             }
             Self::ContactAmbiguous => {
                 "several contacts have this email (give the row a contact_id instead)"
+            }
+            Self::RecordNotFound => {
+                "its reference_id names no record of its reference_type (fix the manifest)"
+            }
+            Self::RecordOfOtherContact => {
+                "its record belongs to another contact (fix contact_id or reference_id)"
             }
             Self::Other => "an error",
         }

@@ -15,6 +15,7 @@ mod events;
 pub mod forms;
 mod gate;
 pub mod notes;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -45,6 +46,12 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CONCURRENCY: u16 = 8;
 /// Retries of a row's retryable failures in one run (`--retries`).
 pub const DEFAULT_RETRIES: u32 = 5;
+/// How long a lost answer's record is read again before the row is sent again
+/// (`--settle-window`): a listing that shows a write late has shown it by then.
+pub const DEFAULT_SETTLE_WINDOW: Duration = Duration::from_secs(120);
+/// The first wait before a lost answer's record is read again; each next one is three times
+/// longer (5, 15, 45 s, ...), the last cut to the window's end.
+const FIRST_SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the pipeline is told.
 #[derive(Clone, Debug)]
@@ -58,6 +65,8 @@ pub struct Settings {
     pub stall_timeout: Option<Duration>,
     /// Whether a contact's upload form carries its next files (`--form-reuse`).
     pub form_reuse: FormReuse,
+    /// How long a lost answer's record is read again before the row is resent.
+    pub settle_window: Duration,
 }
 
 impl Default for Settings {
@@ -69,7 +78,38 @@ impl Default for Settings {
             retries: DEFAULT_RETRIES,
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             form_reuse: FormReuse::Auto,
+            settle_window: DEFAULT_SETTLE_WINDOW,
         }
+    }
+}
+
+/// The growing waits after a lost answer before the row is sent again (see
+/// `--settle-window`): the record is read again after each.
+#[derive(Clone, Debug)]
+struct Settling {
+    deadline: Instant,
+    next: Duration,
+}
+
+impl Settling {
+    /// A window that began `ago` (the answer was lost that long ago).
+    fn since(window: Duration, ago: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            deadline: now + window.saturating_sub(ago),
+            next: FIRST_SETTLE_WAIT,
+        }
+    }
+
+    /// The next wait, or `None` once the window is over.
+    fn next_wait(&mut self) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        let wait = self.next.min(left);
+        self.next = self.next.saturating_mul(3);
+        Some(wait)
     }
 }
 
@@ -147,6 +187,8 @@ pub struct Context {
     pub gate: ApiGate,
     /// The upload forms kept for their contacts' next files.
     pub forms: Forms,
+    /// What records held before their first attach (see `snapshots`).
+    pub snapshots: snapshots::Snapshots,
     pub settings: Settings,
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
@@ -214,6 +256,7 @@ impl Context {
             store,
             gate: ApiGate::new(settings.rate, settings.burst),
             forms: Forms::new(settings.form_reuse),
+            snapshots: Default::default(),
             settings,
             events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
@@ -569,9 +612,21 @@ impl Context {
         let mut uploaded: Option<String> = None;
         // Step 3 answered a conflict: the row fails with it unless the record holds the key.
         let mut conflict: Option<RemoteError> = None;
+        // An attach's answer was lost: the record is read again with growing waits before the
+        // row is attached again (its listing may show the write late).
+        let mut settling = match plan {
+            Plan::Verify => Some(Settling::since(
+                self.settings.settle_window,
+                self.since_attach(row).await?,
+            )),
+            _ => None,
+        };
         loop {
             match stage {
                 Plan::Upload => {
+                    // The record is read before its first byte is sent: its snapshot, and
+                    // whether it exists and is this contact's.
+                    self.ensure_snapshot_retrying(row, &mut attempts).await?;
                     let (k, etag) = self.upload(row, &mut attempts, redos > 0).await?;
                     key = Some(k);
                     uploaded = Some(etag);
@@ -582,6 +637,7 @@ impl Context {
                         stage = Plan::Upload;
                         continue;
                     };
+                    self.ensure_snapshot_retrying(row, &mut attempts).await?;
                     // The upload's ETag (just now) and the intent to attach, in one write.
                     let etag = uploaded.take();
                     self.commit(row, Transition::Attaching { etag }).await?;
@@ -594,12 +650,20 @@ impl Context {
                         size: row.size,
                     };
                     match self.api(|| self.client.attach(&attach)).await {
-                        Ok(id) => {
+                        Ok(attached) => {
                             self.events.emit(Event::StepDone {
                                 row,
                                 step: Step::Attach,
                             });
-                            self.record_later(row, Transition::Done { attachment_id: id });
+                            if attached.key(&row.contact_id).as_deref() == Some(k) {
+                                self.snapshots.learned_links_show_keys();
+                            }
+                            self.record_later(
+                                row,
+                                Transition::Done {
+                                    attachment_id: attached.id,
+                                },
+                            );
                             if refused_shared {
                                 self.reuse_refused(
                                     "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
@@ -615,6 +679,9 @@ impl Context {
                             stage = if never_sent {
                                 Plan::Attach
                             } else {
+                                settling.get_or_insert_with(|| {
+                                    Settling::since(self.settings.settle_window, Duration::ZERO)
+                                });
                                 Plan::Verify
                             };
                         }
@@ -667,6 +734,25 @@ impl Context {
                             return Err(e.into());
                         }
                         stage = Plan::Attach;
+                        if !redo && let Some(wait) = settling.as_mut().and_then(Settling::next_wait)
+                        {
+                            info!(
+                                "line {}: the record does not show this attach yet; reading it again in {} s",
+                                row.line,
+                                wait.as_secs()
+                            );
+                            if !self.pause(wait).await {
+                                return Err(self.cut(RemoteError::Unsettled(format!(
+                                    "the answer to attaching was lost and {} {} did not show the file yet; a rerun reads it again",
+                                    row.reference_type.as_str(),
+                                    row.reference_id
+                                ))));
+                            }
+                            stage = Plan::Verify;
+                            continue;
+                        }
+                        // The window is over (or there was none): sent again.
+                        settling = None;
                         if std::mem::take(&mut redo) {
                             redos += 1;
                             // A fresh form's key refused too: forms of one second look alike to
@@ -913,12 +999,15 @@ impl Context {
     }
 
     /// Whether the record already holds this row's attachment (step 3 was sent with `key` and
-    /// its answer may be lost). The record's attachments show their keys in their `url` (a
-    /// presigned URL of the object): the one with this row's key is adopted, and if none has it
-    /// the row is not attached. An attachment of the same name and size whose URL shows no key
-    /// (and that no other row of this state file holds) may be this upload or may have been
-    /// there before: that is never guessed, the row fails as `attach_unsettled` for a person to
-    /// look at.
+    /// its answer may be lost); if it does, the row is recorded as done with it.
+    ///
+    /// Proof where the link gives it: an attachment whose `url` shows this row's key (a
+    /// presigned link of its object) is adopted. Where links do not show keys, the record's
+    /// snapshot (taken before this state file's first attach to it, see `snapshots`) decides:
+    /// an attachment of the row's name and size that is in neither the snapshot nor claimed by
+    /// another row of this state file (and whose link shows no other key) was made by this row's
+    /// lost attempt, and is adopted. Nothing matching: not attached (yet; the caller reads again
+    /// within `--settle-window` before it sends again).
     async fn verify(&self, row: &StoredRow, key: Option<&str>) -> Result<bool, RowError> {
         let Some(key) = key else {
             // No key was ever chosen, so no attach was ever sent.
@@ -938,54 +1027,98 @@ impl Context {
                     .attachments_of(row.reference_type, &row.reference_id)
             })
             .await?;
-        if let Some(a) = listed
-            .iter()
-            .find(|a| a.key(&row.contact_id).as_deref() == Some(key))
-        {
-            info!(
-                "line {}: the record already holds this upload as attachment {}; not attaching again",
-                row.line, a.id
-            );
-            self.commit(
-                row,
-                Transition::Done {
-                    attachment_id: a.id.clone(),
-                },
-            )
-            .await?;
-            return Ok(true);
-        }
-        let (rt, rid, name, size, row_key) = (
-            row.reference_type,
-            row.reference_id.clone(),
-            row.name.clone(),
-            row.size,
-            row.key.clone(),
+        let shows_key = |a: &crate::remote::api::RemoteAttachment| a.key(&row.contact_id);
+        let adopted = match listed.iter().find(|a| shows_key(a).as_deref() == Some(key)) {
+            Some(a) => Some((a, "its link shows this upload's key")),
+            None => {
+                let (rt, rid, name, size, row_key) = (
+                    row.reference_type,
+                    row.reference_id.clone(),
+                    row.name.clone(),
+                    row.size,
+                    row.key.clone(),
+                );
+                let (claimed, held) = self
+                    .store
+                    .call(move |c| {
+                        Ok((
+                            checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
+                            checkpoint::snapshots::held(c, rt, &rid)?,
+                        ))
+                    })
+                    .await
+                    .map_err(RowError::Store)?;
+                // A record read before no attach (links showed keys when it was first attached
+                // to): only a key proves. One of a state file from before snapshots: what it
+                // held then is not known, and is taken to be none of this name and size.
+                if held.is_none() && self.snapshots.links_show_keys() {
+                    return Ok(false);
+                }
+                let held = held.unwrap_or_default();
+                listed
+                    .iter()
+                    .filter(|a| a.filename == row.name && a.size == row.size)
+                    .filter(|a| !claimed.contains(&a.id) && !held.contains(&a.id))
+                    .find(|a| shows_key(a).is_none())
+                    .map(|a| {
+                        (
+                            a,
+                            "it is new since the record was read before the first attach",
+                        )
+                    })
+            }
+        };
+        let Some((a, why)) = adopted else {
+            return Ok(false);
+        };
+        info!(
+            "line {}: the record holds this file as attachment {} ({why}); not attaching again",
+            row.line, a.id
         );
-        let claimed = self
+        self.commit(
+            row,
+            Transition::Done {
+                attachment_id: a.id.clone(),
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// `ensure_snapshot`, its retryable failures counted as the row's and retried.
+    async fn ensure_snapshot_retrying(
+        &self,
+        row: &StoredRow,
+        attempts: &mut u32,
+    ) -> Result<(), RowError> {
+        loop {
+            match self.ensure_snapshot(row).await {
+                Err(RowError::Remote(e)) if e.is_retryable() => {
+                    self.retry(e, row, attempts).await?
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// How long ago `row`'s attach was last recorded as under way (by this machine's clock, as
+    /// it recorded it): a rerun's window for reading the record again began then. Unknown: long
+    /// ago.
+    async fn since_attach(&self, row: &StoredRow) -> Result<Duration, RowError> {
+        let key = row.key.clone();
+        let at = self
             .store
-            .call(move |c| checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key))
+            .call(move |c| checkpoint::updated_at(c, &key))
             .await
             .map_err(RowError::Store)?;
-        let unsure: Vec<&str> = listed
-            .iter()
-            .filter(|a| a.filename == row.name && a.size == row.size)
-            .filter(|a| !claimed.contains(&a.id) && a.key(&row.contact_id).is_none())
-            .map(|a| a.id.as_str())
-            .collect();
-        if unsure.is_empty() {
-            return Ok(false);
-        }
-        Err(RowError::Remote(RemoteError::Unsettled(format!(
-            "the answer to attaching was lost, and {} {} holds {} attachment(s) named {:?} of {} bytes ({}) whose links do not show which upload they are, so whether this file was attached cannot be told. Look at the {} in OnePageCRM: if this file is there, leave this row out of the manifest; if it is not, rerun with --attach-unsettled to attach it",
-            row.reference_type.as_str(),
-            row.reference_id,
-            unsure.len(),
-            row.name,
-            row.size,
-            unsure.join(", "),
-            row.reference_type.as_str(),
-        ))))
+        Ok(at
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .and_then(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .ok()
+            })
+            .unwrap_or(Duration::MAX))
     }
 
     /// No new row starts after this; rows under way go on, their waits intact.
@@ -1076,6 +1209,14 @@ pub async fn run_indexed(
     let work = schedule(work);
     ctx.forms
         .expect(work.iter().map(|(_, (row, _))| row.contact_id.as_str()));
+    // Without the records known to have a snapshot, each is read on its own: slower, not wrong.
+    let taken = ctx
+        .store
+        .call(checkpoint::snapshots::records_with_snapshot)
+        .await
+        .unwrap_or_default();
+    ctx.snapshots
+        .plan(taken, work.iter().map(|(_, (row, _))| row));
     let queue = Arc::new(Mutex::new(work.into_iter().collect::<VecDeque<_>>()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
@@ -1206,6 +1347,7 @@ mod tests {
             retries: 3,
             stall_timeout: None,
             form_reuse: FormReuse::Auto,
+            settle_window: DEFAULT_SETTLE_WINDOW,
         };
         Context::new(client, store, settings)
     }

@@ -218,7 +218,7 @@ fn tell_held_back(rows: &[StoredRow], notes: &Notes, manifest: Option<&str>) {
         format!("`opcrm-import run {m}` (with the run's flags)")
     });
     eprintln!(
-        "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, or their note may have been made with its answer lost, so a fix file (a state file of its own) would attach or create them again. Rerun {rerun} to settle them; for those failed as attach_unsettled, look at their records first (README: \"How the check after a lost step-3 answer decides\")",
+        "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, or their note may have been made with its answer lost, so a fix file (a state file of its own) would attach or create them again. Rerun {rerun} to settle them: it reads their records again and never makes anything twice",
         held.len(),
         if held.len() == 1 {
             "row is"

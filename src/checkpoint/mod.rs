@@ -4,6 +4,7 @@
 //! The schema lives in `migrations/` as numbered SQL files applied in order at open (keyed on
 //! SQLite's `user_version`). All access goes through the writer thread of [`store`].
 
+pub mod snapshots;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_notes.sql",
         include_str!("../../migrations/0003_notes.sql"),
+    ),
+    (
+        "0004_snapshots.sql",
+        include_str!("../../migrations/0004_snapshots.sql"),
     ),
 ];
 
@@ -1188,9 +1193,13 @@ pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Res
             "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
         Transition::Attaching { etag: Some(etag) } => conn.prepare_cached(
             "UPDATE rows SET state = 'attaching', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
-        Transition::Done { attachment_id } => conn.prepare_cached(
-            "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
-                 retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?,
+        Transition::Done { attachment_id } => {
+            let changed = conn.prepare_cached(
+                "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
+                     retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?;
+            snapshots::extend(conn, key, attachment_id)?;
+            changed
+        }
         Transition::Failed { kind, message, retryable } => conn.prepare_cached(
             "UPDATE rows SET state = 'failed', error_kind = ?2, last_error = ?3, retryable = ?4, updated_at = ?5
              WHERE row_key = ?1")?.execute(params![key, kind, message, retryable, now])?,
@@ -1202,6 +1211,13 @@ pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Res
         return Err(rusqlite::Error::QueryReturnedNoRows);
     }
     Ok(())
+}
+
+/// When `key`'s row last changed state (RFC 3339, this machine's clock), if it is recorded.
+pub fn updated_at(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT updated_at FROM rows WHERE row_key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
 }
 
 /// Updates the recorded size and modification time of a row about to be uploaded again.

@@ -256,8 +256,9 @@ impl Client {
         Ok(form)
     }
 
-    /// Step 3: `POST /attachments`; returns the new attachment's id.
-    pub async fn attach(&self, attach: &Attach<'_>) -> Result<String, RemoteError> {
+    /// Step 3: `POST /attachments`; returns the new attachment (its id, and its link, which may
+    /// or may not show the key).
+    pub async fn attach(&self, attach: &Attach<'_>) -> Result<RemoteAttachment, RemoteError> {
         let body = serde_json::to_vec(attach).expect("a struct of strings and numbers serializes");
         let request = self
             .http
@@ -265,13 +266,23 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         let json = self.api(request).await?;
-        json.pointer("/data/attachment/id")
+        let attachment = json.pointer("/data/attachment");
+        let id = attachment
+            .and_then(|a| a.get("id"))
             .and_then(Value::as_str)
-            .map(str::to_string)
             .ok_or_else(|| RemoteError::Protocol {
                 what: "step 3 (attachments)",
                 detail: "no data.attachment.id".into(),
-            })
+            })?;
+        Ok(RemoteAttachment {
+            id: id.to_string(),
+            filename: attach.name.to_string(),
+            size: attach.size,
+            url: attachment
+                .and_then(|a| a.get("url"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
     }
 
     /// One page of `GET /contacts?email=` (100 a page, the most the API gives): the ids of the
@@ -344,29 +355,118 @@ impl Client {
         reference_type: ReferenceType,
         reference_id: &str,
     ) -> Result<Vec<RemoteAttachment>, RemoteError> {
+        Ok(self.record(reference_type, reference_id).await?.attachments)
+    }
+
+    /// `GET /{notes|deals|calls|meetings}/{id}`: a record, its contact and its attachments.
+    pub async fn record(
+        &self,
+        reference_type: ReferenceType,
+        reference_id: &str,
+    ) -> Result<RemoteRecord, RemoteError> {
         let path = format!("/{}s/{reference_id}", reference_type.as_str());
         let json = self
             .api_capped(self.http.get(self.api_url(&path)), RECORD_ANSWER_CAP)
             .await?;
-        let list = json
-            .pointer(&format!("/data/{}/attachments", reference_type.as_str()))
-            .and_then(Value::as_array)
-            .ok_or_else(|| RemoteError::Protocol {
+        json.pointer(&format!("/data/{}", reference_type.as_str()))
+            .ok_or_else(|| "no record".to_string())
+            .and_then(parse_record)
+            .map_err(|detail| RemoteError::Protocol {
                 what: "a record",
-                detail: "no attachments list".into(),
-            })?;
-        Ok(list
-            .iter()
-            .filter_map(|a| {
-                Some(RemoteAttachment {
-                    id: a.get("id")?.as_str()?.to_string(),
-                    filename: a.get("filename")?.as_str()?.to_string(),
-                    size: a.get("size")?.as_u64()?,
-                    url: a.get("url").and_then(Value::as_str).map(str::to_string),
-                })
+                detail,
             })
-            .collect())
     }
+
+    /// `GET /{notes|deals|calls|meetings}?contact_id=&page=&per_page=`: one page of a contact's
+    /// records of one type, each with its attachments.
+    pub async fn records_of_contact(
+        &self,
+        reference_type: ReferenceType,
+        contact_id: &str,
+        page: u64,
+        per_page: u64,
+    ) -> Result<RecordsPage, RemoteError> {
+        let kind = reference_type.as_str();
+        let request = self.http.get(self.api_url(&format!("/{kind}s"))).query(&[
+            ("contact_id", contact_id),
+            ("page", &page.to_string()),
+            ("per_page", &per_page.to_string()),
+        ]);
+        let json = self.api_capped(request, RECORD_ANSWER_CAP).await?;
+        parse_records_page(&json, reference_type).map_err(|detail| RemoteError::Protocol {
+            what: "a list of records",
+            detail,
+        })
+    }
+}
+
+/// A note, deal, call or meeting as the API shows it: the fields the tool reads.
+#[derive(Clone, Debug)]
+pub struct RemoteRecord {
+    pub id: String,
+    /// Empty when the answer does not say.
+    pub contact_id: String,
+    pub attachments: Vec<RemoteAttachment>,
+}
+
+/// One page of a contact's records of one type.
+#[derive(Clone, Debug)]
+pub struct RecordsPage {
+    pub records: Vec<RemoteRecord>,
+    pub max_page: u64,
+}
+
+/// A record's `id`, `contact_id` and `attachments` (an attachment without an id, a name or a
+/// size cannot be matched to a row and is left out).
+fn parse_record(record: &Value) -> Result<RemoteRecord, String> {
+    let id = record
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("a record without an id")?
+        .to_string();
+    let list = record
+        .get("attachments")
+        .and_then(Value::as_array)
+        .ok_or("no attachments list")?;
+    Ok(RemoteRecord {
+        id,
+        contact_id: record
+            .get("contact_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        attachments: list.iter().filter_map(parse_attachment).collect(),
+    })
+}
+
+fn parse_attachment(a: &Value) -> Option<RemoteAttachment> {
+    Some(RemoteAttachment {
+        id: a.get("id")?.as_str()?.to_string(),
+        filename: a.get("filename")?.as_str()?.to_string(),
+        size: a.get("size")?.as_u64()?,
+        url: a.get("url").and_then(Value::as_str).map(str::to_string),
+    })
+}
+
+/// `data.{notes|deals|calls|meetings}[].{note|deal|call|meeting}` and `data.max_page`.
+fn parse_records_page(json: &Value, reference_type: ReferenceType) -> Result<RecordsPage, String> {
+    let kind = reference_type.as_str();
+    let data = json.get("data").ok_or("no data")?;
+    let records = data
+        .get(format!("{kind}s"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("no data.{kind}s list"))?
+        .iter()
+        .map(|r| {
+            r.get(kind)
+                .ok_or_else(|| format!("an entry without {kind}"))
+                .and_then(parse_record)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordsPage {
+        records,
+        max_page: data.get("max_page").and_then(Value::as_u64).unwrap_or(1),
+    })
 }
 
 /// The fields of an API error's `errors` its message shows (the rest are counted).

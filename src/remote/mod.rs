@@ -205,9 +205,13 @@ pub enum RemoteError {
     FileUnreadable(String),
     #[error("unexpected answer from {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
-    /// Step 3's answer was lost and the record's attachments cannot tell whether it took effect.
+    /// Step 3's answer was lost and the record did not tell yet whether it took effect (its
+    /// listing may lag behind the write): a rerun reads it again.
     #[error("{0}")]
     Unsettled(String),
+    /// The row's record does not exist, or belongs to another contact (`kind` says which).
+    #[error("{message}")]
+    Record { kind: FailureKind, message: String },
     /// Not sent: the run stopped (it stalled) while this call waited for its turn.
     #[error("not sent, the run stopped: {0}; rerun later")]
     Stopped(String),
@@ -243,6 +247,7 @@ impl RemoteError {
             Self::FileUnreadable(_) => FailureKind::FileUnreadable,
             Self::Protocol { .. } => FailureKind::Protocol,
             Self::Unsettled(_) => FailureKind::AttachUnsettled,
+            Self::Record { kind, .. } => *kind,
             Self::Stopped(_) => FailureKind::Stalled,
         }
     }
@@ -265,6 +270,7 @@ impl RemoteError {
             | Self::FileChanged(_)
             | Self::FileUnreadable(_)
             | Self::Unsettled(_)
+            | Self::Record { .. }
             | Self::Stopped(_) => false,
         }
     }
@@ -277,6 +283,7 @@ impl RemoteError {
                 Self::Quota { .. }
                     | Self::FileChanged(_)
                     | Self::Unauthorized { .. }
+                    | Self::Unsettled(_)
                     | Self::Stopped(_)
             )
     }

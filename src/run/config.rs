@@ -27,7 +27,6 @@ pub struct Choices {
     pub skip_invalid: bool,
     pub retry_failed: bool,
     pub reupload_changed: bool,
-    pub attach_unsettled: bool,
     pub adopt_state: bool,
 }
 
@@ -95,6 +94,7 @@ impl RunConfig {
                 retries: args.retries,
                 stall_timeout: args.stall_timeout.0,
                 form_reuse: args.form_reuse,
+                settle_window: args.settle_window.0,
             },
             grace: Duration::from_secs(args.grace),
             choices: Choices {
@@ -102,7 +102,6 @@ impl RunConfig {
                 skip_invalid: args.skip_invalid,
                 retry_failed: args.retry_failed,
                 reupload_changed: args.reupload_changed,
-                attach_unsettled: args.attach_unsettled,
                 adopt_state: args.adopt_state,
             },
             json: args.json,

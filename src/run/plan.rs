@@ -223,19 +223,12 @@ pub fn plan(
                 work.rejected += 1;
                 None
             }
+            // Whether its attach took effect was not told yet (a state file of an earlier
+            // version held such rows for a person): the record is read again and settles it.
             RowState::Failed
                 if row.error_kind == Some(FailureKind::AttachUnsettled) && row.s3_key.is_some() =>
             {
-                match choices.attach_unsettled {
-                    // A person looked at the record: the file is not there.
-                    true => Some(Plan::Attach),
-                    // `--retry-failed` too asks the record again: the answer may be clear now.
-                    false if choices.retry_failed => Some(Plan::Verify),
-                    false => {
-                        work.failed_permanent.push(row.clone());
-                        None
-                    }
-                }
+                Some(Plan::Verify)
             }
             RowState::Failed if row.retryable == Some(false) && !choices.retry_failed => {
                 work.failed_permanent.push(row.clone());

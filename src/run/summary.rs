@@ -426,6 +426,10 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
             flags.push(format!("{flag} {value}"));
         }
     }
+    if s.settle_window != crate::pipeline::DEFAULT_SETTLE_WINDOW {
+        let w = crate::cli::SettleWindow(s.settle_window);
+        flags.push(format!("--settle-window {w}"));
+    }
     if s.form_reuse == FormReuse::Off {
         flags.push("--form-reuse off".into());
     }
@@ -433,8 +437,6 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
     for (flag, on) in [
         ("--skip-invalid", c.skip_invalid),
         ("--retry-failed", c.retry_failed),
-        // Not `--attach-unsettled`: it is a decision about the rows a person looked at, and a
-        // rerun must not attach the rows that became unsettled since without anyone looking.
         ("--reupload-changed", c.reupload_changed),
     ] {
         if on {

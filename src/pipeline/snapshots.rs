@@ -1,0 +1,251 @@
+//! Records read before their first attach, so that a lost step-3 answer settles by itself.
+//!
+//! OnePageCRM's attachment objects carry no key and no creation time, and its documented link
+//! (`https://{foo.bar}/mario.jpg`) shows no key. So before this state file's first attach to a
+//! record, the record's attachments (id, name, size) are kept in the state file; after a lost
+//! answer, the one attachment of the row's name and size that is in neither that snapshot nor
+//! claimed by another row is the lost attempt's. Where the links do show the key the tool sent (a
+//! presigned S3 link; learned from this run's own attach answers), a key match is proof and
+//! costs nothing, and no more snapshots are taken.
+//!
+//! What a snapshot costs: the records of one contact and type that this run attaches to are read
+//! together. One record: `GET /{type}s/{id}` (one call). Several: the contact's records of that
+//! type, `GET /{type}s?contact_id=`, 100 a page (one call per 100 records the contact has),
+//! then one `GET /{type}s/{id}` for each wanted record the listing did not show. The same reads
+//! tell a record that does not exist or that belongs to another contact, before any of its bytes
+//! is sent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{Context, RowError};
+use crate::checkpoint::StoredRow;
+use crate::checkpoint::snapshots::{self, HeldAttachment, RecordSnapshot};
+use crate::failure::FailureKind;
+use crate::onepagecrm::ReferenceType;
+use crate::remote::RemoteError;
+use crate::remote::api::RemoteRecord;
+
+/// A record: its type and id.
+type RecordId = (ReferenceType, String);
+/// A contact's records of one type: read together.
+type Family = (String, ReferenceType);
+
+/// `GET /{type}s?contact_id=` page size: the API's largest.
+const PER_PAGE: u64 = 100;
+/// The most pages read of one contact's records of one type.
+const MAX_PAGES: u64 = 10_000;
+
+/// What the run knows of records' snapshots.
+#[derive(Default)]
+pub struct Snapshots {
+    /// An attach answer of this run showed the key it was sent in its link.
+    links_show_keys: AtomicBool,
+    /// Records with a snapshot in the state file.
+    taken: Mutex<HashSet<RecordId>>,
+    /// The records of each family this run attaches to.
+    wanted: Mutex<HashMap<Family, HashSet<String>>>,
+    /// Records that do not exist or belong to another contact, and what their rows are told.
+    bad: Mutex<HashMap<RecordId, (FailureKind, String)>>,
+    /// One read at a time per family.
+    slots: Mutex<HashMap<Family, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Snapshots {
+    /// The records with a snapshot, and those `rows` attach to (before the run starts).
+    pub fn plan<'a>(&self, taken: HashSet<RecordId>, rows: impl Iterator<Item = &'a StoredRow>) {
+        let mut wanted: HashMap<Family, HashSet<String>> = HashMap::new();
+        for row in rows {
+            if row.reference_id.is_empty() || row.contact_id.is_empty() {
+                continue;
+            }
+            if taken.contains(&(row.reference_type, row.reference_id.clone())) {
+                continue;
+            }
+            wanted
+                .entry((row.contact_id.clone(), row.reference_type))
+                .or_default()
+                .insert(row.reference_id.clone());
+        }
+        *lock(&self.taken) = taken;
+        *lock(&self.wanted) = wanted;
+    }
+
+    /// Links showed keys in this run: a key match settles a lost answer.
+    pub fn links_show_keys(&self) -> bool {
+        self.links_show_keys.load(Ordering::Relaxed)
+    }
+
+    /// An attach answer's link showed the key sent: from now on no snapshot is needed.
+    pub fn learned_links_show_keys(&self) {
+        self.links_show_keys.store(true, Ordering::Relaxed);
+    }
+
+    /// A record this state file created (a note): it held nothing.
+    pub fn created(&self, reference_type: ReferenceType, id: &str) {
+        lock(&self.taken).insert((reference_type, id.to_string()));
+    }
+
+    fn known_bad(&self, record: &RecordId) -> Option<RemoteError> {
+        lock(&self.bad)
+            .get(record)
+            .map(|(kind, message)| RemoteError::Record {
+                kind: *kind,
+                message: message.clone(),
+            })
+    }
+
+    fn slot(&self, family: &Family) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.slots).entry(family.clone()).or_default().clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Context {
+    /// Before `row`'s first attach to its record: the record's snapshot, unless it has one or
+    /// this run's links show keys. Fails the row when the record does not exist or is another
+    /// contact's.
+    pub(super) async fn ensure_snapshot(&self, row: &StoredRow) -> Result<(), RowError> {
+        let record: RecordId = (row.reference_type, row.reference_id.clone());
+        let snaps = &self.snapshots;
+        if let Some(e) = snaps.known_bad(&record) {
+            return Err(e.into());
+        }
+        if snaps.links_show_keys() || lock(&snaps.taken).contains(&record) {
+            return Ok(());
+        }
+        let family: Family = (row.contact_id.clone(), row.reference_type);
+        let slot = snaps.slot(&family);
+        let _one_read_at_a_time = slot.lock().await;
+        if let Some(e) = snaps.known_bad(&record) {
+            return Err(e.into());
+        }
+        if lock(&snaps.taken).contains(&record) {
+            return Ok(());
+        }
+        let mut ids: HashSet<String> = lock(&snaps.wanted)
+            .get(&family)
+            .cloned()
+            .unwrap_or_default();
+        {
+            let taken = lock(&snaps.taken);
+            ids.retain(|id| !taken.contains(&(row.reference_type, id.clone())));
+        }
+        ids.insert(row.reference_id.clone());
+        let (found, bad) = self.read_records(row, &ids).await?;
+        let recorded: Vec<RecordSnapshot> = found
+            .iter()
+            .map(|r| RecordSnapshot {
+                reference_type: row.reference_type,
+                reference_id: r.id.clone(),
+                contact_id: row.contact_id.clone(),
+                held: r
+                    .attachments
+                    .iter()
+                    .map(|a| HeldAttachment {
+                        id: a.id.clone(),
+                        filename: a.filename.clone(),
+                        size: a.size,
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.store
+            .call_atomic(move |c| snapshots::record(c, &recorded))
+            .await
+            .map_err(RowError::Store)?;
+        lock(&snaps.taken).extend(found.into_iter().map(|r| (row.reference_type, r.id)));
+        lock(&snaps.bad).extend(bad);
+        match snaps.known_bad(&record) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the records `ids` of `row`'s contact and type (see the module's note on cost): the
+    /// ones found, and the ones that are missing or another contact's.
+    async fn read_records(
+        &self,
+        row: &StoredRow,
+        ids: &HashSet<String>,
+    ) -> Result<(Vec<RemoteRecord>, Vec<(RecordId, (FailureKind, String))>), RowError> {
+        let mut found = Vec::new();
+        if ids.len() > 1 {
+            found = self
+                .records_of_contact(row)
+                .await?
+                .into_iter()
+                .filter(|r| ids.contains(&r.id))
+                .collect();
+        }
+        let listed: HashSet<String> = found.iter().map(|r| r.id.clone()).collect();
+        let mut bad = Vec::new();
+        for id in ids.iter().filter(|id| !listed.contains(*id)) {
+            match self
+                .read_record(row.reference_type, id, &row.contact_id)
+                .await?
+            {
+                Ok(record) => found.push(record),
+                Err(why) => bad.push(((row.reference_type, id.clone()), why)),
+            }
+        }
+        Ok((found, bad))
+    }
+
+    /// Every page of `row`'s contact's records of its type.
+    async fn records_of_contact(&self, row: &StoredRow) -> Result<Vec<RemoteRecord>, RowError> {
+        let mut records = Vec::new();
+        let mut page = 1;
+        loop {
+            let listed = self
+                .api(|| {
+                    self.client.records_of_contact(
+                        row.reference_type,
+                        &row.contact_id,
+                        page,
+                        PER_PAGE,
+                    )
+                })
+                .await?;
+            let empty = listed.records.is_empty();
+            records.extend(listed.records);
+            if empty || page >= listed.max_page || page >= MAX_PAGES {
+                return Ok(records);
+            }
+            page += 1;
+        }
+    }
+
+    /// One record, checked to be `contact_id`'s: `Ok(Err(why))` when it does not exist or is
+    /// another contact's.
+    pub async fn read_record(
+        &self,
+        reference_type: ReferenceType,
+        id: &str,
+        contact_id: &str,
+    ) -> Result<Result<RemoteRecord, (FailureKind, String)>, RemoteError> {
+        match self.api(|| self.client.record(reference_type, id)).await {
+            Ok(r) if !r.contact_id.is_empty() && r.contact_id != contact_id => Ok(Err((
+                FailureKind::RecordOfOtherContact,
+                format!(
+                    "{} {id} belongs to contact {}, not to contact {contact_id}; fix the row's contact or reference_id",
+                    reference_type.as_str(),
+                    r.contact_id
+                ),
+            ))),
+            Ok(r) => Ok(Ok(r)),
+            Err(RemoteError::Api { status: 404, .. }) => Ok(Err((
+                FailureKind::RecordNotFound,
+                format!(
+                    "no {} has the id {id} (the API answered 404); fix the row's reference_id or reference_type",
+                    reference_type.as_str()
+                ),
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
