@@ -7,29 +7,28 @@
 //! other inside the pipeline: no worker ever sits blocked on another row's note, and a group
 //! that cannot be created fails its rows before any of them uploads a byte.
 //!
-//! Exactly once: the intent is committed before `POST /notes`. A group found in `intent` (an
-//! answer lost to a drop, a timeout or a kill) first lists the contact's notes, every page, and
-//! adopts a note with the same text (line ends normalized) and date, created no earlier than the
-//! group's first intent less `CLOCK_SKEW`, that no group of this state file holds; only if there
-//! is none is the note created again. A note older than that was there before and is never taken.
-//! Groups whose notes could be told apart only by time (one contact, one text, one date, two
-//! `note_key`s) are settled one after the other, so one cannot adopt the other's note.
+//! Exactly once, by a snapshot: before the first note this state file creates for a contact,
+//! the ids of the contact's notes are kept (every page). The intent is committed before
+//! `POST /notes`. A group found in `intent` (an answer lost to a drop, a timeout or a kill)
+//! lists the contact's notes again and adopts the one note with the group's text (line ends
+//! normalized) and date that is in neither the snapshot nor held by another group. No clock, no
+//! `timestamp` unit, no `created_at` enters into it. When none is there yet, the listing is
+//! read again with growing waits (`--settle-window`, a listing may show a write late) before the
+//! note is created again. Groups whose notes could be told apart only by their key (one contact,
+//! one text, one date, two `note_key`s) are settled one after the other, so one cannot adopt the
+//! other's note.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use tracing::info;
 
-use super::{Context, Event, RowError, backoff};
-use crate::checkpoint::{self, NoteGroup, NoteState};
+use super::{Context, Event, RowError, Settling, backoff};
+use crate::checkpoint::{self, NoteGroup, NoteState, snapshots};
+use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
 use crate::remote::api::RemoteNote;
-
-/// How far the server's clock may be behind ours: a note created by our own lost attempt is
-/// stamped by the server's clock, the intent by ours. Five minutes covers any NTP-synced pair
-/// with a wide margin, and a note of the same words made by a person in the five minutes before
-/// the run is the only one this could take for ours.
-pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 /// `GET /notes` page size: the API's largest.
 const PER_PAGE: u64 = 100;
@@ -60,54 +59,35 @@ pub fn normalized(text: &str) -> String {
         .to_string()
 }
 
-/// Whether `note` may be the one this group's lost attempt created: same words and date,
-/// created no earlier than `intent_at` (on the server's clock) less the clock skew, held by no
-/// group of this state file. A group without a date takes the API's default, the day the note
-/// was made: a note dated otherwise was made by a dated group or a person, never by it.
+/// Whether `note` may be the one this group's lost attempt created: same words and date, in
+/// neither the contact's snapshot (`held`) nor held by another group (`claimed`). A group
+/// without a date takes the API's default, the day the note was made: a note dated more than a
+/// day from the group's first intent (by this machine's clock, as it recorded it) was made by a
+/// dated group or a person, never by it.
 pub fn adoptable(
     note: &RemoteNote,
     group: &NoteGroup,
-    intent_at: DateTime<Utc>,
-    claimed: &std::collections::HashSet<String>,
+    held: &HashSet<String>,
+    claimed: &HashSet<String>,
 ) -> bool {
-    let Some(created) = created_at(note) else {
-        // When it was made cannot be told: it may have been there before; never taken.
-        return false;
-    };
     let date_matches = match &group.date {
         Some(date) => note.date.as_deref() == Some(date.as_str()),
-        None => note
-            .date
-            .as_deref()
-            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            // The day in the server's time zone: within a day of the UTC day it was made.
-            .is_some_and(|d| (d - created.date_naive()).num_days().abs() <= 1),
+        None => {
+            let day = |d: &str| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok();
+            match (
+                note.date.as_deref().and_then(day),
+                group.intent_at.as_deref().and_then(day),
+            ) {
+                (Some(note), Some(intent)) => (note - intent).num_days().abs() <= 1,
+                // No intent recorded: nothing was sent, nothing is adopted (see `adopt`).
+                _ => false,
+            }
+        }
     };
     date_matches
-        && created >= intent_at - CLOCK_SKEW
+        && !held.contains(&note.id)
         && !claimed.contains(&note.id)
         && normalized(&note.text) == normalized(&group.text)
-}
-
-fn created_at(note: &RemoteNote) -> Option<DateTime<Utc>> {
-    note.created_at
-        .as_deref()
-        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// Of the adoptable notes, the one most likely this group's own: the first made at or after
-/// the intent (another state file's note of the same words made earlier is not it), else the
-/// last one made before it, within the skew.
-fn likeliest(mut found: Vec<&RemoteNote>, intent_at: DateTime<Utc>) -> Option<&RemoteNote> {
-    found.sort_by(|a, b| (created_at(a), &a.id).cmp(&(created_at(b), &b.id)));
-    let after = found
-        .iter()
-        .position(|n| created_at(n).is_some_and(|c| c >= intent_at));
-    match after {
-        Some(i) => Some(found[i]),
-        None => found.last().copied(),
-    }
 }
 
 /// Settles every group (creates or adopts its note), `--concurrency` at once; groups of one
@@ -128,19 +108,36 @@ pub async fn settle_all(
     for family in families.values_mut() {
         family.sort_by_key(|g| g.date.is_none());
     }
+    // Without the contacts known to have a snapshot, a contact that has one is never listed
+    // again for it (a snapshot once taken is kept): slower, not wrong.
+    let snapshots = Arc::new(NoteSnapshots {
+        taken: Mutex::new(
+            ctx.store
+                .call(snapshots::contacts_with_note_snapshot)
+                .await
+                .unwrap_or_default(),
+        ),
+        slots: Mutex::default(),
+    });
     let queue = Arc::new(Mutex::new(families.into_values().collect::<VecDeque<_>>()));
     let settled = Arc::new(Mutex::new(HashMap::new()));
     let rows = Arc::new(rows);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
-        let (ctx, queue, settled, rows) =
-            (ctx.clone(), queue.clone(), settled.clone(), rows.clone());
+        let (ctx, queue, settled, rows, snapshots) = (
+            ctx.clone(),
+            queue.clone(),
+            settled.clone(),
+            rows.clone(),
+            snapshots.clone(),
+        );
         workers.spawn(async move {
             loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let Some(family) = next else { break };
                 for group in family {
-                    let outcome = settle(&ctx, &group, rows.get(&group.group).copied()).await;
+                    let rows = rows.get(&group.group).copied();
+                    let outcome = settle(&ctx, &snapshots, &group, rows).await;
                     settled
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -153,15 +150,80 @@ pub async fn settle_all(
     std::mem::take(&mut *settled.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// The contacts whose notes were listed before this state file's first note for them.
+struct NoteSnapshots {
+    taken: Mutex<HashSet<String>>,
+    /// One listing at a time per contact.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl NoteSnapshots {
+    fn has(&self, contact_id: &str) -> bool {
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(contact_id)
+    }
+
+    /// Before the first note created for `contact_id`: the ids of its notes, every page, kept in
+    /// the state file.
+    async fn ensure(
+        &self,
+        ctx: &Context,
+        contact_id: &str,
+        attempts: &mut u32,
+    ) -> Result<(), RowError> {
+        if self.has(contact_id) {
+            return Ok(());
+        }
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(contact_id.to_string())
+            .or_default()
+            .clone();
+        let _one_listing_at_a_time = slot.lock().await;
+        if self.has(contact_id) {
+            return Ok(());
+        }
+        let notes = loop {
+            match list_all(ctx, contact_id).await {
+                Ok(notes) => break notes,
+                Err(RowError::Remote(e)) if e.is_retryable() => retry(ctx, e, attempts).await?,
+                Err(e) => return Err(e),
+            }
+        };
+        let (contact, ids) = (
+            contact_id.to_string(),
+            notes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
+        );
+        ctx.store
+            .call_atomic(move |c| snapshots::record_notes(c, &contact, &ids))
+            .await
+            .map_err(RowError::Store)?;
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(contact_id.to_string());
+        Ok(())
+    }
+}
+
 /// One group: adopt (after an unknown outcome) or create its note, retried as a row's calls are.
-async fn settle(ctx: &Context, group: &NoteGroup, rows: Option<usize>) -> Settled {
+async fn settle(
+    ctx: &Context,
+    snapshots: &NoteSnapshots,
+    group: &NoteGroup,
+    rows: Option<usize>,
+) -> Settled {
     if let Some(id) = &group.note_id {
         return Settled::Note(id.clone());
     }
     if ctx.stop_starting.is_cancelled() {
         return Settled::NotStarted;
     }
-    match settle_group(ctx, group).await {
+    match settle_group(ctx, snapshots, group).await {
         Ok(id) => Settled::Note(id),
         Err(RowError::Cut) => Settled::NotStarted,
         Err(RowError::Remote(RemoteError::Stopped(_))) if ctx.interrupted_now() => {
@@ -192,14 +254,50 @@ async fn settle(ctx: &Context, group: &NoteGroup, rows: Option<usize>) -> Settle
     }
 }
 
-async fn settle_group(ctx: &Context, group: &NoteGroup) -> Result<String, RowError> {
+/// How long ago `at` (RFC 3339, this machine's clock as it recorded it) was; unknown: long ago.
+fn ago(at: Option<&str>) -> Duration {
+    at.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or(Duration::MAX)
+}
+
+async fn settle_group(
+    ctx: &Context,
+    snapshots: &NoteSnapshots,
+    group: &NoteGroup,
+) -> Result<String, RowError> {
+    let mut group = group.clone();
     let mut attempts = 0u32;
-    let mut unknown = group.state == NoteState::Intent;
+    // A lost answer: the contact's notes are listed again with growing waits before the note is
+    // created again. A group found in `intent` lost its answer when its intent was recorded.
+    let mut settling = (group.state == NoteState::Intent)
+        .then(|| Settling::since(ctx.settings.settle_window, ago(group.intent_at.as_deref())));
     loop {
-        if unknown {
-            match adopt(ctx, group).await {
+        if let Some(s) = settling.as_mut() {
+            match adopt(ctx, &group).await {
                 Ok(Some(id)) => return Ok(id),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(wait) = s.next_wait() {
+                        info!(
+                            "the contact {}'s notes do not show the note {} yet; listing them again in {} s",
+                            group.contact_id,
+                            crate::manifest::shown(&group.text),
+                            wait.as_secs()
+                        );
+                        if !ctx.pause(wait).await {
+                            return Err(ctx.cut(RemoteError::Unsettled(
+                                "the answer to creating the note was lost and the contact's notes did not show it yet; a rerun lists them again".into(),
+                            )));
+                        }
+                        continue;
+                    }
+                    // The window is over: the note is created again (a new window begins if
+                    // that answer is lost too).
+                }
                 Err(RowError::Remote(e)) if e.is_retryable() => {
                     retry(ctx, e, &mut attempts).await?;
                     continue;
@@ -207,13 +305,17 @@ async fn settle_group(ctx: &Context, group: &NoteGroup) -> Result<String, RowErr
                 Err(e) => return Err(e),
             }
         }
+        snapshots
+            .ensure(ctx, &group.contact_id, &mut attempts)
+            .await?;
         // Committed before the request: from here its outcome is unknown until recorded.
         let g = group.group.clone();
-        ctx.store
+        let intent_at = ctx
+            .store
             .call(move |c| checkpoint::note_intent(c, &g))
             .await
             .map_err(RowError::Store)?;
-        unknown = true;
+        group.intent_at = Some(intent_at);
         let created = ctx
             .api(|| {
                 ctx.client
@@ -222,10 +324,13 @@ async fn settle_group(ctx: &Context, group: &NoteGroup) -> Result<String, RowErr
             .await;
         match created {
             Ok(note) => {
-                record(ctx, group, &note.id, false).await?;
+                record(ctx, &group, &note.id, false).await?;
                 return Ok(note.id);
             }
-            Err(e) if e.is_retryable() => retry(ctx, e, &mut attempts).await?,
+            Err(e) if e.is_retryable() => {
+                retry(ctx, e, &mut attempts).await?;
+                settling = Some(Settling::since(ctx.settings.settle_window, Duration::ZERO));
+            }
             // Refused (a contact that does not exist, say): nothing was created. The group stays
             // in `intent`, so a later attempt lists the contact's notes first all the same.
             Err(e) => return Err(e.into()),
@@ -233,77 +338,85 @@ async fn settle_group(ctx: &Context, group: &NoteGroup) -> Result<String, RowErr
     }
 }
 
-/// After an unknown outcome: the contact's notes, every page, and the one this group's lost
-/// attempt made, if there is one (recorded before this returns).
-async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowError> {
+/// Every page of `contact_id`'s notes.
+async fn list_all(ctx: &Context, contact_id: &str) -> Result<Vec<RemoteNote>, RowError> {
     let mut notes = Vec::new();
     let mut page = 1;
-    // How far the server's clock is ahead of ours, from its first answer (0 when it says not).
-    let mut offset = chrono::Duration::zero();
     loop {
         let listed = ctx
-            .api(|| ctx.client.list_notes(&group.contact_id, page, PER_PAGE))
+            .api(|| ctx.client.list_notes(contact_id, page, PER_PAGE))
             .await?;
-        if page == 1
-            && let Some(server) = listed.server_time
-        {
-            offset = chrono::Duration::seconds(server - Utc::now().timestamp());
-        }
         let empty = listed.notes.is_empty();
         notes.extend(listed.notes);
         if empty || page >= listed.max_page || page >= MAX_PAGES {
-            break;
+            return Ok(notes);
         }
         page += 1;
     }
-    let g = group.group.clone();
-    let (intent_at, claimed) = ctx
+}
+
+/// After an unknown outcome: the contact's notes, every page, and the one this group's lost
+/// attempt made, if it shows (recorded before this returns).
+async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowError> {
+    if group.intent_at.is_none() {
+        // No intent was ever committed, so nothing was ever sent.
+        return Ok(None);
+    }
+    let notes = list_all(ctx, &group.contact_id).await?;
+    let contact = group.contact_id.clone();
+    let (held, claimed) = ctx
         .store
         .call(move |c| {
-            let intent_at: Option<String> = c.query_row(
-                "SELECT intent_at FROM notes WHERE group_key = ?1",
-                [&g],
-                |r| r.get(0),
-            )?;
-            Ok((intent_at, checkpoint::claimed_notes(c)?))
+            Ok((
+                snapshots::notes_held(c, &contact)?,
+                checkpoint::claimed_notes(c)?,
+            ))
         })
         .await
         .map_err(RowError::Store)?;
-    let Some(intent_at) = intent_at
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-    else {
-        // No intent was ever committed, so nothing was ever sent.
-        return Ok(None);
-    };
-    // The intent on the server's clock, which stamps `created_at`: a server minutes behind or
-    // ahead of this machine is measured, not only allowed for by the skew.
-    let intent_at = intent_at + offset;
-    let found: Vec<&RemoteNote> = notes
+    // A state file from before snapshots, whose intent was recorded without one: what the
+    // contact had then is not known, and is taken to be none of these words and date.
+    let held = held.unwrap_or_default();
+    let Some(note) = notes
         .iter()
         .filter(|n| n.contact_id.is_empty() || n.contact_id == group.contact_id)
-        .filter(|n| adoptable(n, group, intent_at, &claimed))
-        .collect();
-    let Some(note) = likeliest(found, intent_at) else {
+        .find(|n| adoptable(n, group, &held, &claimed))
+    else {
         return Ok(None);
     };
     record(ctx, group, &note.id, true).await?;
     Ok(Some(note.id.clone()))
 }
 
-/// Records `note_id` as the group's note and gives it to the group's rows.
+/// Records `note_id` as the group's note and gives it to the group's rows; the note held no
+/// attachment when it was made (its record's snapshot is empty).
 async fn record(
     ctx: &Context,
     group: &NoteGroup,
     note_id: &str,
     adopted: bool,
 ) -> Result<(), RowError> {
-    let (g, id) = (group.group.clone(), note_id.to_string());
+    let (g, id, contact) = (
+        group.group.clone(),
+        note_id.to_string(),
+        group.contact_id.clone(),
+    );
     ctx.store
-        .call_atomic(move |c| checkpoint::note_created(c, &g, &id, adopted))
+        .call_atomic(move |c| {
+            checkpoint::note_created(c, &g, &id, adopted)?;
+            snapshots::record(
+                c,
+                &[snapshots::RecordSnapshot {
+                    reference_type: ReferenceType::Note,
+                    reference_id: id.clone(),
+                    contact_id: contact,
+                    held: Vec::new(),
+                }],
+            )
+        })
         .await
         .map_err(RowError::Store)?;
+    ctx.snapshots.created(ReferenceType::Note, note_id);
     ctx.events.emit(Event::NoteCreated {
         contact_id: &group.contact_id,
         note_id,
@@ -345,93 +458,98 @@ mod tests {
             date: date.map(str::to_string),
             key: None,
             state: NoteState::Intent,
-            intent_at: None,
+            intent_at: Some("2026-11-30T10:00:00.000Z".into()),
             note_id: None,
         }
     }
 
-    fn note(id: &str, text: &str, date: &str, created_at: &str) -> RemoteNote {
+    /// A note whose `created_at` is far from anything: it must not matter.
+    fn note(id: &str, text: &str, date: &str) -> RemoteNote {
         RemoteNote {
             id: id.into(),
             contact_id: "c".into(),
             text: text.into(),
             date: Some(date.into()),
-            created_at: Some(created_at.into()),
+            created_at: Some("1999-01-01T00:00:00Z".into()),
         }
     }
 
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn only_a_recent_unclaimed_note_of_the_same_words_and_date_is_adopted() {
-        let intent: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+    fn only_a_note_new_since_the_snapshot_unclaimed_with_the_same_words_and_date_is_adopted() {
         let g = group("Visit,\r\n\"Müller\"", Some("2024-03-15"));
-        let none = Default::default();
-        let ours = note(
-            "n1",
-            "Visit,\n\"Müller\"",
-            "2024-03-15",
-            "2026-11-30T10:00:01Z",
-        );
-        assert!(adoptable(&ours, &g, intent, &none), "line ends normalized");
-        // A server clock a little behind ours.
-        let behind = note(
-            "n2",
-            "Visit,\r\"Müller\"",
-            "2024-03-15",
-            "2026-11-30T09:56:00Z",
-        );
-        assert!(adoptable(&behind, &g, intent, &none));
-        let before = note(
-            "n3",
-            "Visit,\n\"Müller\"",
-            "2024-03-15",
-            "2026-11-30T09:54:59Z",
-        );
-        assert!(
-            !adoptable(&before, &g, intent, &none),
-            "there before the run"
-        );
-        let other_date = note(
-            "n4",
-            "Visit,\n\"Müller\"",
-            "2024-03-16",
-            "2026-11-30T10:00:01Z",
-        );
-        assert!(!adoptable(&other_date, &g, intent, &none));
-        let other_text = note("n5", "Visit, Müller", "2024-03-15", "2026-11-30T10:00:01Z");
-        assert!(!adoptable(&other_text, &g, intent, &none));
-        let claimed = ["n1".to_string()].into_iter().collect();
-        assert!(!adoptable(&ours, &g, intent, &claimed), "another group's");
+        let none = set(&[]);
+        let ours = note("n1", "Visit,\n\"Müller\"", "2024-03-15");
+        assert!(adoptable(&ours, &g, &none, &none), "line ends normalized");
         let unknown_time = RemoteNote {
             created_at: None,
             ..ours.clone()
         };
-        assert!(!adoptable(&unknown_time, &g, intent, &none));
+        assert!(
+            adoptable(&unknown_time, &g, &none, &none),
+            "no creation time needed"
+        );
+        assert!(
+            !adoptable(&ours, &g, &set(&["n1"]), &none),
+            "there before the first note: in the snapshot"
+        );
+        assert!(
+            !adoptable(&ours, &g, &none, &set(&["n1"])),
+            "another group's"
+        );
+        let other_date = note("n4", "Visit,\n\"Müller\"", "2024-03-16");
+        assert!(!adoptable(&other_date, &g, &none, &none));
+        let other_text = note("n5", "Visit, Müller", "2024-03-15");
+        assert!(!adoptable(&other_text, &g, &none, &none));
     }
 
     #[test]
-    fn a_group_without_a_date_takes_only_a_note_dated_the_day_it_was_made() {
-        let intent: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
+    fn a_group_without_a_date_takes_only_a_note_dated_within_a_day_of_its_intent() {
         let g = group("Lunch", None);
-        let none = Default::default();
-        let today = note("n1", "Lunch", "2026-11-30", "2026-11-30T10:00:01Z");
-        assert!(adoptable(&today, &g, intent, &none));
-        let dated = note("n2", "Lunch", "2024-01-01", "2026-11-30T10:00:01Z");
+        let none = set(&[]);
+        assert!(adoptable(
+            &note("n1", "Lunch", "2026-11-30"),
+            &g,
+            &none,
+            &none
+        ));
+        assert!(adoptable(
+            &note("n2", "Lunch", "2026-12-01"),
+            &g,
+            &none,
+            &none
+        ));
         assert!(
-            !adoptable(&dated, &g, intent, &none),
+            !adoptable(&note("n3", "Lunch", "2024-01-01"), &g, &none, &none),
             "a dated group's note"
         );
+        let never_sent = NoteGroup {
+            intent_at: None,
+            ..g.clone()
+        };
+        assert!(!adoptable(
+            &note("n1", "Lunch", "2026-11-30"),
+            &never_sent,
+            &none,
+            &none
+        ));
     }
 
     #[test]
-    fn the_note_made_after_the_intent_is_preferred_to_an_older_one_of_the_same_words() {
-        let intent: DateTime<Utc> = "2026-11-30T10:00:00Z".parse().unwrap();
-        let other_run = note("a", "Lunch", "2026-11-30", "2026-11-30T09:58:00Z");
-        let ours = note("b", "Lunch", "2026-11-30", "2026-11-30T10:00:02Z");
-        let later = note("c", "Lunch", "2026-11-30", "2026-11-30T10:03:00Z");
-        let picked = likeliest(vec![&other_run, &later, &ours], intent).unwrap();
-        assert_eq!(picked.id, "b");
-        // Only older ones (a server clock behind ours): the latest of them.
-        let older = note("d", "Lunch", "2026-11-30", "2026-11-30T09:59:00Z");
-        assert_eq!(likeliest(vec![&other_run, &older], intent).unwrap().id, "d");
+    fn settle_waits_grow_threefold_and_end_with_the_window() {
+        let mut s = Settling::since(Duration::from_secs(120), Duration::ZERO);
+        assert_eq!(s.next_wait(), Some(Duration::from_secs(5)));
+        assert_eq!(s.next_wait(), Some(Duration::from_secs(15)));
+        assert_eq!(s.next_wait(), Some(Duration::from_secs(45)));
+        // The next is cut to what is left of the window (a little under 120 s by now).
+        let last = s.next_wait().unwrap();
+        assert!(last <= Duration::from_secs(120) && last > Duration::from_secs(45));
+        let mut over = Settling::since(Duration::from_secs(120), Duration::from_secs(121));
+        assert_eq!(over.next_wait(), None, "the window began long ago");
+        let mut none = Settling::since(Duration::ZERO, Duration::ZERO);
+        assert_eq!(none.next_wait(), None, "--settle-window 0");
     }
 }
