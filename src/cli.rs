@@ -193,7 +193,7 @@ pub struct RunArgs {
     /// After a lost answer, how long the record (or the contact's notes) is read again, with
     /// growing waits (5 s, 15 s, 45 s, ...), before the row is sent again: a listing may show a
     /// write late. Seconds or with a unit (`90s`, `2m`); `0` sends again at once.
-    #[arg(long, value_name = "T", default_value_t = SettleWindow(crate::pipeline::DEFAULT_SETTLE_WINDOW), value_parser = parse_settle_window)]
+    #[arg(long, value_name = "T", env = "OPCRM_SETTLE_WINDOW", default_value_t = SettleWindow(crate::pipeline::DEFAULT_SETTLE_WINDOW), value_parser = parse_settle_window)]
     pub settle_window: SettleWindow,
 
     /// Take over a state file that belongs to this manifest at another path (the manifest was

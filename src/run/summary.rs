@@ -426,10 +426,8 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
             flags.push(format!("{flag} {value}"));
         }
     }
-    if s.settle_window != crate::pipeline::DEFAULT_SETTLE_WINDOW {
-        let w = crate::cli::SettleWindow(s.settle_window);
-        flags.push(format!("--settle-window {w}"));
-    }
+    // Not `--settle-window`: a rerun with the default window only waits longer for a listing
+    // that lags, never sends anything twice.
     if s.form_reuse == FormReuse::Off {
         flags.push("--form-reuse off".into());
     }

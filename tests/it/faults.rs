@@ -19,6 +19,8 @@ pub fn spawn_run(emu: &Emulator, manifest: &Path, args: &[&str]) -> Child {
         .env("ONEPAGECRM_API_URL", &emu.api)
         .env("ONEPAGECRM_USER_ID", USER_ID)
         .env("ONEPAGECRM_API_KEY", API_KEY)
+        // The emulator's listings show every write at once (see `Emulator::point`).
+        .env("OPCRM_SETTLE_WINDOW", "1")
         .arg("run")
         .arg(manifest)
         .args(["--no-progress", "--rate", "off"])
