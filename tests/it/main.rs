@@ -13,6 +13,7 @@ mod hostile_input;
 mod hostile_server;
 mod notes;
 mod run;
+mod settle;
 mod shape;
 mod throttle_models;
 mod ux;
