@@ -17,7 +17,7 @@ mod gate;
 pub mod notes;
 mod snapshots;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -189,6 +189,8 @@ pub struct Context {
     pub forms: Forms,
     /// What records held before their first attach (see `snapshots`).
     pub snapshots: snapshots::Snapshots,
+    /// `--concurrency` slots: a row holds one while it works (see `run_indexed`).
+    slots: Arc<tokio::sync::Semaphore>,
     pub settings: Settings,
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
@@ -257,6 +259,7 @@ impl Context {
             gate: ApiGate::new(settings.rate, settings.burst),
             forms: Forms::new(settings.form_reuse),
             snapshots: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
             settings,
             events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
@@ -377,6 +380,25 @@ impl Context {
             _ = self.abort.cancelled() => None,
             ticket = self.gate.turn() => Some(ticket),
         }
+    }
+
+    /// Sleeps `d` without holding the row's slot, so that another row works meanwhile, then
+    /// takes a slot again; false, at once, when the run is aborted.
+    async fn pause_aside(&self, d: Duration) -> bool {
+        let held = SLOT
+            .try_with(|slot| slot.borrow_mut().take().is_some())
+            .unwrap_or(false);
+        let waited = self.pause(d).await;
+        if !held || !waited {
+            return waited;
+        }
+        let slot = tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => return false,
+            slot = self.slots.clone().acquire_owned() => slot,
+        };
+        let _ = SLOT.try_with(|held| *held.borrow_mut() = slot.ok());
+        true
     }
 
     /// Sleeps `d`; false, at once, when the run is aborted.
@@ -741,7 +763,7 @@ impl Context {
                                 row.line,
                                 wait.as_secs()
                             );
-                            if !self.pause(wait).await {
+                            if !self.pause_aside(wait).await {
                                 return Err(self.cut(RemoteError::Unsettled(format!(
                                     "the answer to attaching was lost and {} {} did not show the file yet; a rerun reads it again",
                                     row.reference_type.as_str(),
@@ -1217,24 +1239,31 @@ pub async fn run_indexed(
         .unwrap_or_default();
     ctx.snapshots
         .plan(taken, work.iter().map(|(_, (row, _))| row));
-    let queue = Arc::new(Mutex::new(work.into_iter().collect::<VecDeque<_>>()));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..ctx.settings.concurrency.max(1) {
-        let (ctx, queue, results) = (ctx.clone(), queue.clone(), results.clone());
-        workers.spawn(async move {
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some((i, (row, plan))) = next else { break };
-                let outcome = ctx.process(&row, plan).await;
-                ctx.forms.row_ended(&row.contact_id);
-                results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((i, row, outcome));
-            }
-        });
+    // Each row is a task of its own that holds one of `--concurrency` slots while it works, and
+    // none while it waits for a record to show a lost attach (`pause_aside`): other rows go on.
+    let mut rows = tokio::task::JoinSet::new();
+    for (i, (row, plan)) in work {
+        let Ok(slot) = ctx.slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (ctx, results) = (ctx.clone(), results.clone());
+        rows.spawn(SLOT.scope(std::cell::RefCell::new(Some(slot)), async move {
+            let outcome = ctx.process(&row, plan).await;
+            ctx.forms.row_ended(&row.contact_id);
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, row, outcome));
+        }));
+        // Ended rows are let go as they end: memory stays flat however long the manifest.
+        while rows.try_join_next().is_some() {}
     }
-    while workers.join_next().await.is_some() {}
+    while rows.join_next().await.is_some() {}
+}
+
+tokio::task_local! {
+    /// The slot (one of `--concurrency`) the row of this task holds while it works.
+    static SLOT: std::cell::RefCell<Option<tokio::sync::OwnedSemaphorePermit>>;
 }
 
 /// The order rows are taken up in: rows to verify first (their checks run one at a time), then
@@ -1427,6 +1456,33 @@ mod tests {
             Outcome::NotStarted
         );
         assert_eq!(ctx.counts(), Counts::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_row_waiting_for_its_record_gives_its_slot_to_another_row_meanwhile() {
+        let ctx = Arc::new(context());
+        assert_eq!(ctx.slots.available_permits(), 1, "--concurrency 1");
+        let slot = ctx.slots.clone().acquire_owned().await.unwrap();
+        let waiting = {
+            let ctx = ctx.clone();
+            tokio::spawn(SLOT.scope(std::cell::RefCell::new(Some(slot)), async move {
+                ctx.pause_aside(Duration::from_secs(60)).await
+            }))
+        };
+        // The waiting row runs until it sleeps (this task is runnable, so the clock holds).
+        tokio::task::yield_now().await;
+        let other = ctx.slots.clone().try_acquire_owned();
+        assert!(other.is_ok(), "the slot is free while the row waits");
+        // Its wait over, the row waits for a slot again: it gets one once the other row ends.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!waiting.is_finished(), "it never works without a slot");
+        drop(other);
+        assert!(waiting.await.unwrap());
+        assert_eq!(
+            ctx.slots.available_permits(),
+            1,
+            "given back when its task ended"
+        );
     }
 
     #[test]
