@@ -195,10 +195,11 @@ pub struct Context {
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
     stop: AtomicU8,
-    /// Serializes the checks of attaches whose answer was lost, one record at a time, so two
-    /// rows with one name and size on one record cannot claim the same attachment (checks of
-    /// other records go on meanwhile: a slow record does not hold up the run).
-    verify: Mutex<HashMap<(ReferenceType, String), RecordLock>>,
+    /// One attach or check at a time per record, name and size: a row whose lost attach is
+    /// checked then never takes for its own the attachment another row of the same name and size
+    /// has just made on that record but not recorded yet (others go on meanwhile: a slow record
+    /// does not hold up the run).
+    verify: Mutex<HashMap<(ReferenceType, String, String, u64), RecordLock>>,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
@@ -671,7 +672,21 @@ impl Context {
                         key: k,
                         size: row.size,
                     };
-                    match self.api(|| self.client.attach(&attach)).await {
+                    // Until its outcome is recorded, no check of a lost attach of the same name
+                    // and size on this record looks at it.
+                    let record = self.record_lock(row);
+                    let attaching = record.lock().await;
+                    let answer = self.api(|| self.client.attach(&attach)).await;
+                    if let Ok(attached) = &answer {
+                        self.record_later(
+                            row,
+                            Transition::Done {
+                                attachment_id: attached.id.clone(),
+                            },
+                        );
+                    }
+                    drop(attaching);
+                    match answer {
                         Ok(attached) => {
                             self.events.emit(Event::StepDone {
                                 row,
@@ -680,12 +695,6 @@ impl Context {
                             if attached.key(&row.contact_id).as_deref() == Some(k) {
                                 self.snapshots.learned_links_show_keys();
                             }
-                            self.record_later(
-                                row,
-                                Transition::Done {
-                                    attachment_id: attached.id,
-                                },
-                            );
                             if refused_shared {
                                 self.reuse_refused(
                                     "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
@@ -1035,13 +1044,7 @@ impl Context {
             // No key was ever chosen, so no attach was ever sent.
             return Ok(false);
         };
-        let record = {
-            let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
-            locks
-                .entry((row.reference_type, row.reference_id.clone()))
-                .or_default()
-                .clone()
-        };
+        let record = self.record_lock(row);
         let _one_at_a_time_on_this_record = record.lock().await;
         let listed = self
             .api(|| {
@@ -1105,6 +1108,20 @@ impl Context {
         )
         .await?;
         Ok(true)
+    }
+
+    /// The lock of `row`'s record, name and size (see `Context::verify`).
+    fn record_lock(&self, row: &StoredRow) -> RecordLock {
+        let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
+        locks
+            .entry((
+                row.reference_type,
+                row.reference_id.clone(),
+                row.name.clone(),
+                row.size,
+            ))
+            .or_default()
+            .clone()
     }
 
     /// `ensure_snapshot`, its retryable failures counted as the row's and retried.
