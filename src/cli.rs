@@ -388,6 +388,12 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "UNIX_SECS")]
     pub form_timestamp: Option<i64>,
 
+    /// Start the emulator's clock this many seconds ahead of this machine's (behind when
+    /// negative, e.g. -7200): everything it stamps or judges follows it (`timestamp`,
+    /// `created_at`, forms, links). Not with --s3-endpoint.
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_clock_offset)]
+    pub clock_offset: i64,
+
     /// How long an upload form stays valid, in seconds (short values make forms expire).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub form_ttl: u64,
@@ -449,6 +455,17 @@ fn parse_probability(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Whole seconds, signed, at most `emulator::clock::MAX_OFFSET` either way.
+fn parse_clock_offset(s: &str) -> Result<i64, String> {
+    let max = crate::emulator::clock::MAX_OFFSET.as_secs() as i64;
+    match s.parse::<i64>() {
+        Ok(n) if (-max..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a whole number of seconds from -{max} to {max} (about ten years)"
+        )),
+    }
+}
+
 /// Accepts a single ASCII character, or the words `tab`, `comma`, `semicolon`, `pipe`.
 fn parse_delimiter(s: &str) -> Result<u8, String> {
     match s {
@@ -506,6 +523,25 @@ mod tests {
         assert_eq!(
             args.stall_timeout,
             StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT))
+        );
+    }
+
+    #[test]
+    fn clock_offsets_are_signed_seconds_within_ten_years() {
+        assert_eq!(parse_clock_offset("-7200"), Ok(-7200));
+        assert_eq!(parse_clock_offset("7200"), Ok(7200));
+        assert_eq!(parse_clock_offset("+7200"), Ok(7200));
+        for bad in ["", "2h", "1.5", "315360001", "-315360001", "x"] {
+            assert!(parse_clock_offset(bad).is_err(), "{bad}");
+        }
+        let cli =
+            Cli::try_parse_from(["opcrm-import", "emulator", "--clock-offset", "-7200"]).unwrap();
+        let Command::Emulator(args) = cli.command else {
+            panic!("not emulator")
+        };
+        assert_eq!(
+            args.clock_offset, -7200,
+            "a negative value is a value, not a flag"
         );
     }
 

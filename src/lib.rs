@@ -119,6 +119,7 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
     };
     config.attachment_urls = args.attachment_urls;
     config.form_timestamp = args.form_timestamp;
+    config.clock_offset = args.clock_offset;
     config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
     config.data_dir = args.data_dir;
     if let Some(endpoint) = &args.s3_endpoint {

@@ -63,6 +63,9 @@ pub struct Config {
     pub attachment_urls: AttachmentUrls,
     /// The `timestamp` of every step-1 answer, instead of the clock's.
     pub form_timestamp: Option<i64>,
+    /// Seconds the emulator's clock starts ahead of the wall clock (behind when negative): a
+    /// server whose clock is wrong, as a client meets them.
+    pub clock_offset: i64,
 }
 
 /// How long an attachment's presigned `url` is valid, as OnePageCRM's links: an hour.
@@ -111,6 +114,7 @@ impl Config {
             external_s3: None,
             attachment_urls: AttachmentUrls::Presigned,
             form_timestamp: None,
+            clock_offset: 0,
         }
     }
 }
@@ -198,7 +202,11 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         "the emulator listens on loopback only; {} is not a loopback address (use 127.0.0.1 or [::1])",
         config.listen.ip()
     );
-    let clock = Clock::new();
+    anyhow::ensure!(
+        config.external_s3.is_none() || config.clock_offset == 0,
+        "--clock-offset cannot be used in external-S3 mode: the S3 server judges forms by its own clock, so forms stamped by an offset clock would be refused or live longer there"
+    );
+    let clock = Clock::with_offset(config.clock_offset);
     anyhow::ensure!(
         config.external_s3.is_none()
             || !config
@@ -299,7 +307,8 @@ async fn emulator_state(AxState(app): AxState<Arc<App>>) -> Response {
     axum::Json(app.state().snapshot()).into_response()
 }
 
-/// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is.
+/// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is
+/// (negative: behind).
 async fn clock_now(AxState(app): AxState<Arc<App>>) -> Response {
     clock_json(&app.clock, app.clock.now())
 }

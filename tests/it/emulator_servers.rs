@@ -1,0 +1,182 @@
+//! The emulator as the other servers the OnePageCRM documentation allows: links without the key
+//! (`--opaque-links`), listings that lag behind writes (`--list-lag`), a clock ahead of or behind
+//! this machine's (`--clock-offset`), and the list endpoints of deals, calls and meetings. Time is
+//! moved with `POST /_emulator/clock`, never waited for. Every emulator here runs with
+//! `--rate-limit off` (see tests/it/emulator.rs).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::common::emulator::{Emulator, Reply, curl, tutorial_fields, tutorial_key, upload};
+use crate::common::samples;
+
+/// Ada Lovelace in the sample seed, with her first note and deal.
+const ADA: &str = "ca929443ed449d7679121de5";
+const ADA_NOTE: &str = "064132394d9b497f536b2bb7";
+
+fn start(args: &[&str]) -> Emulator {
+    let mut all = vec!["--rate-limit", "off"];
+    all.extend_from_slice(args);
+    Emulator::start(&all)
+}
+
+/// This machine's clock, in Unix seconds.
+fn wall() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The `data` of a `{status: 0, message: "OK", timestamp, data}` answer with `status`.
+fn ok_data(reply: &Reply, status: u16) -> Value {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    let doc = reply.json();
+    assert_eq!(doc["status"], 0, "{doc}");
+    doc["data"].clone()
+}
+
+fn unix(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339:?}: {e}"))
+        .timestamp()
+}
+
+/// Steps 1 and 2 of the sample logo for `contact`: the key it was stored under and its size.
+fn stage_logo(emu: &Emulator, contact: &str) -> (String, u64) {
+    let file = samples().join("files/logo.png");
+    let form = emu.form(contact);
+    let key = tutorial_key(&form, contact, "logo.png");
+    let reply = upload(
+        &emu.s3,
+        &tutorial_fields(&form, &key, "logo.png"),
+        &file,
+        &[],
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    (key, std::fs::metadata(&file).unwrap().len())
+}
+
+/// Steps 1 to 3 of the sample logo onto `reference_type` `reference_id` of `contact`, named
+/// `name`; the attachment as step 3 shows it.
+fn attach_logo(
+    emu: &Emulator,
+    contact: &str,
+    reference_type: &str,
+    reference_id: &str,
+    name: &str,
+) -> Value {
+    let (key, size) = stage_logo(emu, contact);
+    let body = json!({"reference_id": reference_id, "reference_type": reference_type,
+        "contact_id": contact, "name": name, "key": key, "size": size});
+    ok_data(&emu.post("/attachments", &body), 201)["attachment"].clone()
+}
+
+#[test]
+fn clock_offset_stamps_everything_two_hours_off_and_forms_still_upload() {
+    for offset in [7200_i64, -7200] {
+        let emu = start(&["--clock-offset", &offset.to_string()]);
+        let before = wall() + offset;
+        let form = emu.form(ADA);
+        let note = emu.post("/notes", &json!({"contact_id": ADA, "text": "offset"}));
+        let after = wall() + offset;
+        let within = |t: i64, what: &str| {
+            assert!(
+                before <= t && t <= after,
+                "{what} {t} is not {offset} s off this machine's clock ({before}..={after})"
+            );
+        };
+
+        within(form["timestamp"].as_i64().unwrap(), "step 1's timestamp");
+        let fields = &form["data"]["fields"];
+        let date = chrono::NaiveDateTime::parse_from_str(
+            fields["x-amz-date"].as_str().unwrap(),
+            "%Y%m%dT%H%M%SZ",
+        )
+        .unwrap()
+        .and_utc()
+        .timestamp();
+        within(date, "the form's x-amz-date");
+        let policy: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(fields["policy"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let expiration = unix(policy["expiration"].as_str().unwrap());
+        within(expiration - 3600, "the policy's expiration less an hour");
+        within(
+            note.json()["timestamp"].as_i64().unwrap(),
+            "POST /notes's timestamp",
+        );
+        let note = ok_data(&note, 201)["note"].clone();
+        within(
+            unix(note["created_at"].as_str().unwrap()),
+            "the note's created_at",
+        );
+        let clock = curl(&[format!("{}/_emulator/clock", emu.origin)], None).json();
+        assert_eq!(clock["ahead_seconds"], offset, "{clock}");
+
+        // S3 judges the form by the same clock: the upload and the attach go through, and the
+        // attachment's presigned link, signed by that clock, is good for an hour of it.
+        let attachment = attach_logo(&emu, ADA, "note", ADA_NOTE, "logo.png");
+        let url = attachment["url"].as_str().unwrap().to_string();
+        let fetched = curl(std::slice::from_ref(&url), None);
+        assert_eq!(fetched.status, 200, "{offset}: {}", fetched.body);
+        within(
+            unix(attachment["url_expires_at"].as_str().unwrap()) - 3600,
+            "the link's expiry less an hour",
+        );
+        emu.advance_clock(3601);
+        assert_eq!(
+            curl(&[url], None).status,
+            403,
+            "the link expires by that clock"
+        );
+        let state = emu.state();
+        assert_eq!(state["attachments"].as_array().unwrap().len(), 1);
+        assert_eq!(state["objects"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn clock_offset_is_refused_beyond_ten_years_and_in_external_s3_mode() {
+    let out = crate::common::bin()
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock-offset",
+            "-400000000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--clock-offset"), "{stderr}");
+    let out = crate::common::bin()
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock-offset",
+            "60",
+        ])
+        .args([
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "--s3-bucket",
+            "bucket",
+        ])
+        .args(["--s3-access-key", "k", "--s3-secret-key", "s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--clock-offset cannot be used in external-S3 mode"),
+        "{stderr}"
+    );
+}
