@@ -383,6 +383,12 @@ pub struct EmulatorArgs {
     #[arg(long, value_enum, value_name = "STYLE", default_value_t = crate::emulator::AttachmentUrls::Presigned)]
     pub attachment_urls: crate::emulator::AttachmentUrls,
 
+    /// Attachments' `url` names only the file, as the API's documented example does
+    /// (`…/_emulator/files/<id>/<name>`, no object key in it); the same as `--attachment-urls
+    /// opaque`.
+    #[arg(long, conflicts_with = "attachment_urls")]
+    pub opaque_links: bool,
+
     /// Every step-1 answer carries this `timestamp` (Unix seconds) instead of the clock's: for
     /// rehearsing two uploads of one name to one contact in the same second.
     #[arg(long, value_name = "UNIX_SECS")]

@@ -76,7 +76,8 @@ pub const ATTACHMENT_URL_SECONDS: u64 = 3600;
 pub enum AttachmentUrls {
     /// A SigV4 presigned GET of the object, valid for an hour: its path ends with the key.
     Presigned,
-    /// A link that does not show the key (`/_emulator/files/<id>`), as a server might hand out.
+    /// A link that names only the file, as the OpenAPI example (`https://{foo.bar}/mario.jpg`):
+    /// `/_emulator/files/<id>/<name>`, no object key in it.
     Opaque,
 }
 
@@ -143,10 +144,17 @@ impl App {
     }
 
     /// An attachment's `url`: a presigned GET of its object (the key shows in the path, as in
-    /// OnePageCRM's S3-hosted links), or with `--attachment-urls opaque` a link that hides it.
+    /// OnePageCRM's S3-hosted links), or with `--opaque-links` a link that ends with the file's
+    /// name and hides the key (the name is one encoded segment, so even a name that spells a key
+    /// cannot be read as one).
     pub fn attachment_url(&self, a: &state::Attachment) -> String {
         match self.config.attachment_urls {
-            AttachmentUrls::Opaque => format!("{}/_emulator/files/{}", self.origin, a.id),
+            AttachmentUrls::Opaque => format!(
+                "{}/_emulator/files/{}/{}",
+                self.origin,
+                a.id,
+                s3::encode_segment(&a.filename)
+            ),
             AttachmentUrls::Presigned => {
                 let signer = match &self.config.external_s3 {
                     Some(external) => external.signer(),
@@ -297,6 +305,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/_emulator/state", get(emulator_state))
         .route("/_emulator/clock", get(clock_now).post(advance_clock))
+        .route("/_emulator/files/{id}/{name}", get(opaque_file))
         .merge(api)
         .merge(s3)
         .layer(middleware::from_fn_with_state(app.clone(), count))
@@ -305,6 +314,30 @@ fn router(app: Arc<App>) -> Router {
 
 async fn emulator_state(AxState(app): AxState<Arc<App>>) -> Response {
     axum::Json(app.state().snapshot()).into_response()
+}
+
+/// `GET /_emulator/files/<id>/<name>`: the file an opaque link names, so that the link works
+/// as a link (no expiry, no credentials: the id is the secret, as in many file links).
+async fn opaque_file(
+    AxState(app): AxState<Arc<App>>,
+    axum::extract::Path((id, name)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let key = {
+        let state = app.state();
+        state
+            .attachments
+            .get(&id)
+            .filter(|a| a.filename == name)
+            .map(|a| a.key.clone())
+    };
+    match key {
+        Some(key) => s3::object_response(&app, &key).await,
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": "no attachment has this id and name" })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::emulator::{Emulator, Reply, curl, tutorial_fields, tutorial_key, upload};
 use crate::common::samples;
+use opcrm_import::remote::api::RemoteAttachment;
 
 /// Ada Lovelace in the sample seed, with her first note and deal.
 const ADA: &str = "ca929443ed449d7679121de5";
@@ -182,4 +183,115 @@ fn clock_offset_is_refused_beyond_ten_years_and_in_external_s3_mode() {
         stderr.contains("--clock-offset cannot be used in external-S3 mode"),
         "{stderr}"
     );
+}
+
+/// The attachment as the tool reads it from a record, for `RemoteAttachment::key`.
+fn remote(attachment: &Value) -> RemoteAttachment {
+    RemoteAttachment {
+        id: attachment["id"].as_str().unwrap().to_string(),
+        filename: attachment["filename"].as_str().unwrap().to_string(),
+        size: attachment["size"].as_u64().unwrap(),
+        url: attachment["url"].as_str().map(str::to_string),
+    }
+}
+
+/// Every attachment the API shows of Ada's first note: in its `GET` and in her notes' list.
+fn shown_on_ada_note(emu: &Emulator) -> Vec<Value> {
+    let note = ok_data(&emu.get(&format!("/notes/{ADA_NOTE}")), 200)["note"].clone();
+    let listed = ok_data(
+        &emu.get(&format!("/notes?contact_id={ADA}&per_page=100")),
+        200,
+    );
+    let in_list = listed["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["note"]["id"] == ADA_NOTE)
+        .expect("Ada's note is listed")["note"]["attachments"]
+        .clone();
+    assert_eq!(note["attachments"], in_list);
+    note["attachments"].as_array().unwrap().clone()
+}
+
+#[test]
+fn opaque_links_name_only_the_file_and_show_no_key_the_tool_could_find() {
+    // The control: a presigned link shows the key, and the tool finds it there.
+    let presigned = start(&[]);
+    let shown = attach_logo(&presigned, ADA, "note", ADA_NOTE, "logo.png");
+    let key = presigned.state()["attachments"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(remote(&shown).key(ADA).as_deref(), Some(key.as_str()));
+
+    let emu = start(&["--opaque-links"]);
+    // The second name spells a key of Ada's: it must stay a name.
+    let names = [
+        "logo.png".to_string(),
+        format!("{ADA}/1697212380123/a b.png"),
+    ];
+    for name in &names {
+        attach_logo(&emu, ADA, "note", ADA_NOTE, name);
+    }
+    let state = emu.state();
+    let kept = state["attachments"].as_array().unwrap();
+    assert_eq!(kept.len(), 2);
+    let shown = shown_on_ada_note(&emu);
+    assert_eq!(shown.len(), 2);
+    for (attachment, name) in shown.iter().zip(&names) {
+        let id = attachment["id"].as_str().unwrap();
+        let key = kept.iter().find(|a| a["id"] == id).unwrap()["key"]
+            .as_str()
+            .unwrap();
+        let url = attachment["url"].as_str().unwrap();
+        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20");
+        assert_eq!(
+            url,
+            format!("{}/_emulator/files/{id}/{encoded}", emu.origin),
+            "the link ends with the file's name"
+        );
+        let stamp = key.split('/').nth(1).unwrap();
+        assert!(
+            !url.contains(stamp),
+            "{url} shows the key's timestamp {stamp}"
+        );
+        assert_eq!(remote(attachment).key(ADA), None, "{url}");
+
+        // The link is a link: it gives the file, and only under its own name.
+        let fetched = crate::common::emulator::curl_output(&[url.to_string()], None);
+        assert_eq!(
+            fetched.stdout,
+            std::fs::read(samples().join("files/logo.png")).unwrap()
+        );
+    }
+    let wrong = curl(
+        &[format!(
+            "{}/_emulator/files/{}/other.png",
+            emu.origin,
+            shown[0]["id"].as_str().unwrap()
+        )],
+        None,
+    );
+    assert_eq!(wrong.status, 404, "{}", wrong.body);
+}
+
+#[test]
+fn opaque_links_and_attachment_urls_opaque_are_one_thing_and_conflict_with_presigned() {
+    let old = start(&["--attachment-urls", "opaque"]);
+    let shown = attach_logo(&old, ADA, "note", ADA_NOTE, "logo.png");
+    let id = shown["id"].as_str().unwrap();
+    assert_eq!(
+        shown["url"],
+        format!("{}/_emulator/files/{id}/logo.png", old.origin)
+    );
+    let out = crate::common::bin()
+        .args(["emulator", "--listen", "127.0.0.1:0", "--opaque-links"])
+        .args(["--attachment-urls", "presigned"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--opaque-links"), "{stderr}");
 }
