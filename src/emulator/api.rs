@@ -458,13 +458,11 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
     ok(&app, StatusCode::CREATED, json!({ "note": shown }))
 }
 
-/// `GET /notes?contact_id=&page=&per_page=`: a contact's notes (every note without
-/// `contact_id`), oldest first, a page at a time.
-pub async fn list_notes(
-    AxState(app): AxState<Arc<App>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let paging = match Paging::from_query(&q) {
+/// `GET /{notes,deals,calls,meetings}?contact_id=&page=&per_page=`: a contact's records of one
+/// type (every one without `contact_id`), oldest first, a page at a time, as
+/// `data.<type>s[].<type>` (`data.deals[].deal`), the OpenAPI list shape.
+fn list_records(app: &App, kind: ReferenceType, q: &HashMap<String, String>) -> Response {
+    let paging = match Paging::from_query(q) {
         Ok(p) => p,
         Err((field, reason)) => return invalid(field, &reason),
     };
@@ -478,14 +476,47 @@ pub async fn list_notes(
     {
         return not_found_envelope("Contact");
     }
-    let notes = state.notes_of(contact_id);
-    let total = notes.len();
-    let shown: Vec<Value> = notes[paging.window(total)]
+    let records = state.records_of(kind, contact_id);
+    let total = records.len();
+    let shown: Vec<Value> = records[paging.window(total)]
         .iter()
-        .map(|r| json!({ "note": record_json(&state, r, &app) }))
+        .map(|r| {
+            let mut item = Map::new();
+            item.insert(kind.as_str().to_string(), record_json(&state, r, app));
+            Value::Object(item)
+        })
         .collect();
     drop(state);
-    ok(&app, StatusCode::OK, paging.envelope("notes", shown, total))
+    let key = format!("{}s", kind.as_str());
+    ok(app, StatusCode::OK, paging.envelope(&key, shown, total))
+}
+
+pub async fn list_notes(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Note, &q)
+}
+
+pub async fn list_deals(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Deal, &q)
+}
+
+pub async fn list_calls(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Call, &q)
+}
+
+pub async fn list_meetings(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Meeting, &q)
 }
 
 /// `GET /contacts?email=`: contacts, sorted by name, filtered by email (any case), a page at a

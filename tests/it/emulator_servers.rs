@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::common::emulator::{Emulator, Reply, curl, tutorial_fields, tutorial_key, upload};
-use crate::common::samples;
+use crate::common::{ID, ID2, Scratch, samples};
 use opcrm_import::remote::api::RemoteAttachment;
 
 /// Ada Lovelace in the sample seed, with her first note and deal.
@@ -294,4 +294,156 @@ fn opaque_links_and_attachment_urls_opaque_are_one_thing_and_conflict_with_presi
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--opaque-links"), "{stderr}");
+}
+
+/// Two contacts: `ID` with 12 deals made on shuffled days, 3 calls made together (at the seed's
+/// load) and no meeting; `ID2` with one deal and 2 meetings. Deals' ids follow the seed's order,
+/// which is not the order they were made in.
+fn records_seed(s: &Scratch) -> std::path::PathBuf {
+    let deal = |i: u32, day: u32| {
+        json!({"id": format!("d0{i:022x}"), "name": format!("deal {i}"),
+            "created_at": format!("2024-01-{day:02}T10:00:00Z")})
+    };
+    let deals: Vec<Value> = (0..12).map(|i| deal(i, (i * 5) % 12 + 1)).collect();
+    let calls: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("c0{i:022x}"), "text": format!("call {i}")}))
+        .collect();
+    let meetings: Vec<Value> = (0..2)
+        .map(|i| json!({"id": format!("e0{i:022x}"), "text": format!("meeting {i}")}))
+        .collect();
+    let seed = json!({"contacts": [
+        {"id": ID, "deals": deals, "calls": calls},
+        {"id": ID2, "deals": [deal(99, 1)], "meetings": meetings},
+    ]});
+    s.file("seed.json", seed.to_string())
+}
+
+/// Every item of `GET /<plural>?<query>` a page of `per_page` at a time, pages in order; each
+/// item checked to wrap one record of that type.
+fn all_pages(emu: &Emulator, plural: &str, query: &str, per_page: u64) -> Vec<Value> {
+    let singular = plural.trim_end_matches('s');
+    let mut items = Vec::new();
+    for page in 1.. {
+        let data = ok_data(
+            &emu.get(&format!(
+                "/{plural}?{query}&page={page}&per_page={per_page}"
+            )),
+            200,
+        );
+        let keys: Vec<&str> = data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [plural, "total_count", "page", "per_page", "max_page"]
+        );
+        assert_eq!(
+            (data["page"].as_u64(), data["per_page"].as_u64()),
+            (Some(page), Some(per_page))
+        );
+        let total = data["total_count"].as_u64().unwrap();
+        assert_eq!(
+            data["max_page"].as_u64().unwrap(),
+            total.div_ceil(per_page).max(1)
+        );
+        for item in data[plural].as_array().unwrap() {
+            let keys: Vec<&str> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, [singular], "each item wraps one {singular}");
+            items.push(item[singular].clone());
+        }
+        if page >= data["max_page"].as_u64().unwrap() {
+            assert_eq!(items.len() as u64, total, "{plural}?{query}");
+            break;
+        }
+    }
+    items
+}
+
+fn ids(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn deals_calls_and_meetings_are_listed_per_contact_oldest_first_a_page_at_a_time() {
+    let s = Scratch::new();
+    let emu = Emulator::start_seeded(&records_seed(&s), &["--rate-limit", "off"], None);
+    let mut by_day: Vec<(u32, u32)> = (0..12).map(|i| ((i * 5) % 12 + 1, i)).collect();
+    by_day.sort();
+    let deals: Vec<String> = by_day.iter().map(|(_, i)| format!("d0{i:022x}")).collect();
+    let calls: Vec<String> = (0..3).map(|i| format!("c0{i:022x}")).collect();
+    let meetings: Vec<String> = (0..2).map(|i| format!("e0{i:022x}")).collect();
+
+    for per_page in [1, 5, 10, 100] {
+        let listed = all_pages(&emu, "deals", &format!("contact_id={ID}"), per_page);
+        assert_eq!(ids(&listed), deals, "oldest first, per_page {per_page}");
+        let listed = all_pages(&emu, "calls", &format!("contact_id={ID}"), per_page);
+        assert_eq!(ids(&listed), calls, "made together: in the seed's order");
+    }
+    let deal = &all_pages(&emu, "deals", &format!("contact_id={ID}"), 10)[0];
+    assert_eq!(deal["contact_id"], ID);
+    assert_eq!(deal["name"], "deal 0");
+    assert_eq!(deal["created_at"], "2024-01-01T10:00:00Z");
+    assert_eq!(deal["attachments"], json!([]));
+    assert!(all_pages(&emu, "meetings", &format!("contact_id={ID}"), 10).is_empty());
+    let theirs = all_pages(&emu, "meetings", &format!("contact_id={ID2}"), 1);
+    assert_eq!(ids(&theirs), meetings);
+    assert!(
+        theirs
+            .iter()
+            .all(|m| m["contact_id"] == ID2 && m["text"].is_string())
+    );
+
+    // Without contact_id: every record of the type, whoever's.
+    let every = all_pages(&emu, "deals", "", 100);
+    assert_eq!(every.len(), 13);
+    assert!(every.iter().any(|d| d["contact_id"] == ID2));
+
+    // The second page of 5, and a page past the last.
+    let second = ok_data(
+        &emu.get(&format!("/deals?contact_id={ID}&page=2&per_page=5")),
+        200,
+    );
+    let on_second: Vec<&str> = second["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deal"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_second, deals[5..10]);
+    assert_eq!(
+        (second["total_count"].as_u64(), second["max_page"].as_u64()),
+        (Some(12), Some(3))
+    );
+    let past = ok_data(&emu.get(&format!("/calls?contact_id={ID}&page=2")), 200);
+    assert_eq!(past["calls"], json!([]));
+
+    // Attachments show in the listing as in the record's own GET.
+    let attached = attach_logo(&emu, ID2, "meeting", &meetings[1], "agenda.png");
+    let listed = all_pages(&emu, "meetings", &format!("contact_id={ID2}"), 10);
+    assert_eq!(listed[1]["attachments"][0]["id"], attached["id"]);
+    assert_eq!(
+        listed[1],
+        ok_data(&emu.get(&format!("/meetings/{}", meetings[1])), 200)["meeting"]
+    );
+
+    for plural in ["deals", "calls", "meetings"] {
+        let unknown = emu.get(&format!("/{plural}?contact_id=5a1b2c3d4e5f60718293a4ff"));
+        assert_eq!(unknown.status, 404, "{}", unknown.body);
+        assert_eq!(unknown.json()["error_name"], "resource_not_found");
+        for bad in ["contact_id=", "per_page=101", "page=0"] {
+            let refused = emu.get(&format!("/{plural}?{bad}"));
+            assert_eq!(refused.status, 400, "{plural}?{bad}: {}", refused.body);
+        }
+    }
 }
