@@ -394,6 +394,12 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "UNIX_SECS")]
     pub form_timestamp: Option<i64>,
 
+    /// Listings hide notes and attachments younger than SECS by the emulator's clock (their
+    /// `created_at`), as a server whose lists lag behind its writes; `GET /notes/{id}` still
+    /// answers. 0 hides nothing.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub list_lag: u32,
+
     /// Start the emulator's clock this many seconds ahead of this machine's (behind when
     /// negative, e.g. -7200): everything it stamps or judges follows it (`timestamp`,
     /// `created_at`, forms, links). Not with --s3-endpoint.

@@ -66,6 +66,9 @@ pub struct Config {
     /// Seconds the emulator's clock starts ahead of the wall clock (behind when negative): a
     /// server whose clock is wrong, as a client meets them.
     pub clock_offset: i64,
+    /// Listings hide notes and attachments younger than this by the emulator's clock: a server
+    /// whose lists lag behind its writes. Zero hides nothing.
+    pub list_lag: Duration,
 }
 
 /// How long an attachment's presigned `url` is valid, as OnePageCRM's links: an hour.
@@ -116,6 +119,7 @@ impl Config {
             attachment_urls: AttachmentUrls::Presigned,
             form_timestamp: None,
             clock_offset: 0,
+            list_lag: Duration::ZERO,
         }
     }
 }

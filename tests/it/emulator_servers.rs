@@ -16,6 +16,7 @@ use opcrm_import::remote::api::RemoteAttachment;
 /// Ada Lovelace in the sample seed, with her first note and deal.
 const ADA: &str = "ca929443ed449d7679121de5";
 const ADA_NOTE: &str = "064132394d9b497f536b2bb7";
+const ADA_DEAL: &str = "ce6ec0cdddd720161b4cbd15";
 
 fn start(args: &[&str]) -> Emulator {
     let mut all = vec!["--rate-limit", "off"];
@@ -446,4 +447,105 @@ fn deals_calls_and_meetings_are_listed_per_contact_oldest_first_a_page_at_a_time
             assert_eq!(refused.status, 400, "{plural}?{bad}: {}", refused.body);
         }
     }
+}
+
+/// Sam Rivera in the sample seed: one note, made in 2024 (so old enough for any lag).
+const SAM: &str = "9d4d92b4171e5211be70debe";
+const SAM_NOTE: &str = "b690e418f67de6d22d2e0e1c";
+
+/// The ids a notes listing of `contact` shows, and its `total_count`.
+fn listed_notes(emu: &Emulator, contact: &str) -> (Vec<String>, u64) {
+    let data = ok_data(
+        &emu.get(&format!("/notes?contact_id={contact}&per_page=100")),
+        200,
+    );
+    let notes: Vec<Value> = data["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["note"].clone())
+        .collect();
+    (ids(&notes), data["total_count"].as_u64().unwrap())
+}
+
+/// The attachment ids `GET /<plural>/<id>` shows.
+fn attachments_of(emu: &Emulator, plural: &str, id: &str) -> Vec<String> {
+    let data = ok_data(&emu.get(&format!("/{plural}/{id}")), 200);
+    let record = &data[plural.trim_end_matches('s')];
+    ids(record["attachments"].as_array().unwrap())
+}
+
+#[test]
+fn list_lag_hides_a_fresh_note_and_fresh_attachments_until_the_clock_passes_it() {
+    // An hour's lag, so that however slow this machine is, nothing ages past it unmoved.
+    let emu = start(&["--list-lag", "3600"]);
+    let note = ok_data(
+        &emu.post("/notes", &json!({"contact_id": SAM, "text": "fresh"})),
+        201,
+    )["note"]
+        .clone();
+    let fresh = note["id"].as_str().unwrap().to_string();
+    let on_note = attach_logo(&emu, SAM, "note", SAM_NOTE, "on-note.png");
+    let on_deal = attach_logo(&emu, ADA, "deal", ADA_DEAL, "on-deal.png");
+    let on_fresh = attach_logo(&emu, SAM, "note", &fresh, "on-fresh.png");
+    assert!(on_note["id"].is_string(), "step 3 shows what it made");
+
+    let hidden = |emu: &Emulator| {
+        assert_eq!(listed_notes(emu, SAM), (vec![SAM_NOTE.to_string()], 1));
+        assert!(attachments_of(emu, "notes", SAM_NOTE).is_empty());
+        assert!(attachments_of(emu, "deals", ADA_DEAL).is_empty());
+        let deals = all_pages(emu, "deals", &format!("contact_id={ADA}"), 10);
+        assert_eq!(deals[0]["attachments"], json!([]));
+        let listed = ok_data(&emu.get(&format!("/notes?contact_id={SAM}")), 200);
+        assert_eq!(listed["notes"][0]["note"]["attachments"], json!([]));
+        // The young note itself still answers, its young attachments hidden alike.
+        let own = ok_data(&emu.get(&format!("/notes/{fresh}")), 200)["note"].clone();
+        assert_eq!(own["text"], "fresh");
+        assert_eq!(own["attachments"], json!([]));
+    };
+    hidden(&emu);
+    // The state shows the truth.
+    let state = emu.state();
+    assert!(
+        state["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == fresh.as_str())
+    );
+    assert_eq!(state["attachments"].as_array().unwrap().len(), 3);
+
+    emu.advance_clock(1800);
+    hidden(&emu);
+
+    emu.advance_clock(1801);
+    assert_eq!(
+        listed_notes(&emu, SAM),
+        (vec![SAM_NOTE.to_string(), fresh.clone()], 2),
+        "past the lag the note is listed, oldest first"
+    );
+    assert_eq!(
+        attachments_of(&emu, "notes", SAM_NOTE),
+        [on_note["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        attachments_of(&emu, "deals", ADA_DEAL),
+        [on_deal["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        attachments_of(&emu, "notes", &fresh),
+        [on_fresh["id"].as_str().unwrap()]
+    );
+    let deals = all_pages(&emu, "deals", &format!("contact_id={ADA}"), 10);
+    assert_eq!(deals[0]["attachments"][0]["id"], on_deal["id"]);
+}
+
+#[test]
+fn list_lag_counts_a_seeded_note_without_created_at_as_made_at_load() {
+    let emu = start(&["--list-lag", "60"]);
+    assert_eq!(listed_notes(&emu, ADA), (vec![], 0));
+    emu.advance_clock(61);
+    assert_eq!(listed_notes(&emu, ADA).1, 2);
+    let plain = start(&[]);
+    assert_eq!(listed_notes(&plain, ADA).1, 2, "no lag hides nothing");
 }
