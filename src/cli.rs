@@ -383,9 +383,10 @@ pub struct EmulatorArgs {
     #[arg(long, value_enum, value_name = "STYLE", default_value_t = crate::emulator::AttachmentUrls::Presigned)]
     pub attachment_urls: crate::emulator::AttachmentUrls,
 
-    /// Attachments' `url` names only the file, as the API's documented example does
-    /// (`…/_emulator/files/<id>/<name>`, no object key in it); the same as `--attachment-urls
-    /// opaque`.
+    /// Attachments' `url` names only the file, as the API's documented example: no object key.
+    ///
+    /// The link is `<origin>/_emulator/files/<id>/<name>` and serves the file; the same as
+    /// `--attachment-urls opaque`.
     #[arg(long, conflicts_with = "attachment_urls")]
     pub opaque_links: bool,
 
@@ -394,15 +395,19 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "UNIX_SECS")]
     pub form_timestamp: Option<i64>,
 
-    /// Listings hide notes and attachments younger than SECS by the emulator's clock (their
-    /// `created_at`), as a server whose lists lag behind its writes; `GET /notes/{id}` still
-    /// answers. 0 hides nothing.
+    /// Listings hide notes and attachments younger than SECS by the emulator's clock.
+    ///
+    /// As a server whose lists lag behind its writes: judged by their `created_at`; `GET
+    /// /notes/{id}` of a young note still answers; /_emulator/state shows everything. 0 hides
+    /// nothing.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub list_lag: u32,
 
-    /// Start the emulator's clock this many seconds ahead of this machine's (behind when
-    /// negative, e.g. -7200): everything it stamps or judges follows it (`timestamp`,
-    /// `created_at`, forms, links). Not with --s3-endpoint.
+    /// Start the emulator's clock SECS seconds ahead of this machine's (behind when negative).
+    ///
+    /// E.g. -7200. Everything it stamps or judges follows it: `timestamp`, `created_at`, forms'
+    /// `x-amz-date` and expiration, presigned links. At most ten years either way; not with
+    /// --s3-endpoint.
     #[arg(long, value_name = "SECS", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_clock_offset)]
     pub clock_offset: i64,
 
