@@ -413,10 +413,33 @@ pub struct EmulatorArgs {
     #[arg(long, value_enum, value_name = "STYLE", default_value_t = crate::emulator::AttachmentUrls::Presigned)]
     pub attachment_urls: crate::emulator::AttachmentUrls,
 
+    /// Attachments' `url` names only the file, as the API's documented example: no object key.
+    ///
+    /// The link is `<origin>/_emulator/files/<id>/<name>` and serves the file; the same as
+    /// `--attachment-urls opaque`.
+    #[arg(long, conflicts_with = "attachment_urls")]
+    pub opaque_links: bool,
+
     /// Every step-1 answer carries this `timestamp` (Unix seconds) instead of the clock's: for
     /// rehearsing two uploads of one name to one contact in the same second.
     #[arg(long, value_name = "UNIX_SECS")]
     pub form_timestamp: Option<i64>,
+
+    /// Listings hide notes and attachments younger than SECS by the emulator's clock.
+    ///
+    /// As a server whose lists lag behind its writes: judged by their `created_at`; `GET
+    /// /notes/{id}` of a young note still answers; /_emulator/state shows everything. 0 hides
+    /// nothing.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub list_lag: u32,
+
+    /// Start the emulator's clock SECS seconds ahead of this machine's (behind when negative).
+    ///
+    /// E.g. -7200. Everything it stamps or judges follows it: `timestamp`, `created_at`, forms'
+    /// `x-amz-date` and expiration, presigned links. At most ten years either way; not with
+    /// --s3-endpoint.
+    #[arg(long, value_name = "SECS", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_clock_offset)]
+    pub clock_offset: i64,
 
     /// How long an upload form stays valid, in seconds (short values make forms expire).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
@@ -476,6 +499,17 @@ fn parse_probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+/// Whole seconds, signed, at most `emulator::clock::MAX_OFFSET` either way.
+fn parse_clock_offset(s: &str) -> Result<i64, String> {
+    let max = crate::emulator::clock::MAX_OFFSET.as_secs() as i64;
+    match s.parse::<i64>() {
+        Ok(n) if (-max..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a whole number of seconds from -{max} to {max} (about ten years)"
+        )),
     }
 }
 
@@ -547,6 +581,25 @@ mod tests {
         assert_eq!(
             args.stall_timeout,
             StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT))
+        );
+    }
+
+    #[test]
+    fn clock_offsets_are_signed_seconds_within_ten_years() {
+        assert_eq!(parse_clock_offset("-7200"), Ok(-7200));
+        assert_eq!(parse_clock_offset("7200"), Ok(7200));
+        assert_eq!(parse_clock_offset("+7200"), Ok(7200));
+        for bad in ["", "2h", "1.5", "315360001", "-315360001", "x"] {
+            assert!(parse_clock_offset(bad).is_err(), "{bad}");
+        }
+        let cli =
+            Cli::try_parse_from(["opcrm-import", "emulator", "--clock-offset", "-7200"]).unwrap();
+        let Command::Emulator(args) = cli.command else {
+            panic!("not emulator")
+        };
+        assert_eq!(
+            args.clock_offset, -7200,
+            "a negative value is a value, not a flag"
         );
     }
 

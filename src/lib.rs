@@ -117,8 +117,14 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
         seed: args.fault_seed,
         planned: args.fault_at,
     };
-    config.attachment_urls = args.attachment_urls;
+    config.attachment_urls = if args.opaque_links {
+        emulator::AttachmentUrls::Opaque
+    } else {
+        args.attachment_urls
+    };
     config.form_timestamp = args.form_timestamp;
+    config.clock_offset = args.clock_offset;
+    config.list_lag = std::time::Duration::from_secs(args.list_lag.into());
     config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
     config.data_dir = args.data_dir;
     if let Some(endpoint) = &args.s3_endpoint {

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::App;
@@ -343,13 +344,32 @@ fn capitalized(kind: ReferenceType) -> String {
     s[..1].to_ascii_uppercase() + &s[1..]
 }
 
-/// A record as the API shows it under `data.note`, `data.deal`, `data.call` or `data.meeting`.
+/// Whether a listing shows, at `now`, what was made at `created_at`: with `--list-lag`, only
+/// once it is `lag` old (by `created_at`'s whole seconds), as a server whose lists are read
+/// from a replica or an index that lags behind its writes.
+fn listed(created_at: &str, now: DateTime<Utc>, lag: std::time::Duration) -> bool {
+    if lag.is_zero() {
+        return true;
+    }
+    let Ok(made) = DateTime::parse_from_rfc3339(created_at) else {
+        return true;
+    };
+    let lag = chrono::Duration::from_std(lag).unwrap_or(chrono::Duration::MAX);
+    made.with_timezone(&Utc)
+        .checked_add_signed(lag)
+        .is_some_and(|shown_from| shown_from <= now)
+}
+
+/// A record as the API shows it under `data.note`, `data.deal`, `data.call` or `data.meeting`,
+/// its attachments as a listing shows them (`--list-lag` hides young ones).
 fn record_json(state: &State, record: &Record, app: &App) -> Value {
+    let now = app.clock.now();
     let attachments: Vec<Value> = record
         .attachments
         .iter()
         .filter_map(|id| state.attachments.get(id))
-        .map(|a| state.attachment_json(a, app.attachment_url(a), app.clock.now()))
+        .filter(|a| listed(&a.created_at, now, app.config.list_lag))
+        .map(|a| state.attachment_json(a, app.attachment_url(a), now))
         .collect();
     let mut v = json!({
         "id": record.id,
@@ -458,13 +478,12 @@ pub async fn create_note(AxState(app): AxState<Arc<App>>, body: Bytes) -> Respon
     ok(&app, StatusCode::CREATED, json!({ "note": shown }))
 }
 
-/// `GET /notes?contact_id=&page=&per_page=`: a contact's notes (every note without
-/// `contact_id`), oldest first, a page at a time.
-pub async fn list_notes(
-    AxState(app): AxState<Arc<App>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let paging = match Paging::from_query(&q) {
+/// `GET /{notes,deals,calls,meetings}?contact_id=&page=&per_page=`: a contact's records of one
+/// type (every one without `contact_id`), oldest first, a page at a time, as
+/// `data.<type>s[].<type>` (`data.deals[].deal`), the OpenAPI list shape. With `--list-lag`,
+/// young notes are not listed (nor counted).
+fn list_records(app: &App, kind: ReferenceType, q: &HashMap<String, String>) -> Response {
+    let paging = match Paging::from_query(q) {
         Ok(p) => p,
         Err((field, reason)) => return invalid(field, &reason),
     };
@@ -478,14 +497,51 @@ pub async fn list_notes(
     {
         return not_found_envelope("Contact");
     }
-    let notes = state.notes_of(contact_id);
-    let total = notes.len();
-    let shown: Vec<Value> = notes[paging.window(total)]
+    let now = app.clock.now();
+    let mut records = state.records_of(kind, contact_id);
+    if kind == ReferenceType::Note {
+        records.retain(|r| listed(&r.created_at, now, app.config.list_lag));
+    }
+    let total = records.len();
+    let shown: Vec<Value> = records[paging.window(total)]
         .iter()
-        .map(|r| json!({ "note": record_json(&state, r, &app) }))
+        .map(|r| {
+            let mut item = Map::new();
+            item.insert(kind.as_str().to_string(), record_json(&state, r, app));
+            Value::Object(item)
+        })
         .collect();
     drop(state);
-    ok(&app, StatusCode::OK, paging.envelope("notes", shown, total))
+    let key = format!("{}s", kind.as_str());
+    ok(app, StatusCode::OK, paging.envelope(&key, shown, total))
+}
+
+pub async fn list_notes(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Note, &q)
+}
+
+pub async fn list_deals(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Deal, &q)
+}
+
+pub async fn list_calls(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Call, &q)
+}
+
+pub async fn list_meetings(
+    AxState(app): AxState<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_records(&app, ReferenceType::Meeting, &q)
 }
 
 /// `GET /contacts?email=`: contacts, sorted by name, filtered by email (any case), a page at a
@@ -668,6 +724,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_listing_lags_by_whole_seconds_of_created_at_and_no_lag_hides_nothing() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let lag = std::time::Duration::from_secs(30);
+        let made = "2026-01-31T09:30:00Z";
+        assert!(!listed(made, at("2026-01-31T09:30:00Z"), lag));
+        assert!(!listed(made, at("2026-01-31T09:30:29.999Z"), lag));
+        assert!(listed(made, at("2026-01-31T09:30:30Z"), lag));
+        assert!(listed(made, at("2027-01-01T00:00:00Z"), lag));
+        let zero = std::time::Duration::ZERO;
+        assert!(
+            listed(made, at("2020-01-01T00:00:00Z"), zero),
+            "even from the future"
+        );
+        assert!(!listed(
+            made,
+            at("2026-01-31T09:30:30Z"),
+            std::time::Duration::MAX
+        ));
     }
 
     #[test]

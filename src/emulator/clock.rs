@@ -1,4 +1,5 @@
-//! The emulator's one clock: the wall clock plus an offset that only grows, so that a test can
+//! The emulator's one clock: the wall clock plus an offset, set at start (`--clock-offset`, ahead
+//! or behind) and then only growing, so that a test can play a server whose clock is wrong and
 //! make time pass (a form expire, a presigned link run out) without waiting for it.
 //!
 //! Every moment the emulator stamps or judges (forms and their expiry, presigned links, envelope
@@ -6,7 +7,7 @@
 //! (the throttle's bucket, injected latency) stay on the monotonic clock: they are rates and
 //! waits, not moments, and moving them would only refill the throttle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,10 +16,14 @@ use chrono::{DateTime, Utc};
 /// gives can always be written down.
 pub const MAX_AHEAD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The farthest `--clock-offset` sets the clock from the wall clock, either way (about ten
+/// years): behind, every moment stays after 1970, so Unix timestamps and new ids stay positive.
+pub const MAX_OFFSET: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 #[derive(Debug, Default)]
 pub struct Clock {
-    /// How far ahead of the wall clock this clock is, in milliseconds.
-    ahead_ms: AtomicU64,
+    /// How far ahead of the wall clock this clock is, in milliseconds (behind when negative).
+    ahead_ms: AtomicI64,
 }
 
 impl Clock {
@@ -27,26 +32,36 @@ impl Clock {
         Self::default()
     }
 
+    /// The wall clock moved `seconds` ahead (behind when negative), at most `MAX_OFFSET` either
+    /// way.
+    pub fn with_offset(seconds: i64) -> Self {
+        let max = MAX_OFFSET.as_secs() as i64;
+        Self {
+            ahead_ms: AtomicI64::new(seconds.clamp(-max, max) * 1000),
+        }
+    }
+
     /// Now, by this clock.
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.ahead()
     }
 
-    /// Moves the clock forward by `by` (up to `MAX_AHEAD` in all), and says the new time.
+    /// Moves the clock forward by `by` (until it is `MAX_AHEAD` ahead of the wall clock), and
+    /// says the new time. Never back: a moment it gave stays in the past.
     pub fn advance(&self, by: Duration) -> DateTime<Utc> {
-        let max = MAX_AHEAD.as_millis() as u64;
-        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let max = MAX_AHEAD.as_millis() as i64;
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         let _ = self
             .ahead_ms
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
-                Some(a.saturating_add(ms).min(max))
+                Some(a.saturating_add(ms).min(max).max(a))
             });
         self.now()
     }
 
-    /// How far ahead of the wall clock it is.
+    /// How far ahead of the wall clock it is (negative: behind).
     pub fn ahead(&self) -> chrono::Duration {
-        chrono::Duration::milliseconds(self.ahead_ms.load(Ordering::SeqCst) as i64)
+        chrono::Duration::milliseconds(self.ahead_ms.load(Ordering::SeqCst))
     }
 }
 
@@ -89,6 +104,35 @@ mod tests {
             chrono::Duration::from_std(MAX_AHEAD).unwrap()
         );
         assert!(clock.now() > Utc::now());
+    }
+
+    #[test]
+    fn an_offset_clock_starts_ahead_or_behind_and_still_only_moves_forward() {
+        for seconds in [7200, -7200] {
+            let before = Utc::now();
+            let clock = Clock::with_offset(seconds);
+            let now = clock.now();
+            let offset = chrono::Duration::seconds(seconds);
+            assert_eq!(clock.ahead(), offset);
+            assert!(now >= before + offset && now <= Utc::now() + offset);
+            clock.advance(Duration::from_secs(60));
+            assert_eq!(clock.ahead(), offset + chrono::Duration::seconds(60));
+        }
+        let behind = Clock::with_offset(-7200);
+        behind.advance(Duration::from_secs(u64::MAX));
+        assert_eq!(
+            behind.ahead(),
+            chrono::Duration::from_std(MAX_AHEAD).unwrap(),
+            "behind, a huge advance still stops at the limit ahead"
+        );
+    }
+
+    #[test]
+    fn an_offset_past_the_limit_is_held_at_it() {
+        let max = chrono::Duration::from_std(MAX_OFFSET).unwrap();
+        assert_eq!(Clock::with_offset(i64::MAX).ahead(), max);
+        assert_eq!(Clock::with_offset(i64::MIN).ahead(), -max);
+        assert!(Clock::with_offset(i64::MIN).now().timestamp() > 0);
     }
 
     #[test]

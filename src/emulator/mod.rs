@@ -63,6 +63,12 @@ pub struct Config {
     pub attachment_urls: AttachmentUrls,
     /// The `timestamp` of every step-1 answer, instead of the clock's.
     pub form_timestamp: Option<i64>,
+    /// Seconds the emulator's clock starts ahead of the wall clock (behind when negative): a
+    /// server whose clock is wrong, as a client meets them.
+    pub clock_offset: i64,
+    /// Listings hide notes and attachments younger than this by the emulator's clock: a server
+    /// whose lists lag behind its writes. Zero hides nothing.
+    pub list_lag: Duration,
 }
 
 /// How long an attachment's presigned `url` is valid, as OnePageCRM's links: an hour.
@@ -73,7 +79,8 @@ pub const ATTACHMENT_URL_SECONDS: u64 = 3600;
 pub enum AttachmentUrls {
     /// A SigV4 presigned GET of the object, valid for an hour: its path ends with the key.
     Presigned,
-    /// A link that does not show the key (`/_emulator/files/<id>`), as a server might hand out.
+    /// A link that names only the file, as the OpenAPI example (`https://{foo.bar}/mario.jpg`):
+    /// `/_emulator/files/<id>/<name>`, no object key in it.
     Opaque,
 }
 
@@ -111,6 +118,8 @@ impl Config {
             external_s3: None,
             attachment_urls: AttachmentUrls::Presigned,
             form_timestamp: None,
+            clock_offset: 0,
+            list_lag: Duration::ZERO,
         }
     }
 }
@@ -139,10 +148,17 @@ impl App {
     }
 
     /// An attachment's `url`: a presigned GET of its object (the key shows in the path, as in
-    /// OnePageCRM's S3-hosted links), or with `--attachment-urls opaque` a link that hides it.
+    /// OnePageCRM's S3-hosted links), or with `--opaque-links` a link that ends with the file's
+    /// name and hides the key (the name is one encoded segment, so even a name that spells a key
+    /// cannot be read as one).
     pub fn attachment_url(&self, a: &state::Attachment) -> String {
         match self.config.attachment_urls {
-            AttachmentUrls::Opaque => format!("{}/_emulator/files/{}", self.origin, a.id),
+            AttachmentUrls::Opaque => format!(
+                "{}/_emulator/files/{}/{}",
+                self.origin,
+                a.id,
+                s3::encode_segment(&a.filename)
+            ),
             AttachmentUrls::Presigned => {
                 let signer = match &self.config.external_s3 {
                     Some(external) => external.signer(),
@@ -198,7 +214,11 @@ pub async fn start(config: Config) -> anyhow::Result<Emulator> {
         "the emulator listens on loopback only; {} is not a loopback address (use 127.0.0.1 or [::1])",
         config.listen.ip()
     );
-    let clock = Clock::new();
+    anyhow::ensure!(
+        config.external_s3.is_none() || config.clock_offset == 0,
+        "--clock-offset cannot be used in external-S3 mode: the S3 server judges forms by its own clock, so forms stamped by an offset clock would be refused or live longer there"
+    );
+    let clock = Clock::with_offset(config.clock_offset);
     anyhow::ensure!(
         config.external_s3.is_none()
             || !config
@@ -269,8 +289,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v3/attachments", post(api::create_attachment))
         .route("/api/v3/notes", get(api::list_notes).post(api::create_note))
         .route("/api/v3/notes/{id}", get(api::get_note))
+        .route("/api/v3/deals", get(api::list_deals))
         .route("/api/v3/deals/{id}", get(api::get_deal))
+        .route("/api/v3/calls", get(api::list_calls))
         .route("/api/v3/calls/{id}", get(api::get_call))
+        .route("/api/v3/meetings", get(api::list_meetings))
         .route("/api/v3/meetings/{id}", get(api::get_meeting))
         .route("/api/v3/contacts", get(api::list_contacts))
         .fallback(api::not_found)
@@ -289,6 +312,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/_emulator/state", get(emulator_state))
         .route("/_emulator/clock", get(clock_now).post(advance_clock))
+        .route("/_emulator/files/{id}/{name}", get(opaque_file))
         .merge(api)
         .merge(s3)
         .layer(middleware::from_fn_with_state(app.clone(), count))
@@ -299,7 +323,32 @@ async fn emulator_state(AxState(app): AxState<Arc<App>>) -> Response {
     axum::Json(app.state().snapshot()).into_response()
 }
 
-/// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is.
+/// `GET /_emulator/files/<id>/<name>`: the file an opaque link names, so that the link works
+/// as a link (no expiry, no credentials: the id is the secret, as in many file links).
+async fn opaque_file(
+    AxState(app): AxState<Arc<App>>,
+    axum::extract::Path((id, name)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let key = {
+        let state = app.state();
+        state
+            .attachments
+            .get(&id)
+            .filter(|a| a.filename == name)
+            .map(|a| a.key.clone())
+    };
+    match key {
+        Some(key) => s3::object_response(&app, &key).await,
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": "no attachment has this id and name" })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /_emulator/clock`: the emulator's time, and how far ahead of the wall clock it is
+/// (negative: behind).
 async fn clock_now(AxState(app): AxState<Arc<App>>) -> Response {
     clock_json(&app.clock, app.clock.now())
 }

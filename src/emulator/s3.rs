@@ -262,19 +262,22 @@ fn success(
 /// A key as it appears in a URL path: each segment percent-encoded, the slashes kept.
 pub fn encode_key(key: &str) -> String {
     key.split('/')
-        .map(|segment| {
-            segment
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
+        .map(encode_segment)
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// One path segment percent-encoded: every byte but the unreserved ones, `/` too.
+pub fn encode_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `GET /{bucket}/{key}`: a stored object's bytes. With a presigned query (an attachment's
@@ -304,15 +307,20 @@ pub async fn download(
             return error_response(&refusal, &key);
         }
     }
+    object_response(&app, &key).await
+}
+
+/// A stored object's bytes with its ETag, or S3's `NoSuchKey`.
+pub async fn object_response(app: &App, key: &str) -> Response {
     let found = app
         .state()
         .objects
-        .get(&key)
+        .get(key)
         .map(|o| (o.body.clone(), o.md5.clone()));
     let Some((body, md5)) = found else {
         return error_response(
             &Refusal::new("NoSuchKey", 404, "The specified key does not exist."),
-            &key,
+            key,
         );
     };
     let bytes = match body {
@@ -320,7 +328,7 @@ pub async fn download(
         ObjectBody::File(path) => match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                return error_response(&Refusal::new("InternalError", 500, e.to_string()), &key);
+                return error_response(&Refusal::new("InternalError", 500, e.to_string()), key);
             }
         },
     };
@@ -340,5 +348,6 @@ mod tests {
     fn keys_are_encoded_per_segment() {
         assert_eq!(encode_key("c1/123/a b+%#.pdf"), "c1/123/a%20b%2B%25%23.pdf");
         assert_eq!(encode_key("c/1/Müller.pdf"), "c/1/M%C3%BCller.pdf");
+        assert_eq!(encode_segment("c1/123/a b.pdf"), "c1%2F123%2Fa%20b.pdf");
     }
 }

@@ -405,17 +405,17 @@ impl State {
         self.next_seq
     }
 
-    /// A contact's notes, or every note when `contact_id` is none, oldest first (`created_at`,
-    /// then the order they were made in).
-    pub fn notes_of(&self, contact_id: Option<&str>) -> Vec<&Record> {
-        let mut notes: Vec<&Record> = self
+    /// A contact's records of type `kind`, or every one when `contact_id` is none, oldest first
+    /// (`created_at`, then the order they were made in), as the API lists them.
+    pub fn records_of(&self, kind: ReferenceType, contact_id: Option<&str>) -> Vec<&Record> {
+        let mut records: Vec<&Record> = self
             .records
             .values()
-            .filter(|r| r.kind == ReferenceType::Note)
+            .filter(|r| r.kind == kind)
             .filter(|r| contact_id.is_none_or(|c| r.contact_id == c))
             .collect();
-        notes.sort_by(|a, b| (&a.created_at, a.seq).cmp(&(&b.created_at, b.seq)));
-        notes
+        records.sort_by(|a, b| (&a.created_at, a.seq).cmp(&(&b.created_at, b.seq)));
+        records
     }
 
     pub fn count(&mut self, key: String) {
@@ -450,7 +450,7 @@ impl State {
             "storage_left": self.storage_left,
             "contacts": self.contacts.values().collect::<Vec<_>>(),
             "records": records,
-            "notes": self.notes_of(None),
+            "notes": self.records_of(ReferenceType::Note, None),
             "attachments": self.attachments.values().collect::<Vec<_>>(),
             "objects": self.objects.values().collect::<Vec<_>>(),
             "requests": self.requests,
@@ -541,7 +541,7 @@ mod tests {
         let deal = &state.records[&(ReferenceType::Deal, "5a1b2c3d4e5f60718293a4d1".into())];
         assert_eq!(deal.date, None);
         let order: Vec<&str> = state
-            .notes_of(Some("5a1b2c3d4e5f60718293a4b5"))
+            .records_of(ReferenceType::Note, Some("5a1b2c3d4e5f60718293a4b5"))
             .iter()
             .map(|r| r.id.as_str())
             .collect();

@@ -709,6 +709,12 @@ mod tests {
         );
         for opaque in [
             "https://app.example/files/64f0c1",
+            // The OpenAPI file's example, and the emulator's `--opaque-links`: only the name.
+            "https://foo.bar/mario.jpg",
+            "http://127.0.0.1:8787/_emulator/files/65f0c1a2000000000000002a/a%20b.pdf",
+            // A name that spells one of the contact's keys is one segment, not a key.
+            "http://127.0.0.1:8787/_emulator/files/65f0c1a2000000000000002a/5d2f4a0e1c9b8a7f6e5d4c3b%2F17%2Fa.pdf",
+            "http://127.0.0.1:8787/_emulator/files/1697212380123/5d2f4a0e1c9b8a7f6e5d4c3b%2F17%2Fa.pdf",
             "https://b.s3.amazonaws.com/othercontact/17/a.pdf",
             "https://b.s3.amazonaws.com/5d2f4a0e1c9b8a7f6e5d4c3b/x17/a.pdf",
             "not a url",

@@ -5,6 +5,7 @@ mod common;
 mod contacts_by_email;
 mod emulator;
 mod emulator_notes;
+mod emulator_servers;
 mod exactly_once;
 mod external_s3;
 mod faults;
