@@ -148,7 +148,9 @@ impl Work {
     /// API calls the rows need: 1 to attach, 2 to verify and attach, and to upload and attach
     /// 2, or with `reuse_forms` 1 and one form per contact (its form carries its files: a
     /// contact with more files than one form's life holds needs more, which this leaves out);
-    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown.
+    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown. The
+    /// snapshot reads before a record's first attach are left out too: where links do not show
+    /// the key, about one per contact and record type, once (see `pipeline::snapshots`).
     pub fn api_calls(&self, reuse_forms: bool) -> usize {
         let mut contacts = std::collections::HashSet::new();
         let mut calls = 0;
