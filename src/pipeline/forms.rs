@@ -11,7 +11,7 @@
 //! plan (see `pipeline::schedule`), so a contact's form is dropped when its last row has ended.
 //! Workers of one contact wait for the form one of them is fetching instead of fetching their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,6 +63,19 @@ pub enum NoReuse {
         left: Duration,
         margin: Duration,
     },
+}
+
+impl NoReuse {
+    /// The reason's kind: a run says each kind once, whatever the details of each form.
+    fn kind(&self) -> &'static str {
+        match self {
+            NoReuse::Unreadable(_) => "unreadable",
+            NoReuse::BindsKey => "binds key",
+            NoReuse::NarrowPrefix { .. } => "narrow prefix",
+            NoReuse::AbsurdLife(_) => "absurd life",
+            NoReuse::ShortLife { .. } => "short life",
+        }
+    }
 }
 
 impl std::fmt::Display for NoReuse {
@@ -324,8 +337,9 @@ struct Held {
     /// Until when it may carry its first upload: a form kept unused (the quota check's) is not
     /// handed out near or past its expiration.
     first_use_until: Instant,
-    /// Until when it may carry another upload (`None`: one upload only).
+    /// Until when it may carry another upload (`None`: one upload only, for `no_reuse`).
     reuse_until: Option<Instant>,
+    no_reuse: Option<NoReuse>,
     storage_left: u64,
 }
 
@@ -377,6 +391,9 @@ pub struct Forms {
     /// The last form fetched could carry more than one upload (its policy allowed it): 1 yes,
     /// 2 no, 0 none fetched yet.
     last_reusable: AtomicU8,
+    /// The kinds of reason (`NoReuse::kind`) said so far why a form could not carry a contact's
+    /// next file.
+    said: Mutex<HashSet<&'static str>>,
 }
 
 impl Forms {
@@ -392,6 +409,7 @@ impl Forms {
             fetched: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             last_reusable: AtomicU8::new(0),
+            said: Mutex::default(),
         }
     }
 
@@ -431,6 +449,13 @@ impl Forms {
         )
     }
 
+    /// A contact's form could not carry its next file, for `why`: true the first time in this run
+    /// for a reason of that kind (the caller says so then).
+    fn first_said(&self, why: &NoReuse) -> bool {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        said.insert(why.kind())
+    }
+
     fn slot(&self, contact: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.entry(contact.to_string()).or_default().clone()
@@ -445,11 +470,11 @@ impl Forms {
         // The policy is read once, for both of the form's times below.
         let life = read_life(&form, Utc::now());
         let reuse = life.as_ref().map_err(NoReuse::clone);
-        let reuse_until = match reuse.and_then(|life| reuse_window_of(&form, life)) {
-            Ok(window) => Some(arrived + window),
+        let (reuse_until, no_reuse) = match reuse.and_then(|life| reuse_window_of(&form, life)) {
+            Ok(window) => (Some(arrived + window), None),
             Err(why) => {
                 tracing::debug!("a form for one upload only: {why}");
-                None
+                (None, Some(why))
             }
         };
         self.last_reusable
@@ -468,6 +493,7 @@ impl Forms {
             carriers: Arc::default(),
             first_use_until,
             reuse_until,
+            no_reuse,
             storage_left,
         }
     }
@@ -513,6 +539,19 @@ impl Forms {
                 self.reused.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(lease);
+        }
+        // The form carried one of this contact's files and its policy forbids another: the
+        // moment reuse, on for the run, gives way to one form per file for this contact. Said
+        // once a run for each kind of reason, so that it never happens unseen (nor floods).
+        if let Some(why) = held
+            .as_ref()
+            .filter(|h| h.uses > 0)
+            .and_then(|h| h.no_reuse.as_ref())
+            && self.first_said(why)
+        {
+            tracing::warn!(
+                "an upload form cannot carry a second file ({why}): one form per file for contacts whose forms say so"
+            );
         }
         *held = None;
         let form = fetch().await?;
@@ -796,6 +835,22 @@ mod tests {
         assert_eq!(held.first_use_until, arrived + UNUSED_FORM_LIFE);
     }
 
+    #[test]
+    fn each_kind_of_reason_not_to_reuse_is_said_once_a_run() {
+        let forms = Forms::new(FormReuse::Auto);
+        let short = |left| NoReuse::ShortLife {
+            left: Duration::from_secs(left),
+            margin: MIN_REUSE_MARGIN,
+        };
+        assert!(forms.first_said(&short(30)));
+        assert!(
+            !forms.first_said(&short(31)),
+            "the same kind, other numbers"
+        );
+        assert!(forms.first_said(&NoReuse::BindsKey));
+        assert!(!forms.first_said(&NoReuse::BindsKey));
+    }
+
     /// A form signed now that lives an hour, its key open below `c1/`.
     fn reusable() -> Form {
         // Whole seconds, as x-amz-date has them: an hour of life exactly.
@@ -897,7 +952,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_single_use_form_is_never_handed_out_twice() {
+    async fn a_single_use_form_is_never_handed_out_twice_and_says_why_once() {
         let forms = Forms::new(FormReuse::Auto);
         let mut single = reusable();
         single.fields.retain(|(k, _)| k != "policy");
@@ -905,6 +960,19 @@ mod tests {
         let a = forms.lease("c1", 1, false, fetch).await.unwrap();
         let b = forms.lease("c1", 1, false, fetch).await.unwrap();
         assert!(!a.reused && !b.reused && a.id != b.id);
+        // The second file of c1 found its form unfit for reuse: said (the warning) then.
+        assert!(!forms.first_said(&NoReuse::Unreadable("the form has no policy")));
+    }
+
+    #[tokio::test]
+    async fn a_contact_with_one_file_has_nothing_to_say_of_reuse() {
+        let forms = Forms::new(FormReuse::Auto);
+        let mut single = reusable();
+        single.fields.clear();
+        let fetch = || async { Ok::<_, ()>(single.clone()) };
+        forms.lease("c1", 1, false, fetch).await.unwrap();
+        forms.lease("c2", 1, false, fetch).await.unwrap();
+        assert!(forms.first_said(&NoReuse::Unreadable("the form has no policy")));
     }
 
     #[tokio::test]

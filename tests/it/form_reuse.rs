@@ -199,16 +199,22 @@ fn two_files_of_one_name_for_one_contact_in_one_second_get_two_keys() {
 }
 
 #[test]
-fn forms_too_short_lived_to_reuse_are_one_per_file() {
+fn forms_too_short_lived_to_reuse_are_one_per_file_and_it_is_said_once() {
     // A form that lives 30 s has less life than the safe margin (60 s): never reused.
     let emu = Emulator::start(&["--rate-limit", "off", "--form-ttl", "30"]);
     let (_s, manifest) = sample_copy();
-    let (code, doc, _) = run_json(&emu, &manifest, &[]);
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
     assert_exactly_once(&emu.state(), &manifest);
     assert_eq!(count(&emu.requests(), FORMS), 20);
     assert_eq!(doc["uploads_on_reused_forms"], 0, "{doc}");
+    // Every contact's second file finds its form unfit: one line says why, for the run.
+    assert_eq!(stderr.matches(NOT_REUSED).count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("not more than the safe margin"), "{stderr}");
 }
+
+/// The warning of a run whose forms cannot carry a contact's next file.
+const NOT_REUSED: &str = "an upload form cannot carry a second file";
 
 /// Ada (samples/emulator-seed.json).
 const ADA: &str = "ca929443ed449d7679121de5";
@@ -235,6 +241,7 @@ fn form_reuse_with_timestamp_ms_or_none_takes_one_form_per_contact_on_the_sample
         );
         assert_eq!(doc["form_reuse"], "on", "{flag}: {doc}");
         assert_eq!(count(&emu.requests(), FORMS), contacts as u64, "{flag}");
+        assert!(!stderr.contains(NOT_REUSED), "{flag}: {stderr}");
         for a in emu.state()["attachments"].as_array().unwrap() {
             let key = a["key"].as_str().unwrap();
             let stamp = key.split('/').nth(1).unwrap();
