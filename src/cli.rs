@@ -441,6 +441,15 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_clock_offset)]
     pub clock_offset: i64,
 
+    /// Every API answer's `timestamp` in Unix milliseconds (13 digits) instead of seconds, step 1's
+    /// too (and `--form-timestamp`'s, given in seconds): as some servers answer.
+    #[arg(long, conflicts_with = "no_timestamp")]
+    pub timestamp_ms: bool,
+
+    /// API answers carry no `timestamp` at all.
+    #[arg(long, conflicts_with = "form_timestamp")]
+    pub no_timestamp: bool,
+
     /// How long an upload form stays valid, in seconds (short values make forms expire).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub form_ttl: u64,

@@ -110,6 +110,8 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
     config.rate_limit = args.rate_limit;
     config.throttle_model = args.throttle_model;
     config.single_use_forms = args.single_use_forms;
+    config.timestamp_ms = args.timestamp_ms;
+    config.no_timestamp = args.no_timestamp;
     config.faults = emulator::faults::FaultConfig {
         fault_rate: args.fault_rate,
         drop_rate: args.drop_rate,

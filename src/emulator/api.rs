@@ -23,16 +23,29 @@ use crate::onepagecrm::{
 
 /// `{status: 0, message: "OK", timestamp, data}`, stamped by the emulator's clock.
 fn ok(app: &App, status: StatusCode, data: Value) -> Response {
-    ok_at(status, data, app.clock.now().timestamp())
+    ok_at(status, data, stamp(app, app.clock.now()))
 }
 
-/// As `ok`, with the envelope's `timestamp` given.
-fn ok_at(status: StatusCode, data: Value, timestamp: i64) -> Response {
-    (
-        status,
-        axum::Json(json!({"status": 0, "message": "OK", "timestamp": timestamp, "data": data})),
-    )
-        .into_response()
+/// The envelope's `timestamp` for `moment`: Unix seconds as documented, milliseconds with
+/// `--timestamp-ms`, none with `--no-timestamp`.
+fn stamp(app: &App, moment: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    match (app.config.no_timestamp, app.config.timestamp_ms) {
+        (true, _) => None,
+        (false, true) => Some(moment.timestamp_millis()),
+        (false, false) => Some(moment.timestamp()),
+    }
+}
+
+/// As `ok`, with the envelope's `timestamp` given (or none).
+fn ok_at(status: StatusCode, data: Value, timestamp: Option<i64>) -> Response {
+    let mut body = Map::new();
+    body.insert("status".into(), 0.into());
+    body.insert("message".into(), "OK".into());
+    if let Some(timestamp) = timestamp {
+        body.insert("timestamp".into(), timestamp.into());
+    }
+    body.insert("data".into(), data);
+    (status, axum::Json(Value::Object(body))).into_response()
 }
 
 /// `{status, message, error_name, error_message, errors}`.
@@ -179,9 +192,17 @@ pub async fn s3_form(
             "x-ignore-pattern": format!("{contact_id}/__timestamp__/${{filename}}"),
         }
     });
-    let timestamp = app.config.form_timestamp.unwrap_or(now.timestamp());
+    let stamped = app
+        .config
+        .form_timestamp
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .unwrap_or(now);
+    let timestamp = stamp(&app, stamped);
     if app.config.single_use_forms {
-        app.state().forms.handed_out(contact_id, timestamp);
+        // Without a timestamp a client makes its keys from its own clock: those of a client
+        // whose clock agrees with the emulator's are told by the emulator's seconds.
+        let told = timestamp.unwrap_or(stamped.timestamp());
+        app.state().forms.handed_out(contact_id, told);
     }
     ok_at(StatusCode::OK, data, timestamp)
 }

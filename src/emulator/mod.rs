@@ -51,6 +51,10 @@ pub struct Config {
     pub throttle_model: ThrottleModel,
     /// Step 3 refuses a second key made from one step-1 answer's timestamp (one form, one upload).
     pub single_use_forms: bool,
+    /// Every envelope's `timestamp` in Unix milliseconds (`--form-timestamp`'s too).
+    pub timestamp_ms: bool,
+    /// Envelopes carry no `timestamp`.
+    pub no_timestamp: bool,
     pub faults: FaultConfig,
     pub form_ttl: Duration,
     pub data_dir: Option<PathBuf>,
@@ -109,6 +113,8 @@ impl Config {
             rate_limit: Some(RateLimit::ONEPAGECRM),
             throttle_model: ThrottleModel::default(),
             single_use_forms: false,
+            timestamp_ms: false,
+            no_timestamp: false,
             faults: FaultConfig::default(),
             form_ttl: Duration::from_secs(3600),
             data_dir: None,

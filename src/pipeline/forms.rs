@@ -11,7 +11,7 @@
 //! plan (see `pipeline::schedule`), so a contact's form is dropped when its last row has ended.
 //! Workers of one contact wait for the form one of them is fetching instead of fetching their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::remote::api::Form;
+use crate::remote::api::{Form, unix_seconds};
 
 /// `--form-reuse`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -41,59 +41,213 @@ pub const MIN_REUSE_MARGIN: Duration = Duration::from_secs(60);
 /// (the quota check's), before the row it is handed to takes it: forms last minutes at least.
 const UNUSED_FORM_LIFE: Duration = Duration::from_secs(60);
 
-/// How long after it was received `form` may still carry uploads (until the safe margin before
-/// its expiration), or why it may carry only one.
+/// The longest life a form's policy is believed to give: a week, S3's limit on a presigned
+/// request. A life read above it (or below zero) comes from a misread unit or a clock far off.
+pub const MAX_FORM_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why a form may carry one upload only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoReuse {
+    /// The policy, or the part of it named, cannot be read.
+    Unreadable(&'static str),
+    BindsKey,
+    /// A `starts-with $key` condition that not every key the tool makes meets.
+    NarrowPrefix {
+        prefix: String,
+        fixed: String,
+    },
+    /// The life the form's dates give is not believable: why.
+    AbsurdLife(String),
+    /// Not more life left than the safe margin.
+    ShortLife {
+        left: Duration,
+        margin: Duration,
+    },
+}
+
+impl NoReuse {
+    /// The reason's kind: a run says each kind once, whatever the details of each form.
+    fn kind(&self) -> &'static str {
+        match self {
+            NoReuse::Unreadable(_) => "unreadable",
+            NoReuse::BindsKey => "binds key",
+            NoReuse::NarrowPrefix { .. } => "narrow prefix",
+            NoReuse::AbsurdLife(_) => "absurd life",
+            NoReuse::ShortLife { .. } => "short life",
+        }
+    }
+}
+
+impl std::fmt::Display for NoReuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoReuse::Unreadable(what) => f.write_str(what),
+            NoReuse::BindsKey => f.write_str("the policy binds the exact key"),
+            NoReuse::NarrowPrefix { prefix, fixed } => write!(
+                f,
+                "the policy's key prefix {prefix:?} is narrower than {fixed:?}"
+            ),
+            NoReuse::AbsurdLife(why) => f.write_str(why),
+            NoReuse::ShortLife { left, margin } => write!(
+                f,
+                "the form has {} s left, not more than the safe margin of {} s",
+                left.as_secs(),
+                margin.as_secs()
+            ),
+        }
+    }
+}
+
+/// How long after it arrived (`form.arrived`, our monotonic clock) `form` may still carry
+/// uploads (until the safe margin before its expiration), or why it may carry only one.
 ///
-/// The expiration is read against the server's clock (the answer's `timestamp`) and against
-/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
-/// a form look younger than it is. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth
-/// of that life (read as the form arrives: its lifetime).
-pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, String> {
+/// The form's life is what its policy's `expiration` leaves after the moment the server signed
+/// it (its `x-amz-date`): both stamped by the server's clock, so neither our clock nor the unit
+/// or the clock of the answer's `timestamp` enters into it, and it is counted from the form's
+/// arrival. Only a form without a readable `x-amz-date` is read against clocks: see
+/// [`life_by_clocks`]. The margin is the larger of [`MIN_REUSE_MARGIN`] and a tenth of that life.
+pub fn reuse_window(form: &Form, wall_now: DateTime<Utc>) -> Result<Duration, NoReuse> {
     reuse_window_of(form, &read_life(form, wall_now)?)
 }
 
-/// What a form's policy says of its life: the time it has left, and its conditions.
+/// What a form's policy says of its life: the time it has left as it arrives, and its
+/// conditions.
 struct Life {
     left: Duration,
     conditions: Vec<Value>,
 }
 
-/// Reads `form`'s policy (base64 JSON): its expiration, against both clocks (see
+/// Reads `form`'s policy (base64 JSON): its expiration, against the form's signing time (see
 /// [`reuse_window`]), and its conditions.
-fn read_life(form: &Form, wall_now: DateTime<Utc>) -> Result<Life, String> {
-    let policy = form
-        .fields
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("policy"))
-        .map(|(_, v)| v.as_str())
-        .ok_or("the form has no policy")?;
+fn read_life(form: &Form, wall_now: DateTime<Utc>) -> Result<Life, NoReuse> {
+    let policy = field(form, "policy").ok_or(NoReuse::Unreadable("the form has no policy"))?;
     let policy = base64::engine::general_purpose::STANDARD
         .decode(policy.trim())
-        .map_err(|_| "the policy is not base64")?;
-    let policy: Value =
-        serde_json::from_slice(&policy).map_err(|_| "the policy is not a JSON document")?;
+        .map_err(|_| NoReuse::Unreadable("the policy is not base64"))?;
+    let policy: Value = serde_json::from_slice(&policy)
+        .map_err(|_| NoReuse::Unreadable("the policy is not a JSON document"))?;
     let expiration = policy
         .get("expiration")
         .and_then(Value::as_str)
         .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
         .map(|e| e.with_timezone(&Utc))
-        .ok_or("the policy has no readable expiration")?;
+        .ok_or(NoReuse::Unreadable("the policy has no readable expiration"))?;
     let conditions = policy
         .get("conditions")
         .and_then(Value::as_array)
-        .ok_or("the policy has no conditions")?
+        .ok_or(NoReuse::Unreadable("the policy has no conditions"))?
         .clone();
-    let issued = DateTime::from_timestamp(form.timestamp, 0).ok_or("no readable timestamp")?;
-    // Read as the form arrives, what is left is its lifetime (a server's timestamp far in the
-    // past would otherwise make it look long-lived and its margin huge). Expired: nothing left.
-    let by_server = (expiration - issued).to_std().unwrap_or_default();
-    let left = by_server.min((expiration - wall_now).to_std().unwrap_or_default());
+    // `x-amz-date` is whole seconds and the answer took a while to come: counted from the
+    // arrival, the life may end later than S3's by up to a second and the answer's transit,
+    // which the margin (a minute at least) covers.
+    let left = match field(form, "x-amz-date").and_then(amz_date) {
+        Some(signed) => match believable(expiration - signed) {
+            Reading::Believable(left) => left,
+            // Expired before it was signed: nothing left (and not handed out unused).
+            Reading::Negative => Duration::ZERO,
+            Reading::TooLong => {
+                return Err(NoReuse::AbsurdLife(format!(
+                    "the policy expires {} after the form's x-amz-date, more than a week",
+                    human(expiration - signed)
+                )));
+            }
+        },
+        None => life_by_clocks(form, expiration, wall_now)?,
+    };
     Ok(Life { left, conditions })
+}
+
+/// The value of `form`'s field `name` (field names are case-insensitive).
+fn field<'a>(form: &'a Form, name: &str) -> Option<&'a str> {
+    form.fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// SigV4's basic format, `YYYYMMDDTHHMMSSZ`.
+fn amz_date(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    (value.len() == 16)
+        .then(|| chrono::NaiveDateTime::parse_from_str(value, "%Y%m%dT%H%M%SZ").ok())
+        .flatten()
+        .map(|d| d.and_utc())
+}
+
+/// What a life read from two moments is worth.
+enum Reading {
+    Believable(Duration),
+    /// Expired before it was issued (or before now).
+    Negative,
+    /// Longer than [`MAX_FORM_LIFE`].
+    TooLong,
+}
+
+fn believable(life: chrono::TimeDelta) -> Reading {
+    match life.to_std() {
+        Err(_) => Reading::Negative,
+        Ok(life) if life > MAX_FORM_LIFE => Reading::TooLong,
+        Ok(life) => Reading::Believable(life),
+    }
+}
+
+/// `3 h 20 min`, `-5 s`: a life for a message.
+fn human(life: chrono::TimeDelta) -> String {
+    let s = life.num_seconds();
+    match s.unsigned_abs() {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// A form without a readable `x-amz-date`: its life read against the server's clock (the
+/// answer's `timestamp`, in seconds or milliseconds, see [`unix_seconds`]) and against
+/// `wall_now` (ours), whichever leaves less, so that neither clock running ahead or behind makes
+/// a form look younger than it is; a clock that gives no believable life (negative, or longer
+/// than [`MAX_FORM_LIFE`]: a misread unit, a stuck clock, a clock hours off) is not heard. A form
+/// that no clock gives a believable life has nothing left when one of them says it has expired,
+/// and is not reused otherwise.
+fn life_by_clocks(
+    form: &Form,
+    expiration: DateTime<Utc>,
+    wall_now: DateTime<Utc>,
+) -> Result<Duration, NoReuse> {
+    let issued = form
+        .timestamp
+        .and_then(unix_seconds)
+        .and_then(|t| DateTime::from_timestamp(t, 0));
+    let lives: Vec<Reading> = issued
+        .map(|issued| believable(expiration - issued))
+        .into_iter()
+        .chain([believable(expiration - wall_now)])
+        .collect();
+    let shortest = lives
+        .iter()
+        .filter_map(|l| match l {
+            Reading::Believable(d) => Some(*d),
+            _ => None,
+        })
+        .min();
+    if let Some(left) = shortest {
+        return Ok(left);
+    }
+    // No clock believable, and one says it has expired: it may well have.
+    if lives.iter().any(|l| matches!(l, Reading::Negative)) {
+        return Ok(Duration::ZERO);
+    }
+    Err(NoReuse::AbsurdLife(format!(
+        "the form has no readable x-amz-date, and neither the answer's timestamp ({}) nor our clock gives its policy (expiring {}) a believable life",
+        form.timestamp
+            .map_or_else(|| "none".to_string(), |t| t.to_string()),
+        expiration.to_rfc3339()
+    )))
 }
 
 /// How long a form of `life` may carry uploads: while every key condition is a prefix the
 /// tool's keys meet, until the safe margin before it expires.
-fn reuse_window_of(form: &Form, life: &Life) -> Result<Duration, String> {
+fn reuse_window_of(form: &Form, life: &Life) -> Result<Duration, NoReuse> {
     // Every key the tool makes starts with what the key pattern has before its timestamp.
     let fixed = form
         .key_pattern
@@ -103,23 +257,23 @@ fn reuse_window_of(form: &Form, life: &Life) -> Result<Duration, String> {
     for condition in &life.conditions {
         match key_condition(condition) {
             KeyCondition::None => {}
-            KeyCondition::Exact => return Err("the policy binds the exact key".into()),
+            KeyCondition::Exact => return Err(NoReuse::BindsKey),
             KeyCondition::Prefix(prefix) if fixed.starts_with(prefix) => {}
             KeyCondition::Prefix(prefix) => {
-                return Err(format!(
-                    "the policy's key prefix {prefix:?} is narrower than {fixed:?}"
-                ));
+                return Err(NoReuse::NarrowPrefix {
+                    prefix: prefix.to_string(),
+                    fixed: fixed.to_string(),
+                });
             }
         }
     }
     let margin = MIN_REUSE_MARGIN.max(life.left / 10);
     match life.left.checked_sub(margin) {
         Some(window) if !window.is_zero() => Ok(window),
-        _ => Err(format!(
-            "the form has {} s left, not more than the safe margin of {} s",
-            life.left.as_secs(),
-            margin.as_secs()
-        )),
+        _ => Err(NoReuse::ShortLife {
+            left: life.left,
+            margin,
+        }),
     }
 }
 
@@ -183,8 +337,9 @@ struct Held {
     /// Until when it may carry its first upload: a form kept unused (the quota check's) is not
     /// handed out near or past its expiration.
     first_use_until: Instant,
-    /// Until when it may carry another upload (`None`: one upload only).
+    /// Until when it may carry another upload (`None`: one upload only, for `no_reuse`).
     reuse_until: Option<Instant>,
+    no_reuse: Option<NoReuse>,
     storage_left: u64,
 }
 
@@ -236,6 +391,9 @@ pub struct Forms {
     /// The last form fetched could carry more than one upload (its policy allowed it): 1 yes,
     /// 2 no, 0 none fetched yet.
     last_reusable: AtomicU8,
+    /// The kinds of reason (`NoReuse::kind`) said so far why a form could not carry a contact's
+    /// next file.
+    said: Mutex<HashSet<&'static str>>,
 }
 
 impl Forms {
@@ -251,6 +409,7 @@ impl Forms {
             fetched: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             last_reusable: AtomicU8::new(0),
+            said: Mutex::default(),
         }
     }
 
@@ -290,6 +449,13 @@ impl Forms {
         )
     }
 
+    /// A contact's form could not carry its next file, for `why`: true the first time in this run
+    /// for a reason of that kind (the caller says so then).
+    fn first_said(&self, why: &NoReuse) -> bool {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        said.insert(why.kind())
+    }
+
     fn slot(&self, contact: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.entry(contact.to_string()).or_default().clone()
@@ -299,15 +465,16 @@ impl Forms {
     /// uploads.
     fn held(&self, form: Form) -> Held {
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        // The form's times count from its arrival, as its life does (see `reuse_window`).
+        let arrived = form.arrived;
         // The policy is read once, for both of the form's times below.
         let life = read_life(&form, Utc::now());
-        let reuse = life.as_ref().map_err(String::clone);
-        let reuse_until = match reuse.and_then(|life| reuse_window_of(&form, life)) {
-            Ok(window) => Some(now + window),
+        let reuse = life.as_ref().map_err(NoReuse::clone);
+        let (reuse_until, no_reuse) = match reuse.and_then(|life| reuse_window_of(&form, life)) {
+            Ok(window) => (Some(arrived + window), None),
             Err(why) => {
                 tracing::debug!("a form for one upload only: {why}");
-                None
+                (None, Some(why))
             }
         };
         self.last_reusable
@@ -316,8 +483,8 @@ impl Forms {
         // Unused, a form waits for its first upload a minute at most, and no longer than half
         // the life it has left (an expired one not at all).
         let first_use_until = match life {
-            Ok(life) => now + UNUSED_FORM_LIFE.min(life.left / 2),
-            Err(_) => now + UNUSED_FORM_LIFE,
+            Ok(life) => arrived + UNUSED_FORM_LIFE.min(life.left / 2),
+            Err(_) => arrived + UNUSED_FORM_LIFE,
         };
         Held {
             form: Arc::new(form),
@@ -326,6 +493,7 @@ impl Forms {
             carriers: Arc::default(),
             first_use_until,
             reuse_until,
+            no_reuse,
             storage_left,
         }
     }
@@ -371,6 +539,19 @@ impl Forms {
                 self.reused.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(lease);
+        }
+        // The form carried one of this contact's files and its policy forbids another: the
+        // moment reuse, on for the run, gives way to one form per file for this contact. Said
+        // once a run for each kind of reason, so that it never happens unseen (nor floods).
+        if let Some(why) = held
+            .as_ref()
+            .filter(|h| h.uses > 0)
+            .and_then(|h| h.no_reuse.as_ref())
+            && self.first_said(why)
+        {
+            tracing::warn!(
+                "an upload form cannot carry a second file ({why}): one form per file for contacts whose forms say so"
+            );
         }
         *held = None;
         let form = fetch().await?;
@@ -425,15 +606,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A form without an `x-amz-date`, whose answer's timestamp is `timestamp`.
     fn form(policy: &Value, timestamp: i64) -> Form {
         let policy = base64::engine::general_purpose::STANDARD.encode(policy.to_string());
         Form {
             url: "http://127.0.0.1:9/bucket".into(),
             fields: vec![("policy".into(), policy)],
             key_pattern: "c1/__timestamp__/${filename}".into(),
-            timestamp,
+            timestamp: Some(timestamp),
+            key_stamp: timestamp,
+            arrived: Instant::now(),
             storage_left: 1000,
         }
+    }
+
+    /// A form signed at `x_amz_date` (`YYYYMMDDTHHMMSSZ`), whose answer's timestamp is
+    /// `timestamp`.
+    fn signed(policy: &Value, x_amz_date: &str, timestamp: Option<i64>) -> Form {
+        let mut form = form(policy, 1);
+        form.fields.push(("X-Amz-Date".into(), x_amz_date.into()));
+        form.timestamp = timestamp;
+        form
     }
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -520,12 +713,153 @@ mod tests {
         assert!(reuse_window(&form(&p, t), issued).is_ok());
     }
 
+    #[test]
+    fn the_window_comes_from_x_amz_date_and_expiration_whatever_the_timestamp_says() {
+        let hour = policy(
+            "2026-11-30T11:00:00.000Z",
+            json!(["starts-with", "$key", "c1/"]),
+        );
+        let issued = at("2026-11-30T10:00:00Z");
+        let two_hours = 2 * 3600;
+        // Seconds, milliseconds, none, two hours ahead or behind, a unit no one uses; and our
+        // clock anywhere: one hour of life from the form's arrival, reused for 54 minutes.
+        for timestamp in [
+            Some(issued.timestamp()),
+            Some(issued.timestamp_millis()),
+            None,
+            Some(issued.timestamp() + two_hours),
+            Some(issued.timestamp() - two_hours),
+            Some(issued.timestamp_millis() - two_hours * 1000),
+            Some(issued.timestamp_micros()),
+        ] {
+            for wall in [
+                issued,
+                issued + chrono::Duration::hours(2),
+                issued - chrono::Duration::days(400),
+            ] {
+                assert_eq!(
+                    reuse_window(&signed(&hour, "20261130T100000Z", timestamp), wall),
+                    Ok(Duration::from_secs(54 * 60)),
+                    "{timestamp:?} at {wall}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_form_without_x_amz_date_reads_its_timestamp_in_either_unit() {
+        let issued = at("2026-11-30T10:00:00Z");
+        let hour = policy(
+            "2026-11-30T11:00:00Z",
+            json!(["starts-with", "$key", "c1/"]),
+        );
+        let ms = form(&hour, issued.timestamp_millis());
+        assert_eq!(reuse_window(&ms, issued), Ok(Duration::from_secs(54 * 60)));
+        // Read as milliseconds, the server's clock still counts when it leaves less: our clock
+        // 10 minutes behind leaves 70.
+        assert_eq!(
+            reuse_window(&ms, issued - chrono::Duration::minutes(10)),
+            Ok(Duration::from_secs(54 * 60))
+        );
+        // A timestamp unread (none, 12 digits) or two hours ahead (a negative life): our clock
+        // alone tells.
+        let ahead = issued + chrono::Duration::minutes(10);
+        for timestamp in [
+            None,
+            Some(issued.timestamp_millis() / 10),
+            Some(issued.timestamp() + 2 * 3600),
+        ] {
+            let mut f = form(&hour, 1);
+            f.timestamp = timestamp;
+            assert_eq!(
+                reuse_window(&f, ahead),
+                Ok(Duration::from_secs(45 * 60)),
+                "{timestamp:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_whose_life_is_not_believable_is_not_reused_and_says_why() {
+        let key = json!(["starts-with", "$key", "c1/"]);
+        let issued = at("2026-11-30T10:00:00Z");
+        // A month after it was signed: a misread unit or a clock far off, not a form's life.
+        let month = policy("2026-12-30T10:00:00Z", key.clone());
+        let why = reuse_window(&signed(&month, "20261130T100000Z", None), issued).unwrap_err();
+        assert!(matches!(why, NoReuse::AbsurdLife(_)), "{why:?}");
+        assert!(
+            why.to_string()
+                .contains("expires 30 days after the form's x-amz-date"),
+            "{why}"
+        );
+        // Expired before it was signed: nothing left.
+        let before = policy("2026-11-30T09:00:00Z", key.clone());
+        assert_eq!(
+            reuse_window(&signed(&before, "20261130T100000Z", None), issued),
+            Err(NoReuse::ShortLife {
+                left: Duration::ZERO,
+                margin: MIN_REUSE_MARGIN
+            })
+        );
+        // No x-amz-date, and both clocks far before the expiration: neither is believed.
+        let f = form(&month, issued.timestamp_millis());
+        let why = reuse_window(&f, issued).unwrap_err();
+        assert!(
+            why.to_string().contains("no readable x-amz-date")
+                && why.to_string().contains("believable life"),
+            "{why}"
+        );
+        // An x-amz-date that is not SigV4's basic format is no x-amz-date: the clocks tell.
+        let hour = policy("2026-11-30T11:00:00Z", key);
+        for odd in ["2026-11-30T10:00:00Z", "20261130T100000", "x"] {
+            assert_eq!(
+                reuse_window(&signed(&hour, odd, Some(issued.timestamp())), issued),
+                Ok(Duration::from_secs(54 * 60)),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kept_forms_times_count_from_its_arrival() {
+        let forms = Forms::new(FormReuse::Auto);
+        let mut f = reusable();
+        // An arrival an hour from now: were the times counted from now, they would end sooner.
+        f.arrived = Instant::now() + Duration::from_secs(3600);
+        let arrived = f.arrived;
+        let held = forms.held(f);
+        assert_eq!(
+            held.reuse_until,
+            Some(arrived + Duration::from_secs(54 * 60))
+        );
+        assert_eq!(held.first_use_until, arrived + UNUSED_FORM_LIFE);
+    }
+
+    #[test]
+    fn each_kind_of_reason_not_to_reuse_is_said_once_a_run() {
+        let forms = Forms::new(FormReuse::Auto);
+        let short = |left| NoReuse::ShortLife {
+            left: Duration::from_secs(left),
+            margin: MIN_REUSE_MARGIN,
+        };
+        assert!(forms.first_said(&short(30)));
+        assert!(
+            !forms.first_said(&short(31)),
+            "the same kind, other numbers"
+        );
+        assert!(forms.first_said(&NoReuse::BindsKey));
+        assert!(!forms.first_said(&NoReuse::BindsKey));
+    }
+
+    /// A form signed now that lives an hour, its key open below `c1/`.
     fn reusable() -> Form {
-        let now = Utc::now();
+        // Whole seconds, as x-amz-date has them: an hour of life exactly.
+        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
         let expiration = (now + chrono::Duration::hours(1)).to_rfc3339();
-        form(
+        signed(
             &policy(&expiration, json!(["starts-with", "$key", "c1/"])),
-            now.timestamp(),
+            &now.format("%Y%m%dT%H%M%SZ").to_string(),
+            Some(now.timestamp()),
         )
     }
 
@@ -618,14 +952,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_single_use_form_is_never_handed_out_twice() {
+    async fn a_single_use_form_is_never_handed_out_twice_and_says_why_once() {
         let forms = Forms::new(FormReuse::Auto);
         let mut single = reusable();
-        single.fields.clear();
+        single.fields.retain(|(k, _)| k != "policy");
         let fetch = || async { Ok::<_, ()>(single.clone()) };
         let a = forms.lease("c1", 1, false, fetch).await.unwrap();
         let b = forms.lease("c1", 1, false, fetch).await.unwrap();
         assert!(!a.reused && !b.reused && a.id != b.id);
+        // The second file of c1 found its form unfit for reuse: said (the warning) then.
+        assert!(!forms.first_said(&NoReuse::Unreadable("the form has no policy")));
+    }
+
+    #[tokio::test]
+    async fn a_contact_with_one_file_has_nothing_to_say_of_reuse() {
+        let forms = Forms::new(FormReuse::Auto);
+        let mut single = reusable();
+        single.fields.clear();
+        let fetch = || async { Ok::<_, ()>(single.clone()) };
+        forms.lease("c1", 1, false, fetch).await.unwrap();
+        forms.lease("c2", 1, false, fetch).await.unwrap();
+        assert!(forms.first_said(&NoReuse::Unreadable("the form has no policy")));
     }
 
     #[tokio::test]

@@ -19,8 +19,17 @@ pub struct Form {
     pub fields: Vec<(String, String)>,
     /// `<contact>/__timestamp__/${filename}`
     pub key_pattern: String,
-    /// The answer's top-level timestamp.
-    pub timestamp: i64,
+    /// The answer's top-level `timestamp` as sent, when it is a positive integer: its unit is not
+    /// promised (documented as Unix seconds, seen in milliseconds), nor that the server's clock is
+    /// right.
+    pub timestamp: Option<i64>,
+    /// The keys' timestamp part: the answer's `timestamp`, or our clock's Unix seconds when the
+    /// answer has none. Fixed once per form, so that every key of one form shares it (what
+    /// `checkpoint::key_shares_form` and a server that tells forms by it go by).
+    pub key_stamp: i64,
+    /// When the answer arrived, on our monotonic clock: the form's life is counted from here (see
+    /// `pipeline::forms::reuse_window`), not from any wall clock.
+    pub arrived: std::time::Instant,
     pub storage_left: u64,
 }
 
@@ -43,7 +52,7 @@ impl Form {
     /// (OnePageCRM's own clients make this part themselves too, from their clock's milliseconds).
     pub fn key(&self, filename: &str) -> String {
         let unique: u64 = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000_000_000);
-        let stamp = format!("{}{unique:012}", self.timestamp);
+        let stamp = format!("{}{unique:012}", self.key_stamp);
         self.key_pattern
             .replace("__timestamp__", &stamp)
             .replace("${filename}", filename)
@@ -105,7 +114,9 @@ pub struct NotesPage {
     pub total_count: u64,
     pub page: u64,
     pub max_page: u64,
-    /// The envelope's `timestamp`: the server's clock when it answered (Unix seconds).
+    /// The envelope's `timestamp`: the server's clock when it answered, in Unix seconds (read
+    /// from seconds or milliseconds, see [`unix_seconds`]); `None` when it has none or it is
+    /// neither.
     pub server_time: Option<i64>,
 }
 
@@ -520,8 +531,22 @@ fn parse_notes_page(json: &Value) -> Result<NotesPage, String> {
         total_count: number("total_count").unwrap_or(0),
         page: number("page").unwrap_or(1),
         max_page: number("max_page").unwrap_or(1),
-        server_time: json.get("timestamp").and_then(Value::as_i64),
+        server_time: json
+            .get("timestamp")
+            .and_then(Value::as_i64)
+            .and_then(unix_seconds),
     })
+}
+
+/// An envelope's `timestamp` in Unix seconds, whichever unit it was sent in: up to 11 digits are
+/// seconds (until the year 5138), 13 are milliseconds (2001 to 2286); 12 digits, more than 13, or
+/// a timestamp not after 1970 could be either or neither, and are not read.
+pub fn unix_seconds(timestamp: i64) -> Option<i64> {
+    match timestamp {
+        1..100_000_000_000 => Some(timestamp),
+        1_000_000_000_000..10_000_000_000_000 => Some(timestamp / 1000),
+        _ => None,
+    }
 }
 
 fn parse_form(json: &Value) -> Result<Form, String> {
@@ -569,13 +594,15 @@ fn parse_form(json: &Value) -> Result<Form, String> {
             text(v).ok_or_else(|| format!("field {name} is not a string"))?,
         ));
     }
-    // The key's timestamp part: digits only, so that a key can be told from the link that shows
-    // it (`RemoteAttachment::key`).
+    // The tool relies on the answer's timestamp for nothing but the keys' timestamp part, which
+    // must be digits only (so that a key can be told from the link that shows it,
+    // `RemoteAttachment::key`): an answer without one, or with one that is not a positive integer,
+    // is as good a form, and our clock's seconds stand in for it in the keys.
     let timestamp = json
         .get("timestamp")
         .and_then(Value::as_i64)
-        .filter(|t| *t > 0)
-        .ok_or("no positive timestamp")?;
+        .filter(|t| *t > 0);
+    let key_stamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
     let storage_left = data
         .get("storage_left")
         .and_then(Value::as_u64)
@@ -585,6 +612,8 @@ fn parse_form(json: &Value) -> Result<Form, String> {
         fields: ordered,
         key_pattern,
         timestamp,
+        key_stamp,
+        arrived: std::time::Instant::now(),
         storage_left,
     })
 }
@@ -632,6 +661,67 @@ mod tests {
     }
 
     #[test]
+    fn a_step_1_answer_without_a_timestamp_is_a_form_whose_keys_take_our_clock() {
+        let answer = |timestamp: Option<Value>| {
+            let mut answer = json!({
+                "status": 0, "message": "OK",
+                "data": {"storage_left": 5, "url": "https://b.example/", "fields": {
+                    "policy": "pol", "x-amz-date": "20231013T155300Z", "key": "",
+                    "x-ignore-pattern": "c/__timestamp__/${filename}"
+                }}
+            });
+            if let Some(t) = timestamp {
+                answer["timestamp"] = t;
+            }
+            answer
+        };
+        let before = chrono::Utc::now().timestamp();
+        for odd in [
+            None,
+            Some(json!(null)),
+            Some(json!(-5)),
+            Some(json!("soon")),
+        ] {
+            let form = parse_form(&answer(odd.clone())).unwrap_or_else(|e| panic!("{odd:?}: {e}"));
+            assert_eq!(form.timestamp, None, "{odd:?}");
+            let stamp: i64 = form.key("a.pdf")["c/".len()..]
+                .split('/')
+                .next()
+                .and_then(|s| s.get(..s.len() - 12))
+                .and_then(|s| s.parse().ok())
+                .unwrap();
+            assert!(
+                (before..=chrono::Utc::now().timestamp()).contains(&stamp),
+                "{odd:?}: our clock's seconds, {stamp}"
+            );
+        }
+        // Milliseconds are kept as sent: the keys take them (the key format is another issue's).
+        let ms = parse_form(&answer(Some(json!(1_697_212_380_123_i64)))).unwrap();
+        assert_eq!(ms.timestamp, Some(1_697_212_380_123));
+        assert!(ms.key("a.pdf").starts_with("c/1697212380123"));
+    }
+
+    #[test]
+    fn an_envelope_timestamp_is_read_in_seconds_from_either_unit() {
+        assert_eq!(unix_seconds(1_697_212_380), Some(1_697_212_380));
+        assert_eq!(unix_seconds(1_697_212_380_999), Some(1_697_212_380));
+        assert_eq!(unix_seconds(99_999_999_999), Some(99_999_999_999));
+        for unreadable in [0, -1_697_212_380, 169_721_238_012, 16_972_123_801_234] {
+            assert_eq!(unix_seconds(unreadable), None, "{unreadable}");
+        }
+        let page = |timestamp: Value| {
+            let mut answer = json!({"status": 0, "data": {"notes": [], "max_page": 1}});
+            if !timestamp.is_null() {
+                answer["timestamp"] = timestamp;
+            }
+            parse_notes_page(&answer).unwrap().server_time
+        };
+        assert_eq!(page(json!(1_697_212_380)), Some(1_697_212_380));
+        assert_eq!(page(json!(1_697_212_380_123_i64)), Some(1_697_212_380));
+        assert_eq!(page(Value::Null), None);
+    }
+
+    #[test]
     fn a_contact_list_gives_its_ids_and_last_page() {
         let answer = json!({"status": 0, "message": "OK", "timestamp": 1, "data": {
             "contacts": [{"contact": {"id": "a1", "email": "x@y.example"}}, {"contact": {"id": "b2"}}],
@@ -676,7 +766,9 @@ mod tests {
             url: String::new(),
             fields: Vec::new(),
             key_pattern: "c/__timestamp__/${filename}".into(),
-            timestamp: 1_697_212_380,
+            timestamp: Some(1_697_212_380),
+            key_stamp: 1_697_212_380,
+            arrived: std::time::Instant::now(),
             storage_left: 0,
         };
         // 1,000 draws from 10^12: a repeat by chance is about one in two million.

@@ -768,3 +768,35 @@ fn injected_errors_are_api_500_envelopes_and_s3_slowdown() {
     assert_eq!(state["requests"]["GET /api/v3/contacts 500"], 1);
     assert_eq!(state["requests"]["POST /{bucket}/ 503"], 1);
 }
+
+#[test]
+fn envelopes_carry_the_timestamp_in_milliseconds_or_none_when_told() {
+    let ada = contact(0);
+    let keys = |doc: &Value| -> Vec<String> { doc.as_object().unwrap().keys().cloned().collect() };
+    let emu = Emulator::start(&["--rate-limit", "off", "--timestamp-ms"]);
+    let before = chrono::Utc::now().timestamp_millis();
+    let form = emu.form(&ada.id);
+    let found = emu.get("/contacts?email=ADA@analytical.example").json();
+    let after = chrono::Utc::now().timestamp_millis();
+    for doc in [&form, &found] {
+        let ms = doc["timestamp"].as_i64().unwrap();
+        // The emulator's clock is ours until a test moves it; whole milliseconds, not seconds.
+        assert!((before - 1000..=after + 1000).contains(&ms), "{doc}");
+    }
+    // `--form-timestamp` is given in seconds and answered in milliseconds.
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--timestamp-ms",
+        "--form-timestamp",
+        "1700000000",
+    ]);
+    assert_eq!(emu.form(&ada.id)["timestamp"], 1_700_000_000_000_i64);
+
+    let emu = Emulator::start(&["--rate-limit", "off", "--no-timestamp"]);
+    let form = emu.form(&ada.id);
+    assert_eq!(keys(&form), ["status", "message", "data"], "{form}");
+    assert!(form["data"]["fields"]["x-amz-date"].is_string(), "{form}");
+    let found = emu.get("/contacts?email=ADA@analytical.example").json();
+    assert_eq!(keys(&found), ["status", "message", "data"], "{found}");
+}

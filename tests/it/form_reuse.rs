@@ -199,15 +199,92 @@ fn two_files_of_one_name_for_one_contact_in_one_second_get_two_keys() {
 }
 
 #[test]
-fn forms_too_short_lived_to_reuse_are_one_per_file() {
+fn forms_too_short_lived_to_reuse_are_one_per_file_and_it_is_said_once() {
     // A form that lives 30 s has less life than the safe margin (60 s): never reused.
     let emu = Emulator::start(&["--rate-limit", "off", "--form-ttl", "30"]);
     let (_s, manifest) = sample_copy();
-    let (code, doc, _) = run_json(&emu, &manifest, &[]);
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
     assert_eq!(code, 0, "{doc}");
     assert_exactly_once(&emu.state(), &manifest);
     assert_eq!(count(&emu.requests(), FORMS), 20);
     assert_eq!(doc["uploads_on_reused_forms"], 0, "{doc}");
+    // Every contact's second file finds its form unfit: one line says why, for the run.
+    assert_eq!(stderr.matches(NOT_REUSED).count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("not more than the safe margin"), "{stderr}");
+}
+
+/// The warning of a run whose forms cannot carry a contact's next file.
+const NOT_REUSED: &str = "an upload form cannot carry a second file";
+
+/// Ada (samples/emulator-seed.json).
+const ADA: &str = "ca929443ed449d7679121de5";
+
+#[test]
+fn form_reuse_with_timestamp_ms_or_none_takes_one_form_per_contact_on_the_sample() {
+    // The answers' `timestamp` in milliseconds, or none: the forms' life comes from their
+    // x-amz-date and policy, so reuse is as with seconds. The keys' timestamp part is the
+    // milliseconds (13 digits) or, with none, our clock's seconds (10), then 12 random digits.
+    for (flag, stamp_digits) in [("--timestamp-ms", 13), ("--no-timestamp", 10)] {
+        let emu = Emulator::start(&["--rate-limit", "off", flag]);
+        let (_s, manifest) = sample_copy();
+        let rows = manifest_rows(&manifest).len();
+        let contacts = contacts(&manifest);
+        let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+        assert_eq!(code, 0, "{flag}: {doc}\n{stderr}");
+        assert_exactly_once(&emu.state(), &manifest);
+        assert_objects_are_the_files(&emu, &manifest);
+        assert_eq!(doc["forms_fetched"], contacts, "{flag}: {doc}");
+        assert_eq!(
+            doc["uploads_on_reused_forms"],
+            rows - contacts,
+            "{flag}: {doc}"
+        );
+        assert_eq!(doc["form_reuse"], "on", "{flag}: {doc}");
+        assert_eq!(count(&emu.requests(), FORMS), contacts as u64, "{flag}");
+        assert!(!stderr.contains(NOT_REUSED), "{flag}: {stderr}");
+        for a in emu.state()["attachments"].as_array().unwrap() {
+            let key = a["key"].as_str().unwrap();
+            let stamp = key.split('/').nth(1).unwrap();
+            assert!(
+                stamp.len() == stamp_digits + 12 && stamp.bytes().all(|b| b.is_ascii_digit()),
+                "{flag}: {key}"
+            );
+        }
+        assert_rerun_sends_nothing(&emu, &manifest);
+        // The emulator answered as the flag says.
+        let form = emu.form(ADA);
+        match flag {
+            "--timestamp-ms" => assert_eq!(
+                form["timestamp"].as_i64().unwrap().to_string().len(),
+                13,
+                "{form}"
+            ),
+            _ => assert!(form.get("timestamp").is_none(), "{form}"),
+        }
+    }
+}
+
+#[test]
+fn single_use_forms_tell_forms_by_a_millisecond_timestamp_too() {
+    // Step 3 refuses a second key made from one form's millisecond timestamp: reuse is turned
+    // off, and every row is still done once.
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--single-use-forms",
+        "--timestamp-ms",
+    ]);
+    let (_s, manifest) = sample_copy();
+    let (code, doc, stderr) = run_json(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc}\n{stderr}");
+    assert_exactly_once(&emu.state(), &manifest);
+    assert_eq!(doc["form_reuse"], "turned_off", "{doc}");
+    assert_eq!(doc["failures"], Value::Array(vec![]), "{doc}");
+    assert!(
+        count(&emu.requests(), "POST /api/v3/attachments 400") >= 1,
+        "{:?}",
+        emu.requests()
+    );
 }
 
 #[test]
