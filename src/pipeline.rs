@@ -1097,7 +1097,7 @@ impl Context {
             return Ok(false);
         };
         info!(
-            "line {}: the record holds this file as attachment {} ({why}); not attaching again",
+            "line {}: the record already holds this upload as attachment {} ({why}); not attaching again",
             row.line, a.id
         );
         self.commit(

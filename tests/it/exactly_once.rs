@@ -185,7 +185,7 @@ fn opaque_links_settle_a_lost_attach_by_the_snapshot_and_never_adopt_the_older_s
         // The attach was sent again only when the lost one had not taken effect.
         assert_eq!(
             state["requests"]["POST /api/v3/attachments 201"],
-            3 - adopted,
+            2 - adopted,
             "{fault}: {}",
             state["requests"]
         );
