@@ -199,7 +199,8 @@ fn status_and_report_while_and_after_running() {
     assert_eq!(doc["by_state"]["done"], 20);
     assert_eq!(doc["by_state"]["failed"], 1);
     assert_eq!(doc["bytes_done"], 2355532);
-    assert_eq!(doc["failures"][0]["kind"], "api_rejected");
+    // Found by the record's read before its upload: nothing of it was sent.
+    assert_eq!(doc["failures"][0]["kind"], "record_not_found");
     assert_eq!(doc["failures"][0]["retryable"], false);
     assert_eq!(doc["failures"][0]["examples"][0]["line"], 22);
     assert_eq!(doc["runs"][0]["exit_code"], 1);
@@ -209,8 +210,12 @@ fn status_and_report_while_and_after_running() {
         .assert()
         .code(0)
         .stdout(contains("Rows:       21 (20 done, 1 to go)"))
-        .stdout(contains("api_rejected (1 row, for good: fix, then rerun)"))
-        .stdout(contains("line 22: files/logo.png: the API answered 404"));
+        .stdout(contains(
+            "record_not_found (1 row, for good: fix, then rerun)",
+        ))
+        .stdout(contains(
+            "line 22: files/logo.png: no note has the id 5a1b2c3d4e5f60718293a4b5",
+        ));
 
     // The failed report is a manifest: fix its record id and run it.
     let fix = s.path("fix.csv");
@@ -226,7 +231,7 @@ fn status_and_report_while_and_after_running() {
         report.starts_with("file,contact_id,reference_type,reference_id,name,error_kind,error\n"),
         "{report}"
     );
-    assert!(report.contains("files/logo.png,ca929443ed449d7679121de5,note,5a1b2c3d4e5f60718293a4b5,Lost logo.png,api_rejected,"), "{report}");
+    assert!(report.contains("files/logo.png,ca929443ed449d7679121de5,note,5a1b2c3d4e5f60718293a4b5,Lost logo.png,record_not_found,"), "{report}");
     bin()
         .args(["check", "--offline"])
         .arg(&fix)
