@@ -644,12 +644,17 @@ impl Context {
             )),
             _ => None,
         };
+        // This row finds out which links the server gives (see `snapshots`) until its attach
+        // answer comes (or its attach's answer is lost: then another row does).
+        let mut probe = None;
         loop {
             match stage {
                 Plan::Upload => {
                     // The record is read before its first byte is sent: its snapshot, and
                     // whether it exists and is this contact's.
-                    self.ensure_snapshot_retrying(row, &mut attempts).await?;
+                    if let Some(p) = self.ensure_snapshot_retrying(row, &mut attempts).await? {
+                        probe = Some(p);
+                    }
                     let (k, etag) = self.upload(row, &mut attempts, redos > 0).await?;
                     key = Some(k);
                     uploaded = Some(etag);
@@ -660,7 +665,9 @@ impl Context {
                         stage = Plan::Upload;
                         continue;
                     };
-                    self.ensure_snapshot_retrying(row, &mut attempts).await?;
+                    if let Some(p) = self.ensure_snapshot_retrying(row, &mut attempts).await? {
+                        probe = Some(p);
+                    }
                     // The upload's ETag (just now) and the intent to attach, in one write.
                     let etag = uploaded.take();
                     self.commit(row, Transition::Attaching { etag }).await?;
@@ -692,9 +699,9 @@ impl Context {
                                 row,
                                 step: Step::Attach,
                             });
-                            if attached.key(&row.contact_id).as_deref() == Some(k) {
-                                self.snapshots.learned_links_show_keys();
-                            }
+                            self.snapshots
+                                .learned(attached.key(&row.contact_id).as_deref() == Some(k));
+                            drop(probe);
                             if refused_shared {
                                 self.reuse_refused(
                                     "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
@@ -703,6 +710,8 @@ impl Context {
                             return Ok(());
                         }
                         Err(e) if e.is_retryable() => {
+                            // Nothing learnt: another row finds out while this one settles.
+                            probe = None;
                             // Unless the request certainly never arrived, its outcome is unknown.
                             let never_sent =
                                 matches!(&e, RemoteError::Network(n) if !n.maybe_delivered);
@@ -1129,7 +1138,7 @@ impl Context {
         &self,
         row: &StoredRow,
         attempts: &mut u32,
-    ) -> Result<(), RowError> {
+    ) -> Result<Option<snapshots::Probe<'_>>, RowError> {
         loop {
             match self.ensure_snapshot(row).await {
                 Err(RowError::Remote(e)) if e.is_retryable() => {

@@ -6,7 +6,10 @@
 //! answer, the one attachment of the row's name and size that is in neither that snapshot nor
 //! claimed by another row is the lost attempt's. Where the links do show the key the tool sent (a
 //! presigned S3 link; learned from this run's own attach answers), a key match is proof and
-//! costs nothing, and no more snapshots are taken.
+//! costs nothing, and no more snapshots are taken. Until the run's first attach answer has told
+//! which links the server gives, one row goes ahead (it reads its record, uploads, attaches)
+//! while the others wait for its answer before they read theirs: so a server whose links show
+//! the key costs one read a run, not one for each row under way at the start.
 //!
 //! What a snapshot costs: the records of one contact and type that this run attaches to are read
 //! together. One record: `GET /{type}s/{id}` (one call). Several: the contact's records of that
@@ -16,7 +19,6 @@
 //! is sent.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Context, RowError};
@@ -37,11 +39,26 @@ const PER_PAGE: u64 = 100;
 /// The most pages read of one contact's records of one type.
 const MAX_PAGES: u64 = 10_000;
 
+/// What this run's attach answers told of the server's links.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Links {
+    /// No answer yet, and no row is finding out.
+    #[default]
+    Unknown,
+    /// One row (holding a [`Probe`]) is on its way to the first answer.
+    Probing,
+    /// An answer's link showed the key it was sent: a key match is proof.
+    ShowKeys,
+    /// An answer's link did not: every record is read before its first attach.
+    HideKeys,
+}
+
 /// What the run knows of records' snapshots.
 #[derive(Default)]
 pub struct Snapshots {
-    /// An attach answer of this run showed the key it was sent in its link.
-    links_show_keys: AtomicBool,
+    links: Mutex<Links>,
+    /// Told when `links` leaves `Probing`.
+    told: tokio::sync::Notify,
     /// Records with a snapshot in the state file.
     taken: Mutex<HashSet<RecordId>>,
     /// The records of each family this run attaches to.
@@ -74,12 +91,20 @@ impl Snapshots {
 
     /// Links showed keys in this run: a key match settles a lost answer.
     pub fn links_show_keys(&self) -> bool {
-        self.links_show_keys.load(Ordering::Relaxed)
+        *lock(&self.links) == Links::ShowKeys
     }
 
-    /// An attach answer's link showed the key sent: from now on no snapshot is needed.
-    pub fn learned_links_show_keys(&self) {
-        self.links_show_keys.store(true, Ordering::Relaxed);
+    /// An attach answer's link showed the key sent (`shows`), or did not. Links that showed a key
+    /// once are taken to show every key.
+    pub fn learned(&self, shows: bool) {
+        let mut links = lock(&self.links);
+        *links = match (*links, shows) {
+            (_, true) => Links::ShowKeys,
+            (Links::ShowKeys, false) => Links::ShowKeys,
+            (_, false) => Links::HideKeys,
+        };
+        drop(links);
+        self.told.notify_waiters();
     }
 
     /// A record this state file created (a note): it held nothing.
@@ -105,18 +130,69 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Held by the row finding out which links the server gives; if it ends without an attach
+/// answer (it failed, or was cut short), another row finds out instead.
+pub struct Probe<'a>(&'a Snapshots);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        let mut links = lock(&self.0.links);
+        if *links == Links::Probing {
+            *links = Links::Unknown;
+            drop(links);
+            self.0.told.notify_waiters();
+        }
+    }
+}
+
 impl Context {
+    /// Waits while another row is finding out which links the server gives; `Some(probe)` when
+    /// this row is to find out (it holds the probe until its attach answer).
+    async fn links_known(&self) -> Result<Option<Probe<'_>>, RowError> {
+        let snaps = &self.snapshots;
+        loop {
+            let told = snaps.told.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            {
+                let mut links = lock(&snaps.links);
+                match *links {
+                    Links::ShowKeys | Links::HideKeys => return Ok(None),
+                    Links::Unknown => {
+                        *links = Links::Probing;
+                        return Ok(Some(Probe(snaps)));
+                    }
+                    Links::Probing => {}
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => {
+                    return Err(self.cut(RemoteError::Stopped(self.abort_reason())));
+                }
+                _ = told => {}
+            }
+        }
+    }
+
     /// Before `row`'s first attach to its record: the record's snapshot, unless it has one or
     /// this run's links show keys. Fails the row when the record does not exist or is another
-    /// contact's.
-    pub(super) async fn ensure_snapshot(&self, row: &StoredRow) -> Result<(), RowError> {
+    /// contact's. `Some(probe)` when this row is to find out which links the server gives.
+    pub(super) async fn ensure_snapshot(
+        &self,
+        row: &StoredRow,
+    ) -> Result<Option<Probe<'_>>, RowError> {
         let record: RecordId = (row.reference_type, row.reference_id.clone());
         let snaps = &self.snapshots;
         if let Some(e) = snaps.known_bad(&record) {
             return Err(e.into());
         }
-        if snaps.links_show_keys() || lock(&snaps.taken).contains(&record) {
-            return Ok(());
+        if lock(&snaps.taken).contains(&record) {
+            return Ok(None);
+        }
+        let probe = self.links_known().await?;
+        if snaps.links_show_keys() {
+            return Ok(None);
         }
         let family: Family = (row.contact_id.clone(), row.reference_type);
         let slot = snaps.slot(&family);
@@ -125,7 +201,7 @@ impl Context {
             return Err(e.into());
         }
         if lock(&snaps.taken).contains(&record) {
-            return Ok(());
+            return Ok(probe);
         }
         let mut ids: HashSet<String> = lock(&snaps.wanted)
             .get(&family)
@@ -162,7 +238,7 @@ impl Context {
         lock(&snaps.bad).extend(bad);
         match snaps.known_bad(&record) {
             Some(e) => Err(e.into()),
-            None => Ok(()),
+            None => Ok(probe),
         }
     }
 
