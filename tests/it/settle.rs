@@ -53,18 +53,7 @@ fn opaque_links_and_40_percent_of_attach_answers_lost_settle_60_rows_once_in_3_r
     let s = Scratch::new();
     let (seed, manifest) = generated(&s, 60);
     let emu = opaque_emulator(&seed);
-    let mut codes = Vec::new();
-    for _ in 0..3 {
-        let out = emu
-            .run_cmd(&manifest)
-            .args(["--rate", "off", "--retries", "10"])
-            .output()
-            .unwrap();
-        codes.push(out.status.code());
-        if out.status.code() == Some(0) {
-            break;
-        }
-    }
+    let codes = run_until_done(&emu, &manifest, &["--retries", "10"]);
     assert_eq!(codes.last(), Some(&Some(0)), "exit codes {codes:?}");
     let state = emu.state();
     assert_exactly_once(&state, &manifest);
@@ -102,18 +91,7 @@ fn opaque_links_lost_answers_and_kills_at_request_counts_settle_every_row_once()
         let _ = run.wait();
     }
     assert!(kills >= 3, "too few runs were killed mid-way: {kills}");
-    let mut codes = Vec::new();
-    for _ in 0..3 {
-        let out = emu
-            .run_cmd(&manifest)
-            .args(["--rate", "off", "--retries", "10"])
-            .output()
-            .unwrap();
-        codes.push(out.status.code());
-        if out.status.code() == Some(0) {
-            break;
-        }
-    }
+    let codes = run_until_done(&emu, &manifest, &["--retries", "10"]);
     assert_eq!(codes.last(), Some(&Some(0)), "exit codes {codes:?}");
     let state = emu.state();
     assert_exactly_once(&state, &manifest);
