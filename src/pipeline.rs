@@ -199,7 +199,7 @@ pub struct Context {
     /// checked then never takes for its own the attachment another row of the same name and size
     /// has just made on that record but not recorded yet (others go on meanwhile: a slow record
     /// does not hold up the run).
-    verify: Mutex<HashMap<(ReferenceType, String, String, u64), RecordLock>>,
+    verify: Mutex<HashMap<RecordName, RecordLock>>,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
@@ -213,6 +213,29 @@ pub struct Context {
 
 /// One record's turn at checking its attachments (see `Context::verify`).
 type RecordLock = Arc<tokio::sync::Mutex<()>>;
+/// A record, and a name and size on it.
+type RecordName = (ReferenceType, String, String, u64);
+
+/// A row's turn at its record, name and size (see `Context::verify`); the lock is forgotten when
+/// the last turn ends, so the run holds none for records it is done with.
+struct RecordTurn<'a> {
+    ctx: &'a Context,
+    key: RecordName,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RecordTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.ctx.verify.lock().unwrap_or_else(|e| e.into_inner());
+        if locks
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
 
 /// How a row ended in this run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -681,8 +704,7 @@ impl Context {
                     };
                     // Until its outcome is recorded, no check of a lost attach of the same name
                     // and size on this record looks at it.
-                    let record = self.record_lock(row);
-                    let attaching = record.lock().await;
+                    let attaching = self.record_turn(row).await;
                     let answer = self.api(|| self.client.attach(&attach)).await;
                     if let Ok(attached) = &answer {
                         self.record_later(
@@ -1053,8 +1075,7 @@ impl Context {
             // No key was ever chosen, so no attach was ever sent.
             return Ok(false);
         };
-        let record = self.record_lock(row);
-        let _one_at_a_time_on_this_record = record.lock().await;
+        let _one_at_a_time_on_this_record = self.record_turn(row).await;
         let listed = self
             .api(|| {
                 self.client
@@ -1119,18 +1140,23 @@ impl Context {
         Ok(true)
     }
 
-    /// The lock of `row`'s record, name and size (see `Context::verify`).
-    fn record_lock(&self, row: &StoredRow) -> RecordLock {
-        let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
-        locks
-            .entry((
-                row.reference_type,
-                row.reference_id.clone(),
-                row.name.clone(),
-                row.size,
-            ))
-            .or_default()
-            .clone()
+    /// Waits for `row`'s turn at its record, name and size (see `Context::verify`).
+    async fn record_turn(&self, row: &StoredRow) -> RecordTurn<'_> {
+        let key: RecordName = (
+            row.reference_type,
+            row.reference_id.clone(),
+            row.name.clone(),
+            row.size,
+        );
+        let lock = {
+            let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(key.clone()).or_default().clone()
+        };
+        RecordTurn {
+            ctx: self,
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// `ensure_snapshot`, its retryable failures counted as the row's and retried.
@@ -1508,6 +1534,27 @@ mod tests {
             ctx.slots.available_permits(),
             1,
             "given back when its task ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn turns_at_a_record_take_turns_and_leave_no_lock_behind() {
+        let ctx = Arc::new(context());
+        let row = a_row();
+        let first = ctx.record_turn(&row).await;
+        let second = {
+            let (ctx, row) = (ctx.clone(), row.clone());
+            tokio::spawn(async move {
+                let _turn = ctx.record_turn(&row).await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "the second waits for the first");
+        drop(first);
+        second.await.unwrap();
+        assert!(
+            ctx.verify.lock().unwrap().is_empty(),
+            "a million rows leave no million locks"
         );
     }
 
