@@ -747,6 +747,18 @@ impl Context {
                                 Plan::Verify
                             };
                         }
+                        // The record is not there (links that show the key spared it its read
+                        // before the upload): the same kind as that read would have given.
+                        Err(RemoteError::Api { status: 404, .. }) => {
+                            return Err(RemoteError::Record {
+                                kind: FailureKind::RecordNotFound,
+                                message: snapshots::record_not_found(
+                                    row.reference_type,
+                                    &row.reference_id,
+                                ),
+                            }
+                            .into());
+                        }
                         Err(e) => {
                             let refused = match redos < MAX_REDOS {
                                 true => self.key_refused(&e, k).await?,

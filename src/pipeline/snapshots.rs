@@ -316,12 +316,17 @@ impl Context {
             Ok(r) => Ok(Ok(r)),
             Err(RemoteError::Api { status: 404, .. }) => Ok(Err((
                 FailureKind::RecordNotFound,
-                format!(
-                    "no {} has the id {id} (the API answered 404); fix the row's reference_id or reference_type",
-                    reference_type.as_str()
-                ),
+                record_not_found(reference_type, id),
             ))),
             Err(e) => Err(e),
         }
     }
+}
+
+/// What a row whose record does not exist is told (by its snapshot read, or by step 3's 404).
+pub fn record_not_found(reference_type: ReferenceType, id: &str) -> String {
+    format!(
+        "no {} has the id {id} (the API answered 404); fix the row's reference_id or reference_type",
+        reference_type.as_str()
+    )
 }
