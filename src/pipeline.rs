@@ -195,10 +195,11 @@ pub struct Context {
     /// Where workers report; the counts of a run are made from these reports alone.
     events: Events,
     stop: AtomicU8,
-    /// One attach or check at a time per record, name and size: a row whose lost attach is
-    /// checked then never takes for its own the attachment another row of the same name and size
-    /// has just made on that record but not recorded yet (others go on meanwhile: a slow record
-    /// does not hold up the run).
+    /// One row at a time per record, name and size from its attach until it has settled: of the
+    /// rows of one name and size on one record, at most one is ever in doubt, so the one new
+    /// attachment of that name and size a lost answer's check finds is its own, never another
+    /// row's made meanwhile (rows of other records, names or sizes go on: a slow record does not
+    /// hold up the run).
     verify: Mutex<HashMap<RecordName, RecordLock>>,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
@@ -409,20 +410,31 @@ impl Context {
     /// Sleeps `d` without holding the row's slot, so that another row works meanwhile, then
     /// takes a slot again; false, at once, when the run is aborted.
     async fn pause_aside(&self, d: Duration) -> bool {
+        self.aside(tokio::time::sleep(d)).await.is_some()
+    }
+
+    /// Waits for `wait` without holding the row's slot, then takes a slot again; `None`, at
+    /// once, when the run is aborted. Every wait for another row (its turn at a record, its
+    /// attach answer) is made this way, and a row holding a slot never waits for another row: so
+    /// a row that holds what others wait for can always get a slot back.
+    async fn aside<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
         let held = SLOT
             .try_with(|slot| slot.borrow_mut().take().is_some())
             .unwrap_or(false);
-        let waited = self.pause(d).await;
-        if !held || !waited {
-            return waited;
-        }
-        let slot = tokio::select! {
+        let out = tokio::select! {
             biased;
-            _ = self.abort.cancelled() => return false,
-            slot = self.slots.clone().acquire_owned() => slot,
+            _ = self.abort.cancelled() => return None,
+            out = wait => out,
         };
-        let _ = SLOT.try_with(|held| *held.borrow_mut() = slot.ok());
-        true
+        if held {
+            let slot = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => return None,
+                slot = self.slots.clone().acquire_owned() => slot,
+            };
+            let _ = SLOT.try_with(|held| *held.borrow_mut() = slot.ok());
+        }
+        Some(out)
     }
 
     /// Sleeps `d`; false, at once, when the run is aborted.
@@ -670,6 +682,9 @@ impl Context {
         // This row finds out which links the server gives (see `snapshots`) until its attach
         // answer comes (or its attach's answer is lost: then another row does).
         let mut probe = None;
+        // Its turn at its record, name and size: taken before its attach is recorded as under
+        // way, held until the row has settled (see `Context::verify`).
+        let mut turn: Option<RecordTurn<'_>> = None;
         loop {
             match stage {
                 Plan::Upload => {
@@ -691,6 +706,9 @@ impl Context {
                     if let Some(p) = self.ensure_snapshot_retrying(row, &mut attempts).await? {
                         probe = Some(p);
                     }
+                    if turn.is_none() {
+                        turn = Some(self.record_turn(row).await?);
+                    }
                     // The upload's ETag (just now) and the intent to attach, in one write.
                     let etag = uploaded.take();
                     self.commit(row, Transition::Attaching { etag }).await?;
@@ -704,7 +722,7 @@ impl Context {
                     };
                     // Until its outcome is recorded, no check of a lost attach of the same name
                     // and size on this record looks at it.
-                    let attaching = self.record_turn(row).await;
+
                     let answer = self.api(|| self.client.attach(&attach)).await;
                     if let Ok(attached) = &answer {
                         self.record_later(
@@ -714,7 +732,6 @@ impl Context {
                             },
                         );
                     }
-                    drop(attaching);
                     match answer {
                         Ok(attached) => {
                             self.events.emit(Event::StepDone {
@@ -795,6 +812,7 @@ impl Context {
                         }
                     }
                 }
+                Plan::Verify if turn.is_none() => turn = Some(self.record_turn(row).await?),
                 Plan::Verify => match self.verify(row, key.as_deref()).await {
                     Ok(held) => {
                         self.events.emit(Event::StepDone {
@@ -1087,7 +1105,6 @@ impl Context {
             // No key was ever chosen, so no attach was ever sent.
             return Ok(false);
         };
-        let _one_at_a_time_on_this_record = self.record_turn(row).await;
         let listed = self
             .api(|| {
                 self.client
@@ -1153,7 +1170,7 @@ impl Context {
     }
 
     /// Waits for `row`'s turn at its record, name and size (see `Context::verify`).
-    async fn record_turn(&self, row: &StoredRow) -> RecordTurn<'_> {
+    async fn record_turn(&self, row: &StoredRow) -> Result<RecordTurn<'_>, RowError> {
         let key: RecordName = (
             row.reference_type,
             row.reference_id.clone(),
@@ -1164,10 +1181,18 @@ impl Context {
             let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(key.clone()).or_default().clone()
         };
-        RecordTurn {
+        // Made before the wait, so that a wait cut short forgets the lock as a turn would.
+        let mut turn = RecordTurn {
             ctx: self,
             key,
-            guard: Some(lock.lock_owned().await),
+            guard: None,
+        };
+        match self.aside(lock.lock_owned()).await {
+            Some(guard) => {
+                turn.guard = Some(guard);
+                Ok(turn)
+            }
+            None => Err(self.cut(RemoteError::Stopped(self.abort_reason()))),
         }
     }
 
@@ -1553,11 +1578,11 @@ mod tests {
     async fn turns_at_a_record_take_turns_and_leave_no_lock_behind() {
         let ctx = Arc::new(context());
         let row = a_row();
-        let first = ctx.record_turn(&row).await;
+        let first = ctx.record_turn(&row).await.unwrap();
         let second = {
             let (ctx, row) = (ctx.clone(), row.clone());
             tokio::spawn(async move {
-                let _turn = ctx.record_turn(&row).await;
+                let _turn = ctx.record_turn(&row).await.unwrap();
             })
         };
         tokio::task::yield_now().await;

@@ -165,12 +165,9 @@ impl Context {
                     Links::Probing => {}
                 }
             }
-            tokio::select! {
-                biased;
-                _ = self.abort.cancelled() => {
-                    return Err(self.cut(RemoteError::Stopped(self.abort_reason())));
-                }
-                _ = told => {}
+            // Waited without a slot: the row finding out may need one back (see `aside`).
+            if self.aside(told).await.is_none() {
+                return Err(self.cut(RemoteError::Stopped(self.abort_reason())));
             }
         }
     }

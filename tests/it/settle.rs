@@ -247,3 +247,57 @@ fn a_record_that_does_not_exist_gets_no_byte_uploaded_and_its_row_says_why() {
         state["requests"]
     );
 }
+
+/// Two files of one name and size (other bytes) on one record, behind links that hide the key:
+/// the first attach is lost before it takes effect, the one sent again after. Each row must end
+/// holding the attachment of its own bytes: a row whose attach is in doubt never shares its turn
+/// at the record with another of the same name and size.
+#[test]
+fn two_files_of_one_name_and_size_on_one_record_each_hold_their_own_attachment() {
+    let ada = "ca929443ed449d7679121de5";
+    let note = "064132394d9b497f536b2bb7";
+    let emu = Emulator::start(&[
+        "--rate-limit",
+        "off",
+        "--opaque-links",
+        "--fault-at",
+        "POST /api/v3/attachments:1:drop-before",
+        "--fault-at",
+        "POST /api/v3/attachments:2:drop-after",
+    ]);
+    let s = Scratch::new();
+    s.file("a/report.pdf", "the first report, 25 bytes");
+    s.file("b/report.pdf", "the other report, 25 byte");
+    let manifest = s.manifest(format!(
+        "file,contact_id,reference_type,reference_id\n\
+         a/report.pdf,{ada},note,{note}\n\
+         b/report.pdf,{ada},note,{note}\n"
+    ));
+    let codes = run_until_done(&emu, &manifest, &["--concurrency", "2"]);
+    assert_eq!(codes.last(), Some(&Some(0)), "exit codes {codes:?}");
+    let state = emu.state();
+    let md5_of: std::collections::HashMap<String, String> = state["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reference_id"] == note)
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["md5"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(md5_of.len(), 2, "{md5_of:?}");
+    let conn = opcrm_import::checkpoint::open_read_only(&s.path("manifest.opcrm.sqlite")).unwrap();
+    for row in opcrm_import::checkpoint::load_rows(&conn).unwrap() {
+        let bytes = std::fs::read(&row.path).unwrap();
+        let id = row.attachment_id.expect("done");
+        assert_eq!(
+            md5_of[&id],
+            hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes)),
+            "{} holds another file's attachment",
+            row.file
+        );
+    }
+}
