@@ -200,7 +200,7 @@ pub struct Context {
     /// attachment of that name and size a lost answer's check finds is its own, never another
     /// row's made meanwhile (rows of other records, names or sizes go on: a slow record does not
     /// hold up the run).
-    verify: Mutex<HashMap<RecordName, RecordLock>>,
+    verify: Arc<Mutex<HashMap<RecordName, RecordLock>>>,
     stall: Mutex<StallClock>,
     /// Why the run stalled, once it has.
     stalled: OnceLock<String>,
@@ -213,25 +213,43 @@ pub struct Context {
 }
 
 /// One record's turn at checking its attachments (see `Context::verify`).
-type RecordLock = Arc<tokio::sync::Mutex<()>>;
+/// Holds the line of the row whose attach to it is in doubt (sent, not settled), if any.
+type RecordLock = Arc<tokio::sync::Mutex<Option<u64>>>;
 /// A record, and a name and size on it.
 type RecordName = (ReferenceType, String, String, u64);
 
-/// A row's turn at its record, name and size (see `Context::verify`); the lock is forgotten when
-/// the last turn ends, so the run holds none for records it is done with.
-struct RecordTurn<'a> {
-    ctx: &'a Context,
+/// A row's turn at its record, name and size (see `Context::verify`). The lock is forgotten when
+/// the last turn ends and no attach to it is in doubt, so the run holds none for records it is
+/// done with.
+pub struct RecordTurn {
+    locks: Arc<Mutex<HashMap<RecordName, RecordLock>>>,
     key: RecordName,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<Option<u64>>>,
 }
 
-impl Drop for RecordTurn<'_> {
+impl RecordTurn {
+    /// The line whose attach is in doubt here (sent, not settled), if any.
+    fn in_doubt(&self) -> Option<u64> {
+        self.guard.as_deref().copied().flatten()
+    }
+
+    /// Marks the attach of `line` as in doubt (`Some`), or none as in doubt.
+    fn set_in_doubt(&mut self, line: Option<u64>) {
+        if let Some(guard) = self.guard.as_mut() {
+            **guard = line;
+        }
+    }
+}
+
+impl Drop for RecordTurn {
     fn drop(&mut self) {
+        let settled = self.in_doubt().is_none();
         drop(self.guard.take());
-        let mut locks = self.ctx.verify.lock().unwrap_or_else(|e| e.into_inner());
-        if locks
-            .get(&self.key)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if settled
+            && locks
+                .get(&self.key)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
         {
             locks.remove(&self.key);
         }
@@ -288,7 +306,7 @@ impl Context {
             settings,
             events: Events::default(),
             stop: AtomicU8::new(Stop::None as u8),
-            verify: Mutex::default(),
+            verify: Arc::default(),
             stall: Mutex::new(StallClock {
                 last_success: Instant::now(),
                 since: BTreeMap::new(),
@@ -614,7 +632,17 @@ impl Context {
 
     /// Takes a row through what `plan` says is left of it; records how it ended.
     pub async fn process(&self, row: &StoredRow, plan: Plan) -> Outcome {
-        let outcome = self.outcome(row, plan).await;
+        self.process_in_turn(row, plan, None).await
+    }
+
+    /// As `process`, the row already holding its turn at its record, name and size.
+    async fn process_in_turn(
+        &self,
+        row: &StoredRow,
+        plan: Plan,
+        turn: Option<RecordTurn>,
+    ) -> Outcome {
+        let outcome = self.outcome(row, plan, turn).await;
         self.events.emit(Event::RowFinished {
             row,
             outcome: &outcome,
@@ -622,14 +650,14 @@ impl Context {
         outcome
     }
 
-    async fn outcome(&self, row: &StoredRow, plan: Plan) -> Outcome {
+    async fn outcome(&self, row: &StoredRow, plan: Plan, turn: Option<RecordTurn>) -> Outcome {
         if self.stop_starting.is_cancelled() {
             return Outcome::NotStarted;
         }
         self.events.emit(Event::RowStarted { row, plan });
         // At -vv, every line logged while the row is under way (its requests) names the row.
         let span = tracing::debug_span!("row", line = row.line);
-        match self.run_row(row, plan).instrument(span).await {
+        match self.run_row(row, plan, turn).instrument(span).await {
             Ok(()) => Outcome::Done,
             // Cut short by the end of the grace period: as if never taken up (see
             // `interrupted_now`); nothing is recorded.
@@ -656,7 +684,12 @@ impl Context {
         }
     }
 
-    async fn run_row(&self, row: &StoredRow, plan: Plan) -> Result<(), RowError> {
+    async fn run_row(
+        &self,
+        row: &StoredRow,
+        plan: Plan,
+        mut turn: Option<RecordTurn>,
+    ) -> Result<(), RowError> {
         let mut attempts = 0u32;
         let mut stage = plan;
         let mut key = row.s3_key.clone();
@@ -682,9 +715,8 @@ impl Context {
         // This row finds out which links the server gives (see `snapshots`) until its attach
         // answer comes (or its attach's answer is lost: then another row does).
         let mut probe = None;
-        // Its turn at its record, name and size: taken before its attach is recorded as under
-        // way, held until the row has settled (see `Context::verify`).
-        let mut turn: Option<RecordTurn<'_>> = None;
+        // Its turn at its record, name and size (`turn`): taken before its attach is recorded as
+        // under way, held until the row has settled (see `Context::verify`).
         loop {
             match stage {
                 Plan::Upload => {
@@ -709,6 +741,21 @@ impl Context {
                     if turn.is_none() {
                         turn = Some(self.record_turn(row).await?);
                     }
+                    let Some(held) = turn.as_mut() else {
+                        unreachable!("taken above");
+                    };
+                    // Another row's attach of this name and size to this record is in doubt (its
+                    // row ended before it settled): this one waits for it, or the check of that
+                    // one could take this one's attachment for its own.
+                    if let Some(line) = held.in_doubt().filter(|l| *l != row.line) {
+                        return Err(RemoteError::Unsettled(format!(
+                            "line {line} attaches a file of the same name and size to {} {} and whether that took effect is not known yet; this row attaches once it has settled (rerun)",
+                            row.reference_type.as_str(),
+                            row.reference_id
+                        ))
+                        .into());
+                    }
+                    held.set_in_doubt(Some(row.line));
                     // The upload's ETag (just now) and the intent to attach, in one write.
                     let etag = uploaded.take();
                     self.commit(row, Transition::Attaching { etag }).await?;
@@ -725,6 +772,7 @@ impl Context {
 
                     let answer = self.api(|| self.client.attach(&attach)).await;
                     if let Ok(attached) = &answer {
+                        held.set_in_doubt(None);
                         self.record_later(
                             row,
                             Transition::Done {
@@ -767,6 +815,7 @@ impl Context {
                         // The record is not there (links that show the key spared it its read
                         // before the upload): the same kind as that read would have given.
                         Err(RemoteError::Api { status: 404, .. }) => {
+                            held.set_in_doubt(None);
                             return Err(RemoteError::Record {
                                 kind: FailureKind::RecordNotFound,
                                 message: snapshots::record_not_found(
@@ -792,6 +841,8 @@ impl Context {
                                     stage = Plan::Verify;
                                     continue;
                                 }
+                                // Refused outright: nothing was attached.
+                                held.set_in_doubt(None);
                                 return Err(e.into());
                             };
                             refused_shared |= shared;
@@ -814,15 +865,26 @@ impl Context {
                 }
                 Plan::Verify if turn.is_none() => turn = Some(self.record_turn(row).await?),
                 Plan::Verify => match self.verify(row, key.as_deref()).await {
-                    Ok(held) => {
+                    Ok(true) => {
                         self.events.emit(Event::StepDone {
                             row,
-                            step: Step::Verify { held },
+                            step: Step::Verify { held: true },
                         });
-                        if held {
-                            return Ok(());
+                        if let Some(turn) = turn.as_mut() {
+                            turn.set_in_doubt(None);
                         }
+                        return Ok(());
+                    }
+                    Ok(false) => {
+                        self.events.emit(Event::StepDone {
+                            row,
+                            step: Step::Verify { held: false },
+                        });
                         if let Some(e) = conflict.take() {
+                            // The conflict did not mean "attached already": nothing is.
+                            if let Some(turn) = turn.as_mut() {
+                                turn.set_in_doubt(None);
+                            }
                             return Err(e.into());
                         }
                         stage = Plan::Attach;
@@ -1170,7 +1232,20 @@ impl Context {
     }
 
     /// Waits for `row`'s turn at its record, name and size (see `Context::verify`).
-    async fn record_turn(&self, row: &StoredRow) -> Result<RecordTurn<'_>, RowError> {
+    async fn record_turn(&self, row: &StoredRow) -> Result<RecordTurn, RowError> {
+        let (lock, mut turn) = self.record_lock(row);
+        match self.aside(lock.lock_owned()).await {
+            Some(guard) => {
+                turn.guard = Some(guard);
+                Ok(turn)
+            }
+            None => Err(self.cut(RemoteError::Stopped(self.abort_reason()))),
+        }
+    }
+
+    /// The lock of `row`'s record, name and size, and a turn without it yet (so that a wait cut
+    /// short forgets the lock as a turn would).
+    fn record_lock(&self, row: &StoredRow) -> (RecordLock, RecordTurn) {
         let key: RecordName = (
             row.reference_type,
             row.reference_id.clone(),
@@ -1181,19 +1256,22 @@ impl Context {
             let mut locks = self.verify.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(key.clone()).or_default().clone()
         };
-        // Made before the wait, so that a wait cut short forgets the lock as a turn would.
-        let mut turn = RecordTurn {
-            ctx: self,
+        let turn = RecordTurn {
+            locks: self.verify.clone(),
             key,
             guard: None,
         };
-        match self.aside(lock.lock_owned()).await {
-            Some(guard) => {
-                turn.guard = Some(guard);
-                Ok(turn)
-            }
-            None => Err(self.cut(RemoteError::Stopped(self.abort_reason()))),
-        }
+        (lock, turn)
+    }
+
+    /// `row`'s turn, now, if it is free: taken for a row whose attach is in doubt before any
+    /// other row of the run starts, so that no other row of its name and size attaches to its
+    /// record before it has settled.
+    pub fn record_turn_now(&self, row: &StoredRow) -> Option<RecordTurn> {
+        let (lock, mut turn) = self.record_lock(row);
+        turn.guard = Some(lock.try_lock_owned().ok()?);
+        turn.set_in_doubt(Some(row.line));
+        Some(turn)
     }
 
     /// `ensure_snapshot`, its retryable failures counted as the row's and retried.
@@ -1330,14 +1408,26 @@ pub async fn run_indexed(
         .plan(taken, work.iter().map(|(_, (row, _))| row));
     // Each row is a task of its own that holds one of `--concurrency` slots while it works, and
     // none while it waits for a record to show a lost attach (`pause_aside`): other rows go on.
+    // A row whose attach is in doubt holds its turn at its record, name and size from the start:
+    // no other row of that name and size attaches there before it has settled.
+    let work: Vec<_> = work
+        .into_iter()
+        .map(|(i, (row, plan))| {
+            let turn = match plan {
+                Plan::Verify => ctx.record_turn_now(&row),
+                _ => None,
+            };
+            (i, row, plan, turn)
+        })
+        .collect();
     let mut rows = tokio::task::JoinSet::new();
-    for (i, (row, plan)) in work {
+    for (i, row, plan, turn) in work {
         let Ok(slot) = ctx.slots.clone().acquire_owned().await else {
             break;
         };
         let (ctx, results) = (ctx.clone(), results.clone());
         rows.spawn(SLOT.scope(std::cell::RefCell::new(Some(slot)), async move {
-            let outcome = ctx.process(&row, plan).await;
+            let outcome = ctx.process_in_turn(&row, plan, turn).await;
             ctx.forms.row_ended(&row.contact_id);
             results
                 .lock()

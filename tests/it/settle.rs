@@ -249,9 +249,9 @@ fn a_record_that_does_not_exist_gets_no_byte_uploaded_and_its_row_says_why() {
 }
 
 /// Two files of one name and size (other bytes) on one record, behind links that hide the key:
-/// the first attach is lost before it takes effect, the one sent again after. Each row must end
-/// holding the attachment of its own bytes: a row whose attach is in doubt never shares its turn
-/// at the record with another of the same name and size.
+/// the first attach is lost before it takes effect, the next one after. Each row must end
+/// holding the attachment of its own bytes: while one row's attach is in doubt, no other row of
+/// the same name and size attaches to that record, in this run or the next.
 #[test]
 fn two_files_of_one_name_and_size_on_one_record_each_hold_their_own_attachment() {
     let ada = "ca929443ed449d7679121de5";
@@ -273,6 +273,14 @@ fn two_files_of_one_name_and_size_on_one_record_each_hold_their_own_attachment()
          a/report.pdf,{ada},note,{note}\n\
          b/report.pdf,{ada},note,{note}\n"
     ));
+    // Without retries the first row ends in doubt; the second must not attach before it has
+    // settled (the rerun), or the first's check would take the second's attachment for its own.
+    let first = emu
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--retries", "0", "--concurrency", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(4));
     let codes = run_until_done(&emu, &manifest, &["--concurrency", "2"]);
     assert_eq!(codes.last(), Some(&Some(0)), "exit codes {codes:?}");
     let state = emu.state();
