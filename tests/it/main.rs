@@ -10,6 +10,7 @@ mod exactly_once;
 mod external_s3;
 mod faults;
 mod form_reuse;
+mod hostile_18;
 mod hostile_input;
 mod hostile_server;
 mod notes;
