@@ -226,9 +226,13 @@ pub fn plan(
                 None
             }
             // Whether its attach took effect was not told yet (a state file of an earlier
-            // version held such rows for a person): the record is read again and settles it.
+            // version held such rows for a person): the record is read again and settles it. An
+            // attach was sent only after its upload's ETag was recorded: one without was never
+            // sent (it waited for another row of its name and size) and starts over.
             RowState::Failed
-                if row.error_kind == Some(FailureKind::AttachUnsettled) && row.s3_key.is_some() =>
+                if row.error_kind == Some(FailureKind::AttachUnsettled)
+                    && row.s3_key.is_some()
+                    && row.etag.is_some() =>
             {
                 Some(Plan::Verify)
             }
