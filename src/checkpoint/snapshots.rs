@@ -5,7 +5,7 @@
 //! match that is in neither the snapshot nor claimed by another row: what the tool saw before
 //! the side effect decides, not a key in a link, a clock or a `created_at`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -32,17 +32,25 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The records that have a snapshot (read once at the start of a run).
+/// The records that have a snapshot (read once at the start of a run), and the contact each
+/// belongs to (empty when its answer did not say).
 pub fn records_with_snapshot(
     conn: &Connection,
-) -> rusqlite::Result<HashSet<(ReferenceType, String)>> {
-    let mut stmt = conn.prepare("SELECT reference_type, reference_id FROM snapshots")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    let mut out = HashSet::new();
+) -> rusqlite::Result<HashMap<(ReferenceType, String), String>> {
+    let mut stmt =
+        conn.prepare("SELECT reference_type, reference_id, contact_id FROM snapshots")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
     for row in rows {
-        let (kind, id) = row?;
+        let (kind, id, contact) = row?;
         if let Some(kind) = ReferenceType::parse(&kind) {
-            out.insert((kind, id));
+            out.insert((kind, id), contact);
         }
     }
     Ok(out)
@@ -198,7 +206,7 @@ mod tests {
         assert!(
             records_with_snapshot(&c)
                 .unwrap()
-                .contains(&(ReferenceType::Deal, "d1".to_string()))
+                .contains_key(&(ReferenceType::Deal, "d1".to_string()))
         );
     }
 

@@ -416,7 +416,8 @@ async fn record(
         })
         .await
         .map_err(RowError::Store)?;
-    ctx.snapshots.created(ReferenceType::Note, note_id);
+    ctx.snapshots
+        .created(ReferenceType::Note, note_id, &group.contact_id);
     ctx.events.emit(Event::NoteCreated {
         contact_id: &group.contact_id,
         note_id,

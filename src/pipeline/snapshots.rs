@@ -59,25 +59,30 @@ pub struct Snapshots {
     links: Mutex<Links>,
     /// Told when `links` leaves `Probing`.
     told: tokio::sync::Notify,
-    /// Records with a snapshot in the state file.
-    taken: Mutex<HashSet<RecordId>>,
+    /// Records with a snapshot in the state file, and the contact each belongs to (empty when
+    /// its answer did not say).
+    taken: Mutex<HashMap<RecordId, String>>,
     /// The records of each family this run attaches to.
     wanted: Mutex<HashMap<Family, HashSet<String>>>,
-    /// Records that do not exist or belong to another contact, and what their rows are told.
-    bad: Mutex<HashMap<RecordId, (FailureKind, String)>>,
+    /// Records that do not exist, for the rows of one contact, and what those rows are told.
+    bad: Mutex<HashMap<(RecordId, String), (FailureKind, String)>>,
     /// One read at a time per family.
     slots: Mutex<HashMap<Family, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Snapshots {
     /// The records with a snapshot, and those `rows` attach to (before the run starts).
-    pub fn plan<'a>(&self, taken: HashSet<RecordId>, rows: impl Iterator<Item = &'a StoredRow>) {
+    pub fn plan<'a>(
+        &self,
+        taken: HashMap<RecordId, String>,
+        rows: impl Iterator<Item = &'a StoredRow>,
+    ) {
         let mut wanted: HashMap<Family, HashSet<String>> = HashMap::new();
         for row in rows {
             if row.reference_id.is_empty() || row.contact_id.is_empty() {
                 continue;
             }
-            if taken.contains(&(row.reference_type, row.reference_id.clone())) {
+            if taken.contains_key(&(row.reference_type, row.reference_id.clone())) {
                 continue;
             }
             wanted
@@ -107,14 +112,31 @@ impl Snapshots {
         self.told.notify_waiters();
     }
 
-    /// A record this state file created (a note): it held nothing.
-    pub fn created(&self, reference_type: ReferenceType, id: &str) {
-        lock(&self.taken).insert((reference_type, id.to_string()));
+    /// A record this state file created (a note of `contact_id`): it held nothing.
+    pub fn created(&self, reference_type: ReferenceType, id: &str, contact_id: &str) {
+        lock(&self.taken).insert((reference_type, id.to_string()), contact_id.to_string());
     }
 
-    fn known_bad(&self, record: &RecordId) -> Option<RemoteError> {
+    /// Why `row` cannot attach to its record, if that is known: the record does not exist, or
+    /// it has a snapshot and is another contact's.
+    fn known_bad(&self, row: &StoredRow) -> Option<RemoteError> {
+        let record: RecordId = (row.reference_type, row.reference_id.clone());
+        if let Some(owner) = lock(&self.taken)
+            .get(&record)
+            .filter(|owner| !owner.is_empty() && **owner != row.contact_id)
+        {
+            return Some(RemoteError::Record {
+                kind: FailureKind::RecordOfOtherContact,
+                message: other_contact(
+                    row.reference_type,
+                    &row.reference_id,
+                    owner,
+                    &row.contact_id,
+                ),
+            });
+        }
         lock(&self.bad)
-            .get(record)
+            .get(&(record, row.contact_id.clone()))
             .map(|(kind, message)| RemoteError::Record {
                 kind: *kind,
                 message: message.clone(),
@@ -181,10 +203,10 @@ impl Context {
     ) -> Result<Option<Probe<'_>>, RowError> {
         let record: RecordId = (row.reference_type, row.reference_id.clone());
         let snaps = &self.snapshots;
-        if let Some(e) = snaps.known_bad(&record) {
+        if let Some(e) = snaps.known_bad(row) {
             return Err(e.into());
         }
-        if lock(&snaps.taken).contains(&record) {
+        if lock(&snaps.taken).contains_key(&record) {
             return Ok(None);
         }
         let probe = self.links_known().await?;
@@ -194,10 +216,10 @@ impl Context {
         let family: Family = (row.contact_id.clone(), row.reference_type);
         let slot = snaps.slot(&family);
         let _one_read_at_a_time = slot.lock().await;
-        if let Some(e) = snaps.known_bad(&record) {
+        if let Some(e) = snaps.known_bad(row) {
             return Err(e.into());
         }
-        if lock(&snaps.taken).contains(&record) {
+        if lock(&snaps.taken).contains_key(&record) {
             return Ok(probe);
         }
         let mut ids: HashSet<String> = lock(&snaps.wanted)
@@ -206,7 +228,7 @@ impl Context {
             .unwrap_or_default();
         {
             let taken = lock(&snaps.taken);
-            ids.retain(|id| !taken.contains(&(row.reference_type, id.clone())));
+            ids.retain(|id| !taken.contains_key(&(row.reference_type, id.clone())));
         }
         ids.insert(row.reference_id.clone());
         let (found, bad) = self.read_records(row, &ids).await?;
@@ -215,7 +237,7 @@ impl Context {
             .map(|r| RecordSnapshot {
                 reference_type: row.reference_type,
                 reference_id: r.id.clone(),
-                contact_id: row.contact_id.clone(),
+                contact_id: r.contact_id.clone(),
                 held: r
                     .attachments
                     .iter()
@@ -231,9 +253,16 @@ impl Context {
             .call_atomic(move |c| snapshots::record(c, &recorded))
             .await
             .map_err(RowError::Store)?;
-        lock(&snaps.taken).extend(found.into_iter().map(|r| (row.reference_type, r.id)));
-        lock(&snaps.bad).extend(bad);
-        match snaps.known_bad(&record) {
+        lock(&snaps.taken).extend(
+            found
+                .into_iter()
+                .map(|r| ((row.reference_type, r.id), r.contact_id)),
+        );
+        lock(&snaps.bad).extend(
+            bad.into_iter()
+                .map(|(record, why)| ((record, row.contact_id.clone()), why)),
+        );
+        match snaps.known_bad(row) {
             Some(e) => Err(e.into()),
             None => Ok(probe),
         }
@@ -248,22 +277,36 @@ impl Context {
     ) -> Result<(Vec<RemoteRecord>, Vec<(RecordId, (FailureKind, String))>), RowError> {
         let mut found = Vec::new();
         if ids.len() > 1 {
+            // Listed by the row's contact: that contact's, whatever the answer says.
             found = self
                 .records_of_contact(row)
                 .await?
                 .into_iter()
                 .filter(|r| ids.contains(&r.id))
+                .map(|r| RemoteRecord {
+                    contact_id: row.contact_id.clone(),
+                    ..r
+                })
                 .collect();
         }
         let listed: HashSet<String> = found.iter().map(|r| r.id.clone()).collect();
         let mut bad = Vec::new();
         for id in ids.iter().filter(|id| !listed.contains(*id)) {
+            // Another contact's record is kept too (its own rows attach to it); this row's
+            // contact is told apart by `known_bad`.
             match self
-                .read_record(row.reference_type, id, &row.contact_id)
-                .await?
+                .api(|| self.client.record(row.reference_type, id))
+                .await
             {
                 Ok(record) => found.push(record),
-                Err(why) => bad.push(((row.reference_type, id.clone()), why)),
+                Err(RemoteError::Api { status: 404, .. }) => bad.push((
+                    (row.reference_type, id.clone()),
+                    (
+                        FailureKind::RecordNotFound,
+                        record_not_found(row.reference_type, id),
+                    ),
+                )),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok((found, bad))
@@ -304,11 +347,7 @@ impl Context {
         match self.api(|| self.client.record(reference_type, id)).await {
             Ok(r) if !r.contact_id.is_empty() && r.contact_id != contact_id => Ok(Err((
                 FailureKind::RecordOfOtherContact,
-                format!(
-                    "{} {id} belongs to contact {}, not to contact {contact_id}; fix the row's contact or reference_id",
-                    reference_type.as_str(),
-                    r.contact_id
-                ),
+                other_contact(reference_type, id, &r.contact_id, contact_id),
             ))),
             Ok(r) => Ok(Ok(r)),
             Err(RemoteError::Api { status: 404, .. }) => Ok(Err((
@@ -324,6 +363,19 @@ impl Context {
 pub fn record_not_found(reference_type: ReferenceType, id: &str) -> String {
     format!(
         "no {} has the id {id} (the API answered 404); fix the row's reference_id or reference_type",
+        reference_type.as_str()
+    )
+}
+
+/// What a row on another contact's record is told.
+pub fn other_contact(
+    reference_type: ReferenceType,
+    id: &str,
+    owner: &str,
+    contact_id: &str,
+) -> String {
+    format!(
+        "{} {id} belongs to contact {owner}, not to contact {contact_id}; fix the row's contact or reference_id",
         reference_type.as_str()
     )
 }
