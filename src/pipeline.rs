@@ -758,7 +758,9 @@ impl Context {
                     held.set_in_doubt(Some(row.line));
                     // The upload's ETag (just now) and the intent to attach, in one write.
                     let etag = uploaded.take();
-                    self.commit(row, Transition::Attaching { etag }).await?;
+                    let snapshot_gen = self.snapshots.generation_of(row);
+                    self.commit(row, Transition::Attaching { etag, snapshot_gen })
+                        .await?;
                     let attach = Attach {
                         reference_id: &row.reference_id,
                         reference_type: row.reference_type,
@@ -1187,16 +1189,20 @@ impl Context {
                 let (claimed, held) = self
                     .store
                     .call(move |c| {
+                        let held = match checkpoint::snapshots::row_generation(c, &row_key)? {
+                            Some(g) => Some(checkpoint::snapshots::held(c, rt, &rid, g)?),
+                            None => None,
+                        };
                         Ok((
                             checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
-                            checkpoint::snapshots::held(c, rt, &rid)?,
+                            held,
                         ))
                     })
                     .await
                     .map_err(RowError::Store)?;
-                // A record read before no attach (links showed keys when it was first attached
-                // to): only a key proves. One of a state file from before snapshots: what it
-                // held then is not known, and is taken to be none of this name and size.
+                // An attach sent after no snapshot (the links showed keys): only a key proves.
+                // One of a state file from before snapshots: what the record held then is not
+                // known, and is taken to be none of this name and size.
                 if held.is_none() && self.snapshots.links_show_keys() {
                     return Ok(false);
                 }
@@ -1398,14 +1404,7 @@ pub async fn run_indexed(
     let work = schedule(work);
     ctx.forms
         .expect(work.iter().map(|(_, (row, _))| row.contact_id.as_str()));
-    // Without the records known to have a snapshot, each is read on its own: slower, not wrong.
-    let taken = ctx
-        .store
-        .call(checkpoint::snapshots::records_with_snapshot)
-        .await
-        .unwrap_or_default();
-    ctx.snapshots
-        .plan(taken, work.iter().map(|(_, (row, _))| row));
+    ctx.snapshots.plan(work.iter().map(|(_, (row, _))| row));
     // Each row is a task of its own that holds one of `--concurrency` slots while it works, and
     // none while it waits for a record to show a lost attach (`pause_aside`): other rows go on.
     // A row whose attach is in doubt holds its turn at its record, name and size from the start:

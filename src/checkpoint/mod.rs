@@ -1167,6 +1167,8 @@ pub enum Transition {
     /// for both: the row goes from `uploading` to `attaching` in one transition).
     Attaching {
         etag: Option<String>,
+        /// The generation of the record's snapshot this attach is sent after, if one was taken.
+        snapshot_gen: Option<i64>,
     },
     Done {
         attachment_id: String,
@@ -1189,10 +1191,9 @@ pub fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Res
                  attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, s3_key, now])?,
         Transition::Uploaded { etag } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
-        Transition::Attaching { etag: None } => conn.prepare_cached(
-            "UPDATE rows SET state = 'attaching', updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
-        Transition::Attaching { etag: Some(etag) } => conn.prepare_cached(
-            "UPDATE rows SET state = 'attaching', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
+        Transition::Attaching { etag, snapshot_gen } => conn.prepare_cached(
+            "UPDATE rows SET state = 'attaching', etag = COALESCE(?2, etag), snapshot_gen = ?3, updated_at = ?4
+             WHERE row_key = ?1")?.execute(params![key, etag, snapshot_gen, now])?,
         Transition::Done { attachment_id } => {
             let changed = conn.prepare_cached(
                 "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,

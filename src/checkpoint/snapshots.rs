@@ -5,7 +5,7 @@
 //! match that is in neither the snapshot nor claimed by another row: what the tool saw before
 //! the side effect decides, not a key in a link, a clock or a `created_at`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -32,65 +32,60 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The records that have a snapshot (read once at the start of a run), and the contact each
-/// belongs to (empty when its answer did not say).
-pub fn records_with_snapshot(
-    conn: &Connection,
-) -> rusqlite::Result<HashMap<(ReferenceType, String), String>> {
-    let mut stmt =
-        conn.prepare("SELECT reference_type, reference_id, contact_id FROM snapshots")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (kind, id, contact) = row?;
-        if let Some(kind) = ReferenceType::parse(&kind) {
-            out.insert((kind, id), contact);
-        }
-    }
-    Ok(out)
+/// The generation of this run's reads: larger than any recorded before.
+pub fn next_generation(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT 1 + max(COALESCE((SELECT max(generation) FROM snapshots), 0),
+                        COALESCE((SELECT max(generation) FROM note_snapshots), 0))",
+        [],
+        |r| r.get(0),
+    )
 }
 
-/// Records `snapshots`; a record that has one already keeps it (the first is the one taken
-/// before any attach).
-pub fn record(conn: &Connection, snapshots: &[RecordSnapshot]) -> rusqlite::Result<()> {
+/// Records `snapshots`, read in `generation`: each record's latest read, and the attachments it
+/// held (one seen before keeps the generation it was first seen in).
+pub fn record(
+    conn: &Connection,
+    snapshots: &[RecordSnapshot],
+    generation: i64,
+) -> rusqlite::Result<()> {
     let now = now();
     let mut head = conn.prepare_cached(
-        "INSERT OR IGNORE INTO snapshots (reference_type, reference_id, contact_id, taken_at)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO snapshots (reference_type, reference_id, contact_id, taken_at, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (reference_type, reference_id) DO UPDATE SET
+            contact_id = excluded.contact_id, taken_at = excluded.taken_at,
+            generation = max(snapshots.generation, excluded.generation)",
     )?;
     let mut held = conn.prepare_cached(
-        "INSERT OR IGNORE INTO snapshot_attachments (reference_type, reference_id, attachment_id, filename, size)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO snapshot_attachments
+            (reference_type, reference_id, attachment_id, filename, size, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for s in snapshots {
         let kind = s.reference_type.as_str();
-        if head.execute(params![kind, s.reference_id, s.contact_id, now])? == 0 {
-            continue;
-        }
+        head.execute(params![kind, s.reference_id, s.contact_id, now, generation])?;
         for a in &s.held {
             held.execute(params![
                 kind,
                 s.reference_id,
                 a.id,
                 a.filename,
-                a.size as i64
+                a.size as i64,
+                generation
             ])?;
         }
     }
     Ok(())
 }
 
-/// Adds the attachment a `done` row holds to its record's snapshot (when it has one).
+/// Adds the attachment a `done` row holds to its record's snapshot (when it has one), as held
+/// by every snapshot.
 pub fn extend(conn: &Connection, row_key: &str, attachment_id: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO snapshot_attachments (reference_type, reference_id, attachment_id, filename, size)
-         SELECT r.reference_type, r.reference_id, ?2, r.name, r.size FROM rows r
+        "INSERT OR IGNORE INTO snapshot_attachments
+            (reference_type, reference_id, attachment_id, filename, size, generation)
+         SELECT r.reference_type, r.reference_id, ?2, r.name, r.size, 0 FROM rows r
          JOIN snapshots s ON s.reference_type = r.reference_type AND s.reference_id = r.reference_id
          WHERE r.row_key = ?1",
     )?
@@ -98,77 +93,76 @@ pub fn extend(conn: &Connection, row_key: &str, attachment_id: &str) -> rusqlite
     .map(drop)
 }
 
-/// The ids a record's snapshot holds, or `None` when it has no snapshot.
+/// The attachments a record was seen holding up to `generation` (the snapshot an attach sent
+/// after it was made after).
 pub fn held(
     conn: &Connection,
     reference_type: ReferenceType,
     reference_id: &str,
-) -> rusqlite::Result<Option<HashSet<String>>> {
-    let kind = reference_type.as_str();
-    let taken: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM snapshots WHERE reference_type = ?1 AND reference_id = ?2")?
-        .query_row(params![kind, reference_id], |r| r.get(0))
-        .optional()?;
-    if taken.is_none() {
-        return Ok(None);
-    }
+    generation: i64,
+) -> rusqlite::Result<HashSet<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT attachment_id FROM snapshot_attachments WHERE reference_type = ?1 AND reference_id = ?2",
+        "SELECT attachment_id FROM snapshot_attachments
+         WHERE reference_type = ?1 AND reference_id = ?2 AND generation <= ?3",
     )?;
-    let ids = stmt
-        .query_map(params![kind, reference_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(Some(ids))
+    stmt.query_map(
+        params![reference_type.as_str(), reference_id, generation],
+        |r| r.get(0),
+    )?
+    .collect()
 }
 
-/// The contacts whose notes were listed before this state file's first note for them.
-pub fn contacts_with_note_snapshot(conn: &Connection) -> rusqlite::Result<HashSet<String>> {
-    conn.prepare("SELECT contact_id FROM note_snapshots")?
-        .query_map([], |r| r.get(0))?
-        .collect()
+/// The generation of the snapshot `row_key`'s attach was sent after, if one was.
+pub fn row_generation(conn: &Connection, row_key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT snapshot_gen FROM rows WHERE row_key = ?1")?
+        .query_row([row_key], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
 }
 
-/// Records the notes `contact_id` had (a contact that has a snapshot keeps it).
+/// Records the notes `contact_id` had, listed in `generation` (one seen before keeps the
+/// generation it was first seen in).
 pub fn record_notes(
     conn: &Connection,
     contact_id: &str,
     note_ids: &[String],
+    generation: i64,
 ) -> rusqlite::Result<()> {
-    let added = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO note_snapshots (contact_id, taken_at) VALUES (?1, ?2)",
-        )?
-        .execute(params![contact_id, now()])?;
-    if added == 0 {
-        return Ok(());
-    }
+    conn.prepare_cached(
+        "INSERT INTO note_snapshots (contact_id, taken_at, generation) VALUES (?1, ?2, ?3)
+         ON CONFLICT (contact_id) DO UPDATE SET
+            taken_at = excluded.taken_at,
+            generation = max(note_snapshots.generation, excluded.generation)",
+    )?
+    .execute(params![contact_id, now(), generation])?;
     let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO note_snapshot_ids (contact_id, note_id) VALUES (?1, ?2)",
+        "INSERT OR IGNORE INTO note_snapshot_ids (contact_id, note_id, generation) VALUES (?1, ?2, ?3)",
     )?;
     for id in note_ids {
-        stmt.execute(params![contact_id, id])?;
+        stmt.execute(params![contact_id, id, generation])?;
     }
     Ok(())
 }
 
-/// The notes `contact_id` had before the first note made for it, or `None` without a snapshot.
+/// The notes `contact_id` was seen with up to `generation` (the listing a group's note was
+/// asked for after).
 pub fn notes_held(
     conn: &Connection,
     contact_id: &str,
-) -> rusqlite::Result<Option<HashSet<String>>> {
-    let taken: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM note_snapshots WHERE contact_id = ?1")?
-        .query_row([contact_id], |r| r.get(0))
-        .optional()?;
-    if taken.is_none() {
-        return Ok(None);
-    }
-    let mut stmt =
-        conn.prepare_cached("SELECT note_id FROM note_snapshot_ids WHERE contact_id = ?1")?;
-    let ids = stmt
-        .query_map([contact_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(Some(ids))
+    generation: i64,
+) -> rusqlite::Result<HashSet<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT note_id FROM note_snapshot_ids WHERE contact_id = ?1 AND generation <= ?2",
+    )?;
+    stmt.query_map(params![contact_id, generation], |r| r.get(0))?
+        .collect()
+}
+
+/// Records that `group`'s note is asked for after its contact's listing of `generation`.
+pub fn note_generation(conn: &Connection, group: &str, generation: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE notes SET snapshot_gen = ?2 WHERE group_key = ?1")?
+        .execute(params![group, generation])
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -181,52 +175,49 @@ mod tests {
         (dir, conn)
     }
 
-    #[test]
-    fn the_first_snapshot_of_a_record_is_kept() {
-        let (_dir, c) = conn();
-        let held = |ids: &[&str]| {
-            ids.iter()
+    fn snap(ids: &[&str]) -> RecordSnapshot {
+        RecordSnapshot {
+            reference_type: ReferenceType::Deal,
+            reference_id: "d1".into(),
+            contact_id: "c1".into(),
+            held: ids
+                .iter()
                 .map(|id| HeldAttachment {
                     id: id.to_string(),
                     filename: "a.pdf".into(),
                     size: 3,
                 })
-                .collect()
-        };
-        let snap = |ids: &[&str]| RecordSnapshot {
-            reference_type: ReferenceType::Deal,
-            reference_id: "d1".into(),
-            contact_id: "c1".into(),
-            held: held(ids),
-        };
-        assert_eq!(held_ids(&c, "d1"), None);
-        record(&c, &[snap(&["a1"])]).unwrap();
-        record(&c, &[snap(&["a1", "a2"])]).unwrap();
-        assert_eq!(held_ids(&c, "d1"), Some(vec!["a1".to_string()]));
-        assert!(
-            records_with_snapshot(&c)
-                .unwrap()
-                .contains_key(&(ReferenceType::Deal, "d1".to_string()))
-        );
+                .collect(),
+        }
     }
 
-    fn held_ids(c: &Connection, id: &str) -> Option<Vec<String>> {
-        held(c, ReferenceType::Deal, id).unwrap().map(|s| {
-            let mut v: Vec<String> = s.into_iter().collect();
-            v.sort();
-            v
-        })
+    fn sorted(set: HashSet<String>) -> Vec<String> {
+        let mut v: Vec<String> = set.into_iter().collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn a_contacts_first_note_snapshot_is_kept() {
+    fn an_attachment_keeps_the_generation_it_was_first_seen_in() {
         let (_dir, c) = conn();
-        assert_eq!(notes_held(&c, "c1").unwrap(), None);
-        record_notes(&c, "c1", &["n1".into()]).unwrap();
-        record_notes(&c, "c1", &["n1".into(), "n2".into()]).unwrap();
-        let held = notes_held(&c, "c1").unwrap().unwrap();
-        assert_eq!(held.len(), 1);
-        assert!(held.contains("n1"));
-        assert!(contacts_with_note_snapshot(&c).unwrap().contains("c1"));
+        assert_eq!(next_generation(&c).unwrap(), 1);
+        record(&c, &[snap(&["a1"])], 1).unwrap();
+        assert_eq!(next_generation(&c).unwrap(), 2);
+        // Read again in a later run: a1 as before, a2 new since.
+        record(&c, &[snap(&["a1", "a2"])], 2).unwrap();
+        let held = |g| sorted(super::held(&c, ReferenceType::Deal, "d1", g).unwrap());
+        assert_eq!(held(1), ["a1"], "an attach sent after the first read");
+        assert_eq!(held(2), ["a1", "a2"], "an attach sent after the second");
+        assert_eq!(next_generation(&c).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_contacts_notes_keep_the_generation_they_were_first_seen_in() {
+        let (_dir, c) = conn();
+        record_notes(&c, "c1", &["n1".into()], 1).unwrap();
+        record_notes(&c, "c1", &["n1".into(), "n2".into()], 2).unwrap();
+        assert_eq!(sorted(notes_held(&c, "c1", 1).unwrap()), ["n1"]);
+        assert_eq!(sorted(notes_held(&c, "c1", 2).unwrap()), ["n1", "n2"]);
+        assert_eq!(next_generation(&c).unwrap(), 3);
     }
 }

@@ -108,15 +108,9 @@ pub async fn settle_all(
     for family in families.values_mut() {
         family.sort_by_key(|g| g.date.is_none());
     }
-    // Without the contacts known to have a snapshot, a contact that has one is never listed
-    // again for it (a snapshot once taken is kept): slower, not wrong.
+    // Every run lists a contact's notes again before its first note there.
     let snapshots = Arc::new(NoteSnapshots {
-        taken: Mutex::new(
-            ctx.store
-                .call(snapshots::contacts_with_note_snapshot)
-                .await
-                .unwrap_or_default(),
-        ),
+        taken: Mutex::default(),
         slots: Mutex::default(),
     });
     let queue = Arc::new(Mutex::new(families.into_values().collect::<VecDeque<_>>()));
@@ -150,7 +144,7 @@ pub async fn settle_all(
     std::mem::take(&mut *settled.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// The contacts whose notes were listed before this state file's first note for them.
+/// The contacts whose notes were listed in this run, before its first note for them.
 struct NoteSnapshots {
     taken: Mutex<HashSet<String>>,
     /// One listing at a time per contact.
@@ -198,8 +192,9 @@ impl NoteSnapshots {
             contact_id.to_string(),
             notes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
         );
+        let generation = ctx.generation().await?;
         ctx.store
-            .call_atomic(move |c| snapshots::record_notes(c, &contact, &ids))
+            .call_atomic(move |c| snapshots::record_notes(c, &contact, &ids, generation))
             .await
             .map_err(RowError::Store)?;
         self.taken
@@ -308,11 +303,15 @@ async fn settle_group(
         snapshots
             .ensure(ctx, &group.contact_id, &mut attempts)
             .await?;
-        // Committed before the request: from here its outcome is unknown until recorded.
-        let g = group.group.clone();
+        // Committed before the request, with the listing it is sent after: from here its outcome
+        // is unknown until recorded.
+        let (g, generation) = (group.group.clone(), ctx.generation().await?);
         let intent_at = ctx
             .store
-            .call(move |c| checkpoint::note_intent(c, &g))
+            .call_atomic(move |c| {
+                snapshots::note_generation(c, &g, generation)?;
+                checkpoint::note_intent(c, &g)
+            })
             .await
             .map_err(RowError::Store)?;
         group.intent_at = Some(intent_at);
@@ -363,20 +362,25 @@ async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowEr
         return Ok(None);
     }
     let notes = list_all(ctx, &group.contact_id).await?;
-    let contact = group.contact_id.clone();
+    let (contact, g) = (group.contact_id.clone(), group.group.clone());
     let (held, claimed) = ctx
         .store
         .call(move |c| {
-            Ok((
-                snapshots::notes_held(c, &contact)?,
-                checkpoint::claimed_notes(c)?,
-            ))
+            let generation: Option<i64> = c.query_row(
+                "SELECT snapshot_gen FROM notes WHERE group_key = ?1",
+                [&g],
+                |r| r.get(0),
+            )?;
+            // An intent of a state file from before snapshots: what the contact had then is
+            // not known, and is taken to be none of these words and date.
+            let held = match generation {
+                Some(generation) => snapshots::notes_held(c, &contact, generation)?,
+                None => Default::default(),
+            };
+            Ok((held, checkpoint::claimed_notes(c)?))
         })
         .await
         .map_err(RowError::Store)?;
-    // A state file from before snapshots, whose intent was recorded without one: what the
-    // contact had then is not known, and is taken to be none of these words and date.
-    let held = held.unwrap_or_default();
     let Some(note) = notes
         .iter()
         .filter(|n| n.contact_id.is_empty() || n.contact_id == group.contact_id)
@@ -401,6 +405,7 @@ async fn record(
         note_id.to_string(),
         group.contact_id.clone(),
     );
+    let generation = ctx.generation().await?;
     ctx.store
         .call_atomic(move |c| {
             checkpoint::note_created(c, &g, &id, adopted)?;
@@ -412,6 +417,7 @@ async fn record(
                     contact_id: contact,
                     held: Vec::new(),
                 }],
+                generation,
             )
         })
         .await

@@ -59,8 +59,8 @@ pub struct Snapshots {
     links: Mutex<Links>,
     /// Told when `links` leaves `Probing`.
     told: tokio::sync::Notify,
-    /// Records with a snapshot in the state file, and the contact each belongs to (empty when
-    /// its answer did not say).
+    /// Records read (or created) in this run, and the contact each belongs to (empty when its
+    /// answer did not say). Every run reads a record again before its first attach there.
     taken: Mutex<HashMap<RecordId, String>>,
     /// The records of each family this run attaches to.
     wanted: Mutex<HashMap<Family, HashSet<String>>>,
@@ -68,15 +68,14 @@ pub struct Snapshots {
     bad: Mutex<HashMap<(RecordId, String), (FailureKind, String)>>,
     /// One read at a time per family.
     slots: Mutex<HashMap<Family, Arc<tokio::sync::Mutex<()>>>>,
+    /// This run's generation of reads (see migration 0004), once asked for.
+    generation: tokio::sync::OnceCell<i64>,
 }
 
 impl Snapshots {
-    /// The records with a snapshot, and those `rows` attach to (before the run starts).
-    pub fn plan<'a>(
-        &self,
-        taken: HashMap<RecordId, String>,
-        rows: impl Iterator<Item = &'a StoredRow>,
-    ) {
+    /// The records `rows` attach to (before they start): read together, family by family.
+    pub fn plan<'a>(&self, rows: impl Iterator<Item = &'a StoredRow>) {
+        let taken = lock(&self.taken);
         let mut wanted: HashMap<Family, HashSet<String>> = HashMap::new();
         for row in rows {
             if row.reference_id.is_empty() || row.contact_id.is_empty() {
@@ -90,8 +89,14 @@ impl Snapshots {
                 .or_default()
                 .insert(row.reference_id.clone());
         }
-        *lock(&self.taken) = taken;
+        drop(taken);
         *lock(&self.wanted) = wanted;
+    }
+
+    /// The generation of `row`'s record's snapshot, when it was read (or created) in this run.
+    pub fn generation_of(&self, row: &StoredRow) -> Option<i64> {
+        let read = lock(&self.taken).contains_key(&(row.reference_type, row.reference_id.clone()));
+        read.then(|| self.generation.get().copied()).flatten()
     }
 
     /// Links showed keys in this run: a key match settles a lost answer.
@@ -168,6 +173,20 @@ impl Drop for Probe<'_> {
 }
 
 impl Context {
+    /// This run's generation of reads: larger than any the state file recorded before.
+    pub(super) async fn generation(&self) -> Result<i64, RowError> {
+        self.snapshots
+            .generation
+            .get_or_try_init(|| async {
+                self.store
+                    .call(snapshots::next_generation)
+                    .await
+                    .map_err(RowError::Store)
+            })
+            .await
+            .copied()
+    }
+
     /// Waits while another row is finding out which links the server gives; `Some(probe)` when
     /// this row is to find out (it holds the probe until its attach answer).
     async fn links_known(&self) -> Result<Option<Probe<'_>>, RowError> {
@@ -249,8 +268,9 @@ impl Context {
                     .collect(),
             })
             .collect();
+        let generation = self.generation().await?;
         self.store
-            .call_atomic(move |c| snapshots::record(c, &recorded))
+            .call_atomic(move |c| snapshots::record(c, &recorded, generation))
             .await
             .map_err(RowError::Store)?;
         lock(&snaps.taken).extend(

@@ -224,7 +224,10 @@ fn resume_from_every_state_attaches_each_row_once() {
             Transition::Uploading {
                 s3_key: key4.clone(),
             },
-            Transition::Attaching { etag: None },
+            Transition::Attaching {
+                etag: None,
+                snapshot_gen: None,
+            },
         ],
     );
     // Line 5: killed during step 3, after the API acted (its answer lost).
@@ -237,7 +240,10 @@ fn resume_from_every_state_attaches_each_row_once() {
             Transition::Uploading {
                 s3_key: key5.clone(),
             },
-            Transition::Attaching { etag: None },
+            Transition::Attaching {
+                etag: None,
+                snapshot_gen: None,
+            },
         ],
     );
 
