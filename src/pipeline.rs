@@ -1240,6 +1240,11 @@ impl Context {
     /// Waits for `row`'s turn at its record, name and size (see `Context::verify`).
     async fn record_turn(&self, row: &StoredRow) -> Result<RecordTurn, RowError> {
         let (lock, mut turn) = self.record_lock(row);
+        // Free (as it nearly always is): taken without giving the slot up.
+        if let Ok(guard) = lock.clone().try_lock_owned() {
+            turn.guard = Some(guard);
+            return Ok(turn);
+        }
         match self.aside(lock.lock_owned()).await {
             Some(guard) => {
                 turn.guard = Some(guard);
@@ -1419,13 +1424,22 @@ pub async fn run_indexed(
             (i, row, plan, turn)
         })
         .collect();
+    // Rows waiting aside (for their record, or another row's answer) hold no slot; at most this
+    // many rows are under way at once, waiting or not, so a long manifest is never all in memory.
+    let under_way = Arc::new(tokio::sync::Semaphore::new(
+        4 * ctx.settings.concurrency.max(1),
+    ));
     let mut rows = tokio::task::JoinSet::new();
     for (i, row, plan, turn) in work {
+        let Ok(room) = under_way.clone().acquire_owned().await else {
+            break;
+        };
         let Ok(slot) = ctx.slots.clone().acquire_owned().await else {
             break;
         };
         let (ctx, results) = (ctx.clone(), results.clone());
         rows.spawn(SLOT.scope(std::cell::RefCell::new(Some(slot)), async move {
+            let _room = room;
             let outcome = ctx.process_in_turn(&row, plan, turn).await;
             ctx.forms.row_ended(&row.contact_id);
             results

@@ -206,9 +206,22 @@ impl Context {
                     Links::Probing => {}
                 }
             }
-            // Waited without a slot: the row finding out may need one back (see `aside`).
-            if self.aside(told).await.is_none() {
-                return Err(self.cut(RemoteError::Stopped(self.abort_reason())));
+            // Waited without a slot: the row finding out may need one back (see `aside`). Nothing
+            // of this row was done yet: when no new row may start, it ends as never started.
+            let stopping = self.stop_starting.clone();
+            let waited = self
+                .aside(async {
+                    tokio::select! {
+                        biased;
+                        _ = stopping.cancelled() => false,
+                        _ = told => true,
+                    }
+                })
+                .await;
+            match waited {
+                Some(true) => {}
+                Some(false) => return Err(RowError::Cut),
+                None => return Err(self.cut(RemoteError::Stopped(self.abort_reason()))),
             }
         }
     }
