@@ -8,12 +8,12 @@ use crate::ExitStatus;
 use crate::cli::CheckArgs;
 use crate::error::{CommandResult, ignore_broken_pipe};
 use crate::lookup::{self, Lookups};
-use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity};
+use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity, shown};
 use crate::pipeline::Context;
 use crate::preflight::{self, Checked, Summary, human_bytes};
 use crate::quota::{self, Quota};
 use crate::records::{self, Records};
-use crate::remote::{self, Client, Credentials};
+use crate::remote::{self, Client, Credentials, RemoteError};
 
 /// The document `check --json` prints (its shape is documented in README.md).
 #[derive(Serialize)]
@@ -170,29 +170,64 @@ async fn check_records(ctx: &Context, checked: &mut Checked) -> RecordStatus {
 
 /// One step-1 call for the first valid row's contact (its id, or the one its email resolved
 /// to), compared with the bytes to upload.
-async fn check_quota(ctx: &Context, checked: &Checked) -> Quota {
+async fn check_quota(ctx: &Context, checked: &mut Checked) -> Quota {
     if !checked.is_valid() {
         return Quota::NotChecked {
             reason: "the manifest is invalid".into(),
         };
     }
-    let Some((first, contact_id)) = checked
+    let Some((line, contact_id)) = checked
         .manifest
         .rows
         .iter()
-        .find_map(|r| records::contact_of(r, &checked.resolved).map(|c| (r, c)))
+        .find_map(|r| records::contact_of(r, &checked.resolved).map(|c| (r.line, c)))
     else {
         return Quota::NotChecked {
             reason: "no row's contact is known (the emails were not looked up)".into(),
         };
     };
-    quota::check(
-        ctx,
-        &contact_id,
-        first.line,
-        checked.summary.bytes_to_upload,
-    )
-    .await
+    let bytes = checked.summary.bytes_to_upload;
+    match quota::storage_left(ctx, &contact_id).await {
+        // Step 1 answers 404 for a contact that does not exist: the mistake is the rows' that
+        // name it, to be fixed on their lines, and says nothing of the storage.
+        Err(RemoteError::Api { status: 404, .. }) => {
+            let problems = contact_missing(checked, &contact_id);
+            checked.add_problems(problems);
+            Quota::NotChecked {
+                reason: format!(
+                    "the manifest is invalid (contact {contact_id} of line {line} does not exist)"
+                ),
+            }
+        }
+        answer => quota::judge(answer, line, bytes),
+    }
+}
+
+/// The problems of the rows of `contact_id`, which step 1 said does not exist.
+fn contact_missing(checked: &Checked, contact_id: &str) -> Vec<Problem> {
+    let rows = checked.manifest.rows.iter();
+    rows.filter(|r| records::contact_of(r, &checked.resolved).as_deref() == Some(contact_id))
+        .map(|r| {
+            let (column, given) = match r.contact_id.is_empty() {
+                false => ("contact_id", format!("no contact has the id {contact_id}")),
+                true => (
+                    "contact_email",
+                    format!(
+                        "the contact {contact_id} found for {} does not exist",
+                        shown(&r.contact_email)
+                    ),
+                ),
+            };
+            Problem::error(
+                Some(r.line),
+                Some(column),
+                ProblemKind::ContactNotFound,
+                format!(
+                    "{given} (step 1 of the storage check answered 404); fix the row's {column}"
+                ),
+            )
+        })
+        .collect()
 }
 
 pub fn run(args: &CheckArgs) -> CommandResult {

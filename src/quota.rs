@@ -39,10 +39,10 @@ pub enum Quota {
     Failed { error: String },
 }
 
-/// `check`'s quota: the storage left for the contact of the row on `line`, compared with
+/// `check`'s quota: the storage left, as step 1 for the row on `line` told it, compared with
 /// `bytes_to_upload`.
-pub async fn check(ctx: &Context, contact_id: &str, line: u64, bytes_to_upload: u64) -> Quota {
-    match storage_left(ctx, contact_id).await {
+pub fn judge(storage_left: Result<u64, RemoteError>, line: u64, bytes_to_upload: u64) -> Quota {
+    match storage_left {
         Ok(storage_left) => Quota::Checked {
             storage_left,
             bytes_to_upload,

@@ -654,3 +654,36 @@ fn rows_that_create_their_note_read_no_record() {
     assert_eq!(doc["records"]["calls"], 0);
     assert_eq!(record_reads(&emu), 0, "{:?}", emu.requests());
 }
+
+#[test]
+fn a_contact_that_does_not_exist_is_a_problem_of_its_rows_not_a_failed_storage_check() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    s.file("b.txt", "b");
+    // The note rows name no record, so only step 1 (for the first row's contact) can tell.
+    let m = s.manifest(format!(
+        "file,contact_id,reference_id,note_text\n\
+         a.txt,{NO_RECORD},,Hello\n\
+         b.txt,{NO_RECORD},,Again\n\
+         a.txt,{ADA},{ADA_NOTE},\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("contact_id"), "contact_not_found".into()),
+            (line(3), col("contact_id"), "contact_not_found".into()),
+        ]
+    );
+    assert_eq!(doc["quota"]["status"], "not_checked");
+    emu.cmd()
+        .arg("check")
+        .arg(&m)
+        .assert()
+        .code(2)
+        .stdout(contains(format!(
+            "error: line 2, column contact_id: no contact has the id {NO_RECORD}"
+        )));
+}
