@@ -687,3 +687,27 @@ fn a_contact_that_does_not_exist_is_a_problem_of_its_rows_not_a_failed_storage_c
             "error: line 2, column contact_id: no contact has the id {NO_RECORD}"
         )));
 }
+
+#[test]
+fn a_reference_id_that_is_no_id_is_read_as_one_and_not_found() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    // Unescaped, this id would take the read to `GET /contacts?email=x`.
+    let m = s.manifest(format!("{HEADER}a.txt,{ADA},deal,../contacts?email=x,\n"));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("reference_id"), "record_not_found".into()),
+            (line(2), col("reference_id"), "id_format".into()),
+        ]
+    );
+    let requests = emu.requests();
+    assert_eq!(
+        requests.get("GET /api/v3/deals/{id} 404"),
+        Some(&1),
+        "{requests:?}"
+    );
+}
