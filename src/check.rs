@@ -8,10 +8,12 @@ use crate::ExitStatus;
 use crate::cli::CheckArgs;
 use crate::error::{CommandResult, ignore_broken_pipe};
 use crate::lookup::{self, Lookups};
-use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity};
+use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity, shown};
+use crate::pipeline::Context;
 use crate::preflight::{self, Checked, Summary, human_bytes};
 use crate::quota::{self, Quota};
-use crate::remote::{self, Client, Credentials};
+use crate::records::{self, Records};
+use crate::remote::{self, Client, Credentials, RemoteError};
 
 /// The document `check --json` prints (its shape is documented in README.md).
 #[derive(Serialize)]
@@ -19,6 +21,7 @@ struct JsonReport<'a> {
     manifest: String,
     valid: bool,
     lookups: &'a LookupStatus,
+    records: &'a RecordStatus,
     quota: &'a Quota,
     summary: &'a Summary,
     problems: &'a [Problem],
@@ -38,93 +41,193 @@ pub enum LookupStatus {
     Failed { error: String },
 }
 
-/// The API client from the environment, or why there is none: not set up (`NotChecked`), or set
-/// up wrong (`Failed`).
-fn client(api_key_file: Option<&std::path::Path>) -> Result<Client, Quota> {
-    let credentials = Credentials::from_env(api_key_file).map_err(|e| Quota::NotChecked {
-        reason: format!("{e}; or pass --offline"),
-    })?;
+/// What `check` found out about the records the rows attach to (`records` in `check --json`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RecordStatus {
+    /// `--offline`.
+    Offline,
+    /// Not read, and why (no credentials).
+    NotChecked { reason: String },
+    /// Read (with no row naming a record: nothing to read, all counts 0).
+    Checked(Records),
+    /// A read itself failed (credentials refused, API unreachable).
+    Failed { error: String },
+}
+
+/// Why `check` has no API client: not set up, or set up wrong.
+enum NoClient {
+    NotChecked(String),
+    Failed(String),
+}
+
+/// The API client from the environment, or why there is none.
+fn client(api_key_file: Option<&std::path::Path>) -> Result<Client, NoClient> {
+    let credentials = Credentials::from_env(api_key_file)
+        .map_err(|e| NoClient::NotChecked(format!("{e}; or pass --offline")))?;
     remote::api_url_from_env()
         .and_then(|url| Client::new(url, credentials))
-        .map_err(|e| Quota::Failed {
-            error: format!("{e:#}"),
-        })
+        .map_err(|e| NoClient::Failed(format!("{e:#}")))
+}
+
+/// What `check` found online: the email lookups, the records, the storage.
+struct Online {
+    lookups: LookupStatus,
+    records: RecordStatus,
+    quota: Quota,
+}
+
+impl Online {
+    fn offline() -> Self {
+        Self {
+            lookups: LookupStatus::Offline,
+            records: RecordStatus::Offline,
+            quota: Quota::Offline,
+        }
+    }
+
+    /// Nothing checked online, every part for one reason.
+    fn without(why: NoClient) -> Self {
+        match why {
+            NoClient::NotChecked(reason) => Self {
+                lookups: LookupStatus::NotChecked {
+                    reason: reason.clone(),
+                },
+                records: RecordStatus::NotChecked {
+                    reason: reason.clone(),
+                },
+                quota: Quota::NotChecked { reason },
+            },
+            NoClient::Failed(error) => Self {
+                lookups: LookupStatus::Failed {
+                    error: error.clone(),
+                },
+                records: RecordStatus::Failed {
+                    error: error.clone(),
+                },
+                quota: Quota::Failed { error },
+            },
+        }
+    }
+}
+
+/// The lookups, the records and the quota, in that order (the records of rows by email need
+/// their lookups; the quota, a valid manifest), sent through one context: one rate limit and
+/// one throttle gate for all of `check`'s calls, as in a run.
+fn check_online(checked: &mut Checked, api_key_file: Option<&std::path::Path>) -> Online {
+    let client = match client(api_key_file) {
+        Ok(client) => client,
+        Err(why) => return Online::without(why),
+    };
+    let online = quota::with_context(client, async |ctx| {
+        let lookups = check_lookups(ctx, checked).await;
+        let records = check_records(ctx, checked).await;
+        let quota = check_quota(ctx, checked).await;
+        Online {
+            lookups,
+            records,
+            quota,
+        }
+    });
+    online.unwrap_or_else(|error| Online::without(NoClient::Failed(error)))
 }
 
 /// Every distinct email of the manifest looked up once; the rows whose email found no contact,
 /// or several, get their problems.
-fn check_lookups(checked: &mut Checked, client: &Result<Client, Quota>) -> LookupStatus {
-    if lookup::emails(&checked.manifest.rows).is_empty() {
+async fn check_lookups(ctx: &Context, checked: &mut Checked) -> LookupStatus {
+    let rows = &checked.manifest.rows;
+    if lookup::emails(rows).is_empty() {
         return LookupStatus::Checked(Lookups::default());
     }
-    let client = match client {
-        Ok(client) => client.clone(),
-        Err(Quota::NotChecked { reason }) => {
-            return LookupStatus::NotChecked {
-                reason: reason.clone(),
-            };
-        }
-        Err(Quota::Failed { error }) => {
-            return LookupStatus::Failed {
-                error: error.clone(),
-            };
-        }
-        Err(_) => {
-            return LookupStatus::NotChecked {
-                reason: "no API client".into(),
-            };
-        }
-    };
-    let rows = &checked.manifest.rows;
-    let known = Default::default();
-    match quota::with_context(client, async |ctx| lookup::look_up(ctx, rows, &known).await) {
-        Ok(Ok(lookups)) => {
+    match lookup::look_up(ctx, rows, &Default::default()).await {
+        Ok(lookups) => {
             let problems = lookup::problems(rows, &lookups);
             checked.resolved = lookups.resolved_ids();
             checked.add_problems(problems);
             LookupStatus::Checked(lookups)
         }
-        Ok(Err(e)) => LookupStatus::Failed {
+        Err(e) => LookupStatus::Failed {
             error: format!("GET /contacts?email=: {e}"),
         },
-        Err(error) => LookupStatus::Failed { error },
+    }
+}
+
+/// Every record the rows attach to read once (rows whose email found no contact are left out);
+/// the rows whose record does not exist, or is another contact's, get their problems.
+async fn check_records(ctx: &Context, checked: &mut Checked) -> RecordStatus {
+    let rows = &checked.manifest.rows;
+    match records::read(ctx, rows, &checked.resolved).await {
+        Ok(found) => {
+            let problems = records::problems(rows, &checked.resolved, &found);
+            checked.add_problems(problems);
+            RecordStatus::Checked(found)
+        }
+        Err(e) => RecordStatus::Failed {
+            error: format!("reading the records: {e}"),
+        },
     }
 }
 
 /// One step-1 call for the first valid row's contact (its id, or the one its email resolved
 /// to), compared with the bytes to upload.
-fn check_quota(checked: &Checked, client: Result<Client, Quota>) -> Quota {
+async fn check_quota(ctx: &Context, checked: &mut Checked) -> Quota {
     if !checked.is_valid() {
         return Quota::NotChecked {
             reason: "the manifest is invalid".into(),
         };
     }
-    let contact = |r: &crate::manifest::Row| match r.contact_id.is_empty() {
-        false => Some(r.contact_id.clone()),
-        true => checked
-            .resolved
-            .get(&crate::manifest::email_key(&r.contact_email))
-            .cloned(),
-    };
-    let Some((first, contact_id)) = checked
+    let Some((line, contact_id)) = checked
         .manifest
         .rows
         .iter()
-        .find_map(|r| contact(r).map(|c| (r, c)))
+        .find_map(|r| records::contact_of(r, &checked.resolved).map(|c| (r.line, c)))
     else {
         return Quota::NotChecked {
             reason: "no row's contact is known (the emails were not looked up)".into(),
         };
     };
-    match client {
-        Ok(client) => quota::check(
-            client,
-            &contact_id,
-            first.line,
-            checked.summary.bytes_to_upload,
-        ),
-        Err(not_checked) => not_checked,
+    let bytes = checked.summary.bytes_to_upload;
+    match quota::storage_left(ctx, &contact_id).await {
+        // Step 1 answers 404 for a contact that does not exist: the mistake is the rows' that
+        // name it, to be fixed on their lines, and says nothing of the storage.
+        Err(RemoteError::Api { status: 404, .. }) => {
+            let problems = contact_missing(checked, &contact_id);
+            checked.add_problems(problems);
+            Quota::NotChecked {
+                reason: format!(
+                    "the manifest is invalid (contact {contact_id} of line {line} does not exist)"
+                ),
+            }
+        }
+        answer => quota::judge(answer, line, bytes),
     }
+}
+
+/// The problems of the rows of `contact_id`, which step 1 said does not exist.
+fn contact_missing(checked: &Checked, contact_id: &str) -> Vec<Problem> {
+    let rows = checked.manifest.rows.iter();
+    rows.filter(|r| records::contact_of(r, &checked.resolved).as_deref() == Some(contact_id))
+        .map(|r| {
+            let (column, given) = match r.contact_id.is_empty() {
+                false => ("contact_id", format!("no contact has the id {contact_id}")),
+                true => (
+                    "contact_email",
+                    format!(
+                        "the contact {contact_id} found for {} does not exist",
+                        shown(&r.contact_email)
+                    ),
+                ),
+            };
+            Problem::error(
+                Some(r.line),
+                Some(column),
+                ProblemKind::ContactNotFound,
+                format!(
+                    "{given} (step 1 of the storage check answered 404); fix the row's {column}"
+                ),
+            )
+        })
+        .collect()
 }
 
 pub fn run(args: &CheckArgs) -> CommandResult {
@@ -132,17 +235,24 @@ pub fn run(args: &CheckArgs) -> CommandResult {
         delimiter: args.manifest.delimiter,
     };
     let mut checked = preflight::check(&args.manifest.manifest, options);
-    let (lookups, quota) = if args.offline {
-        (LookupStatus::Offline, Quota::Offline)
-    } else {
-        let client = client(args.api_key_file.as_deref());
-        let lookups = check_lookups(&mut checked, &client);
-        (lookups, check_quota(&checked, client))
+    let online = match args.offline {
+        true => Online::offline(),
+        false => check_online(&mut checked, args.api_key_file.as_deref()),
     };
-    let status = match (&lookups, &quota) {
+    let status = match &online {
         _ if !checked.is_valid() => ExitStatus::Usage,
-        (LookupStatus::Failed { .. }, _) => ExitStatus::Stopped,
-        (_, Quota::Checked { enough: false, .. } | Quota::Failed { .. }) => ExitStatus::Stopped,
+        Online {
+            lookups: LookupStatus::Failed { .. },
+            ..
+        }
+        | Online {
+            records: RecordStatus::Failed { .. },
+            ..
+        }
+        | Online {
+            quota: Quota::Checked { enough: false, .. } | Quota::Failed { .. },
+            ..
+        } => ExitStatus::Stopped,
         _ => ExitStatus::Success,
     };
     let print = || -> io::Result<()> {
@@ -151,15 +261,16 @@ pub fn run(args: &CheckArgs) -> CommandResult {
             let report = JsonReport {
                 manifest: checked.manifest.path.display().to_string(),
                 valid: checked.is_valid(),
-                lookups: &lookups,
-                quota: &quota,
+                lookups: &online.lookups,
+                records: &online.records,
+                quota: &online.quota,
                 summary: &checked.summary,
                 problems: &checked.manifest.problems,
             };
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         } else {
-            write_text(&mut out, &checked, &lookups, &quota)?;
+            write_text(&mut out, &checked, &online)?;
         }
         out.flush()
     };
@@ -208,16 +319,9 @@ pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<
     Ok(())
 }
 
-/// The readable report: the problems, then the summary lines (README shows it).
-///
-/// Long (about 110 lines) for a reason: it is the report's text, line by line, in the order it
-/// is printed; split, the layout would be harder to see.
-fn write_text(
-    out: &mut impl Write,
-    checked: &Checked,
-    lookups: &LookupStatus,
-    quota: &Quota,
-) -> io::Result<()> {
+/// The readable report: the problems, then the summary lines (README shows it): the
+/// manifest's, what was found online, the result.
+fn write_text(out: &mut impl Write, checked: &Checked, online: &Online) -> io::Result<()> {
     write_problems(out, &checked.manifest.problems)?;
     if !checked.manifest.problems.is_empty() {
         writeln!(out)?;
@@ -259,6 +363,17 @@ fn write_text(
             l.line
         )?;
     }
+    write_online(out, checked, online)?;
+    write_result(out, checked, online)
+}
+
+/// The report's lines on the contacts, the records and the storage.
+fn write_online(out: &mut impl Write, checked: &Checked, online: &Online) -> io::Result<()> {
+    let Online {
+        lookups,
+        records,
+        quota,
+    } = online;
     let by_email = lookup::emails(&checked.manifest.rows).len();
     match lookups {
         _ if by_email == 0 => {}
@@ -274,6 +389,13 @@ fn write_text(
         LookupStatus::Failed { error } => {
             writeln!(out, "Contacts:  the lookup by email failed: {error}")?
         }
+    }
+    match records {
+        RecordStatus::Checked(r) if r.records == 0 && r.rows_not_checked == 0 => {}
+        RecordStatus::Offline => writeln!(out, "Records:   not read (--offline)")?,
+        RecordStatus::NotChecked { reason } => writeln!(out, "Records:   not read: {reason}")?,
+        RecordStatus::Checked(r) => writeln!(out, "Records:   {}", records::describe(r))?,
+        RecordStatus::Failed { error } => writeln!(out, "Records:   the check failed: {error}")?,
     }
     match quota {
         Quota::Offline => writeln!(out, "Quota:     storage left not checked (--offline)")?,
@@ -301,10 +423,25 @@ fn write_text(
         )?,
         Quota::Failed { error } => writeln!(out, "Quota:     the check failed: {error}")?,
     }
+    Ok(())
+}
+
+/// The report's last line: what the manifest's checks and the online ones come to.
+fn write_result(out: &mut impl Write, checked: &Checked, online: &Online) -> io::Result<()> {
+    let Online {
+        lookups,
+        records,
+        quota,
+    } = online;
     if matches!(lookups, LookupStatus::Failed { .. }) && checked.is_valid() {
         writeln!(
             out,
             "Result:    valid offline, but the contacts could not be looked up (see Contacts)"
+        )?;
+    } else if matches!(records, RecordStatus::Failed { .. }) && checked.is_valid() {
+        writeln!(
+            out,
+            "Result:    valid offline, but the records could not be read (see Records)"
         )?;
     } else if matches!(
         quota,

@@ -56,8 +56,10 @@ pub enum Command {
     /// Check a manifest and every file it names, without uploading anything.
     ///
     /// Every problem of every row is reported with its line number; then, unless --offline and
-    /// when credentials are set, one API call checks that the storage left covers the files.
-    /// Exit 0 when valid (warnings allowed), 2 when not, 3 when the storage check fails.
+    /// when credentials are set, the API is asked for the contacts named by email, for the
+    /// records the rows attach to (each must exist and be the row's contact's), and whether the
+    /// storage left covers the files. Exit 0 when valid (warnings allowed), 2 when not, 3 when
+    /// an online check could not be made or the storage is short.
     ///
     /// Example: opcrm-import check samples/manifest.csv
     Check(CheckArgs),
@@ -124,7 +126,7 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub manifest: ManifestArgs,
 
-    /// Skip the online storage-quota check (the only network call `check` makes).
+    /// Make no network call: no lookup by email, no record read, no storage-quota check.
     #[arg(long)]
     pub offline: bool,
 

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod progress;
 pub mod quota;
+pub mod records;
 pub mod remote;
 pub mod report;
 pub mod run;

@@ -99,6 +99,10 @@ pub enum ProblemKind {
     ContactNotFound,
     /// Several contacts have the row's email (found online).
     ContactAmbiguous,
+    /// No record of the row's type has its `reference_id` (found online).
+    RecordNotFound,
+    /// The row's record belongs to another contact than the row's (found online).
+    RecordOfOtherContact,
 }
 
 /// One thing wrong (or worth a look) in a manifest, anchored to its line and column.

@@ -553,9 +553,20 @@ impl Context {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, RemoteError>>,
     {
+        self.retrying(|| self.api(&call)).await
+    }
+
+    /// `read`, retried as a row's calls are: for a read outside any row that is more than one
+    /// call's answer (`read_record` also judges whose the record is). Its calls must go through
+    /// `api` (this adds only the backoff).
+    pub async fn retrying<T, F, Fut>(&self, read: F) -> Result<T, RemoteError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
         let mut attempt = 0;
         loop {
-            match self.api(&call).await {
+            match read().await {
                 Err(e)
                     if e.is_retryable()
                         && attempt < self.settings.retries

@@ -39,14 +39,10 @@ pub enum Quota {
     Failed { error: String },
 }
 
-/// `check`'s quota: the storage left for the contact of the row on `line`, compared with
-/// `bytes_to_upload`, asked with the run's default limits and retries.
-pub fn check(client: Client, contact_id: &str, line: u64, bytes_to_upload: u64) -> Quota {
-    let answer = match with_context(client, async |ctx| storage_left(ctx, contact_id).await) {
-        Ok(answer) => answer,
-        Err(error) => return Quota::Failed { error },
-    };
-    match answer {
+/// `check`'s quota: the storage left, as step 1 for the row on `line` told it, compared with
+/// `bytes_to_upload`.
+pub fn judge(storage_left: Result<u64, RemoteError>, line: u64, bytes_to_upload: u64) -> Quota {
+    match storage_left {
         Ok(storage_left) => Quota::Checked {
             storage_left,
             bytes_to_upload,
@@ -59,8 +55,8 @@ pub fn check(client: Client, contact_id: &str, line: u64, bytes_to_upload: u64) 
 }
 
 /// Runs `f` on a runtime of its own with a pipeline context of the run's default limits and
-/// retries, for the calls `check` makes (the quota, the email lookups) outside any run. The
-/// context records nothing.
+/// retries, for the calls `check` makes (the email lookups, the records, the quota) outside any
+/// run. The context records nothing.
 pub fn with_context<T>(client: Client, f: impl AsyncFnOnce(&Context) -> T) -> Result<T, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,6 +10,14 @@ use super::{
 use crate::manifest::cut;
 use crate::onepagecrm::ReferenceType;
 
+/// What is escaped of a manifest's id in a URL path: its `/`, `?`, `#` and `%` (and anything
+/// else but letters, digits and `-_.~`) must not take the request to another endpoint.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Step 1's answer: where and how to upload.
 #[derive(Clone, Debug)]
 pub struct Form {
@@ -375,7 +383,8 @@ impl Client {
         reference_type: ReferenceType,
         reference_id: &str,
     ) -> Result<RemoteRecord, RemoteError> {
-        let path = format!("/{}s/{reference_id}", reference_type.as_str());
+        let id = percent_encoding::utf8_percent_encode(reference_id, SEGMENT);
+        let path = format!("/{}s/{id}", reference_type.as_str());
         let json = self
             .api_capped(self.http.get(self.api_url(&path)), RECORD_ANSWER_CAP)
             .await?;

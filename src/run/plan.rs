@@ -98,6 +98,8 @@ fn rejected_kind(problems: &[ProblemKind]) -> FailureKind {
         ProblemKind::InvalidEmail => FailureKind::InvalidEmail,
         ProblemKind::ContactNotFound => FailureKind::ContactNotFound,
         ProblemKind::ContactAmbiguous => FailureKind::ContactAmbiguous,
+        ProblemKind::RecordNotFound => FailureKind::RecordNotFound,
+        ProblemKind::RecordOfOtherContact => FailureKind::RecordOfOtherContact,
         _ => FailureKind::Invalid,
     };
     match problems.split_first() {

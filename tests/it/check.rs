@@ -4,8 +4,10 @@
 use predicates::prelude::*;
 use predicates::str::contains;
 
+use crate::common::emulator::Emulator;
 use crate::common::{
-    HEADER, ID, ID2, Scratch, bin, check_json, problems, samples, set_mode, unprivileged_bin,
+    HEADER, ID, ID2, Scratch, bin, check_json, json_stdout, problems, samples, set_mode,
+    unprivileged_bin,
 };
 
 fn line(n: u64) -> Option<u64> {
@@ -415,4 +417,297 @@ fn hostile_bytes_never_panic() {
             .stderr(contains("panicked").not())
             .stdout(contains("error:"));
     }
+}
+
+// Online, `check` reads the records the rows attach to (see src/records.rs).
+
+/// The sample seed's contacts and records used below.
+const ADA: &str = "ca929443ed449d7679121de5";
+const ADA_NOTE: &str = "064132394d9b497f536b2bb7";
+const ADA_NOTE_2: &str = "ce1987ee72777833d0d1e0e7";
+const ADA_DEAL: &str = "ce6ec0cdddd720161b4cbd15";
+const GRACE: &str = "285b4ab0cf8624250f4313ff";
+const GRACE_DEAL: &str = "6a6bc056a90f9f118eb3ef73";
+const NO_RECORD: &str = "0000000000000000000000aa";
+
+/// `check --json` against `emu`: the exit code and the document.
+fn check_online(emu: &Emulator, manifest: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = emu
+        .cmd()
+        .arg("check")
+        .arg(manifest)
+        .arg("--json")
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), json_stdout(&out))
+}
+
+/// The requests `emu` counted that read records (every `GET` but the lookups, step 1 and the
+/// emulator's own).
+fn record_reads(emu: &Emulator) -> u64 {
+    emu.requests()
+        .iter()
+        .filter(|(k, _)| k.starts_with("GET "))
+        .filter(|(k, _)| !k.contains("/contacts ") && !k.contains("/s3_form "))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[test]
+fn check_online_reports_a_record_that_does_not_exist_on_its_line() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let m = s.manifest(format!(
+        "{HEADER}a.txt,{ADA},deal,{ADA_DEAL},\na.txt,{ADA},deal,{NO_RECORD},b.txt\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(doc["valid"], false);
+    assert_eq!(
+        problems(&doc),
+        vec![(line(3), col("reference_id"), "record_not_found".into())]
+    );
+    let message = doc["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains(NO_RECORD), "{message}");
+    assert_eq!(doc["records"]["status"], "checked");
+    assert_eq!(doc["records"]["records"], 2);
+    assert_eq!(doc["records"]["not_found"], 1);
+    // An invalid manifest: the storage is not asked.
+    assert_eq!(doc["quota"]["status"], "not_checked");
+    emu.cmd()
+        .arg("check")
+        .arg(&m)
+        .assert()
+        .code(2)
+        .stdout(contains(format!(
+            "error: line 3, column reference_id: no deal has the id {NO_RECORD}"
+        )))
+        .stdout(contains("1 not found, 0 of another contact"));
+}
+
+#[test]
+fn check_online_reports_a_record_of_another_contact_on_its_line() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    s.file("b.txt", "b");
+    let m = s.manifest(format!(
+        "{HEADER}a.txt,{ADA},deal,{GRACE_DEAL},\nb.txt,{GRACE},deal,{GRACE_DEAL},\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![(
+            line(2),
+            col("reference_id"),
+            "record_of_other_contact".into()
+        )]
+    );
+    let message = doc["problems"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(GRACE) && message.contains(ADA),
+        "the message names both contacts: {message}"
+    );
+    // One record, but named under two contacts: read for each.
+    assert_eq!(doc["records"]["records"], 2);
+    assert_eq!(doc["records"]["of_other_contact"], 1);
+    emu.cmd()
+        .arg("check")
+        .arg(&m)
+        .assert()
+        .code(2)
+        .stdout(contains(format!(
+            "error: line 2, column reference_id: deal {GRACE_DEAL} belongs to contact {GRACE}, not to contact {ADA}"
+        )));
+}
+
+#[test]
+fn check_online_reads_each_sample_record_once_and_offline_reads_none() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let manifest = samples().join("manifest.csv");
+    emu.cmd()
+        .arg("check")
+        .arg(&manifest)
+        .arg("--offline")
+        .assert()
+        .code(0)
+        .stdout(contains("Records:   not read (--offline)"));
+    assert!(
+        emu.requests().is_empty(),
+        "--offline sent requests: {:?}",
+        emu.requests()
+    );
+
+    let (code, doc) = check_online(&emu, &manifest);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["valid"], true);
+    // 20 rows, 19 records (two rows share a deal) of 4 contacts; the two notes of each of three
+    // contacts are read by one listing each, every other record by its own GET: 16 calls.
+    let records = &doc["records"];
+    assert_eq!(records["status"], "checked");
+    assert_eq!(records["records"], 19);
+    assert_eq!(records["found"], 19);
+    assert_eq!(records["calls"], 16);
+    assert_eq!(record_reads(&emu), 16, "{:?}", emu.requests());
+    let requests = emu.requests();
+    assert_eq!(requests["GET /api/v3/notes 200"], 3, "{requests:?}");
+    assert_eq!(requests["GET /api/v3/notes/{id} 200"], 1, "{requests:?}");
+    assert_eq!(doc["quota"]["status"], "checked");
+    emu.cmd()
+        .arg("check")
+        .arg(&manifest)
+        .assert()
+        .code(0)
+        .stdout(contains(
+            "Records:   19 records read with 16 API calls: 19 found, 0 not found, 0 of another contact",
+        ))
+        .stdout(contains("Result:    valid"));
+}
+
+#[test]
+fn several_records_of_one_contact_are_listed_and_only_the_unlisted_read_one_by_one() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    // Ada's two notes are on her listing; the third is no note of hers, so it is read on its own
+    // (it does not exist). Three deals: whether or not the server lists deals, each verdict holds.
+    let m = s.manifest(format!(
+        "{HEADER}\
+         a.txt,{ADA},note,{ADA_NOTE},n1\n\
+         a.txt,{ADA},note,{ADA_NOTE_2},n2\n\
+         a.txt,{ADA},note,{NO_RECORD},n3\n\
+         a.txt,{ADA},deal,{ADA_DEAL},d1\n\
+         a.txt,{ADA},deal,{GRACE_DEAL},d2\n\
+         a.txt,{ADA},deal,{NO_RECORD},d3\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(4), col("reference_id"), "record_not_found".into()),
+            (
+                line(6),
+                col("reference_id"),
+                "record_of_other_contact".into()
+            ),
+            (line(7), col("reference_id"), "record_not_found".into()),
+        ]
+    );
+    let requests = emu.requests();
+    assert_eq!(requests["GET /api/v3/notes 200"], 1, "{requests:?}");
+    assert_eq!(requests["GET /api/v3/notes/{id} 404"], 1, "{requests:?}");
+    assert!(
+        !requests.contains_key("GET /api/v3/notes/{id} 200"),
+        "a listed note was read again: {requests:?}"
+    );
+    assert_eq!(doc["records"]["records"], 6);
+    assert_eq!(doc["records"]["calls"].as_u64(), Some(record_reads(&emu)));
+}
+
+#[test]
+fn rows_by_email_are_read_under_the_contact_found_and_unresolved_ones_are_skipped() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let m = s.manifest(format!(
+        "file,contact_email,reference_type,reference_id,name\n\
+         a.txt,ADA@analytical.example,deal,{ADA_DEAL},a1\n\
+         a.txt,ada@analytical.example,deal,{GRACE_DEAL},a2\n\
+         a.txt,nobody@nowhere.example,deal,{NO_RECORD},a3\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (
+                line(3),
+                col("reference_id"),
+                "record_of_other_contact".into()
+            ),
+            (line(4), col("contact_email"), "contact_not_found".into()),
+        ]
+    );
+    assert_eq!(doc["records"]["records"], 2);
+    assert_eq!(doc["records"]["rows_not_checked"], 1);
+    let requests = emu.requests();
+    assert!(
+        !requests.keys().any(|k| k.contains("/{id} 404")),
+        "the unresolved row's record was read: {requests:?}"
+    );
+}
+
+#[test]
+fn rows_that_create_their_note_read_no_record() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let m = s.manifest(format!(
+        "file,contact_id,reference_id,note_text\na.txt,{ADA},,Hello\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["records"]["records"], 0);
+    assert_eq!(doc["records"]["calls"], 0);
+    assert_eq!(record_reads(&emu), 0, "{:?}", emu.requests());
+}
+
+#[test]
+fn a_contact_that_does_not_exist_is_a_problem_of_its_rows_not_a_failed_storage_check() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    s.file("b.txt", "b");
+    // The note rows name no record, so only step 1 (for the first row's contact) can tell.
+    let m = s.manifest(format!(
+        "file,contact_id,reference_id,note_text\n\
+         a.txt,{NO_RECORD},,Hello\n\
+         b.txt,{NO_RECORD},,Again\n\
+         a.txt,{ADA},{ADA_NOTE},\n"
+    ));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("contact_id"), "contact_not_found".into()),
+            (line(3), col("contact_id"), "contact_not_found".into()),
+        ]
+    );
+    assert_eq!(doc["quota"]["status"], "not_checked");
+    emu.cmd()
+        .arg("check")
+        .arg(&m)
+        .assert()
+        .code(2)
+        .stdout(contains(format!(
+            "error: line 2, column contact_id: no contact has the id {NO_RECORD}"
+        )));
+}
+
+#[test]
+fn a_reference_id_that_is_no_id_is_read_as_one_and_not_found() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    // Unescaped, this id would take the read to `GET /contacts?email=x`.
+    let m = s.manifest(format!("{HEADER}a.txt,{ADA},deal,../contacts?email=x,\n"));
+    let (code, doc) = check_online(&emu, &m);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        problems(&doc),
+        vec![
+            (line(2), col("reference_id"), "record_not_found".into()),
+            (line(2), col("reference_id"), "id_format".into()),
+        ]
+    );
+    let requests = emu.requests();
+    assert_eq!(
+        requests.get("GET /api/v3/deals/{id} 404"),
+        Some(&1),
+        "{requests:?}"
+    );
 }

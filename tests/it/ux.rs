@@ -52,6 +52,7 @@ fn json_documents_have_the_documented_shape() {
             ("manifest", "string"),
             ("valid", "boolean"),
             ("lookups", "object"),
+            ("records", "object"),
             ("quota", "object"),
             ("summary", "object"),
             ("problems", "array"),
