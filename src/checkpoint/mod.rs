@@ -538,6 +538,10 @@ pub enum OpenError {
     #[error("{path} is not a SQLite file; give another --state")]
     NotSqlite { path: String },
     #[error(
+        "{path} exists but is not an opcrm-import state file (it is empty); it is left as it is: give another --state, or remove it if it is yours (a path that does not exist is created)"
+    )]
+    NotOurs { path: String },
+    #[error(
         "state file {path} was written by a newer opcrm-import (schema {found}, this one knows {known}); use that version"
     )]
     Newer {
@@ -600,14 +604,29 @@ fn single_name(_: &Path, _: &std::fs::Metadata) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Whether `path` names something already (a dangling symbolic link too): only a path that does
+/// not is made a new state file.
+pub fn exists(path: &Path) -> bool {
+    path.as_os_str() != ":memory:" && std::fs::symlink_metadata(path).is_ok()
+}
+
 /// Opens (creating if needed) the state file and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection, OpenError> {
+    open_as(path, exists(path))
+}
+
+/// [`open`], for a caller that made the file itself (the run lock does) and saw beforehand
+/// whether it `existed`.
+pub fn open_as(path: &Path, existed: bool) -> Result<Connection, OpenError> {
     let shown = path.display().to_string();
     let other = |e: &dyn std::fmt::Display| OpenError::Other {
         path: shown.clone(),
         reason: e.to_string(),
     };
     check_regular(path)?;
+    // Only a path that does not exist is made a new state file: an existing one that is not ours
+    // (even an empty one, which SQLite reads as an empty database) may be someone else's file, or
+    // a state file whose content was lost, and taking it as new would upload every row again.
     // `:memory:` is SQLite's own name for a database that lives and dies with the connection.
     let mut conn = Connection::open(path).map_err(|e| other(&e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -633,6 +652,9 @@ pub fn open(path: &Path) -> Result<Connection, OpenError> {
         })?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
         return Err(OpenError::Foreign { path: shown });
+    }
+    if app_id != APPLICATION_ID && existed {
+        return Err(OpenError::NotOurs { path: shown });
     }
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -1743,5 +1765,37 @@ mod tests {
             open(&newer),
             Err(OpenError::Newer { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn an_existing_empty_state_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.sqlite");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(open(&empty), Err(OpenError::NotOurs { .. })));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["empty.sqlite"]);
+
+        // A SQLite file with nothing in it (a header, no tables) is not ours either.
+        let bare = dir.path().join("bare.sqlite");
+        Connection::open(&bare)
+            .unwrap()
+            .pragma_update(None, "user_version", 0)
+            .unwrap();
+        Connection::open(&bare)
+            .unwrap()
+            .execute_batch("VACUUM")
+            .unwrap();
+        assert!(open(&bare).is_err());
+
+        // A path that does not exist is created, and opens again as ours.
+        let new = dir.path().join("new.sqlite");
+        drop(open(&new).unwrap());
+        drop(open(&new).unwrap());
     }
 }

@@ -27,11 +27,13 @@ impl Session {
         let state = &cfg.state;
         // Before anything is made or locked: `--state /dev/null` is refused, not used.
         checkpoint::check_regular(state).map_err(CommandError::stopped)?;
+        // Seen before the lock creates the file: an existing file must already be ours.
+        let existed = checkpoint::exists(state);
         let lock = match cfg.state_in_memory() {
             true => None,
             false => Some(lock_state(state).map_err(CommandError::stopped)?),
         };
-        let conn = open_checked(cfg)?;
+        let conn = open_checked(cfg, existed)?;
         let (store, writer) = checkpoint::store::spawn(conn);
         Ok(Self {
             store,
@@ -129,9 +131,9 @@ impl Session {
 
 /// Opens the state file and checks that it belongs to this manifest (or, with `--adopt-state`,
 /// takes it over).
-fn open_checked(cfg: &RunConfig) -> Result<Connection, CommandError> {
+fn open_checked(cfg: &RunConfig, existed: bool) -> Result<Connection, CommandError> {
     let state = &cfg.state;
-    let conn = checkpoint::open(state).map_err(CommandError::stopped)?;
+    let conn = checkpoint::open_as(state, existed).map_err(CommandError::stopped)?;
     let recorded = checkpoint::manifest_of(&conn).map_err(|e| {
         CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))
     })?;

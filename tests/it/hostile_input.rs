@@ -610,6 +610,25 @@ fn a_state_path_that_is_not_a_regular_file_is_refused() {
     assert!(emu.state()["requests"].as_object().unwrap().is_empty());
 }
 
+// Issue 19, item 3: an existing empty state file is not taken as new (that would upload every row
+// again); it is refused and left as it is.
+#[test]
+fn an_existing_empty_state_file_is_refused_and_left_empty() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    s.file("a.txt", "a");
+    let manifest = s.manifest(format!("{HEADER}a.txt,{CONTACT},note,{NOTE},\n"));
+    let state = s.file("empty.sqlite", "");
+    emu.run_cmd(&manifest)
+        .arg("--state")
+        .arg(&state)
+        .assert()
+        .code(3)
+        .stderr(contains("not an opcrm-import state file"));
+    assert_eq!(std::fs::metadata(&state).unwrap().len(), 0);
+    assert!(emu.state()["requests"].as_object().unwrap().is_empty());
+}
+
 // Case 15: every `--json` exit of `run` prints one JSON document.
 #[test]
 fn every_json_exit_of_run_prints_one_document() {
