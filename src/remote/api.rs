@@ -181,6 +181,19 @@ impl Client {
             .map(std::time::Duration::from_secs);
         let body = read_capped(response, cap, "the API").await?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
+        // Any 401 stops the run, whatever its body: a proxy in front of the API answers with a
+        // web page, and retrying bad credentials only knocks again with them.
+        if status == 401 {
+            let message = json
+                .as_ref()
+                .and_then(|j| j.get("message"))
+                .and_then(Value::as_str)
+                .map_or_else(
+                    || format!("with a body that is not JSON, {} bytes", body.len()),
+                    |m| cut(m).into_owned(),
+                );
+            return Err(RemoteError::Unauthorized { message });
+        }
         if status == 429 || (status == 403 && json.is_none()) {
             return Err(RemoteError::Throttled {
                 status,
@@ -202,11 +215,6 @@ impl Client {
                 .unwrap_or_default()
                 .to_string()
         };
-        if status == 401 {
-            return Err(RemoteError::Unauthorized {
-                message: text("message"),
-            });
-        }
         if !(200..300).contains(&status) {
             // Kept short whatever the server sends: the message goes to the log and the state
             // file with each failed row.

@@ -510,3 +510,19 @@ fn a_network_that_keeps_failing_stops_the_run_at_the_stall_timeout() {
         "{stderr}"
     );
 }
+
+// Issue 19, item 5: a 401 stops the run at once, even when its body is a proxy's web page.
+#[test]
+fn a_401_with_a_web_page_stops_the_run_with_exit_3_at_once() {
+    const PAGE: &str = "<html><body><h1>401 Authorization Required</h1></body></html>";
+    let server = Hostile::start(None, |_| Answer::plain(401, "text/html", PAGE));
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 2);
+    let (code, _, stderr) = run_output(server.run_cmd(&manifest).args(["--retries", "5"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the API refused the credentials (401 with a body that is not JSON"),
+        "{stderr}"
+    );
+    assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
+}
