@@ -177,8 +177,7 @@ impl Client {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(std::time::Duration::from_secs);
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let body = read_capped(response, cap, "the API").await?;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         // Any 401 stops the run, whatever its body: a proxy in front of the API answers with a
@@ -635,10 +634,39 @@ fn parse_form(json: &Value) -> Result<Form, String> {
     })
 }
 
+/// How long a `Retry-After` asks to wait (RFC 9110): seconds, or an HTTP date (a date already
+/// past asks for no wait). The caller bounds it, whichever form it came in.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        use std::time::{Duration, SystemTime};
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's own example.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let secs = |v: &str| retry_after(v, now).map(|d| d.as_secs());
+        assert_eq!(secs(" 120 "), Some(120));
+        assert_eq!(secs("Sun, 06 Nov 1994 08:51:37 GMT"), Some(120));
+        assert_eq!(secs("Sunday, 06-Nov-94 08:51:37 GMT"), Some(120));
+        assert_eq!(secs("Sun Nov  6 08:51:37 1994"), Some(120));
+        assert_eq!(
+            secs("Sun, 06 Nov 1994 08:00:00 GMT"),
+            Some(0),
+            "a date past"
+        );
+        assert_eq!(secs("soon"), None);
+    }
 
     #[test]
     fn form_fields_keep_the_tutorial_order_and_unknown_fields_go_before_key() {

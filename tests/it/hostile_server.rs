@@ -526,3 +526,35 @@ fn a_401_with_a_web_page_stops_the_run_with_exit_3_at_once() {
     );
     assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
 }
+
+// Issue 19, item 6: a `Retry-After` given as an HTTP date is honoured, bounded as the seconds
+// form is.
+#[test]
+fn a_retry_after_given_as_an_http_date_is_honoured_and_capped() {
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(
+        Some(&emu),
+        after_the_first_upload(|| Answer::Plain {
+            status: 429,
+            headers: vec![
+                ("content-type", "text/plain".into()),
+                ("retry-after", "Fri, 31 Dec 2100 23:59:59 GMT".into()),
+            ],
+            body: "slow down".into(),
+        }),
+    );
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 1);
+    let (code, stdout, stderr) =
+        run_output(
+            server
+                .run_cmd(&manifest)
+                .args(["--stall-timeout", "2s", "--rate", "off"]),
+        );
+    assert_eq!(code, Some(4), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the API throttles (429) and asks to wait ")
+            && stderr.contains(" s (Retry-After; waited 1 min at most)"),
+        "{stderr}"
+    );
+}
