@@ -1,6 +1,7 @@
 //! `opcrm-import demo`: the whole job on the samples, against an emulator in this process, so a
 //! person sees on a fresh machine what a migration looks like, and that a rerun sends nothing.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -12,6 +13,13 @@ use crate::error::CommandResult;
 use crate::preflight::human_bytes;
 use crate::remote::Credentials;
 use crate::run::{self, Remote, RunConfig};
+
+/// `println!`, but a closed stdout (`demo | head -2`) ends the demo quietly instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// `samples/` in the current folder, else the one this binary was built from.
 fn samples() -> anyhow::Result<PathBuf> {
@@ -50,13 +58,13 @@ pub fn run() -> CommandResult {
         url: url.clone(),
         credentials: Credentials::new(DEMO_USER_ID.into(), DEMO_API_KEY.into()),
     };
-    println!(
+    say!(
         "Demo: {} and {} against an emulator at {}",
         manifest.display(),
         from_crm.display(),
         emu.app.api_base()
     );
-    println!(
+    say!(
         "(the emulator throttles like OnePageCRM: about 5 requests/s, so this takes about 20 s)\n"
     );
     let requests = || emu.app.state().requests.values().sum::<u64>();
@@ -74,21 +82,21 @@ pub fn run() -> CommandResult {
         ),
     ] {
         let config = || RunConfig::defaults(manifest.clone(), state.clone(), remote());
-        println!("== {what}: first run, every row through the three steps");
+        say!("== {what}: first run, every row through the three steps");
         let before = requests();
         statuses.push(run::run_with(&config())?);
         let first = requests() - before;
-        println!("\n== The same command again: every row is done, so nothing is sent");
+        say!("\n== The same command again: every row is done, so nothing is sent");
         let before = requests();
         statuses.push(run::run_with(&config())?);
-        println!(
+        say!(
             "The emulator got {first} requests in the first run and {} in the second.\n",
             requests() - before
         );
     }
 
-    println!("\n== What the emulator holds now");
-    print_holdings(&emu.app.state().snapshot());
+    say!("\n== What the emulator holds now");
+    print_holdings(&emu.app.state().snapshot())?;
     emulator_runtime.block_on(emu.stop());
     Ok(statuses
         .into_iter()
@@ -96,7 +104,7 @@ pub fn run() -> CommandResult {
         .unwrap_or(ExitStatus::Success))
 }
 
-fn print_holdings(state: &Value) {
+fn print_holdings(state: &Value) -> std::io::Result<()> {
     let contacts: std::collections::HashMap<&str, String> = state["contacts"]
         .as_array()
         .into_iter()
@@ -111,7 +119,7 @@ fn print_holdings(state: &Value) {
     let attachments = state["attachments"].as_array().cloned().unwrap_or_default();
     for a in &attachments {
         let text = |k: &str| a[k].as_str().unwrap_or_default().to_string();
-        println!(
+        say!(
             "  {:<38} {:>10}  on {} {} of {}",
             text("filename"),
             human_bytes(a["size"].as_u64().unwrap_or(0)),
@@ -123,10 +131,11 @@ fn print_holdings(state: &Value) {
                 .unwrap_or_default()
         );
     }
-    println!(
+    say!(
         "{} attachments, {} stored objects, {} of storage left",
         attachments.len(),
         state["objects"].as_array().map_or(0, Vec::len),
         human_bytes(state["storage_left"].as_u64().unwrap_or(0))
     );
+    Ok(())
 }

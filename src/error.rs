@@ -65,10 +65,16 @@ impl CommandError {
     /// Whether this is only stdout closed by its reader (`opcrm-import report | head`): not a
     /// failure of the command, so it is not reported as one.
     pub fn is_broken_pipe(&self) -> bool {
+        let pipe = Some(std::io::ErrorKind::BrokenPipe);
         self.error.chain().any(|cause| {
             cause
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                // serde_json keeps the io error of a failed write inside its own, where the
+                // chain does not show it (`status --json | head -c 1`).
+                || cause
+                    .downcast_ref::<serde_json::Error>()
+                    .is_some_and(|e| e.io_error_kind() == pipe)
         })
     }
 }
@@ -121,6 +127,18 @@ pub fn ignore_broken_pipe(result: std::io::Result<()>) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A stdout whose reader has gone.
+    struct ClosedPipe;
+
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_closed_stdout_is_told_apart_from_a_failure() {
         let pipe: CommandError =
@@ -129,6 +147,8 @@ mod tests {
                 .into();
         assert!(pipe.is_broken_pipe());
         assert!(!CommandError::stopped("state file is full").is_broken_pipe());
+        let json = serde_json::to_writer(ClosedPipe, &serde_json::json!({"a": 1})).unwrap_err();
+        assert!(CommandError::from(json).is_broken_pipe());
         assert!(ignore_broken_pipe(Err(std::io::ErrorKind::BrokenPipe.into())).is_ok());
         assert!(ignore_broken_pipe(Err(std::io::ErrorKind::NotFound.into())).is_err());
     }

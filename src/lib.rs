@@ -93,12 +93,13 @@ pub fn run(cli: Cli) -> CommandResult {
         Command::Demo => demo::run(),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "opcrm-import",
-                &mut std::io::stdout(),
-            );
+            // Made whole first: clap_complete panics when stdout is closed (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "opcrm-import", &mut script);
+            error::ignore_broken_pipe(std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                &script,
+            ))?;
             Ok(ExitStatus::Success)
         }
     }

@@ -10,7 +10,7 @@ use super::execute::{quota_check, watch_stall};
 use super::plan::{Work, manifest_rows, plan};
 use crate::ExitStatus;
 use crate::checkpoint::{self, StoredRow};
-use crate::error::{CommandError, CommandResult};
+use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
 use crate::lookup;
 use crate::pipeline::{FormReuse, Plan, Stateless};
 use crate::preflight::Checked;
@@ -68,19 +68,20 @@ pub fn dry_run(
     if cfg.json {
         return print_json(cfg, &work, quota);
     }
-    print_text(cfg, &work)?;
+    // A closed stdout (`run --dry-run | head`) does not change what the quota check found.
+    ignore_broken_pipe(print_text(cfg, &work))?;
     quota?;
     let uploads = work.work.todo.iter().filter(|(_, p)| *p == Plan::Upload);
     let mut contacts = uploads.map(|(r, _)| !r.contact_id.is_empty()).peekable();
     if contacts.peek().is_some() && !contacts.any(|known| known) {
         // Every row to upload names its contact by an email not looked up yet.
-        writeln!(
+        ignore_broken_pipe(writeln!(
             std::io::stdout(),
             "  storage quota: not checked (the contacts are looked up by email first; `check` looks them up and checks it)"
-        )?;
+        ))?;
         return Ok(ExitStatus::Success);
     }
-    writeln!(std::io::stdout(), "  storage quota: enough")?;
+    ignore_broken_pipe(writeln!(std::io::stdout(), "  storage quota: enough"))?;
     Ok(ExitStatus::Success)
 }
 
@@ -166,7 +167,7 @@ fn print_json(
         "error": quota.as_ref().err().map(|e| e.to_string()),
         "exit_code": status as u8,
     });
-    writeln!(std::io::stdout().lock(), "{doc:#}")?;
+    ignore_broken_pipe(writeln!(std::io::stdout().lock(), "{doc:#}"))?;
     Ok(status)
 }
 
