@@ -18,6 +18,8 @@ pub enum FailureKind {
     Timeout,
     Network,
     EtagMismatch,
+    /// S3 answered that it stored the upload under another key than the one sent.
+    S3KeyMismatch,
     FileChanged,
     FileUnreadable,
     Protocol,
@@ -43,7 +45,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 24] = [
+    pub const ALL: [FailureKind; 25] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -54,6 +56,7 @@ impl FailureKind {
         Self::Timeout,
         Self::Network,
         Self::EtagMismatch,
+        Self::S3KeyMismatch,
         Self::FileChanged,
         Self::FileUnreadable,
         Self::Protocol,
@@ -83,6 +86,7 @@ impl FailureKind {
             Self::Timeout => "timeout",
             Self::Network => "network",
             Self::EtagMismatch => "etag_mismatch",
+            Self::S3KeyMismatch => "s3_key_mismatch",
             Self::FileChanged => "file_changed",
             Self::FileUnreadable => "file_unreadable",
             Self::Protocol => "protocol",
@@ -121,6 +125,9 @@ impl FailureKind {
             Self::Timeout => "requests kept timing out",
             Self::Network => "the network kept failing",
             Self::EtagMismatch => "uploads arrived damaged",
+            Self::S3KeyMismatch => {
+                "S3 stored the upload under another key than the one sent, so it was not attached"
+            }
             Self::FileChanged => "the file changed during the upload",
             Self::FileUnreadable => "the file could not be read",
             Self::Protocol => "unexpected answers",

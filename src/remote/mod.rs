@@ -199,6 +199,10 @@ pub enum RemoteError {
     Network(NetworkError),
     #[error("the upload was damaged on the way: S3's ETag is {etag} but the file's MD5 is {md5}")]
     EtagMismatch { etag: String, md5: String },
+    #[error(
+        "S3 answered that it stored the upload under the key {stored:?}, not {sent:?} as sent; the row is not attached (the attachment would name a key that holds nothing): check the S3 endpoint or the proxy in front of it"
+    )]
+    S3KeyMismatch { sent: String, stored: String },
     #[error("the file changed during the upload ({0}); check it and run again")]
     FileChanged(String),
     #[error("cannot read the file: {0}")]
@@ -243,6 +247,7 @@ impl RemoteError {
             Self::Network(n) if n.timeout => FailureKind::Timeout,
             Self::Network(_) => FailureKind::Network,
             Self::EtagMismatch { .. } => FailureKind::EtagMismatch,
+            Self::S3KeyMismatch { .. } => FailureKind::S3KeyMismatch,
             Self::FileChanged(_) => FailureKind::FileChanged,
             Self::FileUnreadable(_) => FailureKind::FileUnreadable,
             Self::Protocol { .. } => FailureKind::Protocol,
@@ -265,7 +270,9 @@ impl RemoteError {
                     || matches!(code.as_str(), "SlowDown" | "RequestTimeout")
                     || self.is_form_expired()
             }
+            // A server that files uploads under keys of its own does so again on a retry.
             Self::Unauthorized { .. }
+            | Self::S3KeyMismatch { .. }
             | Self::Quota { .. }
             | Self::FileChanged(_)
             | Self::FileUnreadable(_)

@@ -163,6 +163,16 @@ impl Client {
             .map(|(_, value)| value.as_str());
         check_success(asked, status, &content_type, &body)?;
         let etag = read_answer(status, header_etag, &body)?;
+        // The key is attached in step 3 as it was sent: when S3 says it stored the bytes under
+        // another one, that attachment would name a key that holds nothing.
+        if let Some(stored) = element_text(&body, &["Key"])
+            && stored != key
+        {
+            return Err(RemoteError::S3KeyMismatch {
+                sent: key.to_string(),
+                stored: crate::manifest::cut(&stored).into_owned(),
+            });
+        }
         if count != size {
             return Err(RemoteError::FileChanged(format!(
                 "{count} bytes read, {size} expected"

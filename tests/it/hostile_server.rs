@@ -558,3 +558,49 @@ fn a_retry_after_given_as_an_http_date_is_honoured_and_capped() {
         "{stderr}"
     );
 }
+
+// Issue 19, item 1: an S3 that answers it stored the upload under another key than the one sent:
+// the row is not attached (the attachment would name a key holding nothing), and fails with its
+// own kind, saying what S3 answered.
+#[test]
+fn an_s3_answer_naming_another_key_fails_the_row_and_nothing_is_attached() {
+    const OTHER: &str = "ca929443ed449d7679121de5/1/elsewhere.txt";
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let server = Hostile::start(Some(&emu), |call| match call.seen.is_s3() {
+        true => Answer::plain(
+            201,
+            "application/xml",
+            &format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<PostResponse><Location>/b/{OTHER}</Location><Bucket>b</Bucket><Key>{OTHER}</Key></PostResponse>"
+            ),
+        ),
+        false => Answer::Pass,
+    });
+    let s = Scratch::new();
+    let manifest = small_manifest(&s, 2);
+    let output = server
+        .run_cmd(&manifest)
+        .args(["--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    let doc = summary(&output);
+    assert_eq!(output.status.code(), Some(1), "{doc}");
+    let failures = doc["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{doc}");
+    for failure in failures {
+        assert_eq!(failure["kind"], "s3_key_mismatch", "{doc}");
+        let message = failure["message"].as_str().unwrap();
+        assert!(message.contains(OTHER), "{message}");
+    }
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/api/v3/attachments") && r.method == "POST"),
+        "an upload S3 stored elsewhere was attached: {:?}",
+        server.requests()
+    );
+    assert!(emu.state()["attachments"].as_array().unwrap().is_empty());
+    let status = status_of(&manifest);
+    assert_eq!(status["by_state"]["failed"], 2, "{status}");
+}
