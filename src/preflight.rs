@@ -229,14 +229,26 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
         );
         return (None, problems);
     }
-    if let Err(e) = File::open(&path) {
+    let mut handle = match File::open(&path) {
+        Ok(handle) => handle,
+        Err(e) => {
+            error(
+                ProblemKind::FileUnreadable,
+                format!("{file} cannot be opened for reading: {}", io_reason(&e)),
+            );
+            return (None, problems);
+        }
+    };
+    let size = meta.len();
+    if !reads_as_its_size(&mut handle, size) {
         error(
-            ProblemKind::FileUnreadable,
-            format!("{file} cannot be opened for reading: {}", io_reason(&e)),
+            ProblemKind::NotRegularFile,
+            format!(
+                "{file} does not read as the {size} bytes its size says (a file of /proc or /sys, or one being written); copy it to a regular file and give that"
+            ),
         );
         return (None, problems);
     }
-    let size = meta.len();
     if size > MAX_FILE_SIZE {
         error(
             ProblemKind::FileTooLarge,
@@ -262,6 +274,25 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
         }),
         problems,
     )
+}
+
+/// Whether `file` holds exactly the `size` bytes its metadata says: its last byte is there and
+/// nothing follows it. Files of /proc say 0 and read more, files of /sys say 4096 and read less;
+/// uploaded as their size says, they would arrive cut or padded. Two short reads, not the file.
+pub fn reads_as_its_size(file: &mut File, size: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut byte = [0u8; 1];
+    let mut read_at = |at: u64| -> io::Result<usize> {
+        file.seek(SeekFrom::Start(at))?;
+        loop {
+            match file.read(&mut byte) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    };
+    let last_is_there = size == 0 || matches!(read_at(size - 1), Ok(1));
+    last_is_there && matches!(read_at(size), Ok(0))
 }
 
 /// A file's modification time in nanoseconds since the epoch; 0 when it cannot be read.

@@ -183,6 +183,15 @@ impl Client {
                 "it is no longer {size} bytes"
             )));
         }
+        // `size` bytes went out, but the file may hold more than its size says (one of /proc):
+        // what was sent is then not the file.
+        let whole = std::fs::File::open(path)
+            .is_ok_and(|mut f| crate::preflight::reads_as_its_size(&mut f, size));
+        if !whole {
+            return Err(RemoteError::FileChanged(format!(
+                "it does not read as the {size} bytes its size says"
+            )));
+        }
         if let Some(etag) = etag
             && etag != md5
         {

@@ -375,6 +375,30 @@ fn fifo_is_not_a_regular_file_and_check_does_not_hang() {
     );
 }
 
+// Issue 19, item 2: a file whose size lies (/proc/version: size 0, reads 125 bytes) is refused,
+// by `check` and by `run`, instead of being uploaded as 0 bytes.
+#[test]
+fn a_file_whose_size_lies_is_refused_by_check_and_run() {
+    let proc_file = std::path::Path::new("/proc/version");
+    if std::fs::metadata(proc_file).map(|m| m.len()).ok() != Some(0) {
+        return; // no /proc here: nothing whose size lies to test with
+    }
+    let s = Scratch::new();
+    let m = s.manifest(format!("{HEADER}/proc/version,{ID},note,{ID},\n"));
+    let (code, doc) = check_json(&m, &["--offline"]);
+    assert_eq!(code, 2, "{doc}");
+    assert_eq!(
+        problems(&doc),
+        vec![(line(2), col("file"), "not_regular_file".into())]
+    );
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    emu.run_cmd(&m)
+        .assert()
+        .code(2)
+        .stderr(contains("does not read as the 0 bytes its size says"));
+    assert!(emu.state()["requests"].as_object().unwrap().is_empty());
+}
+
 #[test]
 fn manifest_that_does_not_exist_or_is_a_directory() {
     let s = Scratch::new();
