@@ -1,0 +1,108 @@
+//! Hostile tests of issue 19 (what `--json`, `status` and `report` show a person and a script):
+//! one name for one failure, causes kept in JSON, terminal text escaped, logs above the bar.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::emulator::Emulator;
+use crate::common::{HEADER, Scratch, bin, check_json, json_stdout};
+
+/// The sample seed's contact and one of its notes (samples/emulator-seed.json).
+const CONTACT: &str = "ca929443ed449d7679121de5";
+const NOTE: &str = "064132394d9b497f536b2bb7";
+
+/// One byte over the 10 MB limit.
+const TOO_LARGE: u64 = 10_485_761;
+
+fn status_json(manifest: &Path) -> Value {
+    let out = bin()
+        .arg("status")
+        .arg(manifest)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    json_stdout(&out)
+}
+
+/// A manifest of one good row and one file over the size limit.
+fn one_too_large(s: &Scratch) -> std::path::PathBuf {
+    s.file("ok.txt", "fine");
+    let big = std::fs::File::create(s.path("big.bin")).unwrap();
+    big.set_len(TOO_LARGE).unwrap();
+    s.manifest(format!(
+        "{HEADER}ok.txt,{CONTACT},note,{NOTE},\nbig.bin,{CONTACT},note,{NOTE},\n"
+    ))
+}
+
+// Item 9: `check --json` said `file_too_large`, `status` and `report` said `invalid`.
+#[test]
+fn a_rejected_row_has_its_problems_name_in_check_status_and_report() {
+    let emu = Emulator::start(&[]);
+    let s = Scratch::new();
+    let manifest = one_too_large(&s);
+
+    let (code, doc) = check_json(&manifest, &["--offline"]);
+    assert_eq!(code, 2, "{doc}");
+    let kinds: Vec<&str> = doc["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["file_too_large"], "{doc}");
+
+    emu.run_cmd(&manifest)
+        .args(["--skip-invalid", "--rate", "off"])
+        .assert()
+        .code(1);
+
+    let status = status_json(&manifest);
+    let failures = status["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{status}");
+    assert_eq!(failures[0]["kind"], "file_too_large", "{status}");
+
+    let text = bin().arg("status").arg(&manifest).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("file_too_large"), "{text}");
+    assert!(!text.contains("invalid:"), "{text}");
+
+    let report = s.path("report.csv");
+    bin()
+        .arg("report")
+        .arg(&manifest)
+        .args(["--only", "failed", "-o"])
+        .arg(&report)
+        .assert()
+        .code(0);
+    let mut reader = csv::Reader::from_path(&report).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let at = headers.iter().position(|h| h == "error_kind").unwrap();
+    let kinds: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[at].to_string())
+        .collect();
+    assert_eq!(kinds, ["file_too_large"]);
+
+    // A state file of an earlier version holds `invalid`: it still reads, and a rerun gives the
+    // row its problem's name.
+    let db = rusqlite::Connection::open(s.path("manifest.opcrm.sqlite")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE rows SET error_kind = 'invalid' WHERE state = 'rejected'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    assert_eq!(status_json(&manifest)["failures"][0]["kind"], "invalid");
+    emu.run_cmd(&manifest)
+        .args(["--skip-invalid", "--rate", "off"])
+        .assert()
+        .code(1);
+    assert_eq!(
+        status_json(&manifest)["failures"][0]["kind"],
+        "file_too_large"
+    );
+}
