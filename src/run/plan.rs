@@ -110,6 +110,8 @@ pub struct Work {
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
+    /// The rejected rows, for the summary's `failures` (their kind and message).
+    pub rejected_rows: Vec<StoredRow>,
     /// Note groups whose `POST /notes` may have been sent (in `intent`): each lists its
     /// contact's notes (at least one call) before it creates its note.
     pub notes_unsettled: usize,
@@ -219,6 +221,7 @@ pub fn plan(
             }
             RowState::Rejected => {
                 work.rejected += 1;
+                work.rejected_rows.push(row.clone());
                 None
             }
             // Whether its attach took effect was not told yet (a state file of an earlier

@@ -106,3 +106,66 @@ fn a_rejected_row_has_its_problems_name_in_check_status_and_report() {
         "file_too_large"
     );
 }
+
+// Item 10: a missing manifest's cause was on stderr only; `run --json` said `rejected: 1` beside
+// `"failures": []`.
+#[test]
+fn json_documents_carry_the_cause_and_every_rejected_row() {
+    let emu = Emulator::start(&[]);
+    let s = Scratch::new();
+
+    let out = emu
+        .run_cmd(&s.path("missing.csv"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc = json_stdout(&out);
+    let error = doc["error"].as_str().unwrap();
+    assert!(
+        error.contains("the manifest cannot be read") && error.contains("missing.csv"),
+        "{doc}"
+    );
+    let causes = doc["causes"].as_array().unwrap();
+    assert!(causes.len() >= 2, "{doc}");
+    assert!(
+        causes
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("no such file"),
+        "{doc}"
+    );
+    assert_eq!(doc["problems"][0]["kind"], "manifest_unreadable", "{doc}");
+
+    // An invalid manifest without --skip-invalid: its problems are in the document too.
+    let manifest = one_too_large(&s);
+    let out = emu.run_cmd(&manifest).arg("--json").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc = json_stdout(&out);
+    assert_eq!(doc["problems"][0]["kind"], "file_too_large", "{doc}");
+    assert_eq!(doc["problems"][0]["line"], 3, "{doc}");
+
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--skip-invalid", "--rate", "off", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json_stdout(&out);
+    assert_eq!(doc["rejected"], 1, "{doc}");
+    let failures = doc["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{doc}");
+    assert_eq!(failures[0]["line"], 3);
+    assert_eq!(failures[0]["file"], "big.bin");
+    assert_eq!(failures[0]["state"], "rejected");
+    assert_eq!(failures[0]["kind"], "file_too_large");
+    assert!(
+        failures[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10485761 bytes"),
+        "{doc}"
+    );
+}
