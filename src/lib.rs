@@ -23,6 +23,7 @@ pub mod remote;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod terminal;
 
 use std::process::ExitCode;
 
@@ -69,9 +70,9 @@ pub fn exit_with(err: CommandError, json: bool) -> ExitCode {
     if err.is_broken_pipe() {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {}", err.chain());
+    say!("error: {}", err.chain());
     if let Some(hint) = err.hint() {
-        eprintln!("hint: {hint}");
+        say!("hint: {hint}");
     }
     if json {
         print_json_error(&err);

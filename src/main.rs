@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(err) = opcrm_import::logging::init(&cli.log) {
-        eprintln!("error: {err:#}");
+        opcrm_import::say!("error: {err:#}");
         return ExitStatus::Usage.into();
     }
     let json = cli.wants_json();

@@ -46,7 +46,7 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     if settings.form_reuse == FormReuse::Auto
         && let Some(why) = session.form_reuse_off(cfg)?
     {
-        eprintln!(
+        crate::say!(
             "form reuse is off for this state file (an earlier run turned it off: {why}); one upload form per file"
         );
         settings.form_reuse = FormReuse::Off;

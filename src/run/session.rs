@@ -111,9 +111,10 @@ impl Session {
                 })?;
         }
         for row in &work.changed {
-            eprintln!(
+            crate::say!(
                 "warning: line {}: {} changed after it was uploaded; the uploaded version is kept (pass --reupload-changed to upload it again)",
-                row.line, row.file
+                row.line,
+                row.file
             );
         }
         self.work = work;
@@ -138,7 +139,7 @@ fn open_checked(cfg: &RunConfig) -> Result<Connection, CommandError> {
     let manifest_id = manifest_id(&cfg.manifest);
     match recorded {
         Some(recorded) if recorded != manifest_id && cfg.choices.adopt_state => {
-            eprintln!(
+            crate::say!(
                 "note: state file {} belonged to the manifest {recorded}; it now belongs to {manifest_id} (--adopt-state)",
                 state.display()
             );

@@ -264,6 +264,8 @@ impl Summary {
             serde_json::to_writer_pretty(&mut out, self)?;
             return writeln!(out);
         }
+        // The server's messages and the manifest's file names, escaped (see `terminal`).
+        let mut out = crate::terminal::Printable(out);
         self.write_counts(&mut out)?;
         for f in &self.failures {
             let what = match (f.state, f.retryable) {

@@ -169,3 +169,71 @@ fn json_documents_carry_the_cause_and_every_rejected_row() {
         "{doc}"
     );
 }
+
+/// Whether `bytes` hold an escape sequence or another control character but the line end.
+fn has_controls(bytes: &[u8]) -> bool {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .any(|c| c.is_control() && c != '\n')
+}
+
+// Item 11: a file name that sets the window title and clears the screen reached the terminal
+// raw, in `check`'s "looked for PATH", in `status` and in `report`'s notes.
+#[test]
+fn escape_sequences_from_a_manifest_reach_no_terminal_line() {
+    let emu = Emulator::start(&[]);
+    let s = Scratch::new();
+    let evil = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J.txt";
+    s.file("ok.txt", "fine");
+    let manifest = s.manifest(format!(
+        "{HEADER}ok.txt,{CONTACT},note,{NOTE},\n\"{evil}\",{CONTACT},note,{NOTE},safe.txt\n"
+    ));
+
+    let out = bin()
+        .arg("check")
+        .arg(&manifest)
+        .arg("--offline")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("looked for"), "{text}");
+    assert!(text.contains("\\u{1b}]0;pwned"), "shown escaped: {text}");
+    assert!(!has_controls(&out.stdout), "{text}");
+    assert!(!has_controls(&out.stderr));
+
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--skip-invalid", "--rate", "off"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("looked for"));
+    assert!(!has_controls(&out.stdout), "{out:?}");
+    assert!(!has_controls(&out.stderr), "{out:?}");
+
+    let out = bin().arg("status").arg(&manifest).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("evil\\u{1b}"), "{text}");
+    assert!(!has_controls(&out.stdout), "{text}");
+
+    // The report file keeps the bytes (it is data); the note on stderr names its path escaped.
+    let report = s.path("fix\u{1b}[2J.csv");
+    let out = bin()
+        .arg("report")
+        .arg(&manifest)
+        .args(["--only", "failed", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("fix\\u{1b}[2J.csv"), "{note}");
+    assert!(!has_controls(&out.stderr), "{note}");
+    let csv = std::fs::read(&report).unwrap();
+    assert!(
+        csv.windows(evil.len()).any(|w| w == evil.as_bytes()),
+        "the report keeps the file name's bytes"
+    );
+}
