@@ -1,5 +1,6 @@
 //! `opcrm-import check`: runs preflight and prints what it found, for a person or as JSON.
 
+use crate::terminal::Printable;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -270,7 +271,8 @@ pub fn run(args: &CheckArgs) -> CommandResult {
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         } else {
-            write_text(&mut out, &checked, &online)?;
+            // File names and the server's messages, escaped (see `terminal`).
+            write_text(&mut Printable(&mut out), &checked, &online)?;
         }
         out.flush()
     };
@@ -286,6 +288,8 @@ const SHOWN_PER_KIND: usize = 20;
 /// every one of 100,000 rows has the same mistake needs a few examples and a count, not 100,000
 /// lines (`check --json` lists them all).
 pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<()> {
+    // A problem quotes the manifest's own text (a path, a field): escaped for the terminal.
+    let out = &mut Printable(out);
     let mut seen: Vec<(ProblemKind, Severity, usize)> = Vec::new();
     for problem in problems {
         let key = (problem.kind, problem.severity);

@@ -12,6 +12,9 @@ pub struct CommandError {
     status: ExitStatus,
     error: anyhow::Error,
     hint: Option<String>,
+    /// More for the `--json` document (the problems of an invalid manifest): what stderr says
+    /// above the error, which a script reading stdout would not see otherwise.
+    details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What every command returns: the exit status it finished with, or why it stopped.
@@ -24,6 +27,7 @@ impl CommandError {
             status,
             error: anyhow::anyhow!("{message}"),
             hint: None,
+            details: serde_json::Map::new(),
         }
     }
 
@@ -47,6 +51,31 @@ impl CommandError {
     pub fn with_status(mut self, status: ExitStatus) -> Self {
         self.status = status;
         self
+    }
+
+    /// `key` in the `--json` document, beside the error.
+    pub fn with_detail(mut self, key: &str, value: impl serde::Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.details.insert(key.to_string(), value);
+        self
+    }
+
+    /// The `--json` document of this error: the whole chain (`error`, and each cause on its own
+    /// in `causes`, so that a script sees why, not only what), what to do next, the details and
+    /// the exit code.
+    pub fn json(&self) -> serde_json::Value {
+        let mut doc = serde_json::Map::new();
+        doc.insert("error".into(), self.chain().into());
+        let causes: Vec<String> = self.error.chain().map(|c| c.to_string()).collect();
+        doc.insert("causes".into(), causes.into());
+        if let Some(hint) = &self.hint {
+            doc.insert("hint".into(), hint.clone().into());
+        }
+        for (k, v) in &self.details {
+            doc.insert(k.clone(), v.clone());
+        }
+        doc.insert("exit_code".into(), (self.status as u8).into());
+        doc.into()
     }
 
     pub fn status(&self) -> ExitStatus {
@@ -99,6 +128,7 @@ impl From<anyhow::Error> for CommandError {
             status: ExitStatus::Stopped,
             error,
             hint: None,
+            details: serde_json::Map::new(),
         }
     }
 }
@@ -162,5 +192,31 @@ mod tests {
         assert_eq!(e.status(), ExitStatus::Stopped);
         let e = CommandError::usage("bad").with_hint("fix it");
         assert_eq!((e.status(), e.hint()), (ExitStatus::Usage, Some("fix it")));
+    }
+
+    #[test]
+    fn the_json_document_carries_every_cause() {
+        let e: CommandError = anyhow::anyhow!("no such file or directory")
+            .context("cannot read manifest m.csv")
+            .context("the manifest cannot be read")
+            .into();
+        let e = e
+            .with_status(ExitStatus::Usage)
+            .with_detail("problems", [1]);
+        let doc = e.json();
+        assert_eq!(
+            doc["error"],
+            "the manifest cannot be read: cannot read manifest m.csv: no such file or directory"
+        );
+        assert_eq!(
+            doc["causes"],
+            serde_json::json!([
+                "the manifest cannot be read",
+                "cannot read manifest m.csv",
+                "no such file or directory"
+            ])
+        );
+        assert_eq!(doc["problems"], serde_json::json!([1]));
+        assert_eq!(doc["exit_code"], 2);
     }
 }

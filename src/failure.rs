@@ -4,6 +4,8 @@
 
 use serde::{Serialize, Serializer};
 
+use crate::manifest::ProblemKind;
+
 /// A row's failure kind. Its name (`as_str`) is what the state file, `--json` and the reports
 /// hold: stable across versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,7 +30,8 @@ pub enum FailureKind {
     Stalled,
     /// The note the row attaches to (a `note_text` row) could not be created.
     NoteFailed,
-    /// Invalid in preflight (a `rejected` row).
+    /// Invalid in preflight: the name state files of earlier versions hold for every rejected
+    /// row. Still read; a rejected row is recorded with its problem's own kind now.
     Invalid,
     /// Rejected: `contact_email` is not an email address.
     InvalidEmail,
@@ -40,6 +43,9 @@ pub enum FailureKind {
     RecordNotFound,
     /// The row's record belongs to another contact than the row's.
     RecordOfOtherContact,
+    /// Rejected in preflight for this problem, under the problem's own name (`file_too_large`),
+    /// the one `check --json` shows: one failure has one name everywhere.
+    Problem(ProblemKind),
     /// A name this version does not know (a state file of a newer version).
     Other,
 }
@@ -100,6 +106,7 @@ impl FailureKind {
             Self::ContactAmbiguous => "contact_ambiguous",
             Self::RecordNotFound => "record_not_found",
             Self::RecordOfOtherContact => "record_of_other_contact",
+            Self::Problem(p) => p.as_str(),
             Self::Other => "other",
         }
     }
@@ -109,7 +116,22 @@ impl FailureKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == name)
+            .or_else(|| {
+                ProblemKind::ALL
+                    .into_iter()
+                    .find(|p| p.as_str() == name)
+                    .map(Self::Problem)
+            })
             .unwrap_or(Self::Other)
+    }
+
+    /// The kind a row rejected for `problem` is recorded with: a kind of its own when one has
+    /// the problem's name (`contact_not_found`), so that a name never means two values.
+    pub fn of_problem(problem: ProblemKind) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == problem.as_str())
+            .unwrap_or(Self::Problem(problem))
     }
 
     /// What the kind means, in words a person can act on.
@@ -151,6 +173,7 @@ impl FailureKind {
             Self::RecordOfOtherContact => {
                 "its record belongs to another contact (fix contact_id or reference_id)"
             }
+            Self::Problem(_) => "the row is invalid (its message says why)",
             Self::Other => "an error",
         }
     }
@@ -193,6 +216,13 @@ mod tests {
             assert_eq!(FailureKind::parse(k.as_str()), k);
             assert!(!k.describe().is_empty());
         }
+        for p in ProblemKind::ALL {
+            let k = FailureKind::of_problem(p);
+            assert_eq!(k.as_str(), p.as_str());
+            assert_eq!(FailureKind::parse(p.as_str()), k);
+        }
+        // What earlier versions recorded for every rejected row.
+        assert_eq!(FailureKind::parse("invalid"), FailureKind::Invalid);
         assert_eq!(
             FailureKind::parse("from_a_newer_version"),
             FailureKind::Other

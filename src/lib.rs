@@ -23,6 +23,7 @@ pub mod remote;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod terminal;
 
 use std::process::ExitCode;
 
@@ -52,10 +53,10 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
-/// The JSON document of a command stopped by `message` with `status`, on stdout.
-pub fn print_json_error(message: &str, status: ExitStatus) {
+/// The JSON document of a command stopped by `err`, on stdout.
+pub fn print_json_error(err: &CommandError) {
     use std::io::Write;
-    let doc = serde_json::json!({ "error": message, "exit_code": status as u8 });
+    let doc = err.json();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{doc:#}");
     let _ = out.flush();
@@ -69,12 +70,12 @@ pub fn exit_with(err: CommandError, json: bool) -> ExitCode {
     if err.is_broken_pipe() {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: {}", err.chain());
+    say!("error: {}", err.chain());
     if let Some(hint) = err.hint() {
-        eprintln!("hint: {hint}");
+        say!("hint: {hint}");
     }
     if json {
-        print_json_error(&err.chain(), err.status());
+        print_json_error(&err);
     }
     err.status().into()
 }

@@ -13,13 +13,13 @@ fn main() -> ExitCode {
             if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
                 let message = e.render().to_string();
                 let message = message.trim().trim_start_matches("error: ");
-                opcrm_import::print_json_error(message, ExitStatus::Usage);
+                opcrm_import::print_json_error(&opcrm_import::error::CommandError::usage(message));
             }
             e.exit()
         }
     };
     if let Err(err) = opcrm_import::logging::init(&cli.log) {
-        eprintln!("error: {err:#}");
+        opcrm_import::say!("error: {err:#}");
         return ExitStatus::Usage.into();
     }
     let json = cli.wants_json();

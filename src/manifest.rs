@@ -61,7 +61,7 @@ pub enum Severity {
 }
 
 /// A machine-readable name for each kind of problem (the `kind` of `check --json`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     ManifestUnreadable,
@@ -103,6 +103,78 @@ pub enum ProblemKind {
     RecordNotFound,
     /// The row's record belongs to another contact than the row's (found online).
     RecordOfOtherContact,
+}
+
+impl ProblemKind {
+    pub const ALL: [ProblemKind; 30] = [
+        Self::ManifestUnreadable,
+        Self::ManifestEmpty,
+        Self::NotText,
+        Self::UnknownColumn,
+        Self::DuplicateColumn,
+        Self::MissingColumn,
+        Self::NoRows,
+        Self::InvalidUtf8,
+        Self::FieldCount,
+        Self::MissingField,
+        Self::UnknownReferenceType,
+        Self::InvalidName,
+        Self::FileMissing,
+        Self::DanglingLink,
+        Self::NotRegularFile,
+        Self::FileUnreadable,
+        Self::FileTooLarge,
+        Self::DuplicateAttachment,
+        Self::NoteConflict,
+        Self::InvalidNoteDate,
+        Self::NoteTooLong,
+        Self::NoteKeyConflict,
+        Self::EmptyFile,
+        Self::IdFormat,
+        Self::ContactIdAndEmail,
+        Self::InvalidEmail,
+        Self::ContactNotFound,
+        Self::ContactAmbiguous,
+        Self::RecordNotFound,
+        Self::RecordOfOtherContact,
+    ];
+
+    /// The name `check --json` shows, and the one a rejected row of this kind is recorded with
+    /// (its `error_kind` in the state file, `status` and `report`): one name everywhere.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ManifestUnreadable => "manifest_unreadable",
+            Self::ManifestEmpty => "manifest_empty",
+            Self::NotText => "not_text",
+            Self::UnknownColumn => "unknown_column",
+            Self::DuplicateColumn => "duplicate_column",
+            Self::MissingColumn => "missing_column",
+            Self::NoRows => "no_rows",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::FieldCount => "field_count",
+            Self::MissingField => "missing_field",
+            Self::UnknownReferenceType => "unknown_reference_type",
+            Self::InvalidName => "invalid_name",
+            Self::FileMissing => "file_missing",
+            Self::DanglingLink => "dangling_link",
+            Self::NotRegularFile => "not_regular_file",
+            Self::FileUnreadable => "file_unreadable",
+            Self::FileTooLarge => "file_too_large",
+            Self::DuplicateAttachment => "duplicate_attachment",
+            Self::NoteConflict => "note_conflict",
+            Self::InvalidNoteDate => "invalid_note_date",
+            Self::NoteTooLong => "note_too_long",
+            Self::NoteKeyConflict => "note_key_conflict",
+            Self::EmptyFile => "empty_file",
+            Self::IdFormat => "id_format",
+            Self::ContactIdAndEmail => "contact_id_and_email",
+            Self::InvalidEmail => "invalid_email",
+            Self::ContactNotFound => "contact_not_found",
+            Self::ContactAmbiguous => "contact_ambiguous",
+            Self::RecordNotFound => "record_not_found",
+            Self::RecordOfOtherContact => "record_of_other_contact",
+        }
+    }
 }
 
 /// One thing wrong (or worth a look) in a manifest, anchored to its line and column.

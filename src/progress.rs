@@ -96,7 +96,7 @@ pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
             loop {
                 tick.tick().await;
                 let c = ctx.counts();
-                eprintln!(
+                crate::say!(
                     "progress: {}/{} rows done · {} · {} API calls",
                     c.done,
                     totals.rows,

@@ -198,6 +198,8 @@ pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
         writeln!(out)?;
         return Ok(ExitStatus::Success);
     }
+    // The server's messages and the manifest's file names, escaped (see `terminal`).
+    let mut out = crate::terminal::Printable(out);
     write_rows(&mut out, &status)?;
     write_failures(&mut out, &status)?;
     write_runs(&mut out, &status)?;

@@ -314,7 +314,7 @@ pub struct NewRow {
     pub name: String,
     /// `None` when valid; the reason when rejected.
     pub rejected: Option<String>,
-    /// Why it is rejected (`invalid`, or what the email's lookup found).
+    /// Why it is rejected: its (first) problem's kind.
     pub rejected_kind: FailureKind,
     pub note: NoteColumns,
 }
@@ -881,6 +881,8 @@ pub fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
                 AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
             OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
             OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.last_error IS NOT excluded.last_error)
+            -- A row an earlier version recorded as `invalid` takes its problem's own kind.
+            OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.error_kind IS NOT excluded.error_kind)
             OR (excluded.state = 'pending' AND rows.state = 'rejected')",
     )?;
     for r in rows {

@@ -36,7 +36,7 @@ pub fn resolve(
         .collect();
     session.record_lookups(cfg, found)?;
     if !cfg.no_progress && lookups.looked_up > 0 {
-        eprintln!("{}", lookup::describe(&lookups));
+        crate::say!("{}", lookup::describe(&lookups));
     }
     checked.resolved = lookups.resolved_ids();
     let problems = lookup::problems(&checked.manifest.rows, &lookups);

@@ -147,7 +147,7 @@ fn print_json(
         .as_ref()
         .map_or_else(|e| e.status(), |_| ExitStatus::Success);
     if let Err(e) = &quota {
-        eprintln!("error: {e}");
+        crate::say!("error: {e}");
     }
     let doc = serde_json::json!({
         "manifest": cfg.manifest.display().to_string(),
@@ -173,7 +173,8 @@ fn print_json(
 
 fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
     let work = &planned.work;
-    let mut out = std::io::stdout().lock();
+    // Paths from the command line and the manifest, escaped (see `terminal`).
+    let mut out = crate::terminal::Printable(std::io::stdout().lock());
     writeln!(
         out,
         "Plan for {} (state {}), nothing sent but the quota check:",

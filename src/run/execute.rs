@@ -93,18 +93,18 @@ async fn drive(
         _ = &mut run => false,
         _ = signal() => {
             ctx.interrupt();
-            eprintln!(
+            crate::say!(
                 "interrupted: no new row starts; rows under way get up to {} s to finish (interrupt again to stop at once)",
                 grace.as_secs()
             );
             tokio::select! {
                 _ = &mut run => {}
                 _ = tokio::time::sleep(grace) => {
-                    eprintln!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
+                    crate::say!("the grace period is over: stopping the rows still under way (a rerun resumes them)");
                     ctx.abort();
                 }
                 _ = signal() => {
-                    eprintln!("stopping at once (a rerun resumes from the state file)");
+                    crate::say!("stopping at once (a rerun resumes from the state file)");
                     ctx.abort();
                 }
             }
@@ -198,7 +198,7 @@ pub fn watch_stall(runtime: &tokio::runtime::Runtime, ctx: &Arc<Context>) {
     let watch = pipeline::watch_stall(Arc::downgrade(ctx));
     runtime.spawn(async move {
         if let Some(why) = watch.await {
-            eprintln!(
+            crate::say!(
                 "error: {why}; the run stops: no new row starts and the rows under way end (the state is saved; rerun later)"
             );
         }

@@ -46,7 +46,7 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     if settings.form_reuse == FormReuse::Auto
         && let Some(why) = session.form_reuse_off(cfg)?
     {
-        eprintln!(
+        crate::say!(
             "form reuse is off for this state file (an earlier run turned it off: {why}); one upload form per file"
         );
         settings.form_reuse = FormReuse::Off;
@@ -87,18 +87,30 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
 /// invalid one without `--skip-invalid`, stops the run before anything is sent.
 fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
     let checked = preflight::check(&cfg.manifest, cfg.read);
-    crate::check::write_problems(&mut std::io::stderr().lock(), &checked.manifest.problems)?;
+    let problems = &checked.manifest.problems;
     if !checked.manifest.readable {
-        return Err(CommandError::usage(
-            "the manifest cannot be read; nothing was uploaded",
-        ));
+        // Why it cannot be read is the error's cause, so that it reaches the `--json` document
+        // too (and stderr once, in the error's chain).
+        let why: Vec<&str> = problems
+            .iter()
+            .filter(|p| p.severity == crate::manifest::Severity::Error)
+            .map(|p| p.message.as_str())
+            .collect();
+        let err = anyhow::anyhow!("{}", why.join("; "))
+            .context("the manifest cannot be read; nothing was uploaded");
+        return Err(CommandError::from(err)
+            .with_status(crate::ExitStatus::Usage)
+            .with_detail("problems", problems));
     }
+    crate::check::write_problems(&mut std::io::stderr().lock(), problems)?;
     if !checked.is_valid() && !cfg.choices.skip_invalid {
         let n = checked.summary.invalid;
+        // The problems are on stderr above; `--json` carries them in its one document.
         return Err(CommandError::usage(format!(
             "the manifest has {n} invalid {} (above); nothing was uploaded. Fix them, or pass --skip-invalid to upload the valid rows",
             if n == 1 { "row" } else { "rows" }
-        )));
+        ))
+        .with_detail("problems", problems));
     }
     Ok(checked)
 }

@@ -86,26 +86,20 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
                 crate::manifest::cut(&extra.join(", "))
             ));
         }
-        push(NewRow::from_unparsed(u, &checked.manifest.base, reason));
+        let mut new = NewRow::from_unparsed(u, &checked.manifest.base, reason);
+        new.rejected_kind = rejected_kind(kinds.get(&u.line).map_or(&[], Vec::as_slice));
+        push(new);
     }
     rows
 }
 
-/// The kind a rejected row is recorded with: what its email's lookup found, or a malformed
-/// email, when that is its only trouble; `invalid` otherwise.
+/// The kind a rejected row is recorded with: its problem's own name, the one `check --json`
+/// gives it (`file_too_large`), so that one failure has one name in `check`, `status` and
+/// `report`. A row with several problems takes its first one's (its message lists them all).
 fn rejected_kind(problems: &[ProblemKind]) -> FailureKind {
-    let kind = |p: &ProblemKind| match p {
-        ProblemKind::InvalidEmail => FailureKind::InvalidEmail,
-        ProblemKind::ContactNotFound => FailureKind::ContactNotFound,
-        ProblemKind::ContactAmbiguous => FailureKind::ContactAmbiguous,
-        ProblemKind::RecordNotFound => FailureKind::RecordNotFound,
-        ProblemKind::RecordOfOtherContact => FailureKind::RecordOfOtherContact,
-        _ => FailureKind::Invalid,
-    };
-    match problems.split_first() {
-        Some((first, rest)) if rest.iter().all(|p| kind(p) == kind(first)) => kind(first),
-        _ => FailureKind::Invalid,
-    }
+    problems
+        .first()
+        .map_or(FailureKind::Invalid, |p| FailureKind::of_problem(*p))
 }
 
 /// What a run will do with each row of the manifest.
@@ -116,6 +110,8 @@ pub struct Work {
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
+    /// The rejected rows, for the summary's `failures` (their kind and message).
+    pub rejected_rows: Vec<StoredRow>,
     /// Note groups whose `POST /notes` may have been sent (in `intent`): each lists its
     /// contact's notes (at least one call) before it creates its note.
     pub notes_unsettled: usize,
@@ -225,6 +221,7 @@ pub fn plan(
             }
             RowState::Rejected => {
                 work.rejected += 1;
+                work.rejected_rows.push(row.clone());
                 None
             }
             // Whether its attach took effect was not told yet (a state file of an earlier

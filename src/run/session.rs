@@ -113,9 +113,10 @@ impl Session {
                 })?;
         }
         for row in &work.changed {
-            eprintln!(
+            crate::say!(
                 "warning: line {}: {} changed after it was uploaded; the uploaded version is kept (pass --reupload-changed to upload it again)",
-                row.line, row.file
+                row.line,
+                row.file
             );
         }
         self.work = work;
@@ -140,7 +141,7 @@ fn open_checked(cfg: &RunConfig, existed: bool) -> Result<Connection, CommandErr
     let manifest_id = manifest_id(&cfg.manifest);
     match recorded {
         Some(recorded) if recorded != manifest_id && cfg.choices.adopt_state => {
-            eprintln!(
+            crate::say!(
                 "note: state file {} belonged to the manifest {recorded}; it now belongs to {manifest_id} (--adopt-state)",
                 state.display()
             );

@@ -87,6 +87,8 @@ struct ChangedFile {
 struct FailureLine {
     line: u64,
     file: String,
+    /// `failed`, or `rejected` (invalid in preflight, with `--skip-invalid`).
+    state: &'static str,
     kind: FailureKind,
     retryable: bool,
     message: String,
@@ -111,7 +113,20 @@ impl Tally {
             t.failures.push(FailureLine {
                 line: row.line,
                 file: row.file.clone(),
+                state: "failed",
                 kind: row.error_kind.unwrap_or(FailureKind::Other),
+                retryable: false,
+                message: row.last_error.clone().unwrap_or_default(),
+            });
+        }
+        // Rejected rows are listed too: a `rejected` count alone leaves a script to guess which
+        // rows and why.
+        for row in &work.rejected_rows {
+            t.failures.push(FailureLine {
+                line: row.line,
+                file: row.file.clone(),
+                state: "rejected",
+                kind: row.error_kind.unwrap_or(FailureKind::Invalid),
                 retryable: false,
                 message: row.last_error.clone().unwrap_or_default(),
             });
@@ -132,6 +147,7 @@ impl Tally {
                     t.failures.push(FailureLine {
                         line: row.line,
                         file: row.file.clone(),
+                        state: "failed",
                         kind: *kind,
                         retryable: *retryable,
                         message: message.clone(),
@@ -248,12 +264,18 @@ impl Summary {
             serde_json::to_writer_pretty(&mut out, self)?;
             return writeln!(out);
         }
+        // The server's messages and the manifest's file names, escaped (see `terminal`).
+        let mut out = crate::terminal::Printable(out);
         self.write_counts(&mut out)?;
         for f in &self.failures {
-            let what = if f.retryable { "retryable" } else { "for good" };
+            let what = match (f.state, f.retryable) {
+                ("rejected", _) => "was rejected",
+                (_, true) => "failed retryable",
+                (_, false) => "failed for good",
+            };
             writeln!(
                 out,
-                "  line {}: {} failed {what}: {}: {}",
+                "  line {}: {} {what}: {}: {}",
                 f.line,
                 crate::manifest::cut(&f.file),
                 f.kind.describe(),

@@ -11,6 +11,7 @@ mod external_s3;
 mod faults;
 mod form_reuse;
 mod hostile_18;
+mod hostile_19;
 mod hostile_input;
 mod hostile_server;
 mod notes;
