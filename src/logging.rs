@@ -39,11 +39,15 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
                 LogFormat::Json => builder.json().init(),
             }
         }
+        // Above the progress bar, never over it; coloured on a terminal unless NO_COLOR says no.
         (None, LogFormat::Text) => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(|| crate::terminal::LogWriter)
+            .with_ansi(std::io::stderr().is_terminal() && crate::terminal::colour_allowed())
             .init(),
-        (None, LogFormat::Json) => builder.with_writer(std::io::stderr).json().init(),
+        (None, LogFormat::Json) => builder
+            .with_writer(|| crate::terminal::LogWriter)
+            .json()
+            .init(),
     }
     Ok(())
 }

@@ -108,19 +108,27 @@ pub async fn show(ctx: Arc<Context>, totals: Totals, mode: Mode) {
         Mode::Bar => {
             let bar =
                 ProgressBar::with_draw_target(Some(totals.rows), ProgressDrawTarget::stderr());
+            // NO_COLOR: the bar without its colours.
+            let template = match crate::terminal::colour_allowed() {
+                true => {
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows ({per_sec}) · {msg}"
+                }
+                false => "{elapsed_precise} [{bar:30}] {pos}/{len} rows ({per_sec}) · {msg}",
+            };
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} rows ({per_sec}) · {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
             );
             struct Clear(ProgressBar);
             impl Drop for Clear {
                 fn drop(&mut self) {
+                    crate::terminal::set_bar(None);
                     self.0.finish_and_clear();
                 }
             }
+            // Log lines and messages go above the bar from now on.
+            crate::terminal::set_bar(Some(bar.clone()));
             let bar = Clear(bar);
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {

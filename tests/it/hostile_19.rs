@@ -237,3 +237,59 @@ fn escape_sequences_from_a_manifest_reach_no_terminal_line() {
         "the report keeps the file name's bytes"
     );
 }
+
+/// Whether `bytes` hold a colour (an SGR escape sequence, `ESC [ ... m`).
+fn has_colour(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    text.split('\u{1b}').skip(1).any(|rest| {
+        rest.strip_prefix('[').is_some_and(|r| {
+            let end = r.find(|c: char| !(c.is_ascii_digit() || c == ';'));
+            end.is_some_and(|i| r[i..].starts_with('m'))
+        })
+    })
+}
+
+/// `run -vv` of `manifest` under a pseudo-terminal (`script`), so that stderr is a terminal;
+/// what the terminal showed.
+fn run_on_a_terminal(emu: &Emulator, manifest: &Path, no_color: Option<&str>) -> Vec<u8> {
+    let line = format!(
+        "'{}' run '{}' -vv --no-progress --rate off",
+        env!("CARGO_BIN_EXE_opcrm-import"),
+        manifest.display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("ONEPAGECRM_API_URL", &emu.api)
+        .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+        .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+        .env_remove("NO_COLOR")
+        .env_remove("OPCRM_LOG");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+// Item 12: log lines were coloured on a terminal whatever NO_COLOR said.
+#[test]
+fn no_color_turns_the_log_colours_off_on_a_terminal() {
+    let emu = Emulator::start(&[]);
+    let s = Scratch::new();
+    s.file("ok.txt", "fine");
+    let manifest = s.manifest(format!("{HEADER}ok.txt,{CONTACT},note,{NOTE},\n"));
+
+    // Coloured on a terminal by default: the pseudo-terminal is one.
+    let shown = run_on_a_terminal(&emu, &manifest, None);
+    assert!(String::from_utf8_lossy(&shown).contains("DEBUG"));
+    assert!(has_colour(&shown), "{}", String::from_utf8_lossy(&shown));
+
+    let s = Scratch::new();
+    s.file("ok.txt", "fine");
+    let manifest = s.manifest(format!("{HEADER}ok.txt,{CONTACT},note,{NOTE},\n"));
+    let shown = run_on_a_terminal(&emu, &manifest, Some("1"));
+    let text = String::from_utf8_lossy(&shown);
+    assert!(text.contains("DEBUG"), "{text}");
+    assert!(!has_colour(&shown), "{text}");
+}
