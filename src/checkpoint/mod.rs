@@ -798,9 +798,9 @@ pub fn set_form_reuse_off(conn: &Connection, why: &str) -> rusqlite::Result<()> 
 }
 
 /// Whether another row of the state file holds a key made from the same form's timestamp as
-/// `key` (`<contact>/<timestamp><12 digits>/<name>`: the same contact and timestamp), i.e. whether
-/// the form `key` was made from may have carried another upload. Two forms handed out in the
-/// same second look alike here; that only errs on the side of "maybe reused".
+/// `key` (the same contact and form second, see [`form_prefix`]), i.e. whether the form `key` was
+/// made from may have carried another upload. Two forms handed out in the same second look alike
+/// here; that only errs on the side of "maybe reused".
 pub fn key_shares_form(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
     let Some(prefix) = form_prefix(key) else {
         return Ok(false);
@@ -820,13 +820,22 @@ pub fn key_shares_form(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
     Ok(false)
 }
 
-/// `<contact>/<timestamp>` of a key the tool made, `<contact>/<timestamp><12 digits>/<name>`.
+/// Digits of the form's second at the head of a key's timestamp part (Unix seconds, until 2286).
+const FORM_SECOND_DIGITS: usize = 10;
+
+/// `<contact>/<form second>` of a key the tool made. Today's keys have 19 digits,
+/// `<contact>/<10 digits of seconds, or 13 of milliseconds><random digits>/<name>`: the
+/// random part's length depends on the unit, which the key does not tell, so a form is known by
+/// its second. Keys of earlier versions, `<contact>/<timestamp><12 random digits>/<name>` (22 or
+/// 25 digits), open with the form's second too, and are known alike.
 fn form_prefix(key: &str) -> Option<String> {
     let (contact, rest) = key.split_once('/')?;
     let (stamp, name) = rest.split_once('/')?;
-    let unique = stamp.len().checked_sub(12).filter(|n| *n > 0)?;
-    let ok = !contact.is_empty() && !name.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| format!("{contact}/{}", &stamp[..unique]))
+    let ok = !contact.is_empty()
+        && !name.is_empty()
+        && [crate::remote::api::KEY_STAMP_DIGITS, 22, 25].contains(&stamp.len())
+        && stamp.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| format!("{contact}/{}", &stamp[..FORM_SECOND_DIGITS]))
 }
 
 /// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
@@ -1470,6 +1479,14 @@ mod tests {
         key("k2", "c1/1764496800999999999999/b.pdf");
         assert!(key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
         assert!(key_shares_form(&conn, "c1/1764496800123456789012/z.pdf").unwrap());
+        // Today's keys (19 digits, after seconds or milliseconds) are told by the form's second,
+        // and keys of earlier versions of that second count.
+        assert!(key_shares_form(&conn, "c1/1764496800123456789/n.pdf").unwrap());
+        assert!(key_shares_form(&conn, "c1/1764496800123123456/m.pdf").unwrap());
+        assert!(!key_shares_form(&conn, "c1/1764496802123456789/n.pdf").unwrap());
+        key("k3", "c1/1764496803000000001/a.pdf");
+        assert!(key_shares_form(&conn, "c1/1764496803999999999/b.pdf").unwrap());
+        assert!(!key_shares_form(&conn, "c1/1764496803000000001/a.pdf").unwrap());
         // Keys not of the tool's shape share nothing.
         for odd in [
             "c1/1/a.pdf",

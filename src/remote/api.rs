@@ -31,8 +31,8 @@ pub struct Form {
     /// promised (documented as Unix seconds, seen in milliseconds), nor that the server's clock is
     /// right.
     pub timestamp: Option<i64>,
-    /// The keys' timestamp part: the answer's `timestamp`, or our clock's Unix seconds when the
-    /// answer has none. Fixed once per form, so that every key of one form shares it (what
+    /// The keys' timestamp part: the answer's `timestamp` (in seconds or milliseconds), or our
+    /// clock's Unix seconds when the answer has none or one of another length. Fixed once per form, so that every key of one form shares it (what
     /// `checkpoint::key_shares_form` and a server that tells forms by it go by).
     pub key_stamp: i64,
     /// When the answer arrived, on our monotonic clock: the form's life is counted from here (see
@@ -54,17 +54,36 @@ const FIELD_ORDER: [&str; 7] = [
 
 impl Form {
     /// A new object key for `filename`, in OnePageCRM's `<contact>/<timestamp>/<name>` shape. Its
-    /// timestamp part is the answer's timestamp followed by twelve random digits, so that no two
-    /// uploads get one key, whatever state file, process or machine they come from: two files of
-    /// one name for one contact in the same second would otherwise overwrite each other in S3
-    /// (OnePageCRM's own clients make this part themselves too, from their clock's milliseconds).
+    /// timestamp part is the form's `key_stamp` (10 digits of seconds or 13 of milliseconds)
+    /// followed by random digits up to [`KEY_STAMP_DIGITS`] in all (9 after seconds, 6 after
+    /// milliseconds): a decimal that fits a 64-bit integer, as a server that parses the
+    /// documented `{timestamp}` needs, and that no two uploads share, whatever state file,
+    /// process or machine they come from (two files of one name for one contact in the same
+    /// second would otherwise overwrite each other in S3). Within a state file, the UNIQUE
+    /// constraint on keys catches a repeat and another draw settles it.
     pub fn key(&self, filename: &str) -> String {
-        let unique: u64 = rand::Rng::random_range(&mut rand::rng(), 0..1_000_000_000_000);
-        let stamp = format!("{}{unique:012}", self.key_stamp);
+        let stamp = self.key_stamp.to_string();
+        let random = KEY_STAMP_DIGITS.saturating_sub(stamp.len());
+        let unique: u64 = rand::Rng::random_range(&mut rand::rng(), 0..10u64.pow(random as u32));
+        let stamp = format!("{stamp}{unique:0random$}");
         self.key_pattern
             .replace("__timestamp__", &stamp)
             .replace("${filename}", filename)
     }
+}
+
+/// The digits of a key's timestamp part: at most 19, so that it fits a signed 64-bit integer
+/// (OnePageCRM's example has 13).
+pub const KEY_STAMP_DIGITS: usize = 19;
+
+/// The form's timestamp as the keys take it: the answer's when it has 10 digits (seconds) or 13
+/// (milliseconds), else our clock's seconds. So a key's timestamp part always opens with the
+/// form's seconds (`checkpoint::key_shares_form` tells forms by them) and leaves room for at
+/// least 6 random digits.
+fn key_stamp(timestamp: Option<i64>) -> i64 {
+    timestamp
+        .filter(|t| matches!(t.to_string().len(), 10 | 13))
+        .unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
 /// An attachment as a record lists it.
@@ -618,7 +637,7 @@ fn parse_form(json: &Value) -> Result<Form, String> {
         .get("timestamp")
         .and_then(Value::as_i64)
         .filter(|t| *t > 0);
-    let key_stamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let key_stamp = key_stamp(timestamp);
     let storage_left = data
         .get("storage_left")
         .and_then(Value::as_u64)
@@ -695,12 +714,12 @@ mod tests {
         );
         assert_eq!(form.fields[1].1, "201");
         let key = form.key("a b.pdf");
-        let stamp = key
+        let random = key
             .strip_prefix("c/1697212380")
             .and_then(|k| k.strip_suffix("/a b.pdf"))
             .unwrap_or_else(|| panic!("{key}"));
         assert!(
-            stamp.len() == 12 && stamp.bytes().all(|b| b.is_ascii_digit()),
+            random.len() == 9 && random.bytes().all(|b| b.is_ascii_digit()),
             "{key}"
         );
     }
@@ -732,7 +751,7 @@ mod tests {
             let stamp: i64 = form.key("a.pdf")["c/".len()..]
                 .split('/')
                 .next()
-                .and_then(|s| s.get(..s.len() - 12))
+                .and_then(|s| s.get(..10))
                 .and_then(|s| s.parse().ok())
                 .unwrap();
             assert!(
@@ -816,10 +835,38 @@ mod tests {
             arrived: std::time::Instant::now(),
             storage_left: 0,
         };
-        // 1,000 draws from 10^12: a repeat by chance is about one in two million.
+        // 100 draws from 10^9: a repeat by chance is about one in two hundred thousand.
         let keys: std::collections::HashSet<String> =
-            (0..1_000).map(|_| form.key("same.pdf")).collect();
-        assert_eq!(keys.len(), 1_000);
+            (0..100).map(|_| form.key("same.pdf")).collect();
+        assert_eq!(keys.len(), 100);
+    }
+
+    #[test]
+    fn a_keys_timestamp_part_fits_a_64_bit_integer_and_opens_with_the_forms_timestamp() {
+        let answer = |timestamp: i64| {
+            json!({
+                "status": 0, "message": "OK", "timestamp": timestamp,
+                "data": {"storage_left": 5, "url": "https://b.example/", "fields": {
+                    "policy": "pol", "x-amz-date": "20231013T155300Z", "key": "",
+                    "x-ignore-pattern": "c/__timestamp__/${filename}"
+                }}
+            })
+        };
+        let before = chrono::Utc::now().timestamp().to_string();
+        for (timestamp, opens) in [
+            (1_697_212_380, "1697212380".to_string()),
+            (1_697_212_380_123, "1697212380123".to_string()),
+            // Neither seconds nor milliseconds: our clock's seconds.
+            (42, before[..8].to_string()),
+            (16_972_123_801_234_567, before[..8].to_string()),
+        ] {
+            let form = parse_form(&answer(timestamp)).unwrap();
+            let key = form.key("a.pdf");
+            let stamp = key.split('/').nth(1).unwrap();
+            assert_eq!(stamp.len(), KEY_STAMP_DIGITS, "{key}");
+            assert!(stamp.parse::<i64>().is_ok(), "{key}");
+            assert!(stamp.starts_with(&opens), "{timestamp}: {key}");
+        }
     }
 
     #[test]
