@@ -1170,7 +1170,7 @@ impl Context {
     ///
     /// Proof where the link gives it: an attachment whose `url` shows this row's key (a
     /// presigned link of its object) is adopted. Where links do not show keys, the record's
-    /// snapshot (taken before this state file's first attach to it, see `snapshots`) decides:
+    /// snapshot (the one the attach was sent after, see `snapshots`) decides:
     /// an attachment of the row's name and size that is in neither the snapshot nor claimed by
     /// another row of this state file (and whose link shows no other key) was made by this row's
     /// lost attempt, and is adopted. Nothing matching: not attached (yet; the caller reads again

@@ -1,5 +1,5 @@
-//! Snapshots: what a record held before this state file's first attach to it, and which notes a
-//! contact had before the first note this state file created for it (migration 0004).
+//! Snapshots: what a record held before a run's first attach to it, and which notes a contact
+//! had before the first note a run created for it, by generation (migration 0004).
 //!
 //! After a lost answer the tool re-reads the record (or the contact's notes) and adopts the one
 //! match that is in neither the snapshot nor claimed by another row: what the tool saw before

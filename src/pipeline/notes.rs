@@ -7,7 +7,7 @@
 //! other inside the pipeline: no worker ever sits blocked on another row's note, and a group
 //! that cannot be created fails its rows before any of them uploads a byte.
 //!
-//! Exactly once, by a snapshot: before the first note this state file creates for a contact,
+//! Exactly once, by a snapshot: before the first note a run creates for a contact,
 //! the ids of the contact's notes are kept (every page). The intent is committed before
 //! `POST /notes`. A group found in `intent` (an answer lost to a drop, a timeout or a kill)
 //! lists the contact's notes again and adopts the one note with the group's text (line ends

@@ -1,7 +1,7 @@
 //! Records read before their first attach, so that a lost step-3 answer settles by itself.
 //!
 //! OnePageCRM's attachment objects carry no key and no creation time, and its documented link
-//! (`https://{foo.bar}/mario.jpg`) shows no key. So before this state file's first attach to a
+//! (`https://{foo.bar}/mario.jpg`) shows no key. So before a run's first attach to a
 //! record, the record's attachments (id, name, size) are kept in the state file; after a lost
 //! answer, the one attachment of the row's name and size that is in neither that snapshot nor
 //! claimed by another row is the lost attempt's. Where the links do show the key the tool sent (a
