@@ -16,7 +16,7 @@ use crate::quota::{self, Quota};
 use crate::records::{self, Records};
 use crate::remote::{self, Client, Credentials, RemoteError};
 
-/// The document `check --json` prints (its shape is documented in README.md).
+/// The document `check --json` prints (its shape is documented in docs/check.md).
 #[derive(Serialize)]
 struct JsonReport<'a> {
     manifest: String,
@@ -323,7 +323,7 @@ pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<
     Ok(())
 }
 
-/// The readable report: the problems, then the summary lines (README shows it): the
+/// The readable report: the problems, then the summary lines (docs/check.md shows it): the
 /// manifest's, what was found online, the result.
 fn write_text(out: &mut impl Write, checked: &Checked, online: &Online) -> io::Result<()> {
     write_problems(out, &checked.manifest.problems)?;

@@ -189,7 +189,7 @@ impl Work {
 
 /// Decides, from the state file and the files as they are now, what is left of each row.
 ///
-/// About 80 lines: one match over a row's state, the "a rerun" column of README's table of
+/// About 80 lines: one match over a row's state, the "a rerun" column of docs/state-file.md's table of
 /// states, kept in one place so that each state's rule can be read against it.
 pub fn plan(
     new_rows: &[NewRow],

@@ -340,7 +340,7 @@ fn a_note_made_by_hand_between_runs_is_not_adopted_by_a_new_group_of_its_words_a
 /// the listing shows the hand-attached file (the emulator's clock is moved on as soon as the
 /// lost attach is counted), the row adopts it and its own file is never attached.
 #[test]
-#[ignore = "a known limit, in README: a snapshot holds what the listing shows when it is read; a write hidden by the listing's lag then, of the same name and size (words and date), is taken for a lost attempt's"]
+#[ignore = "a known limit, in docs/running.md: a snapshot holds what the listing shows when it is read; a write hidden by the listing's lag then, of the same name and size (words and date), is taken for a lost attempt's"]
 fn a_file_attached_by_hand_just_before_a_run_behind_a_lagging_listing_is_not_adopted() {
     let s = Scratch::new();
     let emu = Emulator::start(&[
@@ -472,7 +472,7 @@ fn a_row_on_another_contacts_already_read_record_fails_before_its_bytes_are_sent
 /// emulator's clock is moved on as soon as the lost request is counted), the group adopts it
 /// and creates no note of its own.
 #[test]
-#[ignore = "a known limit, in README: a snapshot holds what the listing shows when it is read; a write hidden by the listing's lag then, of the same name and size (words and date), is taken for a lost attempt's"]
+#[ignore = "a known limit, in docs/running.md: a snapshot holds what the listing shows when it is read; a write hidden by the listing's lag then, of the same name and size (words and date), is taken for a lost attempt's"]
 fn a_note_made_by_hand_just_before_a_run_behind_a_lagging_listing_is_not_adopted() {
     let s = Scratch::new();
     let emu = Emulator::start(&[

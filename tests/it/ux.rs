@@ -8,7 +8,7 @@ use crate::common::bin;
 use crate::common::emulator::Emulator;
 use crate::run::sample_copy;
 
-/// The JSON type of each documented key (README.md); a document must have exactly these keys.
+/// The JSON type of each documented key (docs/); a document must have exactly these keys.
 fn assert_shape(doc: &Value, shape: &[(&str, &str)], what: &str) {
     let object = doc
         .as_object()
@@ -17,7 +17,7 @@ fn assert_shape(doc: &Value, shape: &[(&str, &str)], what: &str) {
     let mut documented: Vec<&str> = shape.iter().map(|(k, _)| *k).collect();
     keys.sort();
     documented.sort();
-    assert_eq!(keys, documented, "{what}: keys differ from README.md");
+    assert_eq!(keys, documented, "{what}: keys differ from the docs");
     for (key, kind) in shape {
         let v = &object[*key];
         let ok = match *kind {
