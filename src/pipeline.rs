@@ -94,7 +94,10 @@ struct Settling {
 impl Settling {
     /// A window that began `ago` (the answer was lost that long ago).
     fn since(window: Duration, ago: Duration) -> Self {
-        let now = Instant::now();
+        Self::since_at(Instant::now(), window, ago)
+    }
+
+    fn since_at(now: Instant, window: Duration, ago: Duration) -> Self {
         Self {
             deadline: now + window.saturating_sub(ago),
             next: FIRST_SETTLE_WAIT,
@@ -103,7 +106,11 @@ impl Settling {
 
     /// The next wait, or `None` once the window is over.
     fn next_wait(&mut self) -> Option<Duration> {
-        let left = self.deadline.checked_duration_since(Instant::now())?;
+        self.next_wait_at(Instant::now())
+    }
+
+    fn next_wait_at(&mut self, now: Instant) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(now)?;
         if left.is_zero() {
             return None;
         }
@@ -160,6 +167,17 @@ pub fn show_duration(d: Duration) -> String {
         s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
         s => format!("{s} s"),
     }
+}
+
+/// How long ago `at` (RFC 3339, this machine's clock as it recorded it) was; unknown: long ago.
+fn ago(at: Option<&str>) -> Duration {
+    at.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or(Duration::MAX)
 }
 
 /// The longest backoff, however many attempts came before.
@@ -1322,14 +1340,7 @@ impl Context {
             .call(move |c| checkpoint::updated_at(c, &key))
             .await
             .map_err(RowError::Store)?;
-        Ok(at
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .and_then(|t| {
-                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                    .to_std()
-                    .ok()
-            })
-            .unwrap_or(Duration::MAX))
+        Ok(ago(at.as_deref()))
     }
 
     /// No new row starts after this; rows under way go on, their waits intact.

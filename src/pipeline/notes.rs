@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::{Context, Event, RowError, Settling, backoff};
+use super::{Context, Event, RowError, Settling, ago, backoff};
 use crate::checkpoint::{self, NoteGroup, NoteState, snapshots};
 use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
@@ -247,17 +247,6 @@ async fn settle(
             }
         }
     }
-}
-
-/// How long ago `at` (RFC 3339, this machine's clock as it recorded it) was; unknown: long ago.
-fn ago(at: Option<&str>) -> Duration {
-    at.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .and_then(|t| {
-            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                .to_std()
-                .ok()
-        })
-        .unwrap_or(Duration::MAX)
 }
 
 async fn settle_group(
@@ -547,16 +536,19 @@ mod tests {
 
     #[test]
     fn settle_waits_grow_threefold_and_end_with_the_window() {
-        let mut s = Settling::since(Duration::from_secs(120), Duration::ZERO);
-        assert_eq!(s.next_wait(), Some(Duration::from_secs(5)));
-        assert_eq!(s.next_wait(), Some(Duration::from_secs(15)));
-        assert_eq!(s.next_wait(), Some(Duration::from_secs(45)));
-        // The next is cut to what is left of the window (a little under 120 s by now).
-        let last = s.next_wait().unwrap();
-        assert!(last <= Duration::from_secs(120) && last > Duration::from_secs(45));
-        let mut over = Settling::since(Duration::from_secs(120), Duration::from_secs(121));
-        assert_eq!(over.next_wait(), None, "the window began long ago");
-        let mut none = Settling::since(Duration::ZERO, Duration::ZERO);
-        assert_eq!(none.next_wait(), None, "--settle-window 0");
+        // Moments given, not read: the same on a busy machine.
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut s = Settling::since_at(t0, Duration::from_secs(120), Duration::ZERO);
+        assert_eq!(s.next_wait_at(at(0)), Some(Duration::from_secs(5)));
+        assert_eq!(s.next_wait_at(at(5)), Some(Duration::from_secs(15)));
+        assert_eq!(s.next_wait_at(at(20)), Some(Duration::from_secs(45)));
+        // The next (135 s) is cut to what is left of the window.
+        assert_eq!(s.next_wait_at(at(65)), Some(Duration::from_secs(55)));
+        assert_eq!(s.next_wait_at(at(120)), None, "the window is over");
+        let mut over = Settling::since_at(t0, Duration::from_secs(120), Duration::from_secs(121));
+        assert_eq!(over.next_wait_at(t0), None, "the window began long ago");
+        let mut none = Settling::since_at(t0, Duration::ZERO, Duration::ZERO);
+        assert_eq!(none.next_wait_at(t0), None, "--settle-window 0");
     }
 }
