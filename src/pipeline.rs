@@ -308,6 +308,11 @@ impl Context {
         }
     }
 
+    /// The state file cannot be read or written: no new row starts.
+    pub fn stop_for_state_file(&self) {
+        self.stop(Stop::StateFile);
+    }
+
     fn stop(&self, why: Stop) {
         let _ = self.stop.compare_exchange(
             Stop::None as u8,
@@ -651,47 +656,59 @@ impl From<RemoteError> for RowError {
     }
 }
 
-/// Each row's outcome, in the order the rows were given, as workers finish them.
-pub type Results = Arc<Mutex<Vec<(usize, StoredRow, Outcome)>>>;
-
-/// Runs every (row, plan) with `concurrency` workers, in the order given (put `Verify` rows
-/// first: their checks run one at a time). Outcomes land in `results` as they come, so that a
-/// run cut short still knows what finished.
-pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>, results: Results) {
-    run_indexed(ctx, work.into_iter().enumerate().collect(), results).await
+/// The rows that ended in a run, counted as workers finish them (so that a run cut short still
+/// knows what finished); the failed ones are kept for the summary.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Rows that ended (with any outcome).
+    pub rows: usize,
+    pub done: usize,
+    pub not_started: usize,
+    /// Each failed row and how it failed.
+    pub failed: Vec<(StoredRow, Outcome)>,
 }
 
-/// As [`run_all`], each row with its index in the results given.
-pub async fn run_indexed(
+impl Ended {
+    pub fn push(&mut self, row: StoredRow, outcome: Outcome) {
+        self.rows += 1;
+        match outcome {
+            Outcome::Done => self.done += 1,
+            Outcome::NotStarted => self.not_started += 1,
+            Outcome::Failed { .. } => self.failed.push((row, outcome)),
+        }
+    }
+}
+
+/// Where workers put the rows that ended.
+pub type Results = Arc<Mutex<Ended>>;
+
+/// Runs every (row, plan) given, with `--concurrency` workers, in the order given (put `Verify`
+/// rows first: their checks run one at a time), until the rows run out or no new row may start.
+/// Outcomes land in `results` as they come.
+pub async fn run_fed(
     ctx: Arc<Context>,
-    work: Vec<(usize, (StoredRow, Plan))>,
+    mut work: tokio::sync::mpsc::Receiver<(StoredRow, Plan)>,
     results: Results,
 ) {
-    let work = schedule(work);
-    ctx.forms
-        .expect(work.iter().map(|(_, (row, _))| row.contact_id.as_str()));
-    ctx.snapshots.plan(work.iter().map(|(_, (row, _))| row));
     // Each row is a task of its own that holds one of `--concurrency` slots while it works, and
     // none while it waits for a record to show a lost attach (`pause_aside`): other rows go on.
-    // A row whose attach is in doubt holds its turn at its record, name and size from the start:
-    // no other row of that name and size attaches there before it has settled.
-    let work: Vec<_> = work
-        .into_iter()
-        .map(|(i, (row, plan))| {
-            let turn = match plan {
-                Plan::Verify => ctx.record_turn_now(&row),
-                _ => None,
-            };
-            (i, row, plan, turn)
-        })
-        .collect();
     // Rows waiting aside (for their record, or another row's answer) hold no slot; at most this
     // many rows are under way at once, waiting or not, so a long manifest is never all in memory.
     let under_way = Arc::new(tokio::sync::Semaphore::new(
         4 * ctx.settings.concurrency.max(1),
     ));
     let mut rows = tokio::task::JoinSet::new();
-    for (i, row, plan, turn) in work {
+    while let Some((row, plan)) = work.recv().await {
+        if ctx.stop_starting.is_cancelled() {
+            break;
+        }
+        // A row whose attach is in doubt holds its turn at its record, name and size from the
+        // start: no other row of that name and size attaches there before it has settled (rows
+        // to verify come first).
+        let turn = match plan {
+            Plan::Verify => ctx.record_turn_now(&row),
+            _ => None,
+        };
         let Ok(room) = under_way.clone().acquire_owned().await else {
             break;
         };
@@ -706,12 +723,26 @@ pub async fn run_indexed(
             results
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((i, row, outcome));
+                .push(row, outcome);
         }));
         // Ended rows are let go as they end: memory stays flat however long the manifest.
         while rows.try_join_next().is_some() {}
     }
+    drop(work);
     while rows.join_next().await.is_some() {}
+}
+
+/// Runs every (row, plan) of `work`, in its order, as [`run_fed`] does.
+pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>, results: Results) {
+    let (tx, rx) = tokio::sync::mpsc::channel(work.len().max(1));
+    ctx.forms
+        .expect(work.iter().map(|(row, _)| row.contact_id.as_str()));
+    ctx.snapshots.plan(work.iter().map(|(row, _)| row));
+    for row in work {
+        let _ = tx.try_send(row);
+    }
+    drop(tx);
+    run_fed(ctx, rx, results).await
 }
 
 tokio::task_local! {
@@ -719,47 +750,9 @@ tokio::task_local! {
     static SLOT: std::cell::RefCell<Option<tokio::sync::OwnedSemaphorePermit>>;
 }
 
-/// The order rows are taken up in: rows to verify first (their checks run one at a time), then
-/// the others with each contact's rows together, contacts in the order they first appear, rows
-/// of a contact in the order given. So a contact's form carries its files one after another
-/// while it lives, and the workers share it instead of each waiting for a form of its own.
-fn schedule(work: Vec<(usize, (StoredRow, Plan))>) -> Vec<(usize, (StoredRow, Plan))> {
-    let mut first_seen: std::collections::HashMap<String, usize> = Default::default();
-    for (_, (row, _)) in &work {
-        let next = first_seen.len();
-        first_seen.entry(row.contact_id.clone()).or_insert(next);
-    }
-    let mut work: Vec<_> = work.into_iter().enumerate().collect();
-    work.sort_by_key(|(n, (_, (row, plan)))| match plan {
-        Plan::Verify => (0, 0, *n),
-        _ => (1, first_seen[&row.contact_id], *n),
-    });
-    work.into_iter().map(|(_, w)| w).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_to_verify_come_first_then_each_contacts_rows_together() {
-        let row = |line: u64, contact: &str| {
-            let mut r = a_row();
-            r.line = line;
-            r.contact_id = contact.into();
-            r
-        };
-        let work = vec![
-            (0, (row(2, "a"), Plan::Upload)),
-            (1, (row(3, "b"), Plan::Upload)),
-            (2, (row(4, "a"), Plan::Attach)),
-            (3, (row(5, "c"), Plan::Verify)),
-            (4, (row(6, "b"), Plan::Upload)),
-            (5, (row(7, "a"), Plan::Verify)),
-        ];
-        let order: Vec<usize> = schedule(work).into_iter().map(|(i, _)| i).collect();
-        assert_eq!(order, [3, 5, 0, 2, 1, 4]);
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

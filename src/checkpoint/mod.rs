@@ -6,6 +6,7 @@
 
 pub mod snapshots;
 pub mod store;
+pub mod this_run;
 
 use std::path::{Path, PathBuf};
 
@@ -1112,7 +1113,7 @@ const ROW_COLUMNS_BEFORE_NOTES: &str =
      state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
      NULL, NULL, NULL, NULL";
 
-fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+pub(crate) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
             i,

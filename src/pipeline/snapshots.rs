@@ -73,10 +73,11 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// The records `rows` attach to (before they start): read together, family by family.
+    /// The records `rows` attach to (before they start; the rows of a run come in batches):
+    /// read together, family by family.
     pub fn plan<'a>(&self, rows: impl Iterator<Item = &'a StoredRow>) {
         let taken = lock(&self.taken);
-        let mut wanted: HashMap<Family, HashSet<String>> = HashMap::new();
+        let mut wanted = lock(&self.wanted);
         for row in rows {
             if row.reference_id.is_empty() || row.contact_id.is_empty() {
                 continue;
@@ -89,8 +90,6 @@ impl Snapshots {
                 .or_default()
                 .insert(row.reference_id.clone());
         }
-        drop(taken);
-        *lock(&self.wanted) = wanted;
     }
 
     /// The generation of `row`'s record's snapshot, when it was read (or created) in this run.
@@ -254,10 +253,9 @@ impl Context {
         if lock(&snaps.taken).contains_key(&record) {
             return Ok(probe);
         }
-        let mut ids: HashSet<String> = lock(&snaps.wanted)
-            .get(&family)
-            .cloned()
-            .unwrap_or_default();
+        // Read now, the family's wanted records are wanted no more (rows of later batches add
+        // theirs again).
+        let mut ids: HashSet<String> = lock(&snaps.wanted).remove(&family).unwrap_or_default();
         {
             let taken = lock(&snaps.taken);
             ids.retain(|id| !taken.contains_key(&(row.reference_type, id.clone())));

@@ -52,10 +52,11 @@ pub fn dry_run(
     };
     // A note whose POST may have been sent is settled by a list of its contact's notes first.
     let wanted = work.work.notes_to_create();
-    work.work.notes_unsettled = notes
+    let unsettled = notes
         .iter()
         .filter(|g| g.state == checkpoint::NoteState::Intent && wanted.contains_key(&g.group))
         .count();
+    work.work.notes_unsettled = unsettled;
     let mut settings = cfg.settings.clone();
     if reuse_off {
         settings.form_reuse = FormReuse::Off;
@@ -71,9 +72,7 @@ pub fn dry_run(
     // A closed stdout (`run --dry-run | head`) does not change what the quota check found.
     ignore_broken_pipe(print_text(cfg, &work))?;
     quota?;
-    let uploads = work.work.todo.iter().filter(|(_, p)| *p == Plan::Upload);
-    let mut contacts = uploads.map(|(r, _)| !r.contact_id.is_empty()).peekable();
-    if contacts.peek().is_some() && !contacts.any(|known| known) {
+    if work.work.count(Plan::Upload) > 0 && work.work.uploads_with_contact == 0 {
         // Every row to upload names its contact by an email not looked up yet.
         ignore_broken_pipe(writeln!(
             std::io::stdout(),

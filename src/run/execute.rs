@@ -2,26 +2,28 @@
 //! Ctrl-C and SIGTERM handled (no new row starts; rows under way get a grace period) and a run
 //! that stalls stopped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use super::config::Choices;
 use super::config::RunConfig;
-use super::plan::Work;
+use super::plan::{Work, decide};
 use super::session::Session;
-use crate::checkpoint::{self, StoredRow};
+use crate::checkpoint::{self, StoredRow, this_run};
 use crate::error::CommandError;
 use crate::pipeline::notes::Settled;
-use crate::pipeline::{self, Context, Outcome, Plan, Stop};
+use crate::pipeline::{self, Context, Ended, Outcome, Plan, Stop};
 use crate::preflight::human_bytes;
 use crate::remote::RemoteError;
 use crate::{ExitStatus, progress, quota};
 
 /// What the pipeline did with the rows of one run.
 pub struct Executed {
-    /// Each row that ended in this run and how, in the order of the plan.
-    pub results: Vec<(StoredRow, Outcome)>,
+    /// The rows that ended in this run: counted, the failed ones kept.
+    pub ended: Ended,
     pub interrupted: bool,
     pub elapsed: Duration,
     /// This run in the state file's runs table.
@@ -49,15 +51,9 @@ pub fn execute(
         })?;
     let results: pipeline::Results = Default::default();
     let interrupted = runtime.block_on(drive(cfg, ctx, &session.work, results.clone()));
-    let results = {
-        let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
-        r.sort_by_key(|(i, _, _)| *i);
-        r.into_iter()
-            .map(|(_, row, outcome)| (row, outcome))
-            .collect()
-    };
+    let ended = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Executed {
-        results,
+        ended,
         interrupted,
         elapsed: started.elapsed(),
         run_id,
@@ -75,7 +71,7 @@ async fn drive(
 ) -> bool {
     let grace = cfg.grace;
     let totals = progress::Totals {
-        rows: work.todo.len() as u64,
+        rows: work.todo() as u64,
         bytes: work.bytes(),
         api_calls: work.api_calls(ctx.forms.reuse_expected()) as u64,
     };
@@ -85,8 +81,13 @@ async fn drive(
         progress::Mode::choose(cfg.no_progress),
     ));
     let run = async {
-        let todo = settle_notes(ctx, work, &results).await;
-        pipeline::run_indexed(ctx.clone(), todo, results.clone()).await
+        let settled = settle_notes(ctx, work).await;
+        // The rows come from the state file in batches, as the workers take them up: a long
+        // manifest is never all in memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_BATCH);
+        let fed = tokio::spawn(feed(ctx.clone(), cfg.choices, settled, results.clone(), tx));
+        pipeline::run_fed(ctx.clone(), rx, results.clone()).await;
+        let _ = fed.await;
     };
     tokio::pin!(run);
     let interrupted = tokio::select! {
@@ -116,55 +117,132 @@ async fn drive(
     interrupted
 }
 
-/// The rows of the plan, numbered, after every note group they wait for is settled (its note
-/// created, or adopted after a lost answer): their `reference_id` is then their note's id. The
-/// rows of a group whose note could not be created end here, failed as `note_failed` (or
-/// without an outcome when the run stopped first), and are not returned.
-async fn settle_notes(
-    ctx: &Arc<Context>,
-    work: &Work,
-    results: &pipeline::Results,
-) -> Vec<(usize, (StoredRow, Plan))> {
-    let todo: Vec<(usize, (StoredRow, Plan))> = work.todo.iter().cloned().enumerate().collect();
-    let wanted = work.notes_to_create();
+/// Rows read from the state file at a time.
+const FEED_BATCH: usize = 1024;
+
+/// Settles every note group the rows to take up wait for (its note created, or adopted after a
+/// lost answer): what became of each.
+async fn settle_notes(ctx: &Arc<Context>, work: &Work) -> HashMap<String, Settled> {
+    let wanted = work.notes_to_create().clone();
     if wanted.is_empty() {
-        return todo;
+        return HashMap::new();
     }
     let groups = match ctx.store.call(checkpoint::load_notes).await {
         Ok(groups) => groups,
         Err(e) => {
-            let message = format!("cannot read the notes in the state file: {e}");
-            return fail_note_rows(ctx, todo, results, |_| {
-                Some(Settled::Failed {
-                    retryable: true,
-                    message: message.clone(),
-                })
-            });
+            let failed = Settled::Failed {
+                retryable: true,
+                message: format!("cannot read the notes in the state file: {e}"),
+            };
+            return wanted.into_keys().map(|g| (g, failed.clone())).collect();
         }
     };
     let groups: Vec<_> = groups
         .into_iter()
         .filter(|g| wanted.contains_key(&g.group))
         .collect();
-    let settled = pipeline::notes::settle_all(ctx.clone(), groups, wanted).await;
-    fail_note_rows(ctx, todo, results, |group| {
+    pipeline::notes::settle_all(ctx.clone(), groups, wanted).await
+}
+
+/// Feeds the workers the rows to take up, batch by batch from the state file, in the order
+/// they are taken up: rows to verify first (their checks run one at a time, before any other
+/// row of their record, name and size starts), then the others with each contact's rows
+/// together, contacts in the order they first appear (so a contact's form carries its files
+/// one after another while it lives). A row waiting for its note gets the note's id, or ends
+/// here when the note was not made. Once the workers take no more rows (the run stopped), the
+/// rest is only read for the rows of notes not made, which end as before.
+async fn feed(
+    ctx: Arc<Context>,
+    choices: Choices,
+    settled: HashMap<String, Settled>,
+    results: pipeline::Results,
+    tx: tokio::sync::mpsc::Sender<(StoredRow, Plan)>,
+) {
+    let settled = |group: &str| {
         Some(settled.get(group).cloned().unwrap_or(Settled::Failed {
             retryable: true,
             message: "the note group is not recorded in the state file; rerun".into(),
         }))
-    })
+    };
+    let mut taking = true;
+    for verify in [true, false] {
+        let mut after = this_run::START;
+        loop {
+            let read = ctx
+                .store
+                .call(move |c| this_run::batch(c, after, FEED_BATCH, verify))
+                .await;
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!("cannot read the rows in the state file: {e}");
+                    ctx.stop_for_state_file();
+                    return;
+                }
+            };
+            let Some(last) = batch.last() else { break };
+            after = last.place;
+            let mut refresh = Vec::new();
+            let rows: Vec<(StoredRow, Plan)> = batch
+                .into_iter()
+                .filter_map(|mut t| {
+                    let decision = decide(&t.row, t.now, &choices);
+                    let plan = decision.plan()?;
+                    if (plan == Plan::Verify) != verify {
+                        return None;
+                    }
+                    if decision.refreshes() {
+                        // Its file changed and is uploaded again: the state file takes its size
+                        // and time now, before anything is sent.
+                        (t.row.size, t.row.mtime_ns) = (t.now.size, t.now.mtime_ns);
+                        refresh.push((t.row.key.clone(), t.now));
+                    }
+                    Some((t.row, plan))
+                })
+                .collect();
+            if !refresh.is_empty() {
+                let written = ctx
+                    .store
+                    .call_atomic(move |c| {
+                        for (key, now) in &refresh {
+                            checkpoint::refresh_file(c, key, now.size, now.mtime_ns)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = written {
+                    warn!("cannot write the state file: {e}");
+                    ctx.stop_for_state_file();
+                    return;
+                }
+            }
+            let rows = fail_note_rows(&ctx, rows, &results, settled);
+            if !taking {
+                continue;
+            }
+            ctx.forms
+                .expect(rows.iter().map(|(row, _)| row.contact_id.as_str()));
+            ctx.snapshots.plan(rows.iter().map(|(row, _)| row));
+            for row in rows {
+                if tx.send(row).await.is_err() {
+                    taking = false;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Gives each row waiting for a note its note's id, and ends the rows whose note was not made;
 /// returns the rows to run.
 fn fail_note_rows(
     ctx: &Context,
-    todo: Vec<(usize, (StoredRow, Plan))>,
+    todo: Vec<(StoredRow, Plan)>,
     results: &pipeline::Results,
     settled: impl Fn(&str) -> Option<Settled>,
-) -> Vec<(usize, (StoredRow, Plan))> {
+) -> Vec<(StoredRow, Plan)> {
     let mut run = Vec::with_capacity(todo.len());
-    for (i, (mut row, plan)) in todo {
+    for (mut row, plan) in todo {
         let waiting = row.reference_id.is_empty();
         let Some(outcome) = row
             .note
@@ -173,13 +251,13 @@ fn fail_note_rows(
             .filter(|_| waiting)
             .and_then(&settled)
         else {
-            run.push((i, (row, plan)));
+            run.push((row, plan));
             continue;
         };
         let ended = match outcome {
             Settled::Note(id) => {
                 row.reference_id = id;
-                run.push((i, (row, plan)));
+                run.push((row, plan));
                 continue;
             }
             Settled::Failed { retryable, message } => ctx.fail_unstarted(&row, retryable, message),
@@ -188,7 +266,7 @@ fn fail_note_rows(
         results
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((i, row, ended));
+            .push(row, ended);
     }
     run
 }
@@ -232,11 +310,7 @@ async fn signal() {
 /// `Work::storage_needed`).
 pub async fn quota_check(ctx: &Context, work: &Work) -> Result<(), CommandError> {
     // A row by email whose contact is not known yet (a dry run looks nothing up) cannot ask.
-    let Some((first, _)) = work
-        .todo
-        .iter()
-        .find(|(r, p)| *p == Plan::Upload && !r.contact_id.is_empty())
-    else {
+    let Some(first) = work.first_upload.as_ref() else {
         return Ok(());
     };
     let needed = work.storage_needed();

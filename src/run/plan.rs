@@ -1,21 +1,15 @@
 //! What is left to do: the manifest's rows as the state file records them, and, from the state
 //! file and the files as they are now, what a run does with each row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::config::Choices;
+use crate::checkpoint::this_run::Now;
 use crate::checkpoint::{self, NewRow, RowState, StoredRow};
 use crate::failure::FailureKind;
 use crate::manifest::{ProblemKind, Severity, email_key};
 use crate::pipeline::Plan;
 use crate::preflight::Checked;
-
-/// A row to upload again whose file changed: its size and modification time to record.
-pub struct Refresh {
-    pub key: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
 
 /// The rows of a checked manifest as the checkpoint records them; invalid rows carry their
 /// errors. Rows of identical meaning after the first are left out (they are errors already).
@@ -102,10 +96,24 @@ fn rejected_kind(problems: &[ProblemKind]) -> FailureKind {
         .map_or(FailureKind::Invalid, |p| FailureKind::of_problem(*p))
 }
 
-/// What a run will do with each row of the manifest.
+/// What a run will do with the manifest's rows, counted (the rows themselves stay in the state
+/// file and are read back in batches as the run takes them up: see `execute`). The rows listed
+/// are the few a summary names: failed for good, rejected, changed since uploaded.
 #[derive(Default)]
 pub struct Work {
-    pub todo: Vec<(StoredRow, Plan)>,
+    /// Rows to take up, by plan (upload, attach, verify).
+    planned: [usize; 3],
+    bytes_to_upload: u64,
+    bytes_to_attach: u64,
+    /// The contacts of the rows to upload (a contact by email not looked up yet: its email in
+    /// lower case), for the forms they need.
+    upload_contacts: HashSet<String>,
+    /// Rows to upload whose contact is known (not an email still to look up).
+    pub uploads_with_contact: usize,
+    /// The first row to upload whose contact is known: the storage quota check asks its form.
+    pub first_upload: Option<StoredRow>,
+    /// The note groups whose rows wait for a note not yet recorded, with their row counts.
+    notes: HashMap<String, usize>,
     pub already_done: usize,
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
@@ -117,14 +125,27 @@ pub struct Work {
     pub notes_unsettled: usize,
 }
 
+fn index(plan: Plan) -> usize {
+    match plan {
+        Plan::Upload => 0,
+        Plan::Attach => 1,
+        Plan::Verify => 2,
+    }
+}
+
 impl Work {
     pub fn count(&self, plan: Plan) -> usize {
-        self.todo.iter().filter(|(_, p)| *p == plan).count()
+        self.planned[index(plan)]
+    }
+
+    /// The rows to take up.
+    pub fn todo(&self) -> usize {
+        self.planned.iter().sum()
     }
 
     /// The bytes still to upload (the rows from step 1).
     pub fn bytes(&self) -> u64 {
-        self.bytes_of(&[Plan::Upload])
+        self.bytes_to_upload
     }
 
     /// The storage the rows still need: those to upload, and those uploaded whose attach was
@@ -132,15 +153,7 @@ impl Work {
     /// have taken effect (a kill, a lost answer), and counting them again would stop every rerun
     /// of a nearly full account before the check that settles them.
     pub fn storage_needed(&self) -> u64 {
-        self.bytes_of(&[Plan::Upload, Plan::Attach])
-    }
-
-    fn bytes_of(&self, plans: &[Plan]) -> u64 {
-        self.todo
-            .iter()
-            .filter(|(_, p)| plans.contains(p))
-            .map(|(r, _)| r.size)
-            .sum()
+        self.bytes_to_upload + self.bytes_to_attach
     }
 
     /// API calls the rows need: 1 to attach, 2 to verify and attach, and to upload and attach
@@ -150,124 +163,187 @@ impl Work {
     /// snapshot reads before a record's first attach are left out too: where links do not show
     /// the key, about one per contact and record type, once (see `pipeline::snapshots`).
     pub fn api_calls(&self, reuse_forms: bool) -> usize {
-        let mut contacts = std::collections::HashSet::new();
-        let mut calls = 0;
-        for (row, plan) in &self.todo {
-            calls += match plan {
-                Plan::Attach => 1,
-                Plan::Verify => 2,
-                Plan::Upload if !reuse_forms => 2,
-                Plan::Upload => {
-                    // A row by email not looked up yet: its email (any case) stands for it.
-                    let contact = match row.contact_id.is_empty() {
-                        true => row.contact_email.to_lowercase(),
-                        false => row.contact_id.clone(),
-                    };
-                    1 + usize::from(contacts.insert(contact))
-                }
-            };
-        }
-        calls + self.notes_to_create().len() + self.notes_unsettled
+        let uploads = self.count(Plan::Upload);
+        let forms = match reuse_forms {
+            true => self.upload_contacts.len(),
+            false => uploads,
+        };
+        uploads
+            + forms
+            + self.count(Plan::Attach)
+            + 2 * self.count(Plan::Verify)
+            + self.notes.len()
+            + self.notes_unsettled
     }
 
     /// The note groups whose rows wait for a note not yet recorded, with their row counts.
-    pub fn notes_to_create(&self) -> HashMap<String, usize> {
-        let mut groups: HashMap<String, usize> = HashMap::new();
-        for (row, _) in &self.todo {
-            if let Some(group) = row
-                .note
-                .group
-                .as_ref()
-                .filter(|_| row.reference_id.is_empty())
-            {
-                *groups.entry(group.clone()).or_default() += 1;
+    pub fn notes_to_create(&self) -> &HashMap<String, usize> {
+        &self.notes
+    }
+
+    /// Counts `row`, as [`decide`] found it.
+    pub fn add(&mut self, row: &StoredRow, decision: Decision) {
+        let plan = match decision {
+            Decision::Run { plan, changed } => {
+                if plan != Plan::Upload && changed {
+                    // Uploaded before it changed: the uploaded version is settled (attached
+                    // once), and the change is reported, for `--reupload-changed` once the row
+                    // is done.
+                    self.changed.push(row.clone());
+                }
+                plan
             }
+            Decision::Done { changed } => {
+                if changed {
+                    self.changed.push(row.clone());
+                }
+                self.already_done += 1;
+                return;
+            }
+            Decision::Rejected => {
+                self.rejected += 1;
+                self.rejected_rows.push(row.clone());
+                return;
+            }
+            Decision::FailedForGood => {
+                self.failed_permanent.push(row.clone());
+                return;
+            }
+        };
+        self.planned[index(plan)] += 1;
+        match plan {
+            Plan::Upload => {
+                self.bytes_to_upload += row.size;
+                // A row by email not looked up yet: its email (any case) stands for it.
+                let contact = match row.contact_id.is_empty() {
+                    true => row.contact_email.to_lowercase(),
+                    false => row.contact_id.clone(),
+                };
+                self.upload_contacts.insert(contact);
+                if !row.contact_id.is_empty() {
+                    self.uploads_with_contact += 1;
+                    if self.first_upload.is_none() {
+                        self.first_upload = Some(row.clone());
+                    }
+                }
+            }
+            Plan::Attach => self.bytes_to_attach += row.size,
+            Plan::Verify => {}
         }
-        groups
+        if let Some(group) = row
+            .note
+            .group
+            .as_ref()
+            .filter(|_| row.reference_id.is_empty())
+        {
+            *self.notes.entry(group.clone()).or_default() += 1;
+        }
     }
 }
 
-/// Decides, from the state file and the files as they are now, what is left of each row.
+/// What a run does with one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Takes it up as `plan` says; `changed`: its file changed since it was recorded.
+    Run {
+        plan: Plan,
+        changed: bool,
+    },
+    /// Done before (its file `changed` since, and kept as uploaded).
+    Done {
+        changed: bool,
+    },
+    Rejected,
+    /// Failed for good in an earlier run (`--retry-failed` takes it up again).
+    FailedForGood,
+}
+
+impl Decision {
+    /// The plan of a row to take up.
+    pub fn plan(self) -> Option<Plan> {
+        match self {
+            Decision::Run { plan, .. } => Some(plan),
+            _ => None,
+        }
+    }
+
+    /// A row to upload whose file changed: the state file takes its size and time now.
+    pub fn refreshes(self) -> bool {
+        matches!(
+            self,
+            Decision::Run {
+                plan: Plan::Upload,
+                changed: true
+            }
+        )
+    }
+}
+
+/// Decides, from the state file and the row's file as it is `now`, what is left of a row.
 ///
-/// About 80 lines: one match over a row's state, the "a rerun" column of docs/state-file.md's table of
-/// states, kept in one place so that each state's rule can be read against it.
+/// One match over a row's state: the "a rerun" column of docs/state-file.md's table of states,
+/// kept in one place so that each state's rule can be read against it.
+pub fn decide(row: &StoredRow, now: Now, choices: &Choices) -> Decision {
+    let changed = row.size != now.size || row.mtime_ns != now.mtime_ns;
+    let plan = match row.state {
+        RowState::Done if changed && choices.reupload_changed && now.valid => Plan::Upload,
+        RowState::Done => return Decision::Done { changed },
+        RowState::Rejected => return Decision::Rejected,
+        // Whether its attach took effect was not told yet (a state file of an earlier version
+        // held such rows for a person): the record is read again and settles it. An attach was
+        // sent only after its upload's ETag was recorded: one without was never sent (it waited
+        // for another row of its name and size) and starts over.
+        RowState::Failed
+            if row.error_kind == Some(FailureKind::AttachUnsettled)
+                && row.s3_key.is_some()
+                && row.etag.is_some() =>
+        {
+            Plan::Verify
+        }
+        RowState::Failed if row.retryable == Some(false) && !choices.retry_failed => {
+            return Decision::FailedForGood;
+        }
+        // Uploaded (an ETag is recorded for its key), so step 3 may have been sent before it
+        // failed: ask the record first, never upload and attach it a second time.
+        RowState::Failed if row.s3_key.is_some() && row.etag.is_some() => Plan::Verify,
+        RowState::Uploaded if row.s3_key.is_some() => Plan::Attach,
+        RowState::Attaching if row.s3_key.is_some() => Plan::Verify,
+        _ => Plan::Upload,
+    };
+    Decision::Run { plan, changed }
+}
+
+/// The rows of a whole manifest planned at once (a dry run, which records nothing): the work,
+/// and each row to take up with its plan, rows to verify first.
 pub fn plan(
     new_rows: &[NewRow],
     stored: Vec<StoredRow>,
     choices: &Choices,
-) -> (Work, Vec<Refresh>) {
+) -> (Work, Vec<(StoredRow, Plan)>) {
     let mut by_key: HashMap<String, StoredRow> =
         stored.into_iter().map(|r| (r.key.clone(), r)).collect();
     let mut work = Work::default();
-    let mut refresh = Vec::new();
-    let mut verify = Vec::new();
+    let (mut verify, mut todo) = (Vec::new(), Vec::new());
     for new in new_rows {
         let Some(mut row) = by_key.remove(&new.key) else {
             continue;
         };
-        let changed = row.size != new.size || row.mtime_ns != new.mtime_ns;
-        let plan = match row.state {
-            RowState::Done if changed && choices.reupload_changed && new.rejected.is_none() => {
-                Some(Plan::Upload)
-            }
-            RowState::Done if changed => {
-                work.changed.push(row.clone());
-                work.already_done += 1;
-                None
-            }
-            RowState::Done => {
-                work.already_done += 1;
-                None
-            }
-            RowState::Rejected => {
-                work.rejected += 1;
-                work.rejected_rows.push(row.clone());
-                None
-            }
-            // Whether its attach took effect was not told yet (a state file of an earlier
-            // version held such rows for a person): the record is read again and settles it. An
-            // attach was sent only after its upload's ETag was recorded: one without was never
-            // sent (it waited for another row of its name and size) and starts over.
-            RowState::Failed
-                if row.error_kind == Some(FailureKind::AttachUnsettled)
-                    && row.s3_key.is_some()
-                    && row.etag.is_some() =>
-            {
-                Some(Plan::Verify)
-            }
-            RowState::Failed if row.retryable == Some(false) && !choices.retry_failed => {
-                work.failed_permanent.push(row.clone());
-                None
-            }
-            // Uploaded (an ETag is recorded for its key), so step 3 may have been sent before it
-            // failed: ask the record first, never upload and attach it a second time.
-            RowState::Failed if row.s3_key.is_some() && row.etag.is_some() => Some(Plan::Verify),
-            RowState::Uploaded if row.s3_key.is_some() => Some(Plan::Attach),
-            RowState::Attaching if row.s3_key.is_some() => Some(Plan::Verify),
-            _ => Some(Plan::Upload),
+        let now = Now {
+            size: new.size,
+            mtime_ns: new.mtime_ns,
+            valid: new.rejected.is_none(),
         };
-        let Some(plan) = plan else { continue };
-        if plan != Plan::Upload && changed {
-            // Uploaded before it changed: the uploaded version is settled (attached once), and
-            // the change is reported, for `--reupload-changed` once the row is done.
-            work.changed.push(row.clone());
+        let decision = decide(&row, now, choices);
+        if decision.refreshes() {
+            (row.size, row.mtime_ns) = (now.size, now.mtime_ns);
         }
-        if plan == Plan::Upload && changed {
-            row.size = new.size;
-            row.mtime_ns = new.mtime_ns;
-            refresh.push(Refresh {
-                key: row.key.clone(),
-                size: new.size,
-                mtime_ns: new.mtime_ns,
-            });
-        }
-        if plan == Plan::Verify {
-            verify.push((row, plan));
-        } else {
-            work.todo.push((row, plan));
+        work.add(&row, decision);
+        match decision.plan() {
+            Some(Plan::Verify) => verify.push((row, Plan::Verify)),
+            Some(plan) => todo.push((row, plan)),
+            None => {}
         }
     }
-    verify.append(&mut work.todo);
-    work.todo = verify;
-    (work, refresh)
+    verify.append(&mut todo);
+    (work, verify)
 }

@@ -6,9 +6,11 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+use super::config::Choices;
 use super::config::RunConfig;
-use super::plan::{Work, plan};
-use crate::checkpoint::{self, NewRow, Store, StoreThread, StoredRow};
+use super::plan::{Work, decide};
+use crate::checkpoint::this_run::{self, Now, Place};
+use crate::checkpoint::{self, NewRow, Store, StoreThread};
 use crate::error::CommandError;
 
 /// The state file of a run, locked and recorded, and what is left to do.
@@ -91,27 +93,57 @@ impl Session {
             })
     }
 
-    /// Records every row (before anything is sent) and plans the run.
+    /// Records every row (before anything is sent), in batches, with its place in this run
+    /// (see `checkpoint::this_run`), and counts what is left of each.
     pub fn record(&mut self, cfg: &RunConfig, new_rows: &[NewRow]) -> Result<(), CommandError> {
-        let state = &cfg.state;
-        let store = &self.store;
-        let stored = record(store, cfg, new_rows)?;
-        let (work, refresh) = plan(new_rows, stored, &cfg.choices);
-        if !refresh.is_empty() {
-            store
-                .call_blocking(move |c| {
-                    for r in &refresh {
-                        checkpoint::refresh_file(c, &r.key, r.size, r.mtime_ns)?;
-                    }
-                    Ok(())
+        let cannot = |e: checkpoint::StoreError| {
+            CommandError::stopped(format!(
+                "cannot record the rows in {}: {e}",
+                cfg.state.display()
+            ))
+        };
+        let id = manifest_id(&cfg.manifest);
+        self.store
+            .call_blocking(move |c| {
+                checkpoint::set_manifest(c, &id)?;
+                this_run::begin(c)
+            })
+            .map_err(cannot)?;
+        // A contact's place: where its first row is (a row by email not looked up yet: its
+        // email in any case stands for its contact).
+        let mut contacts: HashMap<String, i64> = HashMap::new();
+        for (n, chunk) in new_rows.chunks(RECORD_BATCH).enumerate() {
+            let places: Vec<(Place, Now)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let contact = match r.contact_id.is_empty() {
+                        true => r.contact_email.to_lowercase(),
+                        false => r.contact_id.clone(),
+                    };
+                    let next = contacts.len() as i64;
+                    let contact = *contacts.entry(contact).or_insert(next);
+                    let now = Now {
+                        size: r.size,
+                        mtime_ns: r.mtime_ns,
+                        valid: r.rejected.is_none(),
+                    };
+                    ((contact, (n * RECORD_BATCH + i) as i64), now)
                 })
-                .map_err(|e| {
-                    CommandError::stopped(format!(
-                        "cannot write state file {}: {e}",
-                        state.display()
-                    ))
-                })?;
+                .collect();
+            let rows = chunk.to_vec();
+            self.store
+                .call_blocking(move |c| {
+                    checkpoint::record_rows(c, &rows)?;
+                    let keys = rows.iter().map(|r| r.key.as_str());
+                    this_run::add(c, keys.zip(places).map(|(k, (p, now))| (k, p, now)))
+                })
+                .map_err(cannot)?;
         }
+        self.store
+            .call_blocking(this_run::forget_stale_rejected)
+            .map_err(cannot)?;
+        let work = count(&self.store, &cfg.choices).map_err(cannot)?;
         for row in &work.changed {
             crate::say!(
                 "warning: line {}: {} changed after it was uploaded; the uploaded version is kept (pass --reupload-changed to upload it again)",
@@ -165,27 +197,28 @@ fn manifest_id(manifest: &Path) -> String {
         .into_owned()
 }
 
-/// Records every row of the manifest (before anything is sent) and reads them all back.
-fn record(
-    store: &Store,
-    cfg: &RunConfig,
-    new_rows: &[NewRow],
-) -> Result<Vec<StoredRow>, CommandError> {
-    let rows = new_rows.to_vec();
-    let id = manifest_id(&cfg.manifest);
-    store
-        .call_blocking(move |c| {
-            checkpoint::set_manifest(c, &id)?;
-            checkpoint::record_rows(c, &rows)?;
-            checkpoint::forget_stale_rejected(c, &rows.iter().map(|r| r.key.as_str()).collect())?;
-            checkpoint::load_rows(c)
-        })
-        .map_err(|e| {
-            CommandError::stopped(format!(
-                "cannot record the rows in {}: {e}",
-                cfg.state.display()
-            ))
-        })
+/// Rows recorded in one transaction.
+const RECORD_BATCH: usize = 4096;
+
+/// What is left of each row of this run, read from the state file in batches, counted.
+fn count(store: &Store, choices: &Choices) -> Result<Work, checkpoint::StoreError> {
+    let mut work = Work::default();
+    let mut after = this_run::START;
+    loop {
+        let batch = store.call_blocking(move |c| this_run::batch(c, after, RECORD_BATCH, false))?;
+        let Some(last) = batch.last() else {
+            return Ok(work);
+        };
+        after = last.place;
+        for mut t in batch {
+            let decision = decide(&t.row, t.now, choices);
+            if decision.refreshes() {
+                // Recorded when the row is taken up (see `execute::feed`).
+                (t.row.size, t.row.mtime_ns) = (t.now.size, t.now.mtime_ns);
+            }
+            work.add(&t.row, decision);
+        }
+    }
 }
 
 /// Takes the run lock: an exclusive lock on the state file itself, so that it follows the file

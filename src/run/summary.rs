@@ -131,33 +131,33 @@ impl Tally {
                 message: row.last_error.clone().unwrap_or_default(),
             });
         }
-        for (row, outcome) in &executed.results {
-            match outcome {
-                Outcome::Done => t.done_now += 1,
-                Outcome::NotStarted => t.not_started += 1,
-                Outcome::Failed {
-                    kind,
-                    retryable,
-                    message,
-                } => {
-                    match retryable {
-                        true => t.failed_retryable += 1,
-                        false => t.failed_permanent += 1,
-                    }
-                    t.failures.push(FailureLine {
-                        line: row.line,
-                        file: row.file.clone(),
-                        state: "failed",
-                        kind: *kind,
-                        retryable: *retryable,
-                        message: message.clone(),
-                    });
-                }
+        t.done_now = executed.ended.done;
+        t.not_started = executed.ended.not_started;
+        for (row, outcome) in &executed.ended.failed {
+            let Outcome::Failed {
+                kind,
+                retryable,
+                message,
+            } = outcome
+            else {
+                continue;
+            };
+            match retryable {
+                true => t.failed_retryable += 1,
+                false => t.failed_permanent += 1,
             }
+            t.failures.push(FailureLine {
+                line: row.line,
+                file: row.file.clone(),
+                state: "failed",
+                kind: *kind,
+                retryable: *retryable,
+                message: message.clone(),
+            });
         }
         t.failures.sort_by_key(|f| f.line);
         // Rows cut short by an interruption have no outcome.
-        t.not_started += work.todo.len() - executed.results.len();
+        t.not_started += work.todo().saturating_sub(executed.ended.rows);
         t
     }
 }
