@@ -9,13 +9,28 @@ const CONTACT_COLUMNS: [&str; 2] = ["contact_id", "contact_email"];
 
 /// Maps each header position to the column it names (`None`: an ignored column).
 ///
-/// Long (about 100 lines) for a reason: every header problem (unknown, duplicate, missing
-/// columns, and how many of each are shown) is found in one pass and reported together.
+/// Every header problem (unknown, duplicate, missing columns, and how many of each are shown) is
+/// found before any is reported: all of them come back together, as one problem of the header.
 pub(super) fn parse_header(
     record: &csv::ByteRecord,
     line: u64,
     delimiter: u8,
 ) -> Result<Vec<Option<&'static str>>, Problem> {
+    let (columns, mut problems) = name_columns(record, line)?;
+    problems.extend(missing_columns(&columns, record.len(), delimiter));
+    if problems.is_empty() {
+        return Ok(columns);
+    }
+    Err(bad_header(line, problems))
+}
+
+/// The column each header field names, with what is wrong with the names: a column twice, an
+/// unknown or empty name (the first 20 of those told, the rest counted). A header that is not
+/// UTF-8 is refused at once.
+fn name_columns(
+    record: &csv::ByteRecord,
+    line: u64,
+) -> Result<(Vec<Option<&'static str>>, Vec<String>), Problem> {
     let mut columns = Vec::with_capacity(record.len());
     let mut problems = Vec::new();
     let known = || {
@@ -79,6 +94,14 @@ pub(super) fn parse_header(
             unknown - SHOWN_UNKNOWN
         ));
     }
+    Ok((columns, problems))
+}
+
+/// The required columns a header lacks, one message each: a contact column (`contact_id` or
+/// `contact_email`), `file`, and `reference_id` unless the header has `note_text`. A header of
+/// one field read with `,` may be a manifest of another delimiter: the message says so.
+fn missing_columns(columns: &[Option<&'static str>], fields: usize, delimiter: u8) -> Vec<String> {
+    let mut problems = Vec::new();
     if !CONTACT_COLUMNS.iter().any(|c| columns.contains(&Some(*c))) {
         problems.push(
             "missing required column `contact_id` (or `contact_email`, to find each contact by email)"
@@ -91,7 +114,7 @@ pub(super) fn parse_header(
             continue;
         }
         if !columns.contains(&Some(required)) {
-            let hint = if record.len() == 1 && delimiter == b',' {
+            let hint = if fields == 1 && delimiter == b',' {
                 " (if the manifest uses `;` or tabs, pass --delimiter)"
             } else {
                 ""
@@ -104,9 +127,12 @@ pub(super) fn parse_header(
             problems.push(format!("missing required column `{required}`{or}{hint}"));
         }
     }
-    if problems.is_empty() {
-        return Ok(columns);
-    }
+    problems
+}
+
+/// The one problem of a bad header, all its messages joined; its kind is the first that
+/// applies of unknown (or empty) column, duplicate column, missing column.
+fn bad_header(line: u64, problems: Vec<String>) -> Problem {
     let kind = if problems
         .iter()
         .any(|p| p.starts_with("unknown") || p.starts_with("header field"))
@@ -117,12 +143,12 @@ pub(super) fn parse_header(
     } else {
         ProblemKind::MissingColumn
     };
-    Err(Problem::error(
+    Problem::error(
         Some(line),
         None,
         kind,
         format!("bad header: {}; no row was checked", problems.join("; ")),
-    ))
+    )
 }
 
 /// Whether a header record names `column` (as `parse_header` matches names).
