@@ -11,16 +11,93 @@ use crate::onepagecrm::{ReferenceType, is_object_id};
 
 /// One record as a row, with every problem of every field at once, each with its column.
 ///
-/// Long (about 140 lines) for a reason: it is one pass over the columns in the manifest's
-/// order, each field's own checks beside its decoding, so that a reader sees every rule of a
-/// row in one place; split up, the shared `problems` and row state would travel through every
-/// piece.
+/// The rules of a row, in the order their problems are told: the fields decoded
+/// (`text_fields`), the required ones given, the contact, the ids' format, the reference type,
+/// the note columns (`note_spec`), the path and the attachment's name.
 pub(super) fn parse_row(
     record: &csv::ByteRecord,
     columns: &[Option<&'static str>],
     line: u64,
     problems: &mut Vec<Problem>,
 ) -> Option<Row> {
+    let Fields {
+        file,
+        contact_id,
+        contact_email,
+        reference_type,
+        reference_id,
+        name,
+        note,
+    } = text_fields(record, columns, line, problems)?;
+    let has_note_column = columns.contains(&Some("note_text"));
+    let has_note_text = note[0].is_some();
+    check_required(
+        &file,
+        &reference_id,
+        (has_note_column, has_note_text),
+        line,
+        problems,
+    );
+    check_contact(&contact_id, &contact_email, columns, line, problems);
+    check_id_formats(&contact_id, &reference_id, line, problems);
+    let (reference_type, unknown_reference_type) =
+        reference_type_of(reference_type.as_deref(), line, problems);
+    let note = note_spec(
+        line,
+        (&contact_id, &contact_email),
+        &reference_id,
+        reference_type,
+        note,
+        problems,
+    );
+    if file.contains('\0') {
+        problems.push(Problem::error(
+            Some(line),
+            Some("file"),
+            ProblemKind::FileMissing,
+            "the path holds a NUL character".to_string(),
+        ));
+    }
+    let name = attachment_name(&file, name, line, problems);
+    Some(Row {
+        line,
+        file,
+        contact_id,
+        contact_email,
+        reference_type,
+        unknown_reference_type,
+        reference_id,
+        name,
+        note: note.map(Box::new),
+    })
+}
+
+/// A record's fields as text, as the rules of a row take them.
+struct Fields {
+    /// As written (its own name may end in spaces).
+    file: String,
+    /// Trimmed; empty when the manifest has no such column.
+    contact_id: String,
+    /// Trimmed; empty when the manifest has no such column.
+    contact_email: String,
+    /// As written; `None` when the manifest has no such column.
+    reference_type: Option<String>,
+    /// Trimmed; empty when the manifest has no such column (it then has `note_text`).
+    reference_id: String,
+    /// As written; `None` when the manifest has no such column.
+    name: Option<String>,
+    /// `note_text` (`None` when blank), `note_date` and `note_key`, as `note_spec` takes them.
+    note: [Option<String>; 3],
+}
+
+/// The text of each of a record's fields, or `None` when one is not UTF-8 (each such field is
+/// an error on its column): the record is then kept as bytes, not as a row.
+fn text_fields(
+    record: &csv::ByteRecord,
+    columns: &[Option<&'static str>],
+    line: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<Fields> {
     let mut field = |col: &'static str| -> Option<String> {
         let i = columns.iter().position(|c| *c == Some(col))?;
         let raw = &record[i];
@@ -76,13 +153,33 @@ pub(super) fn parse_row(
     let (Some(file), Some(reference_id)) = (file, reference_id) else {
         return None;
     };
-    let note_text = note_text.filter(|t| !t.trim().is_empty());
-    let contact_id = contact_id.unwrap_or_default().trim().to_string();
-    let contact_email = contact_email.unwrap_or_default().trim().to_string();
-    let reference_id = reference_id.trim().to_string();
+    Some(Fields {
+        file,
+        contact_id: contact_id.unwrap_or_default().trim().to_string(),
+        contact_email: contact_email.unwrap_or_default().trim().to_string(),
+        reference_type,
+        reference_id: reference_id.trim().to_string(),
+        name,
+        note: [
+            note_text.filter(|t| !t.trim().is_empty()),
+            note_date,
+            note_key,
+        ],
+    })
+}
 
-    for (col, value) in [("file", file.as_str()), ("reference_id", &reference_id)] {
-        if col == "reference_id" && note_text.is_some() {
+/// Every row needs a `file`, and a `reference_id` unless it gives a `note_text` (the note it
+/// creates is its record): an empty one is an error on its column. The pair says whether the
+/// manifest has a `note_text` column, and whether this row gives a text in it.
+fn check_required(
+    file: &str,
+    reference_id: &str,
+    (has_note_column, has_note_text): (bool, bool),
+    line: u64,
+    problems: &mut Vec<Problem>,
+) {
+    for (col, value) in [("file", file), ("reference_id", reference_id)] {
+        if col == "reference_id" && has_note_text {
             continue;
         }
         if value.trim().is_empty() {
@@ -98,8 +195,12 @@ pub(super) fn parse_row(
             ));
         }
     }
-    check_contact(&contact_id, &contact_email, columns, line, problems);
-    for (col, value) in [("contact_id", &contact_id), ("reference_id", &reference_id)] {
+}
+
+/// An id that is not OnePageCRM's 24 hex digits is a warning, not an error: it may be right,
+/// but it is more likely the wrong column.
+fn check_id_formats(contact_id: &str, reference_id: &str, line: u64, problems: &mut Vec<Problem>) {
+    for (col, value) in [("contact_id", contact_id), ("reference_id", reference_id)] {
         if !value.is_empty() && !is_object_id(value) {
             problems.push(Problem::warning(
                 line,
@@ -112,12 +213,19 @@ pub(super) fn parse_row(
             ));
         }
     }
+}
 
-    let mut unknown_reference_type = None;
-    let reference_type = match reference_type.as_deref().unwrap_or("").trim() {
-        "" => Some(ReferenceType::Note),
+/// The reference type a row gives (empty: a note), or, when it is no known type, an error and
+/// the text as written (trimmed), so that the rejected row is recorded with it.
+fn reference_type_of(
+    text: Option<&str>,
+    line: u64,
+    problems: &mut Vec<Problem>,
+) -> (Option<ReferenceType>, Option<Box<str>>) {
+    match text.unwrap_or("").trim() {
+        "" => (Some(ReferenceType::Note), None),
         t => match ReferenceType::parse(t) {
-            Some(t) => Some(t),
+            Some(t) => (Some(t), None),
             None => {
                 problems.push(Problem::error(
                     Some(line),
@@ -128,65 +236,45 @@ pub(super) fn parse_row(
                         shown(t)
                     ),
                 ));
-                unknown_reference_type = Some(t.into());
-                None
+                (None, Some(t.into()))
             }
         },
-    };
-
-    let note = note_spec(
-        line,
-        (&contact_id, &contact_email),
-        &reference_id,
-        reference_type,
-        [note_text, note_date, note_key],
-        problems,
-    );
-
-    if file.contains('\0') {
-        problems.push(Problem::error(
-            Some(line),
-            Some("file"),
-            ProblemKind::FileMissing,
-            "the path holds a NUL character".to_string(),
-        ));
     }
-    let name = match name.filter(|n| !n.is_empty()) {
-        Some(name) => {
-            check_name(&name, line, "name", problems);
-            name
+}
+
+/// The attachment's name: the `name` column, or else the file's own name, checked as
+/// OnePageCRM takes names (on the column it came from); a path with no name of its own (and no
+/// `name`) is an error.
+fn attachment_name(
+    file: &str,
+    name: Option<String>,
+    line: u64,
+    problems: &mut Vec<Problem>,
+) -> String {
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        check_name(&name, line, "name", problems);
+        return name;
+    }
+    let own = Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !file.trim().is_empty() {
+        if own.is_empty() {
+            problems.push(Problem::error(
+                Some(line),
+                Some("file"),
+                ProblemKind::InvalidName,
+                format!(
+                    "{} has no file name to show in OnePageCRM; give one in the `name` column",
+                    shown(file)
+                ),
+            ));
+        } else {
+            check_name(&own, line, "file", problems);
         }
-        None => {
-            let own = Path::new(&file)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !file.trim().is_empty() {
-                if own.is_empty() {
-                    problems.push(Problem::error(
-                        Some(line),
-                        Some("file"),
-                        ProblemKind::InvalidName,
-                        format!("{} has no file name to show in OnePageCRM; give one in the `name` column", shown(&file)),
-                    ));
-                } else {
-                    check_name(&own, line, "file", problems);
-                }
-            }
-            own
-        }
-    };
-    Some(Row {
-        line,
-        file,
-        contact_id,
-        contact_email,
-        reference_type,
-        unknown_reference_type,
-        reference_id,
-        name,
-        note: note.map(Box::new),
-    })
+    }
+    own
 }
 
 /// A row names its contact by exactly one of `contact_id` and `contact_email`; an email must
