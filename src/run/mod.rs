@@ -15,7 +15,7 @@ mod summary;
 
 use std::sync::Arc;
 
-pub use config::{Choices, DEFAULT_GRACE, Remote, RunConfig, default_state_path};
+pub use config::{Choices, Remote, RunConfig, default_state_path};
 pub use plan::{Work, manifest_rows, plan};
 
 use crate::checkpoint;
