@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::onepagecrm::ReferenceType;
 
 pub use notes::{NoteSpec, is_note_date, note_group, note_group_by_email};
-pub use problems::{Problem, ProblemKind, Severity};
+pub use problems::{Problem, ProblemKind, Severity, write_problems};
 #[cfg(test)]
 use reader::is_utf16;
 pub use reader::{formula_escape, formula_unescape};
