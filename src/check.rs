@@ -9,7 +9,7 @@ use crate::ExitStatus;
 use crate::cli::CheckArgs;
 use crate::error::{CommandResult, ignore_broken_pipe};
 use crate::lookup::{self, Lookups};
-use crate::manifest::{Problem, ProblemKind, ReadOptions, Severity, shown};
+use crate::manifest::{Problem, ProblemKind, ReadOptions, shown, write_problems};
 use crate::pipeline::Context;
 use crate::preflight::{self, Checked, Summary, human_bytes};
 use crate::quota::{self, Quota};
@@ -279,48 +279,6 @@ pub fn run(args: &CheckArgs) -> CommandResult {
     // A reader that closed stdout (`check m.csv | head`) does not change what was found.
     ignore_broken_pipe(print())?;
     Ok(status)
-}
-
-/// Problems of one kind shown before the rest of that kind are counted in one line.
-const SHOWN_PER_KIND: usize = 20;
-
-/// Writes problems one a line, in order, but only the first 20 of each kind: a manifest where
-/// every one of 100,000 rows has the same mistake needs a few examples and a count, not 100,000
-/// lines (`check --json` lists them all).
-pub fn write_problems(out: &mut impl Write, problems: &[Problem]) -> io::Result<()> {
-    // A problem quotes the manifest's own text (a path, a field): escaped for the terminal.
-    let out = &mut Printable(out);
-    let mut seen: Vec<(ProblemKind, Severity, usize)> = Vec::new();
-    for problem in problems {
-        let key = (problem.kind, problem.severity);
-        let count = match seen.iter_mut().find(|(k, s, _)| (*k, *s) == key) {
-            Some((_, _, n)) => n,
-            None => {
-                seen.push((problem.kind, problem.severity, 0));
-                &mut seen.last_mut().expect("just pushed").2
-            }
-        };
-        *count += 1;
-        if *count <= SHOWN_PER_KIND {
-            writeln!(out, "{problem}")?;
-        }
-    }
-    for (kind, severity, n) in seen {
-        if n > SHOWN_PER_KIND {
-            let what = match severity {
-                Severity::Error => "errors",
-                Severity::Warning => "warnings",
-            };
-            let kind = serde_json::to_value(kind).unwrap_or_default();
-            writeln!(
-                out,
-                "... and {} more {} {what} like those above (check --json lists every one)",
-                n - SHOWN_PER_KIND,
-                kind.as_str().unwrap_or("")
-            )?;
-        }
-    }
-    Ok(())
 }
 
 /// The readable report: the problems, then the summary lines (docs/check.md shows it): the

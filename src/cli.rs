@@ -216,7 +216,7 @@ pub struct RunArgs {
     pub api_key_file: Option<PathBuf>,
 
     /// After Ctrl-C or SIGTERM, seconds the rows under way get to finish (no new row starts).
-    #[arg(long, value_name = "SECS", default_value_t = crate::run::DEFAULT_GRACE.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = crate::defaults::DEFAULT_GRACE.as_secs())]
     pub grace: u64,
 }
 

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
+pub mod defaults;
 pub mod demo;
 pub mod emulator;
 pub mod error;

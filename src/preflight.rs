@@ -169,9 +169,10 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
 
 /// The file of one row: exists, is a regular file, can be read, fits the limit, has a valid name.
 ///
-/// Long (about 90 lines) for a reason: each check says why the file fails with its own kind and
-/// message, in the order a person would look (missing, a dangling link, not a file, unreadable,
-/// too large, its name), and stops at the first that makes the rest meaningless.
+/// Each check says why the file fails with its own kind and message, in the order a person
+/// would look (missing, a dangling link, not a file, unreadable: see `open_regular_file`; then
+/// whether it reads as its size, and its size), and stops at the first that makes the rest
+/// meaningless.
 fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     let mut problems = Vec::new();
     if row.file.trim().is_empty() || row.file.contains('\0') {
@@ -182,60 +183,10 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
     let mut error =
         |kind, message| problems.push(Problem::error(line, Some("file"), kind, message));
     let file = &manifest::shown(&row.file);
-    let meta = match fs::metadata(&path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if fs::symlink_metadata(&path).is_ok() {
-                let target = fs::read_link(&path)
-                    .map(|t| t.display().to_string())
-                    .unwrap_or_default();
-                error(
-                    ProblemKind::DanglingLink,
-                    format!(
-                        "{file} is a symbolic link to {}, which does not exist",
-                        manifest::shown(&target)
-                    ),
-                );
-            } else {
-                error(
-                    ProblemKind::FileMissing,
-                    format!(
-                        "{file} does not exist (looked for {})",
-                        manifest::cut(&path.display().to_string())
-                    ),
-                );
-            }
-            return (None, problems);
-        }
-        Err(e) => {
-            error(
-                ProblemKind::FileUnreadable,
-                format!("{file} cannot be read: {}", io_reason(&e)),
-            );
-            return (None, problems);
-        }
-    };
-    if meta.is_dir() {
-        error(
-            ProblemKind::NotRegularFile,
-            format!("{file} is a directory, not a file"),
-        );
-        return (None, problems);
-    }
-    if !meta.is_file() {
-        error(
-            ProblemKind::NotRegularFile,
-            format!("{file} is not a regular file (a device, pipe or socket)"),
-        );
-        return (None, problems);
-    }
-    let mut handle = match File::open(&path) {
-        Ok(handle) => handle,
-        Err(e) => {
-            error(
-                ProblemKind::FileUnreadable,
-                format!("{file} cannot be opened for reading: {}", io_reason(&e)),
-            );
+    let (meta, mut handle) = match open_regular_file(&path, file) {
+        Ok(opened) => opened,
+        Err((kind, message)) => {
+            error(kind, message);
             return (None, problems);
         }
     };
@@ -274,6 +225,70 @@ fn check_file(row: &Row, base: &Path) -> (Option<FileFacts>, Vec<Problem>) {
         }),
         problems,
     )
+}
+
+/// The regular file at `path` (`file` is how messages show it), opened, with its metadata; or
+/// the first reason it cannot be read as one, as a problem's kind and message: it is missing
+/// (see `missing`), its metadata cannot be read, it is a directory, a device, pipe or socket,
+/// or it cannot be opened.
+fn open_regular_file(
+    path: &Path,
+    file: &str,
+) -> Result<(fs::Metadata, File), (ProblemKind, String)> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing(path, file)),
+        Err(e) => {
+            return Err((
+                ProblemKind::FileUnreadable,
+                format!("{file} cannot be read: {}", io_reason(&e)),
+            ));
+        }
+    };
+    if meta.is_dir() {
+        return Err((
+            ProblemKind::NotRegularFile,
+            format!("{file} is a directory, not a file"),
+        ));
+    }
+    if !meta.is_file() {
+        return Err((
+            ProblemKind::NotRegularFile,
+            format!("{file} is not a regular file (a device, pipe or socket)"),
+        ));
+    }
+    match File::open(path) {
+        Ok(handle) => Ok((meta, handle)),
+        Err(e) => Err((
+            ProblemKind::FileUnreadable,
+            format!("{file} cannot be opened for reading: {}", io_reason(&e)),
+        )),
+    }
+}
+
+/// Why nothing is found at `path`: a symbolic link whose target does not exist, or no file at
+/// all (the message names the path looked at).
+fn missing(path: &Path, file: &str) -> (ProblemKind, String) {
+    if fs::symlink_metadata(path).is_ok() {
+        let target = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        (
+            ProblemKind::DanglingLink,
+            format!(
+                "{file} is a symbolic link to {}, which does not exist",
+                manifest::shown(&target)
+            ),
+        )
+    } else {
+        (
+            ProblemKind::FileMissing,
+            format!(
+                "{file} does not exist (looked for {})",
+                manifest::cut(&path.display().to_string())
+            ),
+        )
+    }
 }
 
 /// Whether `file` holds exactly the `size` bytes its metadata says: its last byte is there and

@@ -217,20 +217,56 @@ fn display_bytes(n: u64) -> String {
     }
 }
 
+/// The error envelope a check of step 3 answers with (boxed: a `Response` is large).
+type Refused = Box<Response>;
+
+/// Step 3's request body, as the API reads it.
+struct AttachRequest {
+    kind: ReferenceType,
+    key: String,
+    reference_id: String,
+    /// The size the client says it uploaded.
+    size: u64,
+    /// `contact_id`, when given: it must be the record's contact.
+    contact_id: Option<String>,
+    /// `name`, when given; else the attachment is named after the key's last part.
+    name: Option<String>,
+}
+
 /// Step 3: attach an uploaded object to a note, deal, call or meeting.
 ///
-/// Long (about 120 lines) for a reason: the API's checks in the order it answers them (the body,
-/// the record, the contact, the key's owner, the object and its size, the storage left), each
-/// with its own error envelope, then the one change under the state's lock.
+/// The API's checks come in the order it answers them, each with its own error envelope: the
+/// body (`attach_request`), the record and the key's owner (`record_owner`), the object and
+/// its size (`uploaded_object`), then, under the state's lock, the form and the storage left,
+/// and the one change (`attach`).
 pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return error(
+    let request = match attach_request(&body) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    let (contact_id, built_in_object) = match record_owner(&app, &request) {
+        Ok(owner) => owner,
+        Err(refused) => return *refused,
+    };
+    let md5 = match uploaded_object(&app, &request, built_in_object).await {
+        Ok(md5) => md5,
+        Err(refused) => return *refused,
+    };
+    attach(&app, request, contact_id, md5)
+}
+
+/// The body of a step-3 request, or the envelope of the first thing wrong with it: not a JSON
+/// object, or no valid `reference_type`, `key`, `reference_id` or `size`, in that order.
+fn attach_request(body: &[u8]) -> Result<AttachRequest, Refused> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "Invalid request data",
             "invalid_json",
             "The request body is not a JSON object.",
             json!({}),
-        );
+        )
+        .into());
     };
     let text = |name: &str| {
         body.get(name)
@@ -242,64 +278,116 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         .as_deref()
         .and_then(ReferenceType::parse)
     else {
-        return invalid("reference_type", "must be one of deal, note, call, meeting");
+        return Err(invalid("reference_type", "must be one of deal, note, call, meeting").into());
     };
     let Some(key) = text("key") else {
-        return invalid("key", "is missing");
+        return Err(invalid("key", "is missing").into());
     };
     let Some(reference_id) = text("reference_id") else {
-        return invalid("reference_id", "is missing");
+        return Err(invalid("reference_id", "is missing").into());
     };
     let Some(size) = body.get("size").and_then(Value::as_u64) else {
-        return invalid("size", "must be the size of the uploaded file in bytes");
+        return Err(invalid("size", "must be the size of the uploaded file in bytes").into());
     };
+    Ok(AttachRequest {
+        kind,
+        key,
+        reference_id,
+        size,
+        contact_id: text("contact_id"),
+        name: text("name"),
+    })
+}
 
+/// The contact of the record the request names, and the built-in store's size and MD5 of its
+/// key (read under the same lock); refused when the record does not exist, when the request
+/// gives another contact, or when the key is not under the contact's folder.
+fn record_owner(
+    app: &App,
+    request: &AttachRequest,
+) -> Result<(String, Option<(u64, String)>), Refused> {
+    let AttachRequest {
+        kind,
+        key,
+        reference_id,
+        ..
+    } = request;
     let (contact_id, built_in_object) = {
         let state = app.state();
-        let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
-            return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
+        let Some(record) = state.records.get(&(*kind, reference_id.clone())) else {
+            return Err(
+                not_found_envelope(&format!("{} {reference_id}", capitalized(*kind))).into(),
+            );
         };
-        let object = state.objects.get(&key).map(|o| (o.size, o.md5.clone()));
+        let object = state.objects.get(key).map(|o| (o.size, o.md5.clone()));
         (record.contact_id.clone(), object)
     };
-    if let Some(given) = text("contact_id")
-        && given != contact_id
+    if let Some(given) = &request.contact_id
+        && *given != contact_id
     {
-        return invalid(
+        return Err(invalid(
             "contact_id",
             &format!("does not match the contact of {kind} {reference_id}"),
-        );
+        )
+        .into());
     }
     if !key.starts_with(&format!("{contact_id}/")) {
-        return invalid(
+        return Err(invalid(
             "key",
             &format!("must start with the contact id {contact_id}/"),
-        );
+        )
+        .into());
     }
+    Ok((contact_id, built_in_object))
+}
+
+/// The MD5 of the object the request's key names, once it is known to hold the request's
+/// `size`; refused when no object has the key or its size is another.
+async fn uploaded_object(
+    app: &App,
+    request: &AttachRequest,
+    built_in_object: Option<(u64, String)>,
+) -> Result<String, Refused> {
+    let (key, size) = (&request.key, request.size);
     // The object's size and MD5: from the built-in store, or, in external-S3 mode, from a
     // `HEAD` to that server (its ETag is the MD5 of a single-part upload).
     let stored = match &app.config.external_s3 {
         Some(external) => external
-            .head_object(&key)
+            .head_object(key)
             .await
             .map(|head| head.map(|h| (h.size, h.etag))),
         None => Ok(built_in_object),
     };
     let (stored_size, md5) = match stored {
         Ok(Some(object)) => object,
-        Ok(None) => return invalid("key", "does not name an uploaded file"),
+        Ok(None) => return Err(invalid("key", "does not name an uploaded file").into()),
         Err(e) => {
             tracing::warn!("emulator: step 3 cannot check {key:?}: {e}");
-            return internal_error();
+            return Err(internal_error().into());
         }
     };
     if stored_size != size {
-        return invalid(
+        return Err(invalid(
             "size",
             &format!("is {size}, but the uploaded file has {stored_size} bytes"),
-        );
+        )
+        .into());
     }
+    Ok(md5)
+}
 
+/// Under the state's lock: refused when single-use forms are on and the key's form already
+/// carried another upload, or when the storage left is smaller than the file; else the
+/// attachment is made, the storage taken, and the answer is 201 with the attachment.
+fn attach(app: &App, request: AttachRequest, contact_id: String, md5: String) -> Response {
+    let AttachRequest {
+        kind,
+        key,
+        reference_id,
+        size,
+        name,
+        ..
+    } = request;
     let mut guard = app.state();
     let state: &mut State = &mut guard;
     if app.config.single_use_forms
@@ -324,8 +412,7 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
             json!({}),
         );
     }
-    let filename =
-        text("name").unwrap_or_else(|| key.rsplit('/').next().unwrap_or_default().to_string());
+    let filename = name.unwrap_or_else(|| key.rsplit('/').next().unwrap_or_default().to_string());
     let id = state.new_id();
     let attachment = Attachment {
         id: id.clone(),
@@ -357,7 +444,7 @@ pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> 
         .push(id.clone());
     state.attachments.insert(id, attachment);
     drop(guard);
-    ok(&app, StatusCode::CREATED, json!({ "attachment": shown }))
+    ok(app, StatusCode::CREATED, json!({ "attachment": shown }))
 }
 
 fn capitalized(kind: ReferenceType) -> String {

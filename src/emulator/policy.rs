@@ -311,22 +311,17 @@ pub struct Limits {
 /// Checks the form fields that came before the file against the signed policy. `fields` holds
 /// the names in lower case, in the order they came; `bucket` is the bucket of the URL.
 ///
-/// Long (about 200 lines) for a reason: it is S3's order of checks, one after the other (the
-/// required fields, the algorithm and the credential's scope, the signature, the expiration,
-/// each condition, the fields no condition names), each with S3's own error; split, the order,
-/// which decides which error a broken form gets, would be spread over several functions.
+/// The checks come in S3's order, which decides which error a broken form gets: the required
+/// fields, the signature (`check_signature`), the policy and its expiration
+/// (`policy_conditions`), each condition (`check_condition`), the fields no condition
+/// names (`check_covered`).
 pub fn check_form(
     signer: &Signer,
     fields: &[(String, String)],
     bucket: &str,
     now: DateTime<Utc>,
 ) -> Result<Limits, Refusal> {
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| field(fields, name);
     let require = |name: &str| {
         get(name).ok_or_else(|| {
             Refusal::new(
@@ -337,12 +332,67 @@ pub fn check_form(
         })
     };
     let policy_b64 = require("policy")?;
-    let algorithm = require("x-amz-algorithm")?;
-    let credential = require("x-amz-credential")?;
-    let date = require("x-amz-date")?;
-    let signature = require("x-amz-signature")?;
+    let signed = Signed {
+        algorithm: require("x-amz-algorithm")?,
+        credential: require("x-amz-credential")?,
+        date: require("x-amz-date")?,
+        signature: require("x-amz-signature")?,
+        policy_b64,
+    };
     require("key")?;
+    check_signature(signer, &signed)?;
+    let conditions = policy_conditions(policy_b64, now)?;
 
+    let value_of = |name: &str| -> Option<&str> {
+        if name == "bucket" {
+            Some(bucket)
+        } else {
+            get(name)
+        }
+    };
+    let mut covered: Vec<String> = Vec::new();
+    let mut limits = Limits {
+        min_size: 0,
+        max_size: u64::MAX,
+    };
+    for condition in &conditions {
+        match check_condition(condition, &value_of)? {
+            Met::Field(name) => covered.push(name),
+            Met::Size(size) => limits = size,
+        }
+    }
+    check_covered(fields, &covered)?;
+    Ok(limits)
+}
+
+/// The value of the form field `name` (in lower case), if the form has it.
+fn field<'f>(fields: &'f [(String, String)], name: &str) -> Option<&'f str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The form fields that sign a policy, as the form gives them.
+struct Signed<'f> {
+    algorithm: &'f str,
+    credential: &'f str,
+    date: &'f str,
+    signature: &'f str,
+    policy_b64: &'f str,
+}
+
+/// Whether the form is signed as S3 takes it: the algorithm, the credential's scope (its day,
+/// service and terminator), the access key, the region, then the signature over the policy,
+/// each refused with S3's own error, in that order.
+fn check_signature(signer: &Signer, signed: &Signed) -> Result<(), Refusal> {
+    let Signed {
+        algorithm,
+        credential,
+        date,
+        signature,
+        policy_b64,
+    } = *signed;
     if algorithm != ALGORITHM {
         return Err(Refusal::new(
             "InvalidArgument",
@@ -387,8 +437,13 @@ pub fn check_form(
             "Invalid according to Policy: Policy Signature does not match",
         ));
     }
+    Ok(())
+}
 
-    let policy: Value = BASE64
+/// The conditions of a signed policy that has not expired at `now`: refused when the policy is
+/// not base64 JSON, has no valid `expiration`, is past it, or has no `conditions` list.
+fn policy_conditions(policy_b64: &str, now: DateTime<Utc>) -> Result<Vec<Value>, Refusal> {
+    let mut policy: Value = BASE64
         .decode(policy_b64)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -414,101 +469,94 @@ pub fn check_form(
             "Invalid according to Policy: Policy expired.",
         ));
     }
-    let conditions = policy["conditions"].as_array().ok_or_else(|| {
-        Refusal::new(
+    match policy.get_mut("conditions").map(Value::take) {
+        Some(Value::Array(conditions)) => Ok(conditions),
+        _ => Err(Refusal::new(
             "InvalidPolicyDocument",
             400,
             "Invalid Policy: Missing 'conditions'.",
-        )
-    })?;
+        )),
+    }
+}
 
-    let value_of = |name: &str| -> Option<&str> {
-        if name == "bucket" {
-            Some(bucket)
-        } else {
-            get(name)
+/// What one condition of a policy, met, says.
+enum Met {
+    /// The field it names (in lower case) has the value it asks for.
+    Field(String),
+    /// `content-length-range`: the file's size must be within these.
+    Size(Limits),
+}
+
+/// Whether the form meets one condition: `{"field": "value"}`, `["eq", "$field", "value"]`,
+/// `["starts-with", "$field", "prefix"]` or `["content-length-range", min, max]`. A condition
+/// the form fails is `AccessDenied`; one of another shape makes the policy invalid.
+fn check_condition<'f>(
+    condition: &Value,
+    value_of: &impl Fn(&str) -> Option<&'f str>,
+) -> Result<Met, Refusal> {
+    let failed = || {
+        Refusal::denied(format!(
+            "Invalid according to Policy: Policy Condition failed: {condition}"
+        ))
+    };
+    let invalid = || {
+        Refusal::new(
+            "InvalidPolicyDocument",
+            400,
+            format!("Invalid Policy: Invalid condition {condition}"),
+        )
+    };
+    match condition {
+        Value::Object(map) if map.len() == 1 => {
+            let (name, expected) = map.iter().next().expect("one entry");
+            let name = name.to_ascii_lowercase();
+            let expected = scalar(expected).ok_or_else(failed)?;
+            if value_of(&name) != Some(expected.as_str()) {
+                return Err(failed());
+            }
+            Ok(Met::Field(name))
         }
-    };
-    let mut covered: Vec<String> = Vec::new();
-    let mut limits = Limits {
-        min_size: 0,
-        max_size: u64::MAX,
-    };
-    for condition in conditions {
-        let failed = || {
-            Refusal::denied(format!(
-                "Invalid according to Policy: Policy Condition failed: {condition}"
-            ))
-        };
-        match condition {
-            Value::Object(map) if map.len() == 1 => {
-                let (name, expected) = map.iter().next().expect("one entry");
-                let name = name.to_ascii_lowercase();
-                let expected = scalar(expected).ok_or_else(failed)?;
-                if value_of(&name) != Some(expected.as_str()) {
+        Value::Array(items) => match items.first().and_then(Value::as_str) {
+            Some(op @ ("eq" | "starts-with")) => {
+                let (Some(field), Some(expected)) = (
+                    items.get(1).and_then(Value::as_str),
+                    items.get(2).and_then(scalar),
+                ) else {
+                    return Err(invalid());
+                };
+                let name = field.trim_start_matches('$').to_ascii_lowercase();
+                let actual = value_of(&name).ok_or_else(failed)?;
+                let ok = if op == "eq" {
+                    actual == expected
+                } else {
+                    actual.starts_with(&expected)
+                };
+                if !ok {
                     return Err(failed());
                 }
-                covered.push(name);
+                Ok(Met::Field(name))
             }
-            Value::Array(items) => match items.first().and_then(Value::as_str) {
-                Some(op @ ("eq" | "starts-with")) => {
-                    let (Some(field), Some(expected)) = (
-                        items.get(1).and_then(Value::as_str),
-                        items.get(2).and_then(scalar),
-                    ) else {
-                        return Err(Refusal::new(
-                            "InvalidPolicyDocument",
-                            400,
-                            format!("Invalid Policy: Invalid condition {condition}"),
-                        ));
-                    };
-                    let name = field.trim_start_matches('$').to_ascii_lowercase();
-                    let actual = value_of(&name).ok_or_else(failed)?;
-                    let ok = if op == "eq" {
-                        actual == expected
-                    } else {
-                        actual.starts_with(&expected)
-                    };
-                    if !ok {
-                        return Err(failed());
-                    }
-                    covered.push(name);
-                }
-                Some("content-length-range") => {
-                    let (Some(min), Some(max)) = (
-                        items.get(1).and_then(Value::as_u64),
-                        items.get(2).and_then(Value::as_u64),
-                    ) else {
-                        return Err(Refusal::new(
-                            "InvalidPolicyDocument",
-                            400,
-                            format!("Invalid Policy: Invalid condition {condition}"),
-                        ));
-                    };
-                    limits = Limits {
-                        min_size: min,
-                        max_size: max,
-                    };
-                }
-                _ => {
-                    return Err(Refusal::new(
-                        "InvalidPolicyDocument",
-                        400,
-                        format!("Invalid Policy: Invalid condition {condition}"),
-                    ));
-                }
-            },
-            _ => {
-                return Err(Refusal::new(
-                    "InvalidPolicyDocument",
-                    400,
-                    format!("Invalid Policy: Invalid condition {condition}"),
-                ));
+            Some("content-length-range") => {
+                let (Some(min), Some(max)) = (
+                    items.get(1).and_then(Value::as_u64),
+                    items.get(2).and_then(Value::as_u64),
+                ) else {
+                    return Err(invalid());
+                };
+                Ok(Met::Size(Limits {
+                    min_size: min,
+                    max_size: max,
+                }))
             }
-        }
+            _ => Err(invalid()),
+        },
+        _ => Err(invalid()),
     }
+}
 
-    // Every field must be named by a condition, except these (and any x-ignore- field).
+/// Whether every field of the form is named by a condition (`covered`), except `policy`,
+/// `x-amz-signature`, `file` and any `x-ignore-` field; S3 refuses the others as extra.
+fn check_covered(fields: &[(String, String)], covered: &[String]) -> Result<(), Refusal> {
     let exempt = ["policy", "x-amz-signature", "file"];
     let extra: Vec<&str> = fields
         .iter()
@@ -523,7 +571,7 @@ pub fn check_form(
             extra.join(", ")
         )));
     }
-    Ok(limits)
+    Ok(())
 }
 
 /// A condition's value as text: policies write `success_action_status` as `"201"` or `201`.

@@ -16,7 +16,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
 use super::App;
-use super::policy::{Refusal, check_form};
+use super::policy::{Limits, Refusal, check_form};
 use super::state::{Body as ObjectBody, Object};
 
 /// Text content as S3 writes it: `<`, `>` and `&` escaped, quotes left as they are.
@@ -85,16 +85,73 @@ enum Sink {
     File(tokio::fs::File, std::path::PathBuf),
 }
 
+/// S3's answer when the emulator cannot keep an object (the `--data-dir` refused it).
+fn cannot_store(e: std::io::Error) -> Refusal {
+    Refusal::new(
+        "InternalError",
+        500,
+        format!("cannot store the object: {e}"),
+    )
+}
+
+impl Sink {
+    /// Memory, or, with `--data-dir`, a `.part` file named after `key` that becomes the object's
+    /// file once the whole file has arrived.
+    async fn open(app: &App, key: &str) -> Result<Self, Refusal> {
+        match &app.config.data_dir {
+            None => Ok(Sink::Memory(Vec::new())),
+            Some(dir) => {
+                let path = dir
+                    .join("objects")
+                    .join(format!("{}.part", object_file_name(key)));
+                let file = tokio::fs::File::create(&path).await.map_err(cannot_store)?;
+                Ok(Sink::File(file, path))
+            }
+        }
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
+        match self {
+            Sink::Memory(bytes) => {
+                bytes.extend_from_slice(chunk);
+                Ok(())
+            }
+            Sink::File(file, _) => file.write_all(chunk).await.map_err(cannot_store),
+        }
+    }
+
+    /// Drops what arrived of a refused file.
+    fn discard(&self) {
+        if let Sink::File(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The object's body, once the whole file has arrived: the `.part` file is renamed to the
+    /// object's own name only now, so that a stored name always holds a whole file.
+    async fn finish(self) -> Result<ObjectBody, Refusal> {
+        match self {
+            Sink::Memory(bytes) => Ok(ObjectBody::Memory(Arc::new(bytes))),
+            Sink::File(mut file, part) => {
+                let stored = async {
+                    file.flush().await?;
+                    drop(file);
+                    let path = part.with_extension("");
+                    tokio::fs::rename(&part, &path).await?;
+                    Ok::<_, std::io::Error>(path)
+                };
+                Ok(ObjectBody::File(stored.await.map_err(cannot_store)?))
+            }
+        }
+    }
+}
+
 /// Reads a browser POST as S3 does: the fields before the file are checked against the policy,
-/// the file is streamed (hashed and measured as it comes, refused as soon as it outgrows the
-/// policy), and what follows it is ignored.
-///
-/// Long (about 120 lines) for a reason: one pass over the multipart stream, whose parts must be
-/// taken in order and whose state (fields so far, the sink, the running MD5) the steps share.
+/// the file is streamed ([`receive_file`]), and what follows it is ignored.
 async fn receive(app: &App, bucket: &str, mut multipart: Multipart) -> Result<Response, Refusal> {
     let mut fields: Vec<(String, String)> = Vec::new();
     loop {
-        let Some(mut field) = multipart.next_field().await.map_err(|_| malformed())? else {
+        let Some(field) = multipart.next_field().await.map_err(|_| malformed())? else {
             return Err(Refusal::new(
                 "InvalidArgument",
                 400,
@@ -117,101 +174,71 @@ async fn receive(app: &App, bucket: &str, mut multipart: Multipart) -> Result<Re
 
         // The file: everything before it must already satisfy the policy.
         let limits = check_form(&app.signer, &fields, bucket, app.clock.now())?;
-        let filename = field.file_name().unwrap_or_default().to_string();
-        let key = fields
-            .iter()
-            .find(|(n, _)| n == "key")
-            .map(|(_, v)| v.replace("${filename}", &filename));
-        let key = key.unwrap_or_default();
-        if key.is_empty() {
-            return Err(Refusal::new(
-                "InvalidArgument",
-                400,
-                "The key field must not be empty.",
-            ));
-        }
-
-        let mut sink = match &app.config.data_dir {
-            None => Sink::Memory(Vec::new()),
-            Some(dir) => {
-                let path = dir
-                    .join("objects")
-                    .join(format!("{}.part", object_file_name(&key)));
-                let file = tokio::fs::File::create(&path).await.map_err(|e| {
-                    Refusal::new(
-                        "InternalError",
-                        500,
-                        format!("cannot store the object: {e}"),
-                    )
-                })?;
-                Sink::File(file, path)
-            }
-        };
-        let mut md5 = Md5::new();
-        let mut size: u64 = 0;
-        while let Some(chunk) = field.chunk().await.map_err(|_| malformed())? {
-            size += chunk.len() as u64;
-            if size > limits.max_size {
-                if let Sink::File(_, path) = &sink {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(Refusal::new(
-                    "EntityTooLarge",
-                    400,
-                    "Your proposed upload exceeds the maximum allowed size",
-                ));
-            }
-            md5.update(&chunk);
-            match &mut sink {
-                Sink::Memory(bytes) => bytes.extend_from_slice(&chunk),
-                Sink::File(file, _) => file.write_all(&chunk).await.map_err(|e| {
-                    Refusal::new(
-                        "InternalError",
-                        500,
-                        format!("cannot store the object: {e}"),
-                    )
-                })?,
-            }
-        }
-        if size < limits.min_size {
-            return Err(Refusal::new(
-                "EntityTooSmall",
-                400,
-                "Your proposed upload is smaller than the minimum allowed size",
-            ));
-        }
-        let body = match sink {
-            Sink::Memory(bytes) => ObjectBody::Memory(Arc::new(bytes)),
-            Sink::File(mut file, part) => {
-                let stored = async {
-                    file.flush().await?;
-                    drop(file);
-                    let path = part.with_extension("");
-                    tokio::fs::rename(&part, &path).await?;
-                    Ok::<_, std::io::Error>(path)
-                };
-                ObjectBody::File(stored.await.map_err(|e| {
-                    Refusal::new(
-                        "InternalError",
-                        500,
-                        format!("cannot store the object: {e}"),
-                    )
-                })?)
-            }
-        };
-        let etag = hex::encode(md5.finalize());
-        app.state().objects.insert(
-            key.clone(),
-            Object {
-                key: key.clone(),
-                size,
-                md5: etag.clone(),
-                body,
-            },
-        );
+        let key = object_key(&fields, field.file_name().unwrap_or_default())?;
+        let object = receive_file(app, field, key, limits).await?;
+        let (key, etag) = (object.key.clone(), object.md5.clone());
+        app.state().objects.insert(key.clone(), object);
         // S3 ignores whatever follows the file: it is not read.
         return Ok(success(app, bucket, &key, &etag, &fields));
     }
+}
+
+/// The key the object is stored under: the form's `key` field with `${filename}` replaced by
+/// the file part's name; refused when it comes out empty.
+fn object_key(fields: &[(String, String)], filename: &str) -> Result<String, Refusal> {
+    let key = fields
+        .iter()
+        .find(|(n, _)| n == "key")
+        .map(|(_, v)| v.replace("${filename}", filename));
+    let key = key.unwrap_or_default();
+    if key.is_empty() {
+        return Err(Refusal::new(
+            "InvalidArgument",
+            400,
+            "The key field must not be empty.",
+        ));
+    }
+    Ok(key)
+}
+
+/// The file part, stored under `key` as it arrives, hashed and counted: refused as soon as it
+/// outgrows the policy's `limits` (what arrived is dropped), or at its end if it is smaller.
+async fn receive_file(
+    app: &App,
+    mut field: axum::extract::multipart::Field<'_>,
+    key: String,
+    limits: Limits,
+) -> Result<Object, Refusal> {
+    let mut sink = Sink::open(app, &key).await?;
+    let mut md5 = Md5::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = field.chunk().await.map_err(|_| malformed())? {
+        size += chunk.len() as u64;
+        if size > limits.max_size {
+            sink.discard();
+            return Err(Refusal::new(
+                "EntityTooLarge",
+                400,
+                "Your proposed upload exceeds the maximum allowed size",
+            ));
+        }
+        md5.update(&chunk);
+        sink.write(&chunk).await?;
+    }
+    if size < limits.min_size {
+        return Err(Refusal::new(
+            "EntityTooSmall",
+            400,
+            "Your proposed upload is smaller than the minimum allowed size",
+        ));
+    }
+    let body = sink.finish().await?;
+    Ok(Object {
+        key,
+        size,
+        md5: hex::encode(md5.finalize()),
+        body,
+    })
 }
 
 /// A stored object's file name under `--data-dir`: the key's SHA-256, so any key is a safe name.

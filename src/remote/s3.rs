@@ -73,12 +73,50 @@ fn envelope(
     (head, tail)
 }
 
+/// What went out of the file so far, shared between the request body and [`Client::upload`]:
+/// the MD5 of the bytes and how many there were.
+type Sent = Arc<Mutex<(Md5, u64)>>;
+
+/// The request body: `head`, exactly `size` bytes of `file`, hashed and counted as they go out
+/// (into the [`Sent`] returned with it), then `tail`.
+fn streamed_body(
+    file: tokio::fs::File,
+    size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+) -> (reqwest::Body, Sent) {
+    let sent = Arc::new(Mutex::new((Md5::new(), 0u64)));
+    let counter = sent.clone();
+    let file_stream =
+        tokio_util::io::ReaderStream::with_capacity(file.take(size), 64 * 1024).map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                let mut guard = counter.lock().unwrap_or_else(|e| e.into_inner());
+                guard.0.update(bytes);
+                guard.1 += bytes.len() as u64;
+            }
+            chunk
+        });
+    let body =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+            .chain(file_stream)
+            .chain(futures_util::stream::once(
+                async move { Ok(Bytes::from(tail)) },
+            ));
+    (reqwest::Body::wrap_stream(body), sent)
+}
+
+/// The MD5 (in hex) and the count of the bytes of the file that went out.
+fn sent_so_far(sent: &Sent) -> (String, u64) {
+    let guard = sent.lock().unwrap_or_else(|e| e.into_inner());
+    (hex::encode(guard.0.clone().finalize()), guard.1)
+}
+
 impl Client {
     /// Uploads `size` bytes of `path` under `key` with the fields of `form`.
     ///
-    /// Long (about 100 lines) for a reason: the body is streamed from disk while its MD5 is
-    /// computed, and the answer is read under a cap; the order (open, check the size, stream,
-    /// read S3's answer, compare the ETag) is the protocol, kept in one place.
+    /// The order is the protocol: open the file, stream it while its MD5 is computed
+    /// (`streamed_body`), read S3's answer under a cap (`read_s3_answer`), check that what
+    /// went out was the whole file (`check_sent_whole`), compare the ETag.
     pub async fn upload(
         &self,
         form: &Form,
@@ -93,25 +131,7 @@ impl Client {
         let boundary = random_boundary();
         let (head, tail) = envelope(&boundary, &form.fields, key, filename);
         let length = head.len() as u64 + size + tail.len() as u64;
-
-        // Exactly `size` bytes of the file, hashed as they go out.
-        let sent = Arc::new(Mutex::new((Md5::new(), 0u64)));
-        let counter = sent.clone();
-        let file_stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), 64 * 1024)
-            .map(move |chunk| {
-                if let Ok(bytes) = &chunk {
-                    let mut guard = counter.lock().unwrap_or_else(|e| e.into_inner());
-                    guard.0.update(bytes);
-                    guard.1 += bytes.len() as u64;
-                }
-                chunk
-            });
-        let body =
-            futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
-                .chain(file_stream)
-                .chain(futures_util::stream::once(
-                    async move { Ok(Bytes::from(tail)) },
-                ));
+        let (body, sent) = streamed_body(file, size, head, tail);
 
         let started = std::time::Instant::now();
         let response = self
@@ -123,16 +143,13 @@ impl Client {
             )
             .header(reqwest::header::CONTENT_LENGTH, length)
             .timeout(upload_timeout(size))
-            .body(reqwest::Body::wrap_stream(body))
+            .body(body)
             .send()
             .await;
         if let Ok(url) = reqwest::Url::parse(&form.url) {
             log_request("S3", &reqwest::Method::POST, &url, &response, started);
         }
-        let (md5, count) = {
-            let guard = sent.lock().unwrap_or_else(|e| e.into_inner());
-            (hex::encode(guard.0.clone().finalize()), guard.1)
-        };
+        let (md5, count) = sent_so_far(&sent);
         let response = match response {
             Ok(r) => r,
             Err(_) if count < size && file_shrank(path, size) => {
@@ -142,56 +159,8 @@ impl Client {
             }
             Err(e) => return Err(RemoteError::network(e)),
         };
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("no content type")
-            .to_string();
-        let header_etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = read_capped(response, S3_ANSWER_CAP, "S3").await?;
-        let body = String::from_utf8_lossy(&body);
-        let asked = form
-            .fields
-            .iter()
-            .find(|(name, _)| name == "success_action_status")
-            .map(|(_, value)| value.as_str());
-        check_success(asked, status, &content_type, &body)?;
-        let etag = read_answer(status, header_etag, &body)?;
-        // The key is attached in step 3 as it was sent: when S3 says it stored the bytes under
-        // another one, that attachment would name a key that holds nothing.
-        if let Some(stored) = element_text(&body, &["Key"])
-            && stored != key
-        {
-            return Err(RemoteError::S3KeyMismatch {
-                sent: key.to_string(),
-                stored: crate::manifest::cut(&stored).into_owned(),
-            });
-        }
-        if count != size {
-            return Err(RemoteError::FileChanged(format!(
-                "{count} bytes read, {size} expected"
-            )));
-        }
-        if std::fs::metadata(path).map(|m| m.len()).ok() != Some(size) {
-            return Err(RemoteError::FileChanged(format!(
-                "it is no longer {size} bytes"
-            )));
-        }
-        // `size` bytes went out, but the file may hold more than its size says (one of /proc):
-        // what was sent is then not the file.
-        let whole = std::fs::File::open(path)
-            .is_ok_and(|mut f| crate::preflight::reads_as_its_size(&mut f, size));
-        if !whole {
-            return Err(RemoteError::FileChanged(format!(
-                "it does not read as the {size} bytes its size says"
-            )));
-        }
+        let etag = read_s3_answer(response, form, key).await?;
+        check_sent_whole(path, size, count)?;
         if let Some(etag) = etag
             && etag != md5
         {
@@ -199,6 +168,73 @@ impl Client {
         }
         Ok(Uploaded { md5 })
     }
+}
+
+/// S3's answer to the upload of `key` (its body read under a cap): the ETag it gave, if any;
+/// an error when it is S3's error, not one of S3's success answers (see [`check_success`]), or
+/// says the bytes were stored under another key.
+async fn read_s3_answer(
+    response: reqwest::Response,
+    form: &Form,
+    key: &str,
+) -> Result<Option<String>, RemoteError> {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .to_string();
+    let header_etag = response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = read_capped(response, S3_ANSWER_CAP, "S3").await?;
+    let body = String::from_utf8_lossy(&body);
+    let asked = form
+        .fields
+        .iter()
+        .find(|(name, _)| name == "success_action_status")
+        .map(|(_, value)| value.as_str());
+    check_success(asked, status, &content_type, &body)?;
+    let etag = read_answer(status, header_etag, &body)?;
+    // The key is attached in step 3 as it was sent: when S3 says it stored the bytes under
+    // another one, that attachment would name a key that holds nothing.
+    if let Some(stored) = element_text(&body, &["Key"])
+        && stored != key
+    {
+        return Err(RemoteError::S3KeyMismatch {
+            sent: key.to_string(),
+            stored: crate::manifest::cut(&stored).into_owned(),
+        });
+    }
+    Ok(etag)
+}
+
+/// Whether what went out is the file: `count` bytes were read of the `size` expected, the file
+/// still has that size, and it reads as it (see [`crate::preflight::reads_as_its_size`]).
+fn check_sent_whole(path: &Path, size: u64, count: u64) -> Result<(), RemoteError> {
+    if count != size {
+        return Err(RemoteError::FileChanged(format!(
+            "{count} bytes read, {size} expected"
+        )));
+    }
+    if std::fs::metadata(path).map(|m| m.len()).ok() != Some(size) {
+        return Err(RemoteError::FileChanged(format!(
+            "it is no longer {size} bytes"
+        )));
+    }
+    // `size` bytes went out, but the file may hold more than its size says (one of /proc):
+    // what was sent is then not the file.
+    let whole = std::fs::File::open(path)
+        .is_ok_and(|mut f| crate::preflight::reads_as_its_size(&mut f, size));
+    if !whole {
+        return Err(RemoteError::FileChanged(format!(
+            "it does not read as the {size} bytes its size says"
+        )));
+    }
+    Ok(())
 }
 
 fn file_shrank(path: &Path, size: u64) -> bool {

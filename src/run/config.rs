@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::RunArgs;
+use crate::defaults::DEFAULT_GRACE;
 use crate::error::CommandError;
 use crate::manifest::ReadOptions;
 use crate::pipeline::Settings;
 use crate::remote::{self, Credentials};
-
-/// How long rows under way get to finish after Ctrl-C or SIGTERM (`--grace`).
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// Where to send requests, and as whom.
 pub struct Remote {

@@ -43,7 +43,7 @@ pub fn resolve(
     if problems.is_empty() {
         return Ok(lookups);
     }
-    crate::check::write_problems(&mut std::io::stderr().lock(), &problems)?;
+    crate::manifest::write_problems(&mut std::io::stderr().lock(), &problems)?;
     if !cfg.choices.skip_invalid {
         let rows = problems
             .iter()

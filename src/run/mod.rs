@@ -15,7 +15,7 @@ mod summary;
 
 use std::sync::Arc;
 
-pub use config::{Choices, DEFAULT_GRACE, Remote, RunConfig, default_state_path};
+pub use config::{Choices, Remote, RunConfig, default_state_path};
 pub use plan::{Work, manifest_rows, plan};
 
 use crate::checkpoint;
@@ -102,7 +102,7 @@ fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
             .with_status(crate::ExitStatus::Usage)
             .with_detail("problems", problems));
     }
-    crate::check::write_problems(&mut std::io::stderr().lock(), problems)?;
+    crate::manifest::write_problems(&mut std::io::stderr().lock(), problems)?;
     if !checked.is_valid() && !cfg.choices.skip_invalid {
         let n = checked.summary.invalid;
         // The problems are on stderr above; `--json` carries them in its one document.

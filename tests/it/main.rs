@@ -18,5 +18,6 @@ mod notes;
 mod run;
 mod settle;
 mod shape;
+mod source_shape;
 mod throttle_models;
 mod ux;
