@@ -26,7 +26,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
-use crate::checkpoint::{self, Store, StoredRow, Transition};
+use crate::checkpoint::{self, StateFile, StoredRow, Transition};
 use crate::failure::FailureKind;
 use crate::onepagecrm::ReferenceType;
 use crate::remote::api::{Attach, Form};
@@ -201,7 +201,7 @@ fn backoff_drawn(attempt: u32, rng: &mut impl Rng) -> Duration {
 /// Everything workers share.
 pub struct Context {
     pub client: Client,
-    pub store: Store,
+    pub state: StateFile,
     pub gate: ApiGate,
     /// The upload forms kept for their contacts' next files.
     pub forms: Forms,
@@ -292,31 +292,31 @@ pub enum Outcome {
 /// an in-memory database that lives as long as it.
 pub struct Stateless {
     pub ctx: Arc<Context>,
-    writer: checkpoint::StoreThread,
+    state: StateFile,
 }
 
 impl Stateless {
-    pub fn new(client: Client, settings: Settings) -> rusqlite::Result<Self> {
-        let (store, writer) = checkpoint::store::spawn(rusqlite::Connection::open_in_memory()?);
+    pub fn new(client: Client, settings: Settings) -> Result<Self, checkpoint::OpenError> {
+        let state = StateFile::in_memory()?;
         Ok(Self {
-            ctx: Arc::new(Context::new(client, store, settings)),
-            writer,
+            ctx: Arc::new(Context::new(client, state.clone(), settings)),
+            state,
         })
     }
 
     /// Lets the context go and waits for its store to close.
     pub fn close(self) {
         drop(self.ctx);
-        self.writer.join();
+        self.state.close();
     }
 }
 
 impl Context {
-    pub fn new(client: Client, store: Store, settings: Settings) -> Self {
+    pub fn new(client: Client, state: StateFile, settings: Settings) -> Self {
         let abort = CancellationToken::new();
         Self {
             client,
-            store,
+            state,
             gate: ApiGate::new(settings.rate, settings.burst),
             forms: Forms::new(settings.form_reuse),
             snapshots: Default::default(),
@@ -608,9 +608,9 @@ impl Context {
 
     /// Records `t` for `row` and waits until it is written.
     async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
-        let (key, state) = (row.key.clone(), state_name(&t));
-        self.store
-            .call(move |c| checkpoint::transition(c, &key, &t))
+        let state = state_name(&t);
+        self.state
+            .transition(row, t)
             .await
             .map_err(RowError::Store)?;
         self.events.emit(Event::StateChanged { row, state });
@@ -619,9 +619,8 @@ impl Context {
 
     /// Queues `t` for `row` (nothing waits on it: no later side effect depends on it).
     fn record_later(&self, row: &StoredRow, t: Transition) {
-        let (key, state) = (row.key.clone(), state_name(&t));
-        self.store
-            .submit(move |c| checkpoint::transition(c, &key, &t));
+        let state = state_name(&t);
+        self.state.transition(row, t).detach();
         self.events.emit(Event::StateChanged { row, state });
     }
 
@@ -1144,8 +1143,7 @@ impl Context {
         }
         if self.forms.record_once() {
             let why = why.to_string();
-            self.store
-                .submit(move |c| checkpoint::set_form_reuse_off(c, &why));
+            self.state.set_form_reuse_off(&why).detach();
         }
     }
 
@@ -1174,10 +1172,9 @@ impl Context {
         if !names_key && !fields.is_empty() {
             return Ok(None);
         }
-        let key = key.to_string();
         let shared = self
-            .store
-            .call(move |c| checkpoint::key_shares_form(c, &key))
+            .state
+            .key_shares_form(key)
             .await
             .map_err(RowError::Store)?;
         Ok((names_key || shared).then_some(shared))
@@ -1208,25 +1205,9 @@ impl Context {
         let adopted = match listed.iter().find(|a| shows_key(a).as_deref() == Some(key)) {
             Some(a) => Some((a, "its link shows this upload's key")),
             None => {
-                let (rt, rid, name, size, row_key) = (
-                    row.reference_type,
-                    row.reference_id.clone(),
-                    row.name.clone(),
-                    row.size,
-                    row.key.clone(),
-                );
                 let (claimed, held) = self
-                    .store
-                    .call(move |c| {
-                        let held = match checkpoint::snapshots::row_generation(c, &row_key)? {
-                            Some(g) => Some(checkpoint::snapshots::held(c, rt, &rid, g)?),
-                            None => None,
-                        };
-                        Ok((
-                            checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
-                            held,
-                        ))
-                    })
+                    .state
+                    .claimed_and_held(row)
                     .await
                     .map_err(RowError::Store)?;
                 // An attach sent after no snapshot (the links showed keys): only a key proves.
@@ -1334,12 +1315,7 @@ impl Context {
     /// it recorded it): a rerun's window for reading the record again began then. Unknown: long
     /// ago.
     async fn since_attach(&self, row: &StoredRow) -> Result<Duration, RowError> {
-        let key = row.key.clone();
-        let at = self
-            .store
-            .call(move |c| checkpoint::updated_at(c, &key))
-            .await
-            .map_err(RowError::Store)?;
+        let at = self.state.updated_at(row).await.map_err(RowError::Store)?;
         Ok(ago(at.as_deref()))
     }
 
@@ -1581,8 +1557,7 @@ mod tests {
             crate::remote::Credentials::new("u".into(), "k".into()),
         )
         .unwrap();
-        let (store, _writer) =
-            checkpoint::store::spawn(rusqlite::Connection::open_in_memory().unwrap());
+        let state = StateFile::in_memory().unwrap();
         let settings = Settings {
             concurrency: 1,
             rate: None,
@@ -1592,7 +1567,7 @@ mod tests {
             form_reuse: FormReuse::Auto,
             settle_window: DEFAULT_SETTLE_WINDOW,
         };
-        Context::new(client, store, settings)
+        Context::new(client, state, settings)
     }
 
     fn a_row() -> StoredRow {

@@ -10,7 +10,7 @@ use tracing::warn;
 use super::config::RunConfig;
 use super::plan::Work;
 use super::session::Session;
-use crate::checkpoint::{self, StoredRow};
+use crate::checkpoint::StoredRow;
 use crate::error::CommandError;
 use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Outcome, Plan, Stop};
@@ -38,15 +38,12 @@ pub fn execute(
 ) -> Result<Executed, CommandError> {
     let started = Instant::now();
     runtime.block_on(quota_check(ctx, &session.work))?;
-    let run_id = session
-        .store
-        .call_blocking(checkpoint::start_run)
-        .map_err(|e| {
-            CommandError::stopped(format!(
-                "cannot write state file {}: {e}",
-                cfg.state.display()
-            ))
-        })?;
+    let run_id = session.state.start_run().wait().map_err(|e| {
+        CommandError::stopped(format!(
+            "cannot write state file {}: {e}",
+            cfg.state.display()
+        ))
+    })?;
     let results: pipeline::Results = Default::default();
     let interrupted = runtime.block_on(drive(cfg, ctx, &session.work, results.clone()));
     let results = {
@@ -130,7 +127,7 @@ async fn settle_notes(
     if wanted.is_empty() {
         return todo;
     }
-    let groups = match ctx.store.call(checkpoint::load_notes).await {
+    let groups = match ctx.state.load_notes().await {
         Ok(groups) => groups,
         Err(e) => {
             let message = format!("cannot read the notes in the state file: {e}");

@@ -4,18 +4,11 @@
 use std::collections::HashMap;
 
 use super::config::Choices;
-use crate::checkpoint::{self, NewRow, RowState, StoredRow};
+use crate::checkpoint::{self, NewRow, Refresh, RowState, StoredRow};
 use crate::failure::FailureKind;
 use crate::manifest::{ProblemKind, Severity, email_key};
 use crate::pipeline::Plan;
 use crate::preflight::Checked;
-
-/// A row to upload again whose file changed: its size and modification time to record.
-pub struct Refresh {
-    pub key: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
 
 /// The rows of a checked manifest as the checkpoint records them; invalid rows carry their
 /// errors. Rows of identical meaning after the first are left out (they are errors already).
