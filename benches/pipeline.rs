@@ -423,15 +423,16 @@ fn total_requests(emu: &Emulator) -> u64 {
 fn mark_all_done(manifest: &Path) {
     let checked = opcrm_import::preflight::check(manifest, Default::default());
     let rows = opcrm_import::run::manifest_rows(&checked);
-    let conn =
-        opcrm_import::checkpoint::open(&opcrm_import::run::default_state_path(manifest)).unwrap();
-    opcrm_import::checkpoint::set_manifest(
-        &conn,
-        &std::fs::canonicalize(manifest).unwrap().to_string_lossy(),
-    )
-    .unwrap();
-    opcrm_import::checkpoint::record_rows(&conn, &rows).unwrap();
-    conn.execute_batch(
+    let path = opcrm_import::run::default_state_path(manifest);
+    let file = opcrm_import::checkpoint::StateFile::open(&path).unwrap();
+    file.set_manifest(&std::fs::canonicalize(manifest).unwrap().to_string_lossy())
+        .wait()
+        .unwrap();
+    file.record_rows(rows).wait().unwrap();
+    file.close();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
         "UPDATE rows SET state = 'done', s3_key = 'done/' || row_key, attachment_id = substr(row_key, 1, 24)",
     )
     .unwrap();

@@ -31,7 +31,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::checkpoint::{self, Store, StoredRow};
+use crate::checkpoint::{self, StateFile, StoredRow};
 use crate::failure::FailureKind;
 use crate::remote::{Client, RemoteError};
 
@@ -198,7 +198,7 @@ fn backoff_drawn(attempt: u32, rng: &mut impl Rng) -> Duration {
 /// Everything workers share.
 pub struct Context {
     pub client: Client,
-    pub store: Store,
+    pub state: StateFile,
     pub gate: ApiGate,
     /// The upload forms kept for their contacts' next files.
     pub forms: Forms,
@@ -245,31 +245,31 @@ pub enum Outcome {
 /// an in-memory database that lives as long as it.
 pub struct Stateless {
     pub ctx: Arc<Context>,
-    writer: checkpoint::StoreThread,
+    state: StateFile,
 }
 
 impl Stateless {
-    pub fn new(client: Client, settings: Settings) -> rusqlite::Result<Self> {
-        let (store, writer) = checkpoint::store::spawn(rusqlite::Connection::open_in_memory()?);
+    pub fn new(client: Client, settings: Settings) -> Result<Self, checkpoint::OpenError> {
+        let state = StateFile::in_memory()?;
         Ok(Self {
-            ctx: Arc::new(Context::new(client, store, settings)),
-            writer,
+            ctx: Arc::new(Context::new(client, state.clone(), settings)),
+            state,
         })
     }
 
     /// Lets the context go and waits for its store to close.
     pub fn close(self) {
         drop(self.ctx);
-        self.writer.join();
+        self.state.close();
     }
 }
 
 impl Context {
-    pub fn new(client: Client, store: Store, settings: Settings) -> Self {
+    pub fn new(client: Client, state: StateFile, settings: Settings) -> Self {
         let abort = CancellationToken::new();
         Self {
             client,
-            store,
+            state,
             gate: ApiGate::new(settings.rate, settings.burst),
             forms: Forms::new(settings.form_reuse),
             snapshots: Default::default(),
@@ -732,19 +732,6 @@ pub async fn run_fed(
     while rows.join_next().await.is_some() {}
 }
 
-/// Runs every (row, plan) of `work`, in its order, as [`run_fed`] does.
-pub async fn run_all(ctx: Arc<Context>, work: Vec<(StoredRow, Plan)>, results: Results) {
-    let (tx, rx) = tokio::sync::mpsc::channel(work.len().max(1));
-    ctx.forms
-        .expect(work.iter().map(|(row, _)| row.contact_id.as_str()));
-    ctx.snapshots.plan(work.iter().map(|(row, _)| row));
-    for row in work {
-        let _ = tx.try_send(row);
-    }
-    drop(tx);
-    run_fed(ctx, rx, results).await
-}
-
 tokio::task_local! {
     /// The slot (one of `--concurrency`) the row of this task holds while it works.
     static SLOT: std::cell::RefCell<Option<tokio::sync::OwnedSemaphorePermit>>;
@@ -813,8 +800,7 @@ mod tests {
             crate::remote::Credentials::new("u".into(), "k".into()),
         )
         .unwrap();
-        let (store, _writer) =
-            checkpoint::store::spawn(rusqlite::Connection::open_in_memory().unwrap());
+        let state = StateFile::in_memory().unwrap();
         let settings = Settings {
             concurrency: 1,
             rate: None,
@@ -824,7 +810,7 @@ mod tests {
             form_reuse: FormReuse::Auto,
             settle_window: DEFAULT_SETTLE_WINDOW,
         };
-        Context::new(client, store, settings)
+        Context::new(client, state, settings)
     }
 
     fn a_row() -> StoredRow {

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ExitStatus;
-use crate::checkpoint::{self, NoteState, RowState, StoredRow};
+use crate::checkpoint::{NoteState, RowState, StoredRow};
 use crate::cli::{ReportArgs, ReportOnly};
 use crate::error::{CommandError, CommandResult};
 use crate::manifest;
@@ -91,16 +91,12 @@ fn report_dir(output: Option<&Path>) -> PathBuf {
 }
 
 pub fn run(args: &ReportArgs) -> CommandResult {
-    let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
+    let (path, file) = match open(args.manifest.as_ref(), args.state.as_ref()) {
         Ok(opened) => opened,
         Err((m, status)) => return Err(CommandError::new(status, m)),
     };
     let read = || -> rusqlite::Result<_> {
-        Ok((
-            checkpoint::load_rows(&conn)?,
-            checkpoint::manifest_of(&conn)?,
-            checkpoint::load_notes(&conn)?,
-        ))
+        Ok((file.load_rows()?, file.manifest_of()?, file.load_notes()?))
     };
     let (rows, recorded_manifest, groups) = match read() {
         Ok(read) => read,
@@ -111,7 +107,7 @@ pub fn run(args: &ReportArgs) -> CommandResult {
             )));
         }
     };
-    drop(conn);
+    drop(file);
     let notes = Notes(
         groups
             .into_iter()

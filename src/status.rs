@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ExitStatus;
-use crate::checkpoint::{self, NoteState, RowState, RunRecord, StoredRow};
+use crate::checkpoint::{self, NoteState, RowState, RunRecord, StateFile, StateReader, StoredRow};
 use crate::error::{CommandError, CommandResult};
 use crate::failure::FailureKind;
 use crate::preflight::human_bytes;
@@ -27,10 +27,10 @@ pub fn state_path(manifest: Option<&PathBuf>, state: Option<&PathBuf>) -> Result
 pub fn open(
     manifest: Option<&PathBuf>,
     state: Option<&PathBuf>,
-) -> Result<(PathBuf, rusqlite::Connection), (String, ExitStatus)> {
+) -> Result<(PathBuf, StateReader), (String, ExitStatus)> {
     let path = state_path(manifest, state).map_err(|m| (m, ExitStatus::Usage))?;
-    match checkpoint::open_read_only(&path) {
-        Ok(conn) => Ok((path, conn)),
+    match StateFile::open_read_only(&path) {
+        Ok(file) => Ok((path, file)),
         Err(e) => {
             let status = if path.exists() {
                 ExitStatus::Stopped
@@ -168,18 +168,18 @@ fn build(
 }
 
 pub fn run(args: &crate::cli::StatusArgs) -> CommandResult {
-    let (path, conn) = match open(args.manifest.as_ref(), args.state.as_ref()) {
+    let (path, file) = match open(args.manifest.as_ref(), args.state.as_ref()) {
         Ok(opened) => opened,
         Err((m, status)) => return Err(CommandError::new(status, m)),
     };
     let read = || -> rusqlite::Result<_> {
         Ok((
-            checkpoint::load_rows(&conn)?,
-            checkpoint::load_runs(&conn)?,
-            checkpoint::manifest_of(&conn)?,
+            file.load_rows()?,
+            file.load_runs()?,
+            file.manifest_of()?,
             // None recorded in a state file of a version before lookups.
-            checkpoint::load_lookups(&conn).map_or(0, |l| l.len()),
-            checkpoint::load_notes(&conn)?,
+            file.load_lookups().map_or(0, |l| l.len()),
+            file.load_notes()?,
         ))
     };
     let (rows, runs, manifest, contacts_resolved, groups) = match read() {

@@ -4,11 +4,15 @@
 //! After a lost answer the tool re-reads the record (or the contact's notes) and adopts the one
 //! match that is in neither the snapshot nor claimed by another row: what the tool saw before
 //! the side effect decides, not a key in a link, a clock or a `created_at`.
+//!
+//! The functions over a connection run on the writer thread; callers (the pipeline's snapshots
+//! and notes) use the methods of [`StateFile`] below, awaited.
 
 use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::{Pending, StateFile};
 use crate::onepagecrm::ReferenceType;
 
 /// One attachment a record held when its snapshot was taken.
@@ -33,7 +37,7 @@ fn now() -> String {
 }
 
 /// The generation of this run's reads: larger than any recorded before.
-pub fn next_generation(conn: &Connection) -> rusqlite::Result<i64> {
+pub(super) fn next_generation(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT 1 + max(COALESCE((SELECT max(generation) FROM snapshots), 0),
                         COALESCE((SELECT max(generation) FROM note_snapshots), 0))",
@@ -44,7 +48,7 @@ pub fn next_generation(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// Records `snapshots`, read in `generation`: each record's latest read, and the attachments it
 /// held (one seen before keeps the generation it was first seen in).
-pub fn record(
+pub(super) fn record(
     conn: &Connection,
     snapshots: &[RecordSnapshot],
     generation: i64,
@@ -81,7 +85,11 @@ pub fn record(
 
 /// Adds the attachment a `done` row holds to its record's snapshot (when it has one), as held
 /// by every snapshot.
-pub fn extend(conn: &Connection, row_key: &str, attachment_id: &str) -> rusqlite::Result<()> {
+pub(super) fn extend(
+    conn: &Connection,
+    row_key: &str,
+    attachment_id: &str,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO snapshot_attachments
             (reference_type, reference_id, attachment_id, filename, size, generation)
@@ -95,7 +103,7 @@ pub fn extend(conn: &Connection, row_key: &str, attachment_id: &str) -> rusqlite
 
 /// The attachments a record was seen holding up to `generation` (the snapshot an attach sent
 /// after it was made after).
-pub fn held(
+pub(super) fn held(
     conn: &Connection,
     reference_type: ReferenceType,
     reference_id: &str,
@@ -113,7 +121,7 @@ pub fn held(
 }
 
 /// The generation of the snapshot `row_key`'s attach was sent after, if one was.
-pub fn row_generation(conn: &Connection, row_key: &str) -> rusqlite::Result<Option<i64>> {
+pub(super) fn row_generation(conn: &Connection, row_key: &str) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT snapshot_gen FROM rows WHERE row_key = ?1")?
         .query_row([row_key], |r| r.get(0))
         .optional()
@@ -122,7 +130,7 @@ pub fn row_generation(conn: &Connection, row_key: &str) -> rusqlite::Result<Opti
 
 /// Records the notes `contact_id` had, listed in `generation` (one seen before keeps the
 /// generation it was first seen in).
-pub fn record_notes(
+pub(super) fn record_notes(
     conn: &Connection,
     contact_id: &str,
     note_ids: &[String],
@@ -146,7 +154,7 @@ pub fn record_notes(
 
 /// The notes `contact_id` was seen with up to `generation` (the listing a group's note was
 /// asked for after).
-pub fn notes_held(
+pub(super) fn notes_held(
     conn: &Connection,
     contact_id: &str,
     generation: i64,
@@ -159,10 +167,40 @@ pub fn notes_held(
 }
 
 /// Records that `group`'s note is asked for after its contact's listing of `generation`.
-pub fn note_generation(conn: &Connection, group: &str, generation: i64) -> rusqlite::Result<()> {
+pub(super) fn note_generation(
+    conn: &Connection,
+    group: &str,
+    generation: i64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE notes SET snapshot_gen = ?2 WHERE group_key = ?1")?
         .execute(params![group, generation])
         .map(drop)
+}
+
+impl StateFile {
+    /// The generation of this run's reads: larger than any recorded before.
+    pub fn next_generation(&self) -> Pending<i64> {
+        self.send(false, next_generation)
+    }
+
+    /// Records `snapshots`, read in `generation` (see [`record`]); all or nothing.
+    pub fn record_snapshots(&self, snapshots: Vec<RecordSnapshot>, generation: i64) -> Pending<()> {
+        self.send(true, move |c| record(c, &snapshots, generation))
+    }
+
+    /// Records the notes `contact_id` had, listed in `generation` (see [`record_notes`]); all or
+    /// nothing.
+    pub fn record_notes_seen(
+        &self,
+        contact_id: &str,
+        note_ids: Vec<String>,
+        generation: i64,
+    ) -> Pending<()> {
+        let contact = contact_id.to_string();
+        self.send(true, move |c| {
+            record_notes(c, &contact, &note_ids, generation)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +209,7 @@ mod tests {
 
     fn conn() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open(&dir.path().join("s.opcrm.sqlite")).unwrap();
+        let conn = crate::checkpoint::open::open(&dir.path().join("s.opcrm.sqlite")).unwrap();
         (dir, conn)
     }
 

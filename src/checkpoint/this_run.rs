@@ -3,11 +3,13 @@
 //! as it is now and its contact's place, so that a run reads its rows back in batches, in the
 //! order it takes them up, instead of holding a million of them at once.
 //!
-//! Called on the writer thread only (through `Store`), like everything that writes.
+//! Its methods are the [`StateFile`]'s, on the writer thread like everything that writes: the
+//! table is that thread's connection's.
 
 use rusqlite::{Connection, params};
 
-use super::{ROW_COLUMNS, StoredRow, stored_row};
+use super::rows::{NewRow, ROW_COLUMNS, StoredRow, record_rows, stored_row};
+use super::{Pending, StateFile};
 
 /// What the manifest says of a row in this run, beside what the state file recorded of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,7 @@ pub struct ThisRun {
 
 /// Starts this run's table of the manifest's rows, empty. Temporary data goes to a file: a
 /// million rows are not held in memory.
-pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA temp_store = FILE;
          CREATE TEMP TABLE IF NOT EXISTS manifest_rows (
@@ -49,7 +51,7 @@ pub fn begin(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Adds rows of the manifest: (row key, its place, what it is now).
-pub fn add<'a>(
+fn add<'a>(
     conn: &Connection,
     rows: impl Iterator<Item = (&'a str, Place, Now)>,
 ) -> rusqlite::Result<()> {
@@ -71,8 +73,10 @@ pub fn add<'a>(
 }
 
 /// Forgets the rejected rows that the manifest of this run no longer has and that never reached
-/// S3 (see [`super::forget_stale_rejected`]).
-pub fn forget_stale_rejected(conn: &Connection) -> rusqlite::Result<usize> {
+/// S3. A row fixed in the manifest can be a new row (a row recorded as written always is); its
+/// old rejected self would stay in `status` and the failed report for ever. A rejected row sent
+/// nothing, so forgetting it loses nothing.
+fn forget_stale_rejected(conn: &Connection) -> rusqlite::Result<usize> {
     conn.execute(
         "DELETE FROM rows WHERE state = 'rejected' AND s3_key IS NULL
             AND row_key NOT IN (SELECT row_key FROM temp.manifest_rows)",
@@ -84,7 +88,7 @@ pub fn forget_stale_rejected(conn: &Connection) -> rusqlite::Result<usize> {
 /// rows together, contacts in the order they first appear, each contact's rows in manifest
 /// order). `maybe_verify`: only rows whose attach may have been sent (the rest cannot be rows to
 /// verify), for the pass that takes those up first.
-pub fn batch(
+fn batch(
     conn: &Connection,
     after: Place,
     limit: usize,
@@ -123,10 +127,48 @@ pub fn batch(
 /// Where the first batch starts.
 pub const START: Place = (i64::MIN, i64::MIN);
 
+impl StateFile {
+    /// Starts recording this run's manifest `manifest` (its canonical path): the file is
+    /// marked as its, and this run's table of its rows starts empty.
+    pub fn begin_this_run(&self, manifest: String) -> Pending<()> {
+        self.send(true, move |c| {
+            super::meta::set_manifest(c, &manifest)?;
+            begin(c)
+        })
+    }
+
+    /// Records `rows` of the manifest (before anything is sent), each with its place in this
+    /// run and what it is now; all or nothing.
+    pub fn record_this_run(&self, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> Pending<()> {
+        self.send(true, move |c| {
+            record_rows(c, &rows)?;
+            let keys = rows.iter().map(|r| r.key.as_str());
+            add(c, keys.zip(places).map(|(k, (p, now))| (k, p, now)))
+        })
+    }
+
+    /// Once every row of this run is recorded: forgets the rejected rows the manifest no longer
+    /// has and that never reached S3.
+    pub fn forget_stale_rejected(&self) -> Pending<usize> {
+        self.send(false, forget_stale_rejected)
+    }
+
+    /// Up to `limit` rows of this run after `after`, in the order a run takes them up (see
+    /// [`batch`]).
+    pub fn this_run(
+        &self,
+        after: Place,
+        limit: usize,
+        maybe_verify: bool,
+    ) -> Pending<Vec<ThisRun>> {
+        self.send(false, move |c| batch(c, after, limit, maybe_verify))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{self, NewRow, NoteColumns, RowState};
+    use crate::checkpoint::{NoteColumns, RowState, Transition};
     use crate::failure::FailureKind;
     use crate::onepagecrm::ReferenceType;
 
@@ -150,87 +192,95 @@ mod tests {
         }
     }
 
+    fn now(r: &NewRow) -> Now {
+        Now {
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+            valid: r.rejected.is_none(),
+        }
+    }
+
     #[test]
     fn batches_give_each_contacts_rows_together_in_manifest_order_and_nothing_twice() {
-        let conn = checkpoint::open(std::path::Path::new(":memory:")).unwrap();
+        let state = StateFile::in_memory().unwrap();
+        state.begin_this_run("m.csv".into()).wait().unwrap();
         // Contacts a, b, a, c, b: a's rows, then b's, then c's.
         let rows: Vec<NewRow> = ["a", "b", "a", "c", "b"]
             .iter()
             .enumerate()
             .map(|(i, c)| new_row(&format!("k{i}"), i as u64 + 2, c))
             .collect();
-        checkpoint::record_rows(&conn, &rows).unwrap();
-        begin(&conn).unwrap();
         let contact_ord = |c: &str| match c {
             "a" => 0,
             "b" => 1,
             _ => 2,
         };
-        add(
-            &conn,
-            rows.iter().enumerate().map(|(i, r)| {
-                let now = Now {
-                    size: r.size,
-                    mtime_ns: r.mtime_ns,
-                    valid: true,
-                };
-                (r.key.as_str(), (contact_ord(&r.contact_id), i as i64), now)
-            }),
-        )
-        .unwrap();
+        let places = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((contact_ord(&r.contact_id), i as i64), now(r)))
+            .collect();
+        state.record_this_run(rows, places).wait().unwrap();
         let mut after = START;
         let mut seen = Vec::new();
         loop {
-            let batch = batch(&conn, after, 2, false).unwrap();
+            let batch = state.this_run(after, 2, false).wait().unwrap();
             let Some(last) = batch.last() else { break };
             after = last.place;
             seen.extend(batch.into_iter().map(|t| t.row.key));
         }
         assert_eq!(seen, ["k0", "k2", "k1", "k4", "k3"]);
         // Only rows whose attach may have been sent, for the first pass.
-        checkpoint::transition(
-            &conn,
-            "k4",
-            &checkpoint::Transition::Uploading {
-                s3_key: "key-4".into(),
-            },
-        )
-        .unwrap();
-        checkpoint::transition(
-            &conn,
-            "k4",
-            &checkpoint::Transition::Attaching {
-                etag: Some("e".into()),
-                snapshot_gen: None,
-            },
-        )
-        .unwrap();
-        let maybe: Vec<_> = batch(&conn, START, 10, true).unwrap();
+        let k4 = state
+            .this_run(START, 10, false)
+            .wait()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.row.key == "k4")
+            .unwrap()
+            .row;
+        let uploading = Transition::Uploading {
+            s3_key: "key-4".into(),
+        };
+        state.transition(&k4, uploading).wait().unwrap();
+        let attaching = Transition::Attaching {
+            etag: Some("e".into()),
+            snapshot_gen: None,
+        };
+        state.transition(&k4, attaching).wait().unwrap();
+        let maybe = state.this_run(START, 10, true).wait().unwrap();
         assert_eq!(maybe.len(), 1);
         assert_eq!(maybe[0].row.state, RowState::Attaching);
+        state.close();
     }
 
     #[test]
     fn rejected_rows_the_manifest_no_longer_has_are_forgotten() {
-        let conn = checkpoint::open(std::path::Path::new(":memory:")).unwrap();
+        let state = StateFile::in_memory().unwrap();
         let mut gone = new_row("gone", 2, "a");
         gone.rejected = Some("bad".into());
         let mut kept = new_row("kept", 3, "a");
         kept.rejected = Some("bad".into());
-        checkpoint::record_rows(&conn, &[gone, kept]).unwrap();
-        begin(&conn).unwrap();
-        let now = Now {
-            size: 3,
-            mtime_ns: 7,
-            valid: false,
-        };
-        add(&conn, std::iter::once(("kept", (0, 0), now))).unwrap();
-        assert_eq!(forget_stale_rejected(&conn).unwrap(), 1);
-        let keys: Vec<String> = checkpoint::load_rows(&conn)
+        // A first run records both.
+        state.begin_this_run("m.csv".into()).wait().unwrap();
+        let places = vec![((0, 0), now(&gone)), ((0, 1), now(&kept))];
+        state
+            .record_this_run(vec![gone, kept.clone()], places)
+            .wait()
+            .unwrap();
+        // The next run's manifest has only one.
+        state.begin_this_run("m.csv".into()).wait().unwrap();
+        let places = vec![((0, 0), now(&kept))];
+        state.record_this_run(vec![kept], places).wait().unwrap();
+        assert_eq!(state.forget_stale_rejected().wait().unwrap(), 1);
+        let keys: Vec<String> = state
+            .load_rows()
+            .wait()
             .unwrap()
             .into_iter()
             .map(|r| r.key)
             .collect();
         assert_eq!(keys, ["kept"]);
+        state.close();
     }
 }

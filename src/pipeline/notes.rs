@@ -25,7 +25,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::{Context, Event, RowError, Settling, ago, backoff};
-use crate::checkpoint::{self, NoteGroup, NoteState, snapshots};
+use crate::checkpoint::{NoteGroup, NoteState};
 use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
 use crate::remote::api::RemoteNote;
@@ -188,13 +188,10 @@ impl NoteSnapshots {
                 Err(e) => return Err(e),
             }
         };
-        let (contact, ids) = (
-            contact_id.to_string(),
-            notes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
-        );
+        let ids = notes.into_iter().map(|n| n.id).collect::<Vec<_>>();
         let generation = ctx.generation().await?;
-        ctx.store
-            .call_atomic(move |c| snapshots::record_notes(c, &contact, &ids, generation))
+        ctx.state
+            .record_notes_seen(contact_id, ids, generation)
             .await
             .map_err(RowError::Store)?;
         self.taken
@@ -294,13 +291,10 @@ async fn settle_group(
             .await?;
         // Committed before the request, with the listing it is sent after: from here its outcome
         // is unknown until recorded.
-        let (g, generation) = (group.group.clone(), ctx.generation().await?);
+        let generation = ctx.generation().await?;
         let intent_at = ctx
-            .store
-            .call_atomic(move |c| {
-                snapshots::note_generation(c, &g, generation)?;
-                checkpoint::note_intent(c, &g)
-            })
+            .state
+            .note_intent(&group, generation)
             .await
             .map_err(RowError::Store)?;
         group.intent_at = Some(intent_at);
@@ -351,23 +345,9 @@ async fn adopt(ctx: &Context, group: &NoteGroup) -> Result<Option<String>, RowEr
         return Ok(None);
     }
     let notes = list_all(ctx, &group.contact_id).await?;
-    let (contact, g) = (group.contact_id.clone(), group.group.clone());
     let (held, claimed) = ctx
-        .store
-        .call(move |c| {
-            let generation: Option<i64> = c.query_row(
-                "SELECT snapshot_gen FROM notes WHERE group_key = ?1",
-                [&g],
-                |r| r.get(0),
-            )?;
-            // An intent of a state file from before snapshots: what the contact had then is
-            // not known, and is taken to be none of these words and date.
-            let held = match generation {
-                Some(generation) => snapshots::notes_held(c, &contact, generation)?,
-                None => Default::default(),
-            };
-            Ok((held, checkpoint::claimed_notes(c)?))
-        })
+        .state
+        .notes_held_and_claimed(group)
         .await
         .map_err(RowError::Store)?;
     let Some(note) = notes
@@ -389,26 +369,9 @@ async fn record(
     note_id: &str,
     adopted: bool,
 ) -> Result<(), RowError> {
-    let (g, id, contact) = (
-        group.group.clone(),
-        note_id.to_string(),
-        group.contact_id.clone(),
-    );
     let generation = ctx.generation().await?;
-    ctx.store
-        .call_atomic(move |c| {
-            checkpoint::note_created(c, &g, &id, adopted)?;
-            snapshots::record(
-                c,
-                &[snapshots::RecordSnapshot {
-                    reference_type: ReferenceType::Note,
-                    reference_id: id.clone(),
-                    contact_id: contact,
-                    held: Vec::new(),
-                }],
-                generation,
-            )
-        })
+    ctx.state
+        .note_created(group, note_id, adopted, generation)
         .await
         .map_err(RowError::Store)?;
     ctx.snapshots

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, warn};
 use super::forms::Lease;
 use super::snapshots;
 use super::{Context, Event, Outcome, Plan, RowError, Settling, Step, Stop, ago};
-use crate::checkpoint::{self, StoredRow, Transition};
+use crate::checkpoint::{StoredRow, Transition};
 use crate::failure::FailureKind;
 use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
@@ -78,9 +78,9 @@ impl Drop for RecordTurn {
 impl Context {
     /// Records `t` for `row` and waits until it is written.
     async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
-        let (key, state) = (row.key.clone(), state_name(&t));
-        self.store
-            .call(move |c| checkpoint::transition(c, &key, &t))
+        let state = state_name(&t);
+        self.state
+            .transition(row, t)
             .await
             .map_err(RowError::Store)?;
         self.events.emit(Event::StateChanged { row, state });
@@ -89,9 +89,8 @@ impl Context {
 
     /// Queues `t` for `row` (nothing waits on it: no later side effect depends on it).
     fn record_later(&self, row: &StoredRow, t: Transition) {
-        let (key, state) = (row.key.clone(), state_name(&t));
-        self.store
-            .submit(move |c| checkpoint::transition(c, &key, &t));
+        let state = state_name(&t);
+        self.state.transition(row, t).detach();
         self.events.emit(Event::StateChanged { row, state });
     }
 
@@ -344,8 +343,7 @@ impl Context {
         }
         if self.forms.record_once() {
             let why = why.to_string();
-            self.store
-                .submit(move |c| checkpoint::set_form_reuse_off(c, &why));
+            self.state.set_form_reuse_off(&why).detach();
         }
     }
 
@@ -374,10 +372,9 @@ impl Context {
         if !names_key && !fields.is_empty() {
             return Ok(None);
         }
-        let key = key.to_string();
         let shared = self
-            .store
-            .call(move |c| checkpoint::key_shares_form(c, &key))
+            .state
+            .key_shares_form(key)
             .await
             .map_err(RowError::Store)?;
         Ok((names_key || shared).then_some(shared))
@@ -408,25 +405,9 @@ impl Context {
         let adopted = match listed.iter().find(|a| shows_key(a).as_deref() == Some(key)) {
             Some(a) => Some((a, "its link shows this upload's key")),
             None => {
-                let (rt, rid, name, size, row_key) = (
-                    row.reference_type,
-                    row.reference_id.clone(),
-                    row.name.clone(),
-                    row.size,
-                    row.key.clone(),
-                );
                 let (claimed, held) = self
-                    .store
-                    .call(move |c| {
-                        let held = match checkpoint::snapshots::row_generation(c, &row_key)? {
-                            Some(g) => Some(checkpoint::snapshots::held(c, rt, &rid, g)?),
-                            None => None,
-                        };
-                        Ok((
-                            checkpoint::claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
-                            held,
-                        ))
-                    })
+                    .state
+                    .claimed_and_held(row)
                     .await
                     .map_err(RowError::Store)?;
                 // An attach sent after no snapshot (the links showed keys): only a key proves.
@@ -534,12 +515,7 @@ impl Context {
     /// it recorded it): a rerun's window for reading the record again began then. Unknown: long
     /// ago.
     async fn since_attach(&self, row: &StoredRow) -> Result<Duration, RowError> {
-        let key = row.key.clone();
-        let at = self
-            .store
-            .call(move |c| checkpoint::updated_at(c, &key))
-            .await
-            .map_err(RowError::Store)?;
+        let at = self.state.updated_at(row).await.map_err(RowError::Store)?;
         Ok(ago(at.as_deref()))
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Context, RowError};
 use crate::checkpoint::StoredRow;
-use crate::checkpoint::snapshots::{self, HeldAttachment, RecordSnapshot};
+use crate::checkpoint::{HeldAttachment, RecordSnapshot};
 use crate::failure::FailureKind;
 use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
@@ -177,10 +177,7 @@ impl Context {
         self.snapshots
             .generation
             .get_or_try_init(|| async {
-                self.store
-                    .call(snapshots::next_generation)
-                    .await
-                    .map_err(RowError::Store)
+                self.state.next_generation().await.map_err(RowError::Store)
             })
             .await
             .copied()
@@ -280,8 +277,8 @@ impl Context {
             })
             .collect();
         let generation = self.generation().await?;
-        self.store
-            .call_atomic(move |c| snapshots::record(c, &recorded, generation))
+        self.state
+            .record_snapshots(recorded, generation)
             .await
             .map_err(RowError::Store)?;
         lock(&snaps.taken).extend(

@@ -9,7 +9,7 @@ use super::config::RunConfig;
 use super::execute::{quota_check, watch_stall};
 use super::plan::{Work, manifest_rows, plan};
 use crate::ExitStatus;
-use crate::checkpoint::{self, StoredRow};
+use crate::checkpoint::{self, StateFile, StoredRow};
 use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
 use crate::lookup;
 use crate::pipeline::{FormReuse, Plan, Stateless};
@@ -115,14 +115,14 @@ fn read_state(cfg: &RunConfig) -> Result<StateRead, CommandError> {
     if !state.exists() {
         return Ok((HashMap::new(), None, Vec::new(), false));
     }
-    let conn = checkpoint::open_read_only(state).map_err(CommandError::stopped)?;
+    let file = StateFile::open_read_only(state).map_err(CommandError::stopped)?;
     let read = || -> rusqlite::Result<StateRead> {
         // A state file of a version before lookups or notes has no table for them (it is not
         // migrated here: a dry run changes nothing).
-        let known = checkpoint::load_lookups(&conn).unwrap_or_default();
-        let notes = checkpoint::load_notes(&conn).unwrap_or_default();
-        let reuse_off = checkpoint::form_reuse_off(&conn)?.is_some();
-        Ok((known, Some(checkpoint::load_rows(&conn)?), notes, reuse_off))
+        let known = file.load_lookups().unwrap_or_default();
+        let notes = file.load_notes().unwrap_or_default();
+        let reuse_off = file.form_reuse_off()?.is_some();
+        Ok((known, Some(file.load_rows()?), notes, reuse_off))
     };
     read().map_err(|e| {
         CommandError::stopped(format!("cannot read state file {}: {e}", state.display()))

@@ -12,7 +12,7 @@ use super::config::Choices;
 use super::config::RunConfig;
 use super::plan::{Work, decide};
 use super::session::Session;
-use crate::checkpoint::{self, StoredRow, this_run};
+use crate::checkpoint::{Refresh, START, StoredRow};
 use crate::error::CommandError;
 use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Ended, Outcome, Plan, Stop};
@@ -40,15 +40,12 @@ pub fn execute(
 ) -> Result<Executed, CommandError> {
     let started = Instant::now();
     runtime.block_on(quota_check(ctx, &session.work))?;
-    let run_id = session
-        .store
-        .call_blocking(checkpoint::start_run)
-        .map_err(|e| {
-            CommandError::stopped(format!(
-                "cannot write state file {}: {e}",
-                cfg.state.display()
-            ))
-        })?;
+    let run_id = session.state.start_run().wait().map_err(|e| {
+        CommandError::stopped(format!(
+            "cannot write state file {}: {e}",
+            cfg.state.display()
+        ))
+    })?;
     let results: pipeline::Results = Default::default();
     let interrupted = runtime.block_on(drive(cfg, ctx, &session.work, results.clone()));
     let ended = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
@@ -127,7 +124,7 @@ async fn settle_notes(ctx: &Arc<Context>, work: &Work) -> HashMap<String, Settle
     if wanted.is_empty() {
         return HashMap::new();
     }
-    let groups = match ctx.store.call(checkpoint::load_notes).await {
+    let groups = match ctx.state.load_notes().await {
         Ok(groups) => groups,
         Err(e) => {
             let failed = Settled::Failed {
@@ -166,12 +163,9 @@ async fn feed(
     };
     let mut taking = true;
     for verify in [true, false] {
-        let mut after = this_run::START;
+        let mut after = START;
         loop {
-            let read = ctx
-                .store
-                .call(move |c| this_run::batch(c, after, FEED_BATCH, verify))
-                .await;
+            let read = ctx.state.this_run(after, FEED_BATCH, verify).await;
             let batch = match read {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -195,21 +189,17 @@ async fn feed(
                         // Its file changed and is uploaded again: the state file takes its size
                         // and time now, before anything is sent.
                         (t.row.size, t.row.mtime_ns) = (t.now.size, t.now.mtime_ns);
-                        refresh.push((t.row.key.clone(), t.now));
+                        refresh.push(Refresh {
+                            key: t.row.key.clone(),
+                            size: t.now.size,
+                            mtime_ns: t.now.mtime_ns,
+                        });
                     }
                     Some((t.row, plan))
                 })
                 .collect();
             if !refresh.is_empty() {
-                let written = ctx
-                    .store
-                    .call_atomic(move |c| {
-                        for (key, now) in &refresh {
-                            checkpoint::refresh_file(c, key, now.size, now.mtime_ns)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
+                let written = ctx.state.refresh_files(refresh).await;
                 if let Err(e) = written {
                     warn!("cannot write the state file: {e}");
                     ctx.stop_for_state_file();

@@ -18,7 +18,6 @@ use std::sync::Arc;
 pub use config::{Choices, Remote, RunConfig, default_state_path};
 pub use plan::{Work, manifest_rows, plan};
 
-use crate::checkpoint;
 use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
 use crate::pipeline::{Context, FormReuse};
@@ -51,7 +50,7 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
         );
         settings.form_reuse = FormReuse::Off;
     }
-    let ctx = Arc::new(Context::new(client, session.store.clone(), settings));
+    let ctx = Arc::new(Context::new(client, session.state.clone(), settings));
     execute::watch_stall(&runtime, &ctx);
     // Every row is recorded, with its contact, before anything is uploaded.
     let prepared =
@@ -74,8 +73,9 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     let summary = summary::Summary::new(cfg, rows, &session.work, &executed, &ctx, &lookups);
     let (run_id, status, counts) = (executed.run_id, summary.status(), summary.counts());
     session
-        .store
-        .submit(move |c| checkpoint::finish_run(c, run_id, status as i32, counts));
+        .state
+        .finish_run(run_id, status as i32, counts)
+        .detach();
     drop(ctx);
     session.close();
     // Everything is recorded: a reader that closed stdout changes nothing of how the run ended.

@@ -4,8 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::config::Choices;
-use crate::checkpoint::this_run::Now;
-use crate::checkpoint::{self, NewRow, RowState, StoredRow};
+use crate::checkpoint::{self, NewRow, Now, RowState, StoredRow};
 use crate::failure::FailureKind;
 use crate::manifest::{ProblemKind, Severity, email_key};
 use crate::pipeline::Plan;

@@ -688,8 +688,8 @@ fn a_huge_error_answer_makes_a_short_message_in_the_state_file() {
         "{} bytes",
         out.stdout.len()
     );
-    let conn = opcrm_import::checkpoint::open(&s.path("manifest.opcrm.sqlite")).unwrap();
-    let rows = opcrm_import::checkpoint::load_rows(&conn).unwrap();
+    let file = opcrm_import::checkpoint::StateFile::open(&s.path("manifest.opcrm.sqlite")).unwrap();
+    let rows = file.load_rows().wait().unwrap();
     let message = rows[0].last_error.as_deref().unwrap();
     assert!(message.len() < 4096, "{} bytes", message.len());
     assert!(message.contains("and 4991 more"), "{message}");

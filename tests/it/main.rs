@@ -15,6 +15,7 @@ mod hostile_19;
 mod hostile_input;
 mod hostile_server;
 mod notes;
+mod old_state;
 mod run;
 mod settle;
 mod shape;

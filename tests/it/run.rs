@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
-use opcrm_import::checkpoint::{self, Transition};
+use opcrm_import::checkpoint::{self, StateFile, Transition};
 use opcrm_import::manifest::ReadOptions;
 use predicates::str::contains;
 use serde_json::{Value, json};
@@ -148,20 +148,22 @@ fn record(manifest: &Path) -> PathBuf {
     let checked = opcrm_import::preflight::check(manifest, ReadOptions::default());
     let rows = opcrm_import::run::manifest_rows(&checked);
     let state = opcrm_import::run::default_state_path(manifest);
-    let conn = checkpoint::open(&state).unwrap();
-    checkpoint::record_rows(&conn, &rows).unwrap();
+    let file = StateFile::open(&state).unwrap();
+    file.record_rows(rows).wait().unwrap();
     state
 }
 
 fn set(state: &Path, line: u64, transitions: &[Transition]) {
-    let conn = checkpoint::open(state).unwrap();
-    let row = checkpoint::load_rows(&conn)
+    let file = StateFile::open(state).unwrap();
+    let row = file
+        .load_rows()
+        .wait()
         .unwrap()
         .into_iter()
         .find(|r| r.line == line)
         .unwrap();
     for t in transitions {
-        checkpoint::transition(&conn, &row.key, t).unwrap();
+        file.transition(&row, t.clone()).wait().unwrap();
     }
 }
 
@@ -304,8 +306,8 @@ fn resume_from_every_state_attaches_each_row_once() {
     );
 
     // The state file says done for all, with line 5's attachment id adopted.
-    let conn = checkpoint::open(&state).unwrap();
-    let stored = checkpoint::load_rows(&conn).unwrap();
+    let file = StateFile::open(&state).unwrap();
+    let stored = file.load_rows().wait().unwrap();
     assert!(stored.iter().all(|r| r.state == checkpoint::RowState::Done));
     assert!(stored.iter().all(|r| r.attachment_id.is_some()));
 }

@@ -297,8 +297,10 @@ fn two_files_of_one_name_and_size_on_one_record_each_hold_their_own_attachment()
         })
         .collect();
     assert_eq!(md5_of.len(), 2, "{md5_of:?}");
-    let conn = opcrm_import::checkpoint::open_read_only(&s.path("manifest.opcrm.sqlite")).unwrap();
-    for row in opcrm_import::checkpoint::load_rows(&conn).unwrap() {
+    let file =
+        opcrm_import::checkpoint::StateFile::open_read_only(&s.path("manifest.opcrm.sqlite"))
+            .unwrap();
+    for row in file.load_rows().unwrap() {
         let bytes = std::fs::read(&row.path).unwrap();
         let id = row.attachment_id.expect("done");
         assert_eq!(

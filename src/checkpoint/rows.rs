@@ -1,0 +1,883 @@
+//! The rows: one per manifest row, keyed by what it means, with its place in the three steps.
+//! Recording a manifest's rows, loading them, and the transitions the pipeline commits before
+//! (and after) each side effect; what a lost answer's check reads (the attachments other rows
+//! claim, whether a key's form carried another upload).
+//!
+//! The functions over a connection run on the writer thread (see [`writer`](super::writer)) or,
+//! for reading, on a read-only connection ([`StateReader`]); callers use the methods of
+//! [`StateFile`] and `StateReader` below: from async code (the pipeline) awaited, from setup code
+//! waited for.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::keys::{
+    RAW_BYTES, email_field, escape_bytes, is_raw_key, note_row_key, note_row_key_by_email,
+    raw_row_key, row_key, row_key_by_email, unescape_bytes,
+};
+use super::open::{notes_version, schema_version};
+use super::{Pending, StateFile, StateReader, now};
+use crate::failure::FailureKind;
+use crate::manifest::{Row, Unparsed};
+use crate::onepagecrm::ReferenceType;
+
+/// A row's place in the three steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowState {
+    Pending,
+    Uploading,
+    Uploaded,
+    Attaching,
+    Done,
+    Failed,
+    Rejected,
+}
+
+impl RowState {
+    pub const ALL: [RowState; 7] = [
+        Self::Pending,
+        Self::Uploading,
+        Self::Uploaded,
+        Self::Attaching,
+        Self::Done,
+        Self::Failed,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Uploading => "uploading",
+            Self::Uploaded => "uploaded",
+            Self::Attaching => "attaching",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A row as the state file holds it.
+#[derive(Clone, Debug)]
+pub struct StoredRow {
+    pub key: String,
+    pub line: u64,
+    pub file: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The contact: as the manifest gave it, or the one its email resolved to (empty until then).
+    pub contact_id: String,
+    /// The email the manifest named the contact by, as written; empty for a row by contact id.
+    pub contact_email: String,
+    /// For a row recorded as written with an unknown type (see [`raw_row_key`]) this is `note`
+    /// and means nothing: such a row is rejected and never sent. `reference_type_text` has it.
+    pub reference_type: ReferenceType,
+    /// The reference type as the state file holds it: as written for a raw row.
+    pub reference_type_text: String,
+    pub reference_id: String,
+    pub name: String,
+    pub state: RowState,
+    pub s3_key: Option<String>,
+    pub etag: Option<String>,
+    pub attachment_id: Option<String>,
+    pub attempts: u32,
+    pub error_kind: Option<FailureKind>,
+    pub last_error: Option<String>,
+    pub retryable: Option<bool>,
+    pub note: NoteColumns,
+}
+
+/// A row's note columns: the group it belongs to (a valid row with `note_text`), and the three
+/// columns as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NoteColumns {
+    pub group: Option<String>,
+    pub text: Option<String>,
+    pub date: Option<String>,
+    pub key: Option<String>,
+}
+
+impl NoteColumns {
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.text.is_none() && self.date.is_none() && self.key.is_none()
+    }
+}
+
+impl StoredRow {
+    /// A failed row whose attach may have taken effect: uploaded (an ETag is recorded), then
+    /// failed in a way that leaves step 3's outcome open (retryable, or unsettled). Only a rerun
+    /// of its own state file settles it.
+    pub fn may_be_attached(&self) -> bool {
+        self.state == RowState::Failed
+            && self.etag.is_some()
+            && (self.retryable == Some(true)
+                || self.error_kind == Some(FailureKind::AttachUnsettled))
+    }
+}
+
+/// A manifest row as preflight saw it, to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewRow {
+    pub key: String,
+    pub line: u64,
+    pub file: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The contact: as the manifest gave it, or the one its email resolved to (empty when the
+    /// email did not resolve).
+    pub contact_id: String,
+    /// The email the manifest named the contact by, as written; empty for a row by contact id.
+    pub contact_email: String,
+    /// `note` (meaning nothing) for a raw row with an unknown type; see `reference_type_text`.
+    pub reference_type: ReferenceType,
+    /// What the state file records as the reference type: as written for a raw row.
+    pub reference_type_text: String,
+    pub reference_id: String,
+    pub name: String,
+    /// `None` when valid; the reason when rejected.
+    pub rejected: Option<String>,
+    /// Why it is rejected: its (first) problem's kind.
+    pub rejected_kind: FailureKind,
+    pub note: NoteColumns,
+}
+
+impl StoredRow {
+    /// Whether this row was recorded as written (see [`raw_row_key`]).
+    pub fn is_raw(&self) -> bool {
+        is_raw_key(&self.key)
+    }
+
+    /// A text field of this row as the manifest had it, in bytes (a `rawb:` row's fields are
+    /// escaped in the state file).
+    pub fn field_bytes(&self, text: &str) -> Vec<u8> {
+        match self.key.starts_with(RAW_BYTES) {
+            true => unescape_bytes(text),
+            false => text.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// A row not yet recorded, as the state file will hold it (for a dry run's plan).
+impl From<&NewRow> for StoredRow {
+    fn from(n: &NewRow) -> Self {
+        StoredRow {
+            key: n.key.clone(),
+            line: n.line,
+            file: n.file.clone(),
+            path: n.path.clone(),
+            size: n.size,
+            mtime_ns: n.mtime_ns,
+            contact_id: n.contact_id.clone(),
+            contact_email: n.contact_email.clone(),
+            reference_type: n.reference_type,
+            reference_type_text: n.reference_type_text.clone(),
+            reference_id: n.reference_id.clone(),
+            name: n.name.clone(),
+            state: if n.rejected.is_some() {
+                RowState::Rejected
+            } else {
+                RowState::Pending
+            },
+            s3_key: None,
+            etag: None,
+            attachment_id: None,
+            attempts: 0,
+            error_kind: n.rejected.is_some().then_some(n.rejected_kind),
+            last_error: n.rejected.clone(),
+            retryable: None,
+            note: n.note.clone(),
+        }
+    }
+}
+
+impl NewRow {
+    pub fn from_row(
+        row: &Row,
+        path: PathBuf,
+        size: u64,
+        mtime_ns: i64,
+        rejected: Option<String>,
+    ) -> Self {
+        let email = row
+            .by_email()
+            .then(|| crate::manifest::email_key(&row.contact_email));
+        let key = match (row.reference_type, &row.note, &email) {
+            (Some(_), Some(note), Some(email)) => {
+                note_row_key_by_email(&row.file, email, &note.group, &row.name)
+            }
+            (Some(_), Some(note), None) => {
+                note_row_key(&row.file, &row.contact_id, &note.group, &row.name)
+            }
+            (Some(t), None, Some(email)) => {
+                row_key_by_email(&row.file, email, t, &row.reference_id, &row.name)
+            }
+            (Some(t), None, None) => {
+                row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name)
+            }
+            // An unknown type: rejected, and recorded with the type as written.
+            (None, _, _) => {
+                let mut fields = vec![
+                    row.file.as_bytes(),
+                    row.contact_id.as_bytes(),
+                    row.reference_type_text().as_bytes(),
+                    row.reference_id.as_bytes(),
+                    row.name.as_bytes(),
+                ];
+                let email = email_field(row.contact_email.as_bytes());
+                if let Some(email) = &email {
+                    fields.push(email);
+                }
+                raw_row_key(&fields)
+            }
+        };
+        Self {
+            key,
+            line: row.line,
+            file: row.file.clone(),
+            path,
+            size,
+            mtime_ns,
+            contact_id: row.contact_id.clone(),
+            contact_email: row.contact_email.clone(),
+            rejected_kind: FailureKind::Invalid,
+            reference_type: row.reference_type.unwrap_or(ReferenceType::Note),
+            reference_type_text: row.reference_type_text().to_string(),
+            reference_id: row.reference_id.clone(),
+            name: row.name.clone(),
+            rejected,
+            note: match &row.note {
+                Some(n) => NoteColumns {
+                    group: Some(n.group.clone()),
+                    text: Some(n.text.clone()),
+                    date: n.date.clone(),
+                    key: n.key.clone(),
+                },
+                None => NoteColumns::default(),
+            },
+        }
+    }
+
+    /// A record the manifest reader could not read as a row, recorded as written and rejected
+    /// with `reason`. `base` is the manifest's folder.
+    pub fn from_unparsed(u: &Unparsed, base: &Path, reason: String) -> Self {
+        let [
+            file,
+            contact_id,
+            reference_type,
+            reference_id,
+            name,
+            contact_email,
+        ] = &u.fields;
+        let mut all: Vec<&[u8]> = [file, contact_id, reference_type, reference_id, name]
+            .iter()
+            .map(|f| f.as_slice())
+            .collect();
+        // Only when given, so that the keys of rows recorded before the column existed stay.
+        let email = email_field(contact_email);
+        if let Some(email) = &email {
+            all.push(email);
+        }
+        // The note columns count only when one is given: a record of a manifest without them
+        // keeps the key it had before they existed.
+        let has_note = u.note_fields.iter().any(|f| !f.is_empty());
+        if has_note {
+            all.extend(u.note_fields.iter().map(Vec::as_slice));
+        }
+        all.extend(u.extra.iter().map(Vec::as_slice));
+        let key = raw_row_key(&all);
+        let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
+            true => escape_bytes(b),
+            false => String::from_utf8_lossy(b).into_owned(),
+        };
+        let note_field = |b: &Vec<u8>| (!b.is_empty()).then(|| text(b));
+        let note = NoteColumns {
+            group: None,
+            text: note_field(&u.note_fields[0]),
+            date: note_field(&u.note_fields[1]),
+            key: note_field(&u.note_fields[2]),
+        };
+        // The path as bytes, so that a file name that is not UTF-8 survives.
+        let path = if file.is_empty() {
+            String::new()
+        } else if file.starts_with(b"/") {
+            text(file)
+        } else {
+            let mut joined = base.as_os_str().as_encoded_bytes().to_vec();
+            joined.push(b'/');
+            joined.extend_from_slice(file);
+            text(&joined)
+        };
+        Self {
+            line: u.line,
+            file: text(file),
+            path: PathBuf::from(path),
+            size: 0,
+            mtime_ns: 0,
+            contact_id: text(contact_id),
+            contact_email: text(contact_email),
+            rejected_kind: FailureKind::Invalid,
+            reference_type: ReferenceType::Note,
+            reference_type_text: text(reference_type),
+            reference_id: text(reference_id),
+            name: text(name),
+            rejected: Some(reason),
+            key,
+            note,
+        }
+    }
+}
+
+#[cfg(test)]
+impl NewRow {
+    /// A valid row of `a.pdf` (`size` bytes) on line `line`, for tests.
+    pub fn for_test(line: u64, size: u64) -> Self {
+        Self {
+            key: "k".into(),
+            line,
+            file: "a.pdf".into(),
+            path: "a.pdf".into(),
+            size,
+            mtime_ns: 0,
+            contact_id: "c".into(),
+            contact_email: String::new(),
+            reference_type: ReferenceType::Note,
+            reference_type_text: "note".into(),
+            reference_id: "r".into(),
+            name: "a.pdf".into(),
+            rejected: None,
+            rejected_kind: FailureKind::Invalid,
+            note: NoteColumns::default(),
+        }
+    }
+}
+
+/// Whether another row of the state file holds a key made from the same form's timestamp as
+/// `key` (the same contact and form second, see [`form_prefix`]), i.e. whether the form `key` was
+/// made from may have carried another upload. Two forms handed out in the same second look alike
+/// here; that only errs on the side of "maybe reused".
+pub(super) fn key_shares_form(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+    let Some(prefix) = form_prefix(key) else {
+        return Ok(false);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT s3_key FROM rows WHERE s3_key >= ?1 AND s3_key < ?2 AND s3_key != ?3",
+    )?;
+    let keys = stmt.query_map(
+        params![format!("{prefix}0"), format!("{prefix}:"), key],
+        |r| r.get::<_, String>(0),
+    )?;
+    for other in keys {
+        if form_prefix(&other?).as_deref() == Some(prefix.as_str()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Digits of the form's second at the head of a key's timestamp part (Unix seconds, until 2286).
+const FORM_SECOND_DIGITS: usize = 10;
+
+/// `<contact>/<form second>` of a key the tool made. Today's keys have 19 digits,
+/// `<contact>/<10 digits of seconds, or 13 of milliseconds><random digits>/<name>`: the
+/// random part's length depends on the unit, which the key does not tell, so a form is known by
+/// its second. Keys of earlier versions, `<contact>/<timestamp><12 random digits>/<name>` (22 or
+/// 25 digits), open with the form's second too, and are known alike.
+fn form_prefix(key: &str) -> Option<String> {
+    let (contact, rest) = key.split_once('/')?;
+    let (stamp, name) = rest.split_once('/')?;
+    let ok = !contact.is_empty()
+        && !name.is_empty()
+        && [crate::remote::api::KEY_STAMP_DIGITS, 22, 25].contains(&stamp.len())
+        && stamp.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| format!("{contact}/{}", &stamp[..FORM_SECOND_DIGITS]))
+}
+
+/// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
+/// invalid ones as `rejected`; rows already known keep their progress.
+pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
+    let now = now();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+                           state, error_kind, last_error, retryable, created_at, updated_at, contact_email,
+                           note_group, note_text, note_date, note_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20)
+         ON CONFLICT (row_key) DO UPDATE SET
+            line = excluded.line,
+            -- As written now (a note_key's text may be edited; the key keeps the row's identity).
+            note_text = excluded.note_text,
+            note_date = excluded.note_date,
+            path = excluded.path,
+            -- A row by email takes the contact its email resolved to now, unless its file may
+            -- already be on S3 under the old contact's key (a row by id has its id in its key).
+            contact_id = CASE WHEN rows.state IN ('pending', 'rejected')
+                                   OR (rows.state = 'failed' AND rows.etag IS NULL)
+                              THEN excluded.contact_id ELSE rows.contact_id END,
+            contact_email = excluded.contact_email,
+            -- A row not yet uploaded takes the file as it is now; a failed row that was uploaded
+            -- (it has an ETag) keeps the uploaded file's size: its step 3 may have been sent.
+            size = CASE WHEN rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL)
+                THEN excluded.size ELSE rows.size END,
+            mtime_ns = CASE WHEN rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL)
+                THEN excluded.mtime_ns ELSE rows.mtime_ns END,
+            state = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN 'rejected'
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN 'pending'
+                ELSE rows.state END,
+            error_kind = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN excluded.error_kind
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN NULL
+                ELSE rows.error_kind END,
+            last_error = CASE
+                WHEN excluded.state = 'rejected' AND rows.state IN ('pending', 'failed', 'rejected') THEN excluded.last_error
+                WHEN excluded.state = 'pending' AND rows.state = 'rejected' THEN NULL
+                ELSE rows.last_error END,
+            updated_at = excluded.updated_at
+         -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
+         WHERE rows.line IS NOT excluded.line
+            OR rows.path IS NOT excluded.path
+            OR rows.contact_email IS NOT excluded.contact_email
+            OR rows.note_text IS NOT excluded.note_text
+            OR rows.note_date IS NOT excluded.note_date
+            OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
+                AND rows.contact_id IS NOT excluded.contact_id)
+            OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
+                AND (rows.size IS NOT excluded.size OR rows.mtime_ns IS NOT excluded.mtime_ns))
+            OR (excluded.state = 'rejected' AND rows.state IN ('pending', 'failed'))
+            OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.last_error IS NOT excluded.last_error)
+            -- A row an earlier version recorded as `invalid` takes its problem's own kind.
+            OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.error_kind IS NOT excluded.error_kind)
+            OR (excluded.state = 'pending' AND rows.state = 'rejected')",
+    )?;
+    for r in rows {
+        let (state, kind, error, retryable) = match &r.rejected {
+            None => ("pending", None, None, None),
+            Some(reason) => (
+                "rejected",
+                Some(r.rejected_kind),
+                Some(reason.as_str()),
+                Some(false),
+            ),
+        };
+        insert.execute(params![
+            r.key,
+            r.line as i64,
+            r.file,
+            r.path.to_string_lossy(),
+            r.size as i64,
+            r.mtime_ns,
+            r.contact_id,
+            r.reference_type_text,
+            r.reference_id,
+            r.name,
+            state,
+            kind,
+            error,
+            retryable,
+            now,
+            r.contact_email,
+            r.note.group,
+            r.note.text,
+            r.note.date,
+            r.note.key,
+        ])?;
+    }
+    super::notes::record_note_groups(conn, rows)?;
+    Ok(())
+}
+
+pub(super) const ROW_COLUMNS: &str =
+    "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     note_group, note_text, note_date, note_key";
+/// As [`ROW_COLUMNS`], for a state file from before notes (read by `status` and `report`).
+const ROW_COLUMNS_BEFORE_NOTES: &str =
+    "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+     state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
+     NULL, NULL, NULL, NULL";
+
+pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    let reference_type_text: String = r.get(7)?;
+    let state: String = r.get(10)?;
+    let state = RowState::parse(&state).ok_or_else(|| bad(10, "state"))?;
+    let reference_type = match ReferenceType::parse(&reference_type_text) {
+        Some(t) => t,
+        // A raw row with the type as written; it is rejected, so never sent.
+        None if state == RowState::Rejected => ReferenceType::Note,
+        None => return Err(bad(7, "reference type")),
+    };
+    Ok(StoredRow {
+        key: r.get(0)?,
+        line: r.get::<_, i64>(1)? as u64,
+        file: r.get(2)?,
+        path: PathBuf::from(r.get::<_, String>(3)?),
+        size: r.get::<_, i64>(4)? as u64,
+        mtime_ns: r.get(5)?,
+        contact_id: r.get(6)?,
+        contact_email: r.get(22)?,
+        reference_type,
+        reference_type_text,
+        reference_id: r.get(8)?,
+        name: r.get(9)?,
+        state,
+        s3_key: r.get(11)?,
+        etag: r.get(12)?,
+        attachment_id: r.get(13)?,
+        attempts: r.get::<_, i64>(14)? as u32,
+        error_kind: r.get(15)?,
+        last_error: r.get(16)?,
+        retryable: r.get(17)?,
+        note: NoteColumns {
+            group: r.get(18)?,
+            text: r.get(19)?,
+            date: r.get(20)?,
+            key: r.get(21)?,
+        },
+    })
+}
+
+/// Every row the state file holds, in manifest-line order.
+pub(super) fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
+    // `status` and `report` read a state file as it is, without migrating it: one of a version
+    // before contacts by email has no `contact_email` (all its rows give a contact id), and one
+    // from before notes has no note columns (schema 1 has neither, 2 the email, 3 both).
+    let has_email: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'contact_email'",
+        [],
+        |r| r.get(0),
+    )?;
+    let email = if has_email {
+        "contact_email"
+    } else {
+        "'' AS contact_email"
+    };
+    let columns = match schema_version(conn)? < notes_version() {
+        true => ROW_COLUMNS_BEFORE_NOTES,
+        false => ROW_COLUMNS,
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {columns}, {email} FROM rows ORDER BY line, row_key"
+    ))?;
+    stmt.query_map([], stored_row)?.collect()
+}
+
+/// A change of one row's state, with what the new state carries.
+#[derive(Clone, Debug)]
+pub enum Transition {
+    /// Step 2 is about to start with this key (a new attempt from step 1).
+    Uploading {
+        s3_key: String,
+    },
+    /// Step 2 ended with this ETag. A run now records the ETag with `Attaching` instead; state
+    /// files of earlier versions hold rows in this state, and tests set it.
+    Uploaded {
+        etag: String,
+    },
+    /// Step 3 is about to be sent; with the upload's ETag when step 2 just ended (one write
+    /// for both: the row goes from `uploading` to `attaching` in one transition).
+    Attaching {
+        etag: Option<String>,
+        /// The generation of the record's snapshot this attach is sent after, if one was taken.
+        snapshot_gen: Option<i64>,
+    },
+    Done {
+        attachment_id: String,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+        retryable: bool,
+    },
+    /// Back to the start (a changed file to upload again).
+    Pending,
+}
+
+/// Applies a transition. `Uploading` fails with a UNIQUE violation when the key is taken.
+pub(super) fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Result<()> {
+    let now = now();
+    let changed = match t {
+        Transition::Uploading { s3_key } => conn.prepare_cached(
+            "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
+                 attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, s3_key, now])?,
+        Transition::Uploaded { etag } => conn.prepare_cached(
+            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
+        Transition::Attaching { etag, snapshot_gen } => conn.prepare_cached(
+            "UPDATE rows SET state = 'attaching', etag = COALESCE(?2, etag), snapshot_gen = ?3, updated_at = ?4
+             WHERE row_key = ?1")?.execute(params![key, etag, snapshot_gen, now])?,
+        Transition::Done { attachment_id } => {
+            let changed = conn.prepare_cached(
+                "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
+                     retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?;
+            super::snapshots::extend(conn, key, attachment_id)?;
+            changed
+        }
+        Transition::Failed { kind, message, retryable } => conn.prepare_cached(
+            "UPDATE rows SET state = 'failed', error_kind = ?2, last_error = ?3, retryable = ?4, updated_at = ?5
+             WHERE row_key = ?1")?.execute(params![key, kind, message, retryable, now])?,
+        Transition::Pending => conn.prepare_cached(
+            "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL, error_kind = NULL,
+                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
+    };
+    if changed != 1 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    Ok(())
+}
+
+/// When `key`'s row last changed state (RFC 3339, this machine's clock), if it is recorded.
+pub(super) fn updated_at(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT updated_at FROM rows WHERE row_key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
+}
+
+/// Updates the recorded size and modification time of a row about to be uploaded again.
+pub(super) fn refresh_file(
+    conn: &Connection,
+    key: &str,
+    size: u64,
+    mtime_ns: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1",
+        params![key, size as i64, mtime_ns],
+    )
+    .map(drop)
+}
+
+/// The attachment ids that `done` rows other than `except` hold on one record for one name and size.
+pub(super) fn claimed_attachments(
+    conn: &Connection,
+    reference_type: ReferenceType,
+    reference_id: &str,
+    name: &str,
+    size: u64,
+    except: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT attachment_id FROM rows WHERE reference_type = ?1 AND reference_id = ?2 AND name = ?3 AND size = ?4
+             AND state = 'done' AND row_key <> ?5 AND attachment_id IS NOT NULL",
+    )?;
+    stmt.query_map(
+        params![
+            reference_type.as_str(),
+            reference_id,
+            name,
+            size as i64,
+            except
+        ],
+        |r| r.get(0),
+    )?
+    .collect()
+}
+
+/// A row to upload again whose file changed: its size and modification time to record.
+pub struct Refresh {
+    pub key: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl StateFile {
+    /// Records `rows` (see [`record_rows`]); all or nothing.
+    pub fn record_rows(&self, rows: Vec<NewRow>) -> Pending<()> {
+        self.send(true, move |c| record_rows(c, &rows))
+    }
+
+    /// Every row, in manifest-line order.
+    pub fn load_rows(&self) -> Pending<Vec<StoredRow>> {
+        self.send(false, load_rows)
+    }
+
+    /// Applies a transition to `row`. `Uploading` fails with a UNIQUE violation when the key
+    /// is taken.
+    pub fn transition(&self, row: &StoredRow, t: Transition) -> Pending<()> {
+        let key = row.key.clone();
+        self.send(false, move |c| transition(c, &key, &t))
+    }
+
+    /// When `row` last changed state (RFC 3339, this machine's clock), if it is recorded.
+    pub fn updated_at(&self, row: &StoredRow) -> Pending<Option<String>> {
+        let key = row.key.clone();
+        self.send(false, move |c| updated_at(c, &key))
+    }
+
+    /// Records the size and modification time of rows about to be uploaded again; all or
+    /// nothing.
+    pub fn refresh_files(&self, files: Vec<Refresh>) -> Pending<()> {
+        self.send(true, move |c| {
+            for r in &files {
+                refresh_file(c, &r.key, r.size, r.mtime_ns)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether another row holds a key made from the same form as `key` (see
+    /// [`key_shares_form`]).
+    pub fn key_shares_form(&self, key: &str) -> Pending<bool> {
+        let key = key.to_string();
+        self.send(false, move |c| key_shares_form(c, &key))
+    }
+
+    /// What a lost attach answer of `row` is checked against: the attachments other `done` rows
+    /// hold on its record with its name and size, and what the record held in the snapshot its
+    /// attach was sent after (`None` when it was sent after none).
+    pub fn claimed_and_held(
+        &self,
+        row: &StoredRow,
+    ) -> Pending<(Vec<String>, Option<HashSet<String>>)> {
+        let (rt, rid, name, size, row_key) = (
+            row.reference_type,
+            row.reference_id.clone(),
+            row.name.clone(),
+            row.size,
+            row.key.clone(),
+        );
+        self.send(false, move |c| {
+            let held = match super::snapshots::row_generation(c, &row_key)? {
+                Some(g) => Some(super::snapshots::held(c, rt, &rid, g)?),
+                None => None,
+            };
+            Ok((
+                claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
+                held,
+            ))
+        })
+    }
+}
+
+impl StateReader {
+    /// Every row, in manifest-line order (a state file of any schema, as it is).
+    pub fn load_rows(&self) -> rusqlite::Result<Vec<StoredRow>> {
+        load_rows(&self.conn)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::checkpoint::open::open;
+
+    pub(crate) fn new_row(key: &str, rejected: Option<&str>) -> NewRow {
+        NewRow {
+            key: key.into(),
+            line: 2,
+            file: "a.pdf".into(),
+            path: "/x/a.pdf".into(),
+            size: 10,
+            mtime_ns: 1,
+            contact_id: "c".into(),
+            contact_email: String::new(),
+            reference_type: ReferenceType::Note,
+            reference_type_text: "note".into(),
+            reference_id: "n".into(),
+            name: "a.pdf".into(),
+            rejected: rejected.map(str::to_string),
+            rejected_kind: FailureKind::Invalid,
+            note: NoteColumns::default(),
+        }
+    }
+
+    #[test]
+    fn keys_share_a_form_when_their_contact_and_timestamp_part_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        record_rows(
+            &conn,
+            &[
+                new_row("k1", None),
+                new_row("k2", None),
+                new_row("k3", None),
+            ],
+        )
+        .unwrap();
+        let key = |k: &str, s3_key: &str| {
+            transition(
+                &conn,
+                k,
+                &Transition::Uploading {
+                    s3_key: s3_key.into(),
+                },
+            )
+            .unwrap()
+        };
+        key("k1", "c1/1764496800000000000001/a.pdf");
+        key("k2", "c2/1764496800000000000002/a.pdf");
+        key("k3", "c1/1764496801000000000003/a.pdf");
+        // Alone on its contact's timestamp: another contact's, or another second's, do not count.
+        assert!(!key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        // A key of one more digit's timestamp is not of that form either.
+        key("k2", "c1/17644968000000000000021/a.pdf");
+        assert!(!key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        key("k2", "c1/1764496800999999999999/b.pdf");
+        assert!(key_shares_form(&conn, "c1/1764496800000000000001/a.pdf").unwrap());
+        assert!(key_shares_form(&conn, "c1/1764496800123456789012/z.pdf").unwrap());
+        // Today's keys (19 digits, after seconds or milliseconds) are told by the form's second,
+        // and keys of earlier versions of that second count.
+        assert!(key_shares_form(&conn, "c1/1764496800123456789/n.pdf").unwrap());
+        assert!(key_shares_form(&conn, "c1/1764496800123123456/m.pdf").unwrap());
+        assert!(!key_shares_form(&conn, "c1/1764496802123456789/n.pdf").unwrap());
+        key("k3", "c1/1764496803000000001/a.pdf");
+        assert!(key_shares_form(&conn, "c1/1764496803999999999/b.pdf").unwrap());
+        assert!(!key_shares_form(&conn, "c1/1764496803000000001/a.pdf").unwrap());
+        // Keys not of the tool's shape share nothing.
+        for odd in [
+            "c1/1/a.pdf",
+            "c1/x764496800000000000001/a.pdf",
+            "nothing",
+            "c1//a",
+        ] {
+            assert!(!key_shares_form(&conn, odd).unwrap(), "{odd}");
+        }
+    }
+
+    #[test]
+    fn recording_again_keeps_progress_and_revives_fixed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        record_rows(
+            &conn,
+            &[new_row("k1", None), new_row("k2", Some("file missing"))],
+        )
+        .unwrap();
+        transition(
+            &conn,
+            "k1",
+            &Transition::Uploading {
+                s3_key: "c/1/a.pdf".into(),
+            },
+        )
+        .unwrap();
+        record_rows(&conn, &[new_row("k1", None), new_row("k2", None)]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        assert_eq!(rows[0].state, RowState::Uploading);
+        assert_eq!(rows[0].s3_key.as_deref(), Some("c/1/a.pdf"));
+        assert_eq!(rows[1].state, RowState::Pending);
+        assert_eq!(rows[1].last_error, None);
+        // A key can be held by one row only.
+        let err = transition(
+            &conn,
+            "k2",
+            &Transition::Uploading {
+                s3_key: "c/1/a.pdf".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+    }
+}
