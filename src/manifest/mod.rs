@@ -23,7 +23,7 @@ pub use notes::{NoteSpec, is_note_date, note_group, note_group_by_email};
 pub use problems::{Problem, ProblemKind, Severity, write_problems};
 #[cfg(test)]
 use reader::is_utf16;
-pub use reader::{formula_escape, formula_unescape};
+pub use reader::{Reader, formula_escape, formula_unescape};
 pub use row::{check_email, email_key};
 
 /// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
@@ -162,29 +162,47 @@ impl Default for ReadOptions {
 
 /// Reads `path` as a manifest. Never fails: whatever goes wrong is a problem in the result.
 pub fn read(path: &Path, options: ReadOptions) -> Manifest {
-    // Absolute, so that the paths recorded in the state file mean the same from any folder. A
-    // bare `m.csv` has the folder `""`, which `absolute` refuses: that is the current folder.
-    let base = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = match std::env::current_dir() {
-        Ok(cwd) if base == Path::new(".") => cwd,
-        _ => std::path::absolute(&base).unwrap_or(base),
-    };
     let mut manifest = Manifest {
         path: path.to_path_buf(),
-        base,
+        base: base_of(path),
         rows: Vec::new(),
         unparsed: Vec::new(),
         problems: Vec::new(),
         readable: false,
     };
-    match reader::read_rows(path, options, &mut manifest) {
+    let read = stream(path, options).and_then(|mut reader| {
+        while let Some(chunk) = reader.next_chunk(usize::MAX)? {
+            manifest.rows.extend(chunk.rows);
+            manifest.unparsed.extend(chunk.unparsed);
+            manifest.problems.extend(chunk.problems);
+        }
+        Ok(())
+    });
+    match read {
         Ok(()) => manifest.readable = true,
         Err(problem) => manifest.problems.push(problem),
     }
     manifest
+}
+
+/// Opens `path` to be read chunk by chunk (see [`Reader::next_chunk`]): a manifest of any
+/// length in little memory. An error: it cannot be read at all.
+pub fn stream(path: &Path, options: ReadOptions) -> Result<Reader, Problem> {
+    reader::open(path, options, base_of(path))
+}
+
+/// The manifest's folder, absolute, so that the paths recorded in the state file mean the same
+/// from any folder. A bare `m.csv` has the folder `""`, which `absolute` refuses: that is the
+/// current folder.
+fn base_of(path: &Path) -> PathBuf {
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    match std::env::current_dir() {
+        Ok(cwd) if base == Path::new(".") => cwd,
+        _ => std::path::absolute(&base).unwrap_or(base),
+    }
 }
 
 /// The longest value a message shows whole, in bytes.

@@ -153,48 +153,64 @@ pub(super) fn note_spec(
     })
 }
 
-/// One `note_key` of one contact must mean one note: a row that gives it another text or date
-/// than its first row is an error (on the column that differs), naming that first line. The
-/// contact is as the rows give it (the group holds it): an email, in any letter case, is one
-/// contact.
-pub(super) fn check_note_keys(rows: &[Row], problems: &mut Vec<Problem>) {
-    let mut first: std::collections::HashMap<&str, (u64, &NoteSpec)> =
-        std::collections::HashMap::new();
-    for row in rows {
-        let Some(note) = &row.note else { continue };
-        if note.key.is_none() {
-            continue;
-        }
-        let Some((line, seen)) = first.get(note.group.as_str()) else {
-            first.insert(&note.group, (row.line, note));
-            continue;
-        };
-        let key = note.key.as_deref().unwrap_or_default();
-        let words = |t: &str| crate::onepagecrm::normalize_line_ends(t).trim().to_string();
-        if words(&seen.text) != words(&note.text) {
-            problems.push(Problem::error(
-                Some(row.line),
-                Some("note_text"),
-                ProblemKind::NoteKeyConflict,
-                format!(
-                    "note_key {} of contact {} has another text on line {line}; rows with one note_key share one note, so give them one text",
-                    shown(key),
-                    cut(row.contact_given())
-                ),
-            ));
-        }
-        if seen.date != note.date {
-            problems.push(Problem::error(
-                Some(row.line),
-                Some("note_date"),
-                ProblemKind::NoteKeyConflict,
-                format!(
-                    "note_key {} of contact {} has the date {} on line {line}; rows with one note_key share one note, so give them one date",
-                    shown(key),
-                    cut(row.contact_given()),
-                    seen.date.as_deref().unwrap_or("(none)")
-                ),
-            ));
+/// The first row of each `note_key` group seen so far: its line, text (as compared: line ends
+/// normalized, trimmed) and date. Kept across the chunks of a manifest read as a stream (one
+/// entry per group, not per row).
+#[derive(Default)]
+pub(super) struct NoteKeys {
+    first: std::collections::HashMap<String, (u64, String, Option<String>)>,
+}
+
+/// A note text as the note-key rule compares it.
+fn words(text: &str) -> String {
+    crate::onepagecrm::normalize_line_ends(text)
+        .trim()
+        .to_string()
+}
+
+impl NoteKeys {
+    /// One `note_key` of one contact must mean one note: a row that gives it another text or
+    /// date than its first row is an error (on the column that differs), naming that first
+    /// line. The contact is as the rows give it (the group holds it): an email, in any letter
+    /// case, is one contact.
+    pub(super) fn check(&mut self, rows: &[Row], problems: &mut Vec<Problem>) {
+        for row in rows {
+            let Some(note) = &row.note else { continue };
+            let Some(key) = note.key.as_deref() else {
+                continue;
+            };
+            let Some((line, text, date)) = self.first.get(note.group.as_str()) else {
+                self.first.insert(
+                    note.group.clone(),
+                    (row.line, words(&note.text), note.date.clone()),
+                );
+                continue;
+            };
+            if *text != words(&note.text) {
+                problems.push(Problem::error(
+                    Some(row.line),
+                    Some("note_text"),
+                    ProblemKind::NoteKeyConflict,
+                    format!(
+                        "note_key {} of contact {} has another text on line {line}; rows with one note_key share one note, so give them one text",
+                        shown(key),
+                        cut(row.contact_given())
+                    ),
+                ));
+            }
+            if *date != note.date {
+                problems.push(Problem::error(
+                    Some(row.line),
+                    Some("note_date"),
+                    ProblemKind::NoteKeyConflict,
+                    format!(
+                        "note_key {} of contact {} has the date {} on line {line}; rows with one note_key share one note, so give them one date",
+                        shown(key),
+                        cut(row.contact_given()),
+                        date.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
         }
     }
 }

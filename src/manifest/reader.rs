@@ -4,10 +4,10 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::header::{columns_named, parse_header};
-use super::notes::check_note_keys;
+use super::notes::NoteKeys;
 use super::row::{parse_row, unparsed};
 use super::{COLUMNS, IGNORED_COLUMNS, Manifest, Problem, ProblemKind, ReadOptions, io_reason};
 
@@ -19,11 +19,29 @@ fn header_problem(kind: ProblemKind, message: String) -> Problem {
     Problem::error(Some(1), None, kind, message)
 }
 
-pub(super) fn read_rows(
-    path: &Path,
-    options: ReadOptions,
-    manifest: &mut Manifest,
-) -> Result<(), Problem> {
+/// A manifest being read, chunk by chunk: its header read and checked, its records as they come.
+/// The rules across rows (`note_key` groups) span chunks; duplicates across rows are
+/// `preflight`'s.
+pub struct Reader {
+    records: Records<BufReader<File>>,
+    record: csv::ByteRecord,
+    unescaped: csv::ByteRecord,
+    columns: Vec<Option<&'static str>>,
+    /// A failed-rows report (it has both error columns): formulas are unescaped.
+    report: bool,
+    delimiter: u8,
+    shown: String,
+    path: PathBuf,
+    base: PathBuf,
+    note_keys: NoteKeys,
+    /// A row or a problem was seen (a header without either is an error of its own).
+    any: bool,
+    done: bool,
+}
+
+/// Opens `path` as a manifest: refused when it is no text (missing, a directory, UTF-16,
+/// binary) or its header is wrong.
+pub(super) fn open(path: &Path, options: ReadOptions, base: PathBuf) -> Result<Reader, Problem> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| {
         whole(
@@ -64,60 +82,115 @@ pub(super) fn read_rows(
             format!("{shown} is a binary file, not a CSV manifest (it holds NUL bytes)"),
         ));
     }
-    read_csv(path, options, input, manifest)
+    Reader::start(path, options, input, base)
 }
 
-fn read_csv(
-    path: &Path,
-    options: ReadOptions,
-    input: impl BufRead,
-    manifest: &mut Manifest,
-) -> Result<(), Problem> {
-    let shown = path.display();
-    let mut reader = Records::new(input, options.delimiter);
-    let mut record = csv::ByteRecord::new();
-    let io_problem = |e: io::Error| {
-        whole(
-            ProblemKind::ManifestUnreadable,
-            format!("cannot read manifest {shown}: {}", io_reason(&e)),
-        )
-    };
+impl Reader {
+    /// Reads the header: the first record that is not blank.
+    fn start(
+        path: &Path,
+        options: ReadOptions,
+        input: BufReader<File>,
+        base: PathBuf,
+    ) -> Result<Self, Problem> {
+        let shown = path.display().to_string();
+        let mut records = Records::new(input, options.delimiter);
+        let mut record = csv::ByteRecord::new();
+        let header_line = loop {
+            let Some(line) = records
+                .next(&mut record)
+                .map_err(|e| io_problem(&shown, e))?
+            else {
+                return Err(whole(
+                    ProblemKind::ManifestEmpty,
+                    format!(
+                        "manifest {shown} is empty; it needs a header row ({})",
+                        COLUMNS.join(", ")
+                    ),
+                ));
+            };
+            if !is_blank(&record) {
+                break line;
+            }
+        };
+        let columns = parse_header(&record, header_line, options.delimiter)?;
+        // A failed-rows report (it has both error columns) neutralizes spreadsheet formulas with
+        // a leading `'`; reading it back undoes exactly that (see `formula_unescape`).
+        let report = IGNORED_COLUMNS.iter().all(|c| columns_named(&record, c));
+        Ok(Self {
+            records,
+            record,
+            unescaped: csv::ByteRecord::new(),
+            columns,
+            report,
+            delimiter: options.delimiter,
+            shown,
+            path: path.to_path_buf(),
+            base,
+            note_keys: NoteKeys::default(),
+            any: false,
+            done: false,
+        })
+    }
 
-    // The header: the first record that is not blank.
-    let header_line = loop {
-        let Some(line) = reader.next(&mut record).map_err(io_problem)? else {
-            return Err(whole(
-                ProblemKind::ManifestEmpty,
+    /// The next `rows` rows (and the records between them that are not rows), with their
+    /// problems, as a [`Manifest`] of their own; `None` at the end. An error: the manifest
+    /// cannot be read on (or it had a header and nothing else).
+    pub fn next_chunk(&mut self, rows: usize) -> Result<Option<Manifest>, Problem> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut chunk = Manifest {
+            path: self.path.clone(),
+            base: self.base.clone(),
+            rows: Vec::new(),
+            unparsed: Vec::new(),
+            problems: Vec::new(),
+            readable: true,
+        };
+        while chunk.rows.len() < rows {
+            let Some(line) = self
+                .records
+                .next(&mut self.record)
+                .map_err(|e| io_problem(&self.shown, e))?
+            else {
+                self.done = true;
+                break;
+            };
+            self.take(line, &mut chunk);
+        }
+        self.note_keys.check(&chunk.rows, &mut chunk.problems);
+        self.any |= !chunk.rows.is_empty() || !chunk.problems.is_empty();
+        if self.done && !self.any {
+            return Err(header_problem(
+                ProblemKind::NoRows,
                 format!(
-                    "manifest {shown} is empty; it needs a header row ({})",
-                    COLUMNS.join(", ")
+                    "manifest {} has a header but no rows; add one row per file to upload",
+                    self.shown
                 ),
             ));
-        };
-        if !is_blank(&record) {
-            break line;
         }
-    };
-    let columns = parse_header(&record, header_line, options.delimiter)?;
-    // A failed-rows report (it has both error columns) neutralizes spreadsheet formulas with a
-    // leading `'`; reading it back undoes exactly that (see `formula_unescape`).
-    let report = IGNORED_COLUMNS.iter().all(|c| columns_named(&record, c));
-    let mut unescaped = csv::ByteRecord::new();
-    while let Some(line) = reader.next(&mut record).map_err(io_problem)? {
-        if is_blank(&record) {
-            continue;
+        let empty = chunk.rows.is_empty() && chunk.unparsed.is_empty() && chunk.problems.is_empty();
+        Ok((!empty || !self.done).then_some(chunk))
+    }
+
+    /// The record just read, on `line`: a row, or a record that is not one (its problems said).
+    fn take(&mut self, line: u64, chunk: &mut Manifest) {
+        if is_blank(&self.record) {
+            return;
         }
-        let record = if report {
-            unescaped.clear();
-            for field in record.iter() {
-                unescaped.push_field(formula_unescape(field));
+        let record = if self.report {
+            self.unescaped.clear();
+            for field in self.record.iter() {
+                self.unescaped.push_field(formula_unescape(field));
             }
-            &unescaped
+            &self.unescaped
         } else {
-            &record
+            &self.record
         };
+        let columns = &self.columns;
         if record.len() != columns.len() {
-            manifest.problems.push(Problem::error(
+            chunk.problems.push(Problem::error(
                 Some(line),
                 None,
                 ProblemKind::FieldCount,
@@ -125,25 +198,24 @@ fn read_csv(
                     "{} fields, but the header has {}; quote any field that holds the delimiter {:?}",
                     record.len(),
                     columns.len(),
-                    options.delimiter as char
+                    self.delimiter as char
                 ),
             ));
-            manifest.unparsed.push(unparsed(record, &columns, line));
-            continue;
+            chunk.unparsed.push(unparsed(record, columns, line));
+            return;
         }
-        match parse_row(record, &columns, line, &mut manifest.problems) {
-            Some(row) => manifest.rows.push(row),
-            None => manifest.unparsed.push(unparsed(record, &columns, line)),
+        match parse_row(record, columns, line, &mut chunk.problems) {
+            Some(row) => chunk.rows.push(row),
+            None => chunk.unparsed.push(unparsed(record, columns, line)),
         }
     }
-    check_note_keys(&manifest.rows, &mut manifest.problems);
-    if manifest.rows.is_empty() && manifest.problems.is_empty() {
-        return Err(header_problem(
-            ProblemKind::NoRows,
-            format!("manifest {shown} has a header but no rows; add one row per file to upload"),
-        ));
-    }
-    Ok(())
+}
+
+fn io_problem(shown: &str, e: io::Error) -> Problem {
+    whole(
+        ProblemKind::ManifestUnreadable,
+        format!("cannot read manifest {shown}: {}", io_reason(&e)),
+    )
 }
 
 /// CSV records with the line each starts on, on csv's own parser (csv_core).
