@@ -140,7 +140,7 @@ async fn check_lookups(ctx: &Context, checked: &mut Checked) -> LookupStatus {
     if lookup::emails(rows).is_empty() {
         return LookupStatus::Checked(Lookups::default());
     }
-    match lookup::look_up(ctx, rows, &Default::default()).await {
+    match lookup::look_up(ctx, &lookup::emails(rows), &Default::default()).await {
         Ok(lookups) => {
             let problems = lookup::problems(rows, &lookups);
             checked.resolved = lookups.resolved_ids();

@@ -122,17 +122,17 @@ pub async fn find(ctx: &Context, email: &str) -> Result<Found, RemoteError> {
     })
 }
 
-/// Looks up every email of `rows` that `known` (email → contact, from earlier runs) does not
-/// resolve, up to `--concurrency` at once (the limiter paces them). The first call that fails
+/// Looks up every email of `emails` (as [`emails`] gives them) that `known` (email → contact,
+/// from earlier runs) does not resolve, up to `--concurrency` at once (the limiter paces them). The first call that fails
 /// for good ends it: a lookup that could not be made says nothing about the email.
 pub async fn look_up(
     ctx: &Context,
-    rows: &[Row],
+    emails: &BTreeSet<String>,
     known: &HashMap<String, String>,
 ) -> Result<Lookups, RemoteError> {
     let mut lookups = Lookups::default();
     let mut ask = Vec::new();
-    for email in emails(rows) {
+    for email in emails.iter().cloned() {
         lookups.emails += 1;
         match known.get(&email) {
             Some(id) => {

@@ -38,7 +38,7 @@ pub struct Checked {
     pub resolved: HashMap<String, String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub rows: usize,
     pub valid: usize,
@@ -55,6 +55,27 @@ pub struct LargestFile {
     pub line: u64,
     pub file: String,
     pub size: u64,
+}
+
+impl Summary {
+    /// Adds the counts of another chunk of the same manifest.
+    fn add(&mut self, other: &Summary) {
+        self.rows += other.rows;
+        self.valid += other.valid;
+        self.invalid += other.invalid;
+        self.errors += other.errors;
+        self.warnings += other.warnings;
+        self.files_to_upload += other.files_to_upload;
+        self.bytes_to_upload += other.bytes_to_upload;
+        if let Some(l) = &other.largest_file
+            && self
+                .largest_file
+                .as_ref()
+                .is_none_or(|mine| l.size > mine.size)
+        {
+            self.largest_file = Some(l.clone());
+        }
+    }
 }
 
 impl Checked {
@@ -329,51 +350,243 @@ fn identity(_meta: &fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 
+/// A file as the duplicate rule tells files apart: by identity on disk (two paths to one file
+/// are one file), else by the path as written.
+#[derive(Hash, PartialEq, Eq)]
+enum FileKey<'a> {
+    Inode(u64, u64),
+    Path(&'a str),
+}
+
+/// What makes two rows one attachment: their file, and the record they attach to (a row that
+/// creates a note attaches to its group's note); `None` for a row that cannot be one.
+fn attachment_of<'a>(
+    row: &'a Row,
+    facts: &Option<FileFacts>,
+) -> Option<(FileKey<'a>, ReferenceType, &'a str)> {
+    let (Some(facts), Some(reference_type)) = (facts, row.reference_type) else {
+        return None;
+    };
+    let record = match &row.note {
+        Some(note) => note.group.as_str(),
+        None => row.reference_id.as_str(),
+    };
+    if record.is_empty() {
+        return None;
+    }
+    let file = match facts.identity {
+        Some((dev, ino)) => FileKey::Inode(dev, ino),
+        None => FileKey::Path(&row.file),
+    };
+    Some((file, reference_type, record))
+}
+
+/// `row` attaches what line `first` attaches already.
+fn duplicate(row: &Row, reference_type: ReferenceType, first: u64) -> Problem {
+    Problem::error(
+        Some(row.line),
+        Some("file"),
+        ProblemKind::DuplicateAttachment,
+        format!(
+            "{} is already attached to {reference_type} {} on line {first}; remove one of the two rows",
+            manifest::shown(&row.file),
+            match &row.note {
+                Some(_) => "the note this row creates".into(),
+                None => manifest::cut(&row.reference_id),
+            },
+        ),
+    )
+}
+
 /// The same file attached to the same record twice is an error on every line after the first.
 fn find_duplicates(rows: &[Row], files: &[Option<FileFacts>], problems: &mut Vec<Problem>) {
-    #[derive(Hash, PartialEq, Eq)]
-    enum FileKey<'a> {
-        Inode(u64, u64),
-        Path(&'a str),
-    }
     let mut first: HashMap<(FileKey<'_>, ReferenceType, &str), u64> =
         HashMap::with_capacity(rows.len());
     for (row, facts) in rows.iter().zip(files) {
-        let (Some(facts), Some(reference_type)) = (facts, row.reference_type) else {
+        let Some(attachment) = attachment_of(row, facts) else {
             continue;
         };
-        // A row that creates a note attaches to its group's note.
-        let record = match &row.note {
-            Some(note) => note.group.as_str(),
-            None => row.reference_id.as_str(),
-        };
-        if record.is_empty() {
-            continue;
-        }
-        let file = match facts.identity {
-            Some((dev, ino)) => FileKey::Inode(dev, ino),
-            None => FileKey::Path(&row.file),
-        };
-        match first.entry((file, reference_type, record)) {
-            std::collections::hash_map::Entry::Occupied(seen) => problems.push(Problem::error(
-                Some(row.line),
-                Some("file"),
-                ProblemKind::DuplicateAttachment,
-                format!(
-                    "{} is already attached to {reference_type} {} on line {}; remove one of the two rows",
-                    manifest::shown(&row.file),
-                    match &row.note {
-                        Some(_) => "the note this row creates".into(),
-                        None => manifest::cut(&row.reference_id),
-                    },
-                    seen.get()
-                ),
-            )),
+        let reference_type = attachment.1;
+        match first.entry(attachment) {
+            std::collections::hash_map::Entry::Occupied(seen) => {
+                problems.push(duplicate(row, reference_type, *seen.get()))
+            }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(row.line);
             }
         }
     }
+}
+
+/// The attachments of a manifest read as a stream, for its duplicates: kept in a private
+/// temporary database on disk (SQLite deletes it when it closes), so that a million rows' keys
+/// take no memory.
+pub struct SeenOnDisk {
+    conn: rusqlite::Connection,
+}
+
+impl SeenOnDisk {
+    pub fn new() -> rusqlite::Result<Self> {
+        // An empty name: a private, temporary database on disk.
+        let conn = rusqlite::Connection::open("")?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF;
+             PRAGMA synchronous = OFF;
+             CREATE TABLE seen (attachment BLOB PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;",
+        )?;
+        Ok(Self { conn })
+    }
+
+    /// [`find_duplicates`] against every row seen before, in this chunk or an earlier one.
+    fn find_duplicates(
+        &self,
+        rows: &[Row],
+        files: &[Option<FileFacts>],
+        problems: &mut Vec<Problem>,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO seen (attachment, line) VALUES (?1, ?2)
+             ON CONFLICT (attachment) DO NOTHING",
+        )?;
+        let mut first = tx.prepare_cached("SELECT line FROM seen WHERE attachment = ?1")?;
+        let mut key = Vec::new();
+        for (row, facts) in rows.iter().zip(files) {
+            let Some((file, reference_type, record)) = attachment_of(row, facts) else {
+                continue;
+            };
+            // Each part with its length first: no two attachments make one key.
+            key.clear();
+            let mut part = |bytes: &[u8]| {
+                key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                key.extend_from_slice(bytes);
+            };
+            match file {
+                FileKey::Inode(dev, ino) => {
+                    part(&dev.to_le_bytes());
+                    part(&ino.to_le_bytes());
+                }
+                FileKey::Path(path) => part(path.as_bytes()),
+            }
+            part(reference_type.as_str().as_bytes());
+            part(record.as_bytes());
+            if insert.execute(rusqlite::params![key, row.line as i64])? == 0 {
+                let line: i64 = first.query_row([&key], |r| r.get(0))?;
+                problems.push(duplicate(row, reference_type, line as u64));
+            }
+        }
+        drop((insert, first));
+        tx.commit()
+    }
+}
+
+/// A manifest checked as a stream, chunk by chunk (see [`scan`]): what the whole-manifest
+/// check finds, without its rows.
+#[derive(Debug)]
+pub struct Scan {
+    pub problems: Vec<Problem>,
+    pub summary: Summary,
+    /// False when the manifest could not be read as a whole; `problems` says why.
+    pub readable: bool,
+    /// The emails the rows name their contacts by (as `manifest::email_key` makes them).
+    pub emails: std::collections::BTreeSet<String>,
+}
+
+impl Scan {
+    /// True when nothing stands in the way of uploading every row.
+    pub fn is_valid(&self) -> bool {
+        self.summary.errors == 0
+    }
+}
+
+/// Rows checked at a time when a manifest is read as a stream.
+pub const CHUNK_ROWS: usize = 4096;
+
+/// Reads and checks `path` chunk by chunk, as [`check`] does the whole, and hands each checked
+/// chunk to `each`, in manifest order; no chunk is kept. Stops at the first error of `each`.
+pub fn scan<E>(
+    path: &Path,
+    options: manifest::ReadOptions,
+    mut each: impl FnMut(Checked) -> Result<(), E>,
+) -> Result<Scan, E> {
+    let mut scan = Scan {
+        problems: Vec::new(),
+        summary: Summary::default(),
+        readable: true,
+        emails: Default::default(),
+    };
+    let unreadable = |scan: &mut Scan, problem: Problem| {
+        scan.readable = false;
+        scan.summary.errors += 1;
+        scan.problems.push(problem);
+    };
+    let (mut reader, seen) = match (manifest::stream(path, options), SeenOnDisk::new()) {
+        (Ok(reader), Ok(seen)) => (reader, seen),
+        (Err(problem), _) => {
+            unreadable(&mut scan, problem);
+            return Ok(scan);
+        }
+        (_, Err(e)) => {
+            let message = format!("cannot check the manifest for duplicate rows: {e}");
+            unreadable(
+                &mut scan,
+                Problem::error(None, None, ProblemKind::ManifestUnreadable, message),
+            );
+            return Ok(scan);
+        }
+    };
+    loop {
+        let chunk = match reader.next_chunk(CHUNK_ROWS) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(scan),
+            Err(problem) => {
+                unreadable(&mut scan, problem);
+                return Ok(scan);
+            }
+        };
+        let checked = match check_chunk(chunk, &seen) {
+            Ok(checked) => checked,
+            Err(e) => {
+                let message = format!("cannot check the manifest for duplicate rows: {e}");
+                unreadable(
+                    &mut scan,
+                    Problem::error(None, None, ProblemKind::ManifestUnreadable, message),
+                );
+                return Ok(scan);
+            }
+        };
+        scan.summary.add(&checked.summary);
+        scan.problems
+            .extend(checked.manifest.problems.iter().cloned());
+        scan.emails
+            .extend(crate::lookup::emails(&checked.manifest.rows));
+        each(checked)?;
+    }
+}
+
+/// Checks one chunk of a manifest read as a stream, as [`check_manifest`] does a whole one,
+/// its duplicates found against every row before it (`seen`).
+fn check_chunk(mut manifest: Manifest, seen: &SeenOnDisk) -> rusqlite::Result<Checked> {
+    let base = manifest.base.clone();
+    let results: Vec<(Option<FileFacts>, Vec<Problem>)> = manifest
+        .rows
+        .par_iter()
+        .map(|row| check_file(row, &base))
+        .collect();
+    let mut files = Vec::with_capacity(results.len());
+    for (facts, problems) in results {
+        files.push(facts);
+        manifest.problems.extend(problems);
+    }
+    seen.find_duplicates(&manifest.rows, &files, &mut manifest.problems)?;
+    let (valid, summary) = settle(&mut manifest, &files);
+    Ok(Checked {
+        manifest,
+        files,
+        valid,
+        summary,
+        resolved: HashMap::new(),
+    })
 }
 
 /// Bytes in binary units with one decimal: `512 B`, `3.4 MiB`.

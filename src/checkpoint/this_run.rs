@@ -8,6 +8,7 @@
 
 use rusqlite::{Connection, params};
 
+use super::keys::is_raw_key;
 use super::rows::{NewRow, ROW_COLUMNS, StoredRow, record_rows, stored_row};
 use super::{Pending, StateFile};
 
@@ -50,26 +51,41 @@ fn begin(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Adds rows of the manifest: (row key, its place, what it is now).
-fn add<'a>(
-    conn: &Connection,
-    rows: impl Iterator<Item = (&'a str, Place, Now)>,
-) -> rusqlite::Result<()> {
+/// Records `rows` of this run's manifest, each with its place and what it is now, and returns
+/// how many it recorded. A row of the same meaning as one recorded before in this run is left
+/// out (it is an error already, and recording it would overwrite the first); identical lines
+/// that are not rows are each recorded: the second gets `~2`, and so on.
+fn add(conn: &Connection, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> rusqlite::Result<usize> {
     let mut insert = conn.prepare_cached(
-        "INSERT OR REPLACE INTO temp.manifest_rows (row_key, contact_ord, ord, size, mtime_ns, valid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO temp.manifest_rows (row_key, contact_ord, ord, size, mtime_ns, valid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (row_key) DO NOTHING",
     )?;
-    for (key, (contact_ord, ord), now) in rows {
-        insert.execute(params![
-            key,
+    let mut taken = conn.prepare_cached("SELECT 1 FROM temp.manifest_rows WHERE row_key = ?1")?;
+    let mut kept = Vec::with_capacity(rows.len());
+    for (mut row, ((contact_ord, ord), now)) in rows.into_iter().zip(places) {
+        if is_raw_key(&row.key) {
+            let first = row.key.clone();
+            let mut n = 1;
+            while taken.exists([&row.key])? {
+                n += 1;
+                row.key = format!("{first}~{n}");
+            }
+        }
+        let added = insert.execute(params![
+            row.key,
             contact_ord,
             ord,
             now.size as i64,
             now.mtime_ns,
             now.valid
         ])?;
+        if added == 1 {
+            kept.push(row);
+        }
     }
-    Ok(())
+    record_rows(conn, &kept)?;
+    Ok(kept.len())
 }
 
 /// Forgets the rejected rows that the manifest of this run no longer has and that never reached
@@ -138,13 +154,9 @@ impl StateFile {
     }
 
     /// Records `rows` of the manifest (before anything is sent), each with its place in this
-    /// run and what it is now; all or nothing.
-    pub fn record_this_run(&self, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> Pending<()> {
-        self.send(true, move |c| {
-            record_rows(c, &rows)?;
-            let keys = rows.iter().map(|r| r.key.as_str());
-            add(c, keys.zip(places).map(|(k, (p, now))| (k, p, now)))
-        })
+    /// run and what it is now (see [`add`]); all or nothing. Says how many it recorded.
+    pub fn record_this_run(&self, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> Pending<usize> {
+        self.send(true, move |c| add(c, rows, places))
     }
 
     /// Once every row of this run is recorded: forgets the rejected rows the manifest no longer

@@ -10,25 +10,28 @@ use super::session::Session;
 use crate::ExitStatus;
 use crate::error::CommandError;
 use crate::lookup::{self, Lookups};
+use crate::manifest::Problem;
 use crate::pipeline::{Context, Stop};
-use crate::preflight::Checked;
+use crate::preflight::Scan;
 use crate::remote::RemoteError;
 
-/// Resolves the manifest's emails into `checked.resolved` and adds the problems of the rows
-/// that did not resolve; says what was looked up.
+/// Resolves the manifest's emails (found by its check, `scan`) and says what was looked up.
+/// When some email found no contact or several, the manifest is read once more for the rows
+/// that name them: their problems are printed, and the run stops (exit 2) unless
+/// `--skip-invalid` (then the rows are rejected as they are recorded: see `Session::record`).
 pub fn resolve(
     cfg: &RunConfig,
     runtime: &tokio::runtime::Runtime,
     ctx: &Context,
     session: &Session,
-    checked: &mut Checked,
+    scan: &Scan,
 ) -> Result<Lookups, CommandError> {
-    if lookup::emails(&checked.manifest.rows).is_empty() {
+    if scan.emails.is_empty() {
         return Ok(Lookups::default());
     }
     let known = session.known_lookups(cfg)?;
     let lookups = runtime
-        .block_on(lookup::look_up(ctx, &checked.manifest.rows, &known))
+        .block_on(lookup::look_up(ctx, &scan.emails, &known))
         .map_err(|e| failed(ctx, e))?;
     let found = lookups
         .resolved_now(&known)
@@ -38,11 +41,10 @@ pub fn resolve(
     if !cfg.no_progress && lookups.looked_up > 0 {
         crate::say!("{}", lookup::describe(&lookups));
     }
-    checked.resolved = lookups.resolved_ids();
-    let problems = lookup::problems(&checked.manifest.rows, &lookups);
-    if problems.is_empty() {
+    if lookups.not_found + lookups.ambiguous == 0 {
         return Ok(lookups);
     }
+    let problems = problems(cfg, &lookups)?;
     crate::manifest::write_problems(&mut std::io::stderr().lock(), &problems)?;
     if !cfg.choices.skip_invalid {
         let rows = problems
@@ -55,8 +57,23 @@ pub fn resolve(
             if n == 1 { "row names" } else { "rows name" }
         )));
     }
-    checked.add_problems(problems);
     Ok(lookups)
+}
+
+/// The problems of the rows whose email found no contact or several, from the manifest read
+/// again chunk by chunk (no file is looked at).
+fn problems(cfg: &RunConfig, lookups: &Lookups) -> Result<Vec<Problem>, CommandError> {
+    let unreadable =
+        |p: Problem| CommandError::usage(format!("the manifest cannot be read: {}", p.message));
+    let mut reader = crate::manifest::stream(&cfg.manifest, cfg.read).map_err(unreadable)?;
+    let mut problems = Vec::new();
+    while let Some(chunk) = reader
+        .next_chunk(crate::preflight::CHUNK_ROWS)
+        .map_err(unreadable)?
+    {
+        problems.extend(lookup::problems(&chunk.rows, lookups));
+    }
+    Ok(problems)
 }
 
 /// A lookup that could not be made stops the run before anything is uploaded, as the quota

@@ -21,7 +21,7 @@ pub use plan::{Work, manifest_rows, plan};
 use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ignore_broken_pipe};
 use crate::pipeline::{Context, FormReuse};
-use crate::preflight::{self, Checked};
+use crate::preflight::{self, Checked, Scan};
 use crate::remote::Client;
 
 /// `opcrm-import run`, with the API and credentials from the environment.
@@ -31,15 +31,27 @@ pub fn run(args: &RunArgs) -> CommandResult {
 
 /// One run, as `cfg` says.
 pub fn run_with(cfg: &RunConfig) -> CommandResult {
-    let mut checked = check_manifest(cfg)?;
+    // A dry run plans the whole manifest at once; a run reads it as a stream, twice (checked
+    // here, recorded in `Session::record`), and never holds its rows.
+    let mut checked = match cfg.choices.dry_run {
+        true => Some(check_manifest(cfg)?),
+        false => None,
+    };
+    let scan = match cfg.choices.dry_run {
+        true => None,
+        false => Some(scan_manifest(cfg)?),
+    };
     let client = Client::new(cfg.remote.url.clone(), cfg.remote.credentials.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
-    if cfg.choices.dry_run {
-        return dry_run::dry_run(cfg, &runtime, client, &mut checked);
-    }
+    let (Some(scan), None) = (scan, checked.as_mut()) else {
+        let checked = checked
+            .as_mut()
+            .expect("a dry run's manifest is checked whole");
+        return dry_run::dry_run(cfg, &runtime, client, checked);
+    };
     let mut session = session::Session::open(cfg)?;
     let mut settings = cfg.settings.clone();
     if settings.form_reuse == FormReuse::Auto
@@ -53,12 +65,10 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     let ctx = Arc::new(Context::new(client, session.state.clone(), settings));
     execute::watch_stall(&runtime, &ctx);
     // Every row is recorded, with its contact, before anything is uploaded.
-    let prepared =
-        contacts::resolve(cfg, &runtime, &ctx, &session, &mut checked).and_then(|lookups| {
-            let new_rows = manifest_rows(&checked);
-            session.record(cfg, &new_rows)?;
-            Ok((lookups, new_rows.len()))
-        });
+    let prepared = contacts::resolve(cfg, &runtime, &ctx, &session, &scan).and_then(|lookups| {
+        let rows = session.record(cfg, &lookups)?;
+        Ok((lookups, rows))
+    });
     let executed = prepared.and_then(|prepared| {
         execute::execute(cfg, &runtime, &session, &ctx).map(|executed| (prepared, executed))
     });
@@ -83,12 +93,47 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     Ok(status)
 }
 
+/// Checks the manifest as `check` does, chunk by chunk, and prints its problems; an unreadable
+/// manifest, or an invalid one without `--skip-invalid`, stops the run before anything is sent.
+fn scan_manifest(cfg: &RunConfig) -> Result<Scan, CommandError> {
+    let scan = match preflight::scan(&cfg.manifest, cfg.read, |_| Ok::<_, ()>(())) {
+        Ok(scan) => scan,
+        Err(()) => unreachable!("nothing is done with the chunks"),
+    };
+    stop_on_problems(
+        cfg,
+        &scan.problems,
+        scan.readable,
+        scan.is_valid(),
+        scan.summary.invalid,
+    )?;
+    Ok(scan)
+}
+
 /// Checks the manifest as `check` does and prints its problems; an unreadable manifest, or an
 /// invalid one without `--skip-invalid`, stops the run before anything is sent.
 fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
     let checked = preflight::check(&cfg.manifest, cfg.read);
-    let problems = &checked.manifest.problems;
-    if !checked.manifest.readable {
+    stop_on_problems(
+        cfg,
+        &checked.manifest.problems,
+        checked.manifest.readable,
+        checked.is_valid(),
+        checked.summary.invalid,
+    )?;
+    Ok(checked)
+}
+
+/// Prints a checked manifest's problems; an unreadable manifest, or an invalid one without
+/// `--skip-invalid`, is the error that stops the run.
+fn stop_on_problems(
+    cfg: &RunConfig,
+    problems: &[crate::manifest::Problem],
+    readable: bool,
+    valid: bool,
+    invalid: usize,
+) -> Result<(), CommandError> {
+    if !readable {
         // Why it cannot be read is the error's cause, so that it reaches the `--json` document
         // too (and stderr once, in the error's chain).
         let why: Vec<&str> = problems
@@ -103,8 +148,8 @@ fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
             .with_detail("problems", problems));
     }
     crate::manifest::write_problems(&mut std::io::stderr().lock(), problems)?;
-    if !checked.is_valid() && !cfg.choices.skip_invalid {
-        let n = checked.summary.invalid;
+    if !valid && !cfg.choices.skip_invalid {
+        let n = invalid;
         // The problems are on stderr above; `--json` carries them in its one document.
         return Err(CommandError::usage(format!(
             "the manifest has {n} invalid {} (above); nothing was uploaded. Fix them, or pass --skip-invalid to upload the valid rows",
@@ -112,5 +157,5 @@ fn check_manifest(cfg: &RunConfig) -> Result<Checked, CommandError> {
         ))
         .with_detail("problems", problems));
     }
-    Ok(checked)
+    Ok(())
 }

@@ -11,21 +11,14 @@ use crate::pipeline::Plan;
 use crate::preflight::Checked;
 
 /// The rows of a checked manifest as the checkpoint records them; invalid rows carry their
-/// errors. Rows of identical meaning after the first are left out (they are errors already).
+/// errors. Rows of identical meaning after the first are left out (they are errors already);
+/// identical lines that are not rows are each recorded: the second gets `~2`, and so on (a count
+/// of identical lines, so it does not depend on their order). A run reads its manifest in
+/// chunks ([`chunk_rows`]) and the state file does the same for the rows of all its chunks.
 pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
-    let mut errors: HashMap<u64, Vec<&str>> = HashMap::new();
-    let mut kinds: HashMap<u64, Vec<ProblemKind>> = HashMap::new();
-    for p in &checked.manifest.problems {
-        if let (Severity::Error, Some(line)) = (p.severity, p.line) {
-            errors.entry(line).or_default().push(&p.message);
-            kinds.entry(line).or_default().push(p.kind);
-        }
-    }
     let mut seen = std::collections::HashSet::new();
-    let mut rows = Vec::with_capacity(checked.manifest.rows.len());
-    // Identical lines that are not rows are each recorded: the second gets `~2`, and so on (a
-    // count of identical lines, so it does not depend on their order).
-    let mut push = |mut new: NewRow| {
+    let mut rows = Vec::new();
+    for mut new in chunk_rows(checked) {
         if checkpoint::is_raw_key(&new.key) {
             let first = new.key.clone();
             let mut n = 1;
@@ -37,7 +30,23 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
         if seen.insert(new.key.clone()) {
             rows.push(new);
         }
-    };
+    }
+    rows
+}
+
+/// The rows of a checked manifest (or chunk of one) as the checkpoint records them, each as it
+/// is (see [`manifest_rows`] for rows of identical meaning).
+pub fn chunk_rows(checked: &Checked) -> Vec<NewRow> {
+    let mut errors: HashMap<u64, Vec<&str>> = HashMap::new();
+    let mut kinds: HashMap<u64, Vec<ProblemKind>> = HashMap::new();
+    for p in &checked.manifest.problems {
+        if let (Severity::Error, Some(line)) = (p.severity, p.line) {
+            errors.entry(line).or_default().push(&p.message);
+            kinds.entry(line).or_default().push(p.kind);
+        }
+    }
+    let mut rows =
+        Vec::with_capacity(checked.manifest.rows.len() + checked.manifest.unparsed.len());
     for ((row, facts), valid) in checked
         .manifest
         .rows
@@ -59,7 +68,7 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
         {
             new.contact_id = id.clone();
         }
-        push(new);
+        rows.push(new);
     }
     // Records that are not rows (a wrong field count, a field that is not UTF-8) are recorded
     // too, as written, so that every line of the manifest is in `status` and the report.
@@ -81,7 +90,7 @@ pub fn manifest_rows(checked: &Checked) -> Vec<NewRow> {
         }
         let mut new = NewRow::from_unparsed(u, &checked.manifest.base, reason);
         new.rejected_kind = rejected_kind(kinds.get(&u.line).map_or(&[], Vec::as_slice));
-        push(new);
+        rows.push(new);
     }
     rows
 }

@@ -7,9 +7,10 @@ use std::path::Path;
 
 use super::config::Choices;
 use super::config::RunConfig;
-use super::plan::{Work, decide};
-use crate::checkpoint::{NewRow, Now, Place, START, StateFile, StoreError};
+use super::plan::{Work, chunk_rows, decide};
+use crate::checkpoint::{Now, Place, START, StateFile, StoreError};
 use crate::error::CommandError;
+use crate::lookup::Lookups;
 
 /// The state file of a run, locked and recorded, and what is left to do.
 pub struct Session {
@@ -61,9 +62,11 @@ impl Session {
         })
     }
 
-    /// Records every row (before anything is sent), in batches, with its place in this run
-    /// (see `checkpoint::this_run`), and counts what is left of each.
-    pub fn record(&mut self, cfg: &RunConfig, new_rows: &[NewRow]) -> Result<(), CommandError> {
+    /// Records every row (before anything is sent): the manifest is read and checked again,
+    /// chunk by chunk, each row recorded with its contact (`lookups`: those by email), its
+    /// problems (with the lookups') and its place in this run (see `checkpoint::this_run`);
+    /// then what is left of each row is counted. Says how many rows were recorded.
+    pub fn record(&mut self, cfg: &RunConfig, lookups: &Lookups) -> Result<usize, CommandError> {
         let cannot = |e: StoreError| {
             CommandError::stopped(format!(
                 "cannot record the rows in {}: {e}",
@@ -75,14 +78,25 @@ impl Session {
             .begin_this_run(manifest_id(&cfg.manifest))
             .wait()
             .map_err(cannot)?;
-        // A contact's place: where its first row is (a row by email not looked up yet: its
-        // email in any case stands for its contact).
+        let mut resolved = lookups.resolved_ids();
+        let unresolved = lookups.not_found + lookups.ambiguous > 0;
+        // A contact's place: where its first row is (a row by email not looked up: its email in
+        // any case stands for its contact).
         let mut contacts: HashMap<String, i64> = HashMap::new();
-        for (n, chunk) in new_rows.chunks(RECORD_BATCH).enumerate() {
-            let places: Vec<(Place, Now)> = chunk
+        let (mut ord, mut recorded) = (0i64, 0usize);
+        let scan = crate::preflight::scan(&cfg.manifest, cfg.read, |mut checked| {
+            if unresolved {
+                let problems = crate::lookup::problems(&checked.manifest.rows, lookups);
+                if !problems.is_empty() {
+                    checked.add_problems(problems);
+                }
+            }
+            checked.resolved = std::mem::take(&mut resolved);
+            let rows = chunk_rows(&checked);
+            resolved = std::mem::take(&mut checked.resolved);
+            let places: Vec<(Place, Now)> = rows
                 .iter()
-                .enumerate()
-                .map(|(i, r)| {
+                .map(|r| {
                     let contact = match r.contact_id.is_empty() {
                         true => r.contact_email.to_lowercase(),
                         false => r.contact_id.clone(),
@@ -94,13 +108,20 @@ impl Session {
                         mtime_ns: r.mtime_ns,
                         valid: r.rejected.is_none(),
                     };
-                    ((contact, (n * RECORD_BATCH + i) as i64), now)
+                    ord += 1;
+                    ((contact, ord), now)
                 })
                 .collect();
-            state
-                .record_this_run(chunk.to_vec(), places)
-                .wait()
-                .map_err(cannot)?;
+            recorded += state.record_this_run(rows, places).wait().map_err(cannot)?;
+            Ok::<_, CommandError>(())
+        })?;
+        if !scan.readable {
+            // Read whole a moment ago: it changed or went away since.
+            let why: Vec<&str> = scan.problems.iter().map(|p| p.message.as_str()).collect();
+            return Err(CommandError::stopped(format!(
+                "the manifest could not be read again to record its rows: {}; nothing was uploaded",
+                why.join("; ")
+            )));
         }
         state.forget_stale_rejected().wait().map_err(cannot)?;
         let work = count(state, &cfg.choices).map_err(cannot)?;
@@ -112,7 +133,7 @@ impl Session {
             );
         }
         self.work = work;
-        Ok(())
+        Ok(recorded)
     }
 
     /// Waits until everything submitted is written, then lets the state file go.
