@@ -564,6 +564,61 @@ pub fn scan<E>(
     }
 }
 
+/// Reads `path` chunk by chunk again after [`scan`] checked it, and hands each chunk to `each`
+/// with its files' facts as they are now (one `stat` each, in parallel) and the problems `scan`
+/// found on its lines (`problems`, in line order), not checked again. Says whether the
+/// manifest could be read whole again.
+pub fn rescan<E>(
+    path: &Path,
+    options: manifest::ReadOptions,
+    problems: &[Problem],
+    mut each: impl FnMut(Checked) -> Result<(), E>,
+) -> Result<bool, E> {
+    let Ok(mut reader) = manifest::stream(path, options) else {
+        return Ok(false);
+    };
+    let mut problems = problems.iter().filter(|p| p.line.is_some()).peekable();
+    loop {
+        let mut chunk = match reader.next_chunk(CHUNK_ROWS) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(true),
+            Err(_) => return Ok(false),
+        };
+        let last = chunk
+            .rows
+            .iter()
+            .map(|r| r.line)
+            .chain(chunk.unparsed.iter().map(|u| u.line))
+            .max()
+            .unwrap_or(0);
+        chunk.problems.clear();
+        while let Some(p) = problems.next_if(|p| p.line.is_some_and(|l| l <= last)) {
+            chunk.problems.push(p.clone());
+        }
+        let base = chunk.base.clone();
+        let files: Vec<Option<FileFacts>> = chunk
+            .rows
+            .par_iter()
+            .map(|row| {
+                let meta = fs::metadata(base.join(&row.file)).ok()?;
+                meta.is_file().then(|| FileFacts {
+                    size: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                    identity: identity(&meta),
+                })
+            })
+            .collect();
+        let (valid, summary) = settle(&mut chunk, &files);
+        each(Checked {
+            manifest: chunk,
+            files,
+            valid,
+            summary,
+            resolved: HashMap::new(),
+        })?;
+    }
+}
+
 /// Checks one chunk of a manifest read as a stream, as [`check_manifest`] does a whole one,
 /// its duplicates found against every row before it (`seen`).
 fn check_chunk(mut manifest: Manifest, seen: &SeenOnDisk) -> rusqlite::Result<Checked> {

@@ -6,6 +6,8 @@
 //! Its methods are the [`StateFile`]'s, on the writer thread like everything that writes: the
 //! table is that thread's connection's.
 
+use std::collections::HashSet;
+
 use rusqlite::{Connection, params};
 
 use super::keys::is_raw_key;
@@ -37,16 +39,20 @@ pub struct ThisRun {
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA temp_store = FILE;
+         PRAGMA temp.cache_size = -8192;
          CREATE TEMP TABLE IF NOT EXISTS manifest_rows (
              row_key     TEXT PRIMARY KEY,
              ord         INTEGER NOT NULL,
              contact_ord INTEGER NOT NULL,
              size        INTEGER NOT NULL,
              mtime_ns    INTEGER NOT NULL,
-             valid       INTEGER NOT NULL
+             valid       INTEGER NOT NULL,
+             -- Done before, its file unchanged: nothing is left of it, whatever the run's
+             -- choices, and no pass reads it again (a rerun of a done manifest reads no row).
+             settled     INTEGER NOT NULL
          ) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS temp.manifest_rows_in_order
-             ON manifest_rows (contact_ord, ord);
+             ON manifest_rows (settled, contact_ord, ord);
          DELETE FROM temp.manifest_rows;",
     )
 }
@@ -56,36 +62,58 @@ fn begin(conn: &Connection) -> rusqlite::Result<()> {
 /// out (it is an error already, and recording it would overwrite the first); identical lines
 /// that are not rows are each recorded: the second gets `~2`, and so on.
 fn add(conn: &Connection, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> rusqlite::Result<usize> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO temp.manifest_rows (row_key, contact_ord, ord, size, mtime_ns, valid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (row_key) DO NOTHING",
-    )?;
     let mut taken = conn.prepare_cached("SELECT 1 FROM temp.manifest_rows WHERE row_key = ?1")?;
+    let mut in_chunk = HashSet::new();
     let mut kept = Vec::with_capacity(rows.len());
-    for (mut row, ((contact_ord, ord), now)) in rows.into_iter().zip(places) {
+    let mut kept_places = Vec::with_capacity(rows.len());
+    for (mut row, place) in rows.into_iter().zip(places) {
         if is_raw_key(&row.key) {
             let first = row.key.clone();
             let mut n = 1;
-            while taken.exists([&row.key])? {
+            while in_chunk.contains(&row.key) || taken.exists([&row.key])? {
                 n += 1;
                 row.key = format!("{first}~{n}");
             }
         }
-        let added = insert.execute(params![
+        if in_chunk.contains(&row.key) || taken.exists([&row.key])? {
+            continue;
+        }
+        in_chunk.insert(row.key.clone());
+        kept.push(row);
+        kept_places.push(place);
+    }
+    record_rows(conn, &kept)?;
+    let mut settled = conn.prepare_cached(
+        "SELECT state = 'done' AND size = ?2 AND mtime_ns = ?3 FROM rows WHERE row_key = ?1",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO temp.manifest_rows (row_key, contact_ord, ord, size, mtime_ns, valid, settled)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (row, ((contact_ord, ord), now)) in kept.iter().zip(kept_places) {
+        let (size, mtime_ns) = (now.size as i64, now.mtime_ns);
+        let done: bool = settled.query_row(params![row.key, size, mtime_ns], |r| r.get(0))?;
+        insert.execute(params![
             row.key,
             contact_ord,
             ord,
-            now.size as i64,
-            now.mtime_ns,
-            now.valid
+            size,
+            mtime_ns,
+            now.valid,
+            done
         ])?;
-        if added == 1 {
-            kept.push(row);
-        }
     }
-    record_rows(conn, &kept)?;
     Ok(kept.len())
+}
+
+/// The rows of this run done before whose files are unchanged.
+fn settled(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row(
+        "SELECT count(*) FROM temp.manifest_rows WHERE settled = 1",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as usize)
 }
 
 /// Forgets the rejected rows that the manifest of this run no longer has and that never reached
@@ -102,7 +130,7 @@ fn forget_stale_rejected(conn: &Connection) -> rusqlite::Result<usize> {
 
 /// Up to `limit` rows of this run after `after`, in the order a run takes them up (a contact's
 /// rows together, contacts in the order they first appear, each contact's rows in manifest
-/// order). `maybe_verify`: only rows whose attach may have been sent (the rest cannot be rows to
+/// order), but for the rows [`settled`] counts. `maybe_verify`: only rows whose attach may have been sent (the rest cannot be rows to
 /// verify), for the pass that takes those up first.
 fn batch(
     conn: &Connection,
@@ -122,7 +150,7 @@ fn batch(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {columns}, r.contact_email, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
          FROM temp.manifest_rows m JOIN rows r ON r.row_key = m.row_key
-         WHERE (m.contact_ord, m.ord) > (?1, ?2) {only}
+         WHERE m.settled = 0 AND (m.contact_ord, m.ord) > (?1, ?2) {only}
          ORDER BY m.contact_ord, m.ord
          LIMIT ?3"
     ))?;
@@ -163,6 +191,12 @@ impl StateFile {
     /// has and that never reached S3.
     pub fn forget_stale_rejected(&self) -> Pending<usize> {
         self.send(false, forget_stale_rejected)
+    }
+
+    /// The rows of this run done before whose files are unchanged: nothing is left of them,
+    /// and [`StateFile::this_run`] leaves them out.
+    pub fn settled_this_run(&self) -> Pending<usize> {
+        self.send(false, settled)
     }
 
     /// Up to `limit` rows of this run after `after`, in the order a run takes them up (see

@@ -66,7 +66,7 @@ pub fn run_with(cfg: &RunConfig) -> CommandResult {
     execute::watch_stall(&runtime, &ctx);
     // Every row is recorded, with its contact, before anything is uploaded.
     let prepared = contacts::resolve(cfg, &runtime, &ctx, &session, &scan).and_then(|lookups| {
-        let rows = session.record(cfg, &lookups)?;
+        let rows = session.record(cfg, &scan, &lookups)?;
         Ok((lookups, rows))
     });
     let executed = prepared.and_then(|prepared| {

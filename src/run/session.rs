@@ -11,6 +11,7 @@ use super::plan::{Work, chunk_rows, decide};
 use crate::checkpoint::{Now, Place, START, StateFile, StoreError};
 use crate::error::CommandError;
 use crate::lookup::Lookups;
+use crate::preflight::Scan;
 
 /// The state file of a run, locked and recorded, and what is left to do.
 pub struct Session {
@@ -62,11 +63,17 @@ impl Session {
         })
     }
 
-    /// Records every row (before anything is sent): the manifest is read and checked again,
-    /// chunk by chunk, each row recorded with its contact (`lookups`: those by email), its
-    /// problems (with the lookups') and its place in this run (see `checkpoint::this_run`);
+    /// Records every row (before anything is sent): the manifest is read again, chunk by chunk
+    /// (its check, `scan`, found its problems), each row recorded with its contact (`lookups`:
+    /// those by email), its problems (with the lookups') and its place in this run (see
+    /// `checkpoint::this_run`);
     /// then what is left of each row is counted. Says how many rows were recorded.
-    pub fn record(&mut self, cfg: &RunConfig, lookups: &Lookups) -> Result<usize, CommandError> {
+    pub fn record(
+        &mut self,
+        cfg: &RunConfig,
+        scan: &Scan,
+        lookups: &Lookups,
+    ) -> Result<usize, CommandError> {
         let cannot = |e: StoreError| {
             CommandError::stopped(format!(
                 "cannot record the rows in {}: {e}",
@@ -84,43 +91,43 @@ impl Session {
         // any case stands for its contact).
         let mut contacts: HashMap<String, i64> = HashMap::new();
         let (mut ord, mut recorded) = (0i64, 0usize);
-        let scan = crate::preflight::scan(&cfg.manifest, cfg.read, |mut checked| {
-            if unresolved {
-                let problems = crate::lookup::problems(&checked.manifest.rows, lookups);
-                if !problems.is_empty() {
-                    checked.add_problems(problems);
+        let read =
+            crate::preflight::rescan(&cfg.manifest, cfg.read, &scan.problems, |mut checked| {
+                if unresolved {
+                    let problems = crate::lookup::problems(&checked.manifest.rows, lookups);
+                    if !problems.is_empty() {
+                        checked.add_problems(problems);
+                    }
                 }
-            }
-            checked.resolved = std::mem::take(&mut resolved);
-            let rows = chunk_rows(&checked);
-            resolved = std::mem::take(&mut checked.resolved);
-            let places: Vec<(Place, Now)> = rows
-                .iter()
-                .map(|r| {
-                    let contact = match r.contact_id.is_empty() {
-                        true => r.contact_email.to_lowercase(),
-                        false => r.contact_id.clone(),
-                    };
-                    let next = contacts.len() as i64;
-                    let contact = *contacts.entry(contact).or_insert(next);
-                    let now = Now {
-                        size: r.size,
-                        mtime_ns: r.mtime_ns,
-                        valid: r.rejected.is_none(),
-                    };
-                    ord += 1;
-                    ((contact, ord), now)
-                })
-                .collect();
-            recorded += state.record_this_run(rows, places).wait().map_err(cannot)?;
-            Ok::<_, CommandError>(())
-        })?;
-        if !scan.readable {
+                checked.resolved = std::mem::take(&mut resolved);
+                let rows = chunk_rows(&checked);
+                resolved = std::mem::take(&mut checked.resolved);
+                let places: Vec<(Place, Now)> = rows
+                    .iter()
+                    .map(|r| {
+                        let contact = match r.contact_id.is_empty() {
+                            true => r.contact_email.to_lowercase(),
+                            false => r.contact_id.clone(),
+                        };
+                        let next = contacts.len() as i64;
+                        let contact = *contacts.entry(contact).or_insert(next);
+                        let now = Now {
+                            size: r.size,
+                            mtime_ns: r.mtime_ns,
+                            valid: r.rejected.is_none(),
+                        };
+                        ord += 1;
+                        ((contact, ord), now)
+                    })
+                    .collect();
+                recorded += state.record_this_run(rows, places).wait().map_err(cannot)?;
+                Ok::<_, CommandError>(())
+            })?;
+        if !read {
             // Read whole a moment ago: it changed or went away since.
-            let why: Vec<&str> = scan.problems.iter().map(|p| p.message.as_str()).collect();
             return Err(CommandError::stopped(format!(
-                "the manifest could not be read again to record its rows: {}; nothing was uploaded",
-                why.join("; ")
+                "the manifest {} could not be read again to record its rows (did it change?); nothing was uploaded",
+                cfg.manifest.display()
             )));
         }
         state.forget_stale_rejected().wait().map_err(cannot)?;
@@ -187,6 +194,7 @@ const RECORD_BATCH: usize = 4096;
 /// What is left of each row of this run, read from the state file in batches, counted.
 fn count(state: &StateFile, choices: &Choices) -> Result<Work, StoreError> {
     let mut work = Work::default();
+    work.already_done = state.settled_this_run().wait()?;
     let mut after = START;
     loop {
         let batch = state.this_run(after, RECORD_BATCH, false).wait()?;
