@@ -1,4 +1,7 @@
-//! `opcrm-import check`: runs preflight and prints what it found, for a person or as JSON.
+//! `opcrm-import check`: runs preflight, then, unless `--offline` and when credentials are set,
+//! the online checks (contacts by email with `lookup`, the records rows attach to with `records`,
+//! the storage left with `quota`) through one context; prints what it found, for a person or as
+//! JSON.
 
 use crate::terminal::Printable;
 use std::io::{self, Write};

@@ -1,7 +1,9 @@
 //! opcrm-import: migrates local documents into OnePageCRM from a CSV manifest.
 //!
-//! The binary only parses the command line and calls [`run`]; everything else lives here, a
-//! module per concern.
+//! The binary only parses the command line and calls [`run()`]; everything else lives here, a
+//! module per concern. Each command is a module of its own (`check`, `run`, `status`, `report`,
+//! `demo`; the `emulator` command's server in `emulator`), and [`run()`] picks one by the command
+//! line's [`Command`]. How the modules fit together: ARCHITECTURE.md.
 
 pub mod check;
 pub mod checkpoint;

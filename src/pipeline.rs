@@ -12,8 +12,9 @@
 //! short. Cancelling `abort` cancels `stop_starting` too.
 //!
 //! Here: the shared context, the rate gate's use, retries and backoff, the stall watch and the
-//! worker pool. A row's own steps and their redo/verify rules are in `row`; notes in `notes`,
-//! record snapshots in `snapshots`, upload forms in `forms`.
+//! worker pool ([`run_fed`], which takes the rows `run::execute` feeds it). A row's own steps and
+//! their redo/verify rules are in `row`; the rate limit and throttle gate in `gate`; notes in
+//! `notes`, record snapshots in `snapshots`, upload forms in `forms`, reports in `events`.
 
 mod events;
 pub mod forms;
@@ -204,7 +205,7 @@ pub struct Context {
     pub forms: Forms,
     /// What records held before their first attach (see `snapshots`).
     pub snapshots: snapshots::Snapshots,
-    /// `--concurrency` slots: a row holds one while it works (see `run_indexed`).
+    /// `--concurrency` slots: a row holds one while it works (see `run_fed`).
     slots: Arc<tokio::sync::Semaphore>,
     pub settings: Settings,
     /// Where workers report; the counts of a run are made from these reports alone.

@@ -1,7 +1,9 @@
 //! The rows: one per manifest row, keyed by what it means, with its place in the three steps.
-//! Recording a manifest's rows, loading them, and the transitions the pipeline commits before
-//! (and after) each side effect; what a lost answer's check reads (the attachments other rows
-//! claim, whether a key's form carried another upload).
+//! A row's types ([`NewRow`] to record, [`StoredRow`] as recorded, [`RowState`], the
+//! [`Transition`]s); recording a manifest's rows, loading them all (`status`, `report`, a dry
+//! run: a run reads its own back in batches, see [`this_run`](super::this_run)), and the
+//! transitions the pipeline commits before (and after) each side effect; what a lost answer's
+//! check reads (the attachments other rows claim, whether a key's form carried another upload).
 //!
 //! The functions over a connection run on the writer thread (see [`writer`](super::writer)) or,
 //! for reading, on a read-only connection ([`StateReader`]); callers use the methods of

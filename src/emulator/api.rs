@@ -1,5 +1,6 @@
-//! The emulator's API v3: steps 1 and 3 of an upload, the records files attach to, and the
-//! envelopes and error envelopes of the OpenAPI description, with nothing more in them.
+//! The emulator's API v3: steps 1 and 3 of an upload, the records files attach to (one, and a
+//! contact's listing), contacts by email, notes created and listed, Basic authentication, and
+//! the envelopes and error envelopes of the OpenAPI description, with nothing more in them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

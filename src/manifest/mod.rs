@@ -6,7 +6,9 @@
 //!
 //! One file per concern: `reader` reads the file's CSV records with their lines and drives the
 //! rest, `header` maps the header to columns, `row` makes a record a row with the problems of its
-//! fields, `notes` the note columns and their groups, `problems` what a problem is.
+//! fields, `notes` the note columns and their groups, `problems` what a problem is. This file
+//! holds what the rest of the crate reads: [`Row`], [`Unparsed`] and [`Manifest`], the column
+//! lists, [`read`], and how a value is shown in a message ([`cut`], [`shown`]).
 
 mod header;
 mod notes;

@@ -1,6 +1,9 @@
 //! The manifest file as CSV records: refused early when it is no text (missing, a directory,
 //! UTF-16, binary), read record by record with the line each starts on, the header then the
 //! rows handed to `header` and `row`.
+//!
+//! Also the formula escape of reports ([`formula_escape`]), which the reader takes off again
+//! ([`formula_unescape`]) when it reads a failed-rows report back as a manifest.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};

@@ -1,4 +1,6 @@
-//! One record as a [`Row`]: each field decoded and checked, every problem with its column.
+//! One record as a [`Row`]: each field decoded and checked, every problem with its column; a
+//! record that cannot be a row kept as written (`unparsed`); and the rules of an email address
+//! ([`check_email`], and [`email_key`], the form lookups and row keys use).
 
 use std::path::Path;
 

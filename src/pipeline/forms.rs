@@ -7,8 +7,9 @@
 //! says so and it has a safe margin left (see [`reuse_window`]); a policy that binds the exact key,
 //! or that cannot be read, means one form per file.
 //!
-//! Forms are kept per contact, one at a time: the rows of a contact run one after another in the
-//! plan (see `pipeline::schedule`), so a contact's form is dropped when its last row has ended.
+//! Forms are kept per contact, one at a time: the rows of a contact are fed one after another
+//! (see `run::execute::feed`, which counts them in with [`Forms::expect`]), so a contact's form
+//! is dropped when its last row has ended.
 //! Workers of one contact wait for the form one of them is fetching instead of fetching their own.
 
 use std::collections::{HashMap, HashSet};
@@ -381,7 +382,7 @@ pub struct Forms {
     /// Why reuse was turned off in this run, once it was.
     turned_off: OnceLock<String>,
     slots: Mutex<HashMap<String, Slot>>,
-    /// Rows of each contact not ended yet (set by the schedule): a contact's form is dropped
+    /// Rows of each contact not ended yet (counted in by `expect`): a contact's form is dropped
     /// with its last row.
     remaining: Mutex<HashMap<String, usize>>,
     next_id: AtomicU64,

@@ -4,7 +4,9 @@
 //! A row is a small state machine ([`RowRun`]): it starts where its plan says (upload, attach,
 //! or verify an attach whose answer was lost) and moves between the steps until it is done or
 //! fails. Each intent is committed to the state file before its side effect: the S3 key before
-//! the upload (`new_key`), `attaching` with the upload's ETag before step 3. After a lost
+//! the upload (`new_key`), `attaching` with the upload's ETag before step 3. Intents go through
+//! `commit` (awaited: committed before the request is sent), results through `record_later`
+//! (detached: a rerun settles a row whose result was lost from its intent). After a lost
 //! attach answer the record is read again (`verify`): a link that shows the row's key is proof;
 //! otherwise the record's snapshot before the attach decides (see `snapshots`). One row at a
 //! time per record, name and size is in doubt ([`RecordTurn`]).

@@ -1,6 +1,7 @@
-//! API v3 calls: step 1 (the upload form), step 3 (attach), a record's attachments (to
-//! verify an attach whose answer was lost), and notes (to create the notes rows attach to, and to
-//! list a contact's notes after a lost answer).
+//! API v3 calls: step 1 (the upload form), step 3 (attach), contacts by email, a record or a
+//! contact's records of one type with their attachments (the snapshot before a first attach,
+//! the check after a lost answer, `check`'s reads of the records), and notes (to create the
+//! notes rows attach to, and to list a contact's notes after a lost answer).
 
 use serde_json::Value;
 

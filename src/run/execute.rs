@@ -1,4 +1,6 @@
-//! A run's execution: the storage quota check, then every row through the pipeline, with
+//! A run's execution: the storage quota check, the run's start recorded, the note groups
+//! settled, then every row through the pipeline, read back from the state file in batches and
+//! fed to the workers (`feed`: rows to verify first, then each contact's rows together), with
 //! Ctrl-C and SIGTERM handled (no new row starts; rows under way get a grace period) and a run
 //! that stalls stopped.
 

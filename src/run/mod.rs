@@ -1,9 +1,10 @@
 //! `opcrm-import run`: check the manifest, record every row, check the storage quota, then take
 //! each row through the three steps and say at the end what happened and what to type next.
 //!
-//! In parts a newcomer can find by name: `config` (the settings, resolved once), `plan` (what
-//! is left of each row), `session` (the state file: lock, open, record), `execute` (quota check,
-//! pipeline, signals), `summary` (counts, exit status, the next command), `dry_run`.
+//! In parts a newcomer can find by name: `config` (the settings, resolved once), `session` (the
+//! state file: lock, open, record), `contacts` (the rows by email), `plan` (what is left of each
+//! row), `execute` (quota check, notes, the rows fed to the pipeline, signals), `summary`
+//! (counts, exit status, the next command), `dry_run`.
 
 mod config;
 mod contacts;

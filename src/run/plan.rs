@@ -1,5 +1,6 @@
-//! What is left to do: the manifest's rows as the state file records them, and, from the state
-//! file and the files as they are now, what a run does with each row.
+//! What is left to do: the manifest's rows as the state file records them ([`manifest_rows`]),
+//! and, from the state file and the files as they are now, what a run does with each row
+//! ([`decide`]), counted in a [`Work`]. A dry run plans the whole manifest at once ([`plan`]).
 
 use std::collections::{HashMap, HashSet};
 

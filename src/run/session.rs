@@ -1,6 +1,7 @@
 //! A run's session with its state file: open and check it (the state file takes the run lock,
-//! see [`StateFile::open`]), record every row of the manifest before anything is sent, and plan
-//! what is left.
+//! see [`StateFile::open`]), record every row of the manifest before any upload (in batches,
+//! each with its place in this run: see `checkpoint::this_run`), and count what is left of each
+//! row (read back in batches, judged by [`decide`]) into a [`Work`].
 
 use std::collections::HashMap;
 use std::path::Path;
