@@ -499,9 +499,6 @@ impl Scan {
     }
 }
 
-/// Rows checked at a time when a manifest is read as a stream.
-pub const CHUNK_ROWS: usize = 4096;
-
 /// Reads and checks `path` chunk by chunk, as [`check`] does the whole, and hands each checked
 /// chunk to `each`, in manifest order; no chunk is kept. Stops at the first error of `each`.
 pub fn scan<E>(
@@ -536,7 +533,7 @@ pub fn scan<E>(
         }
     };
     loop {
-        let chunk = match reader.next_chunk(CHUNK_ROWS) {
+        let chunk = match reader.next_chunk(crate::defaults::batch_rows()) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(scan),
             Err(problem) => {
@@ -579,7 +576,7 @@ pub fn rescan<E>(
     };
     let mut problems = problems.iter().filter(|p| p.line.is_some()).peekable();
     loop {
-        let mut chunk = match reader.next_chunk(CHUNK_ROWS) {
+        let mut chunk = match reader.next_chunk(crate::defaults::batch_rows()) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(true),
             Err(_) => return Ok(false),

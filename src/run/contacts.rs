@@ -68,7 +68,7 @@ fn problems(cfg: &RunConfig, lookups: &Lookups) -> Result<Vec<Problem>, CommandE
     let mut reader = crate::manifest::stream(&cfg.manifest, cfg.read).map_err(unreadable)?;
     let mut problems = Vec::new();
     while let Some(chunk) = reader
-        .next_chunk(crate::preflight::CHUNK_ROWS)
+        .next_chunk(crate::defaults::batch_rows())
         .map_err(unreadable)?
     {
         problems.extend(lookup::problems(&chunk.rows, lookups));

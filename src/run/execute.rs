@@ -83,7 +83,7 @@ async fn drive(
         let settled = settle_notes(ctx, work).await;
         // The rows come from the state file in batches, as the workers take them up: a long
         // manifest is never all in memory.
-        let (tx, rx) = tokio::sync::mpsc::channel(FEED_BATCH);
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::defaults::batch_rows());
         let fed = tokio::spawn(feed(ctx.clone(), cfg.choices, settled, results.clone(), tx));
         pipeline::run_fed(ctx.clone(), rx, results.clone()).await;
         let _ = fed.await;
@@ -115,9 +115,6 @@ async fn drive(
     let _ = progress.await;
     interrupted
 }
-
-/// Rows read from the state file at a time.
-const FEED_BATCH: usize = 1024;
 
 /// Settles every note group the rows to take up wait for (its note created, or adopted after a
 /// lost answer): what became of each.
@@ -167,7 +164,10 @@ async fn feed(
     for verify in [true, false] {
         let mut after = START;
         loop {
-            let read = ctx.state.this_run(after, FEED_BATCH, verify).await;
+            let read = ctx
+                .state
+                .this_run(after, crate::defaults::batch_rows(), verify)
+                .await;
             let batch = match read {
                 Ok(batch) => batch,
                 Err(e) => {

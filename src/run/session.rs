@@ -189,16 +189,15 @@ fn manifest_id(manifest: &Path) -> String {
         .into_owned()
 }
 
-/// Rows recorded in one transaction.
-const RECORD_BATCH: usize = 4096;
-
 /// What is left of each row of this run, read from the state file in batches, counted.
 fn count(state: &StateFile, choices: &Choices) -> Result<Work, StoreError> {
     let mut work = Work::default();
     work.already_done = state.settled_this_run().wait()?;
     let mut after = START;
     loop {
-        let batch = state.this_run(after, RECORD_BATCH, false).wait()?;
+        let batch = state
+            .this_run(after, crate::defaults::batch_rows(), false)
+            .wait()?;
         let Some(last) = batch.last() else {
             return Ok(work);
         };
