@@ -20,6 +20,9 @@
 //!    and files/s, against `--form-reuse off` (one form per file) on the same files.
 //! 8. Figure 2 under the emulator's strictest throttle model (`--throttle-model window`: at most 10
 //!    accepted in any 2 s): accepted API calls/s ÷ 5, and throttled answers ÷ requests.
+//! 9. Memory that does not grow with the manifest: the tool's peak RSS in a run (throttle off,
+//!    `--concurrency 32`, files of 16 bytes) and in a rerun of the done state (nothing to send),
+//!    at 100,000 and at 1,000,000 rows; the ratio (1,000,000 ÷ 100,000) shows whether it grows.
 //!
 //! `PIPELINE_BENCH_SMALL=1` shrinks every figure (for CI, so the bench cannot rot; nothing is
 //! judged then). `PIPELINE_BENCH_FIGURES=7,8` measures only those figures (1, 3 and 4 share
@@ -46,6 +49,8 @@ struct Sizes {
     /// Figure 5's files, and its runs each way.
     state_files: usize,
     state_runs: usize,
+    /// Figure 9's two manifests.
+    memory_rows: [usize; 2],
 }
 
 /// One line of the table.
@@ -69,6 +74,7 @@ fn main() {
             big_size: 1 << 20,
             rerun_rows: 2_000,
             check_rows: 5_000,
+            memory_rows: [1_000, 10_000],
             state_files: 500,
             state_runs: 3,
         }
@@ -81,6 +87,7 @@ fn main() {
             big_size: 10 << 20,
             rerun_rows: 100_000,
             check_rows: 1_000_000,
+            memory_rows: [100_000, 1_000_000],
             state_files: 20_000,
             state_runs: 5,
         }
@@ -277,6 +284,47 @@ fn main() {
             ratio: String::new(),
             target: "<= 30 s and <= 500 MB".into(),
             met: Some(check.elapsed <= Duration::from_secs(30) && check_mb <= 500.0),
+        });
+    }
+    if wanted(&[9]) {
+        // 9: the peak RSS of a run and of its rerun, at two lengths of manifest.
+        let mut peaks = Vec::new();
+        for rows in sizes.memory_rows {
+            let emu = start(&runtime, dir.path(), contacts, rows, None);
+            let manifest = common::make_files(
+                &dir.path().join(format!("memory-{rows}")),
+                rows,
+                16,
+                contacts,
+            );
+            let api = emu.app.api_base();
+            let fast = ["--rate", "off", "--concurrency", "32"];
+            let run = common::run_tool(&api, &manifest, &fast, None);
+            assert_eq!(run.summary["done_now"], rows, "{}", run.summary);
+            let rerun = common::run_tool(&api, &manifest, &[], None);
+            assert_eq!(rerun.summary["api_calls"], 0, "{}", rerun.summary);
+            let mb = |m: &common::Measured| m.peak_rss_kb as f64 / 1024.0;
+            peaks.push((rows, mb(&run), mb(&rerun), run.elapsed, rerun.elapsed));
+            runtime.block_on(emu.stop());
+        }
+        let [
+            (few, run_few, rerun_few, ..),
+            (many, run_many, rerun_many, run_s, rerun_s),
+        ] = peaks[..]
+        else {
+            unreachable!("two lengths");
+        };
+        figures.push(Figure {
+            what: format!(
+                "9. peak RSS, MB: run, rerun of {many} rows ({:.0} s, {:.1} s)",
+                run_s.as_secs_f64(),
+                rerun_s.as_secs_f64()
+            ),
+            value: format!("{run_many:.0}, {rerun_many:.0}"),
+            baseline: format!("{run_few:.0}, {rerun_few:.0} ({few} rows)"),
+            ratio: format!("{:.2}x, {:.2}x", run_many / run_few, rerun_many / rerun_few),
+            target: "<= 100 MB".into(),
+            met: Some(run_many <= 100.0 && rerun_many <= 100.0),
         });
     }
     if wanted(&[7]) {
