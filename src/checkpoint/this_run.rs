@@ -329,4 +329,46 @@ mod tests {
         assert_eq!(keys, ["kept"]);
         state.close();
     }
+
+    #[test]
+    fn rows_done_with_unchanged_files_are_counted_not_read_back() {
+        let state = StateFile::in_memory().unwrap();
+        let rows: Vec<NewRow> = (0..3)
+            .map(|i| new_row(&format!("k{i}"), i + 2, "a"))
+            .collect();
+        let record = |rows: &[NewRow], changed: &str| {
+            state.begin_this_run("m.csv".into()).wait().unwrap();
+            let places = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut now = now(r);
+                    now.mtime_ns += i64::from(r.key == changed);
+                    ((0, i as i64), now)
+                })
+                .collect();
+            state.record_this_run(rows.to_vec(), places).wait().unwrap();
+        };
+        record(&rows, "");
+        for t in state.this_run(START, 10, false).wait().unwrap() {
+            let done = Transition::Done {
+                attachment_id: format!("att-{}", t.row.key),
+            };
+            if t.row.key != "k2" {
+                state.transition(&t.row, done).wait().unwrap();
+            }
+        }
+        // The next run: k0 done and unchanged, k1 done but its file changed, k2 not done.
+        record(&rows, "k1");
+        assert_eq!(state.settled_this_run().wait().unwrap(), 1);
+        let left: Vec<String> = state
+            .this_run(START, 10, false)
+            .wait()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.row.key)
+            .collect();
+        assert_eq!(left, ["k1", "k2"]);
+        state.close();
+    }
 }
