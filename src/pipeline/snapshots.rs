@@ -76,6 +76,11 @@ impl Snapshots {
     /// The records `rows` attach to (before they start; the rows of a run come in batches):
     /// read together, family by family.
     pub fn plan<'a>(&self, rows: impl Iterator<Item = &'a StoredRow>) {
+        // Links that show keys need no snapshot: nothing is wanted (a run of a million rows
+        // would otherwise keep a million record ids).
+        if self.links_show_keys() {
+            return;
+        }
         let taken = lock(&self.taken);
         let mut wanted = lock(&self.wanted);
         for row in rows {
@@ -112,7 +117,11 @@ impl Snapshots {
             (Links::ShowKeys, false) => Links::ShowKeys,
             (_, false) => Links::HideKeys,
         };
+        let show = *links == Links::ShowKeys;
         drop(links);
+        if show {
+            lock(&self.wanted).clear();
+        }
         self.told.notify_waiters();
     }
 
