@@ -1,0 +1,738 @@
+//! A run reads its manifest in chunks and its rows back from the state file in batches
+//! (`OPCRM_BATCH_ROWS`, 4,096 by default). With batches of 1, 2 or 3 rows a small manifest
+//! crosses many batch edges: every test here says that a streamed run ends exactly as one that
+//! reads the manifest in one batch (same exit code, summary, `status`, `report`, stderr and
+//! emulator state), that what spans rows (duplicates, identical lines, note groups and
+//! note_key conflicts, emails) is told across edges as `check` tells it in one piece, and that
+//! kills, interrupts and edits between runs with small batches lose nothing and send nothing
+//! twice. Moments are chosen by requests seen, never by time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::common::emulator::Emulator;
+use crate::common::{Scratch, bin, json_stdout, samples};
+
+/// The batch sizes every comparison runs: the default, then 1, 2 and 3 rows.
+const SIZES: [Option<usize>; 4] = [None, Some(1), Some(2), Some(3)];
+
+/// `cmd` with `OPCRM_BATCH_ROWS` set to `batch` (or not set at all: the default).
+fn batched(cmd: &mut assert_cmd::Command, batch: Option<usize>) -> &mut assert_cmd::Command {
+    match batch {
+        Some(n) => cmd.env("OPCRM_BATCH_ROWS", n.to_string()),
+        None => cmd.env_remove("OPCRM_BATCH_ROWS"),
+    }
+}
+
+/// A scratch copy of the files of `folder` (in `samples/`) under `files/`, symbolic links and
+/// folders as they are, and of the manifest `name` (in `samples/`) as `manifest.csv`.
+fn copy_of(folder: &str, name: &str) -> (Scratch, PathBuf) {
+    let s = Scratch::new();
+    let files = s.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    for entry in std::fs::read_dir(samples().join(folder)).unwrap() {
+        let entry = entry.unwrap();
+        let (from, to) = (entry.path(), files.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from).unwrap(), &to).unwrap();
+        } else if kind.is_dir() {
+            std::fs::create_dir(&to).unwrap();
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    let manifest = s.path("manifest.csv");
+    std::fs::copy(samples().join(name), &manifest).unwrap();
+    (s, manifest)
+}
+
+/// How a run ended: its exit code, its `--json` document and its stderr.
+struct Ran {
+    code: i32,
+    doc: Value,
+    stderr: String,
+}
+
+/// `run MANIFEST --rate off --json` with batches of `batch` rows and `args`.
+fn run(emu: &Emulator, manifest: &Path, batch: Option<usize>, args: &[&str]) -> Ran {
+    let out = batched(&mut emu.run_cmd(manifest), batch)
+        .args(["--rate", "off", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        doc: json_stdout(&out),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The output of a read-only command (`status`, `report`) on a manifest's state file.
+fn read_only(args: &[&str], manifest: &Path) -> String {
+    let out = bin().args(args).arg(manifest).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the emulator holds, without what differs from one emulator to the next (ids, keys,
+/// times): each attachment by contact, record (a note by its words), name, size and MD5; each
+/// note by contact, words and date, with the names of its attachments; the objects stored and
+/// the storage left; with `requests`, the requests it counted.
+fn emulator_view(state: &Value, requests: bool) -> Value {
+    let notes = state["notes"].as_array().unwrap();
+    let label = |id: &str| {
+        notes
+            .iter()
+            .find(|n| n["id"] == id)
+            .map_or(id.to_string(), |n| {
+                format!("note {:?} of {}", n["text"].as_str().unwrap(), n["date"])
+            })
+    };
+    let mut attachments: Vec<Value> = state["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            json!([
+                a["contact_id"],
+                a["reference_type"],
+                label(a["reference_id"].as_str().unwrap()),
+                a["filename"],
+                a["size"],
+                a["md5"]
+            ])
+        })
+        .collect();
+    attachments.sort_by_key(Value::to_string);
+    let mut by_note: Vec<Value> = notes
+        .iter()
+        .map(|n| {
+            // A record lists its attachments' ids.
+            let mut names: Vec<String> = n["attachments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| {
+                    let a = state["attachments"].as_array().unwrap().iter();
+                    let mut a = a.filter(|a| a["id"] == *id);
+                    a.next().unwrap()["filename"].as_str().unwrap().to_string()
+                })
+                .collect();
+            names.sort();
+            json!([n["contact_id"], n["text"], n["date"], names])
+        })
+        .collect();
+    by_note.sort_by_key(Value::to_string);
+    json!({
+        "attachments": attachments,
+        "notes": by_note,
+        "objects": state["objects"].as_array().unwrap().len(),
+        "storage_left": state["storage_left"],
+        "requests": if requests { record_reads_together(&state["requests"]) } else { Value::Null },
+    })
+}
+
+/// Request counts, the reads of records (`GET /{type}s?contact_id=` and `GET /{type}s/{id}`)
+/// counted together: before a record's first attach a run reads the records its rows of one
+/// contact and type attach to, a list for several, one `GET` for one, and it plans those
+/// reads batch by batch (`pipeline::snapshots`), so that how they split may follow the batches.
+fn record_reads_together(requests: &Value) -> Value {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (k, n) in requests.as_object().unwrap() {
+        let read = ["notes", "deals", "calls", "meetings"].iter().any(|t| {
+            [
+                format!("GET /api/v3/{t} "),
+                format!("GET /api/v3/{t}/{{id}} "),
+            ]
+            .iter()
+            .any(|p| k.starts_with(p.as_str()))
+        });
+        let k = match read {
+            true => format!("GET records {}", k.rsplit(' ').next().unwrap()),
+            false => k.clone(),
+        };
+        *counts.entry(k).or_default() += n.as_u64().unwrap();
+    }
+    json!(counts)
+}
+
+/// Text with what differs from one scratch folder or emulator to the next put in words: the
+/// folder, each note's id (as its words), each attachment's id and key (as written, in a CSV
+/// field, in a JSON string, or both).
+fn normalized(text: &str, s: &Scratch, state: &Value) -> String {
+    let mut swaps = vec![(s.dir.path().display().to_string(), "<scratch>".to_string())];
+    for n in state["notes"].as_array().unwrap() {
+        let words = n["text"].as_str().unwrap().replace(['"', '\\', '\n'], "_");
+        swaps.push((n["id"].as_str().unwrap().into(), format!("<note {words}>")));
+    }
+    for a in state["attachments"].as_array().unwrap() {
+        swaps.push((a["id"].as_str().unwrap().into(), "<attachment>".into()));
+        swaps.push((a["key"].as_str().unwrap().into(), "<key>".into()));
+    }
+    let json = |v: &str| {
+        serde_json::to_string(v)
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let mut text = text.to_string();
+    for (from, to) in swaps {
+        let csv = from.replace('"', "\"\"");
+        for form in [json(&csv), csv, json(&from), from] {
+            text = text.replace(&form, &to);
+        }
+    }
+    text
+}
+
+/// Takes the members `keys` out of the object `v` (and of each object of `v[within]`).
+fn drop_keys(v: &mut Value, within: Option<&str>, keys: &[&str]) {
+    let objects: Vec<&mut Value> = match within {
+        None => vec![v],
+        Some(field) => match v[field].as_array_mut() {
+            Some(list) => list.iter_mut().collect(),
+            None => Vec::new(),
+        },
+    };
+    for o in objects {
+        if let Some(o) = o.as_object_mut() {
+            for k in keys {
+                o.remove(*k);
+            }
+        }
+    }
+}
+
+/// Counts that depend on how requests interleave (`--concurrency` above 1) and on time.
+const TIMING: [&str; 1] = ["elapsed_seconds"];
+const INTERLEAVING: [&str; 5] = [
+    "api_calls",
+    "retries",
+    "throttles",
+    "forms_fetched",
+    "uploads_on_reused_forms",
+];
+
+/// Everything a run left that must not depend on the batch size: its exit code, its summary and
+/// stderr, the state file's `status --json` and `report`, and the emulator's state. `exact`
+/// (a run at `--concurrency 1`): the request counts too.
+fn ended(ran: &Ran, s: &Scratch, manifest: &Path, emu: &Emulator, exact: bool) -> Value {
+    let state = emu.state();
+    let mut summary = ran.doc.clone();
+    drop_keys(&mut summary, None, &TIMING);
+    if !exact {
+        drop_keys(&mut summary, None, &INTERLEAVING);
+    }
+    let (status, report) = match s.path("manifest.opcrm.sqlite").exists() {
+        true => {
+            let mut status: Value =
+                serde_json::from_str(&read_only(&["status", "--json"], manifest)).unwrap();
+            drop_keys(&mut status, Some("runs"), &["started_at", "finished_at"]);
+            if !exact {
+                drop_keys(&mut status, Some("runs"), &INTERLEAVING);
+            }
+            (status, read_only(&["report"], manifest))
+        }
+        false => (Value::Null, String::new()),
+    };
+    let all = json!({
+        "exit_code": ran.code,
+        "summary": summary,
+        "stderr": ran.stderr,
+        "status": status,
+        "report": report,
+        "emulator": emulator_view(&state, exact),
+    });
+    serde_json::from_str(&normalized(&all.to_string(), s, &state)).unwrap()
+}
+
+/// Panics with the first part of `got` that differs from `want`, named.
+fn assert_same(what: &str, want: &Value, got: &Value) {
+    for part in [
+        "exit_code",
+        "summary",
+        "stderr",
+        "status",
+        "report",
+        "emulator",
+    ] {
+        assert_eq!(
+            want[part], got[part],
+            "{what}: the {part} differs\nwith one batch: {:#}\nhere: {:#}",
+            want[part], got[part]
+        );
+    }
+    assert_eq!(want, got, "{what}");
+}
+
+/// Runs `manifest` (a copy of the sample `name` made by `copy`) with each batch size of
+/// [`SIZES`] against a fresh emulator, `args` given, then once more; the first run and the rerun
+/// must end the same with every size. Returns what the default size's runs left.
+fn same_with_every_size(
+    name: &str,
+    copy: impl Fn() -> (Scratch, PathBuf),
+    args: &[&str],
+    exact: bool,
+) -> (Value, Value) {
+    let mut want: Option<(Value, Value)> = None;
+    for batch in SIZES {
+        let emu = Emulator::start(&["--rate-limit", "off"]);
+        let (s, manifest) = copy();
+        let first = run(&emu, &manifest, batch, args);
+        let first = ended(&first, &s, &manifest, &emu, exact);
+        let again = run(&emu, &manifest, batch, args);
+        let again = ended(&again, &s, &manifest, &emu, exact);
+        match &want {
+            None => want = Some((first, again)),
+            Some((want_first, want_again)) => {
+                let what = format!("{name} {args:?} in batches of {batch:?}");
+                assert_same(&what, want_first, &first);
+                assert_same(&format!("{what}, run again"), want_again, &again);
+            }
+        }
+    }
+    want.unwrap()
+}
+
+#[test]
+fn each_sample_ends_the_same_in_batches_of_1_2_3_as_in_one() {
+    for name in ["manifest.csv", "from-another-crm.csv", "notes.csv"] {
+        let copy = || copy_of("files", name);
+        // One row at a time, the requests are the same ones in the same order.
+        let (first, again) = same_with_every_size(name, copy, &["--concurrency", "1"], true);
+        assert_eq!(first["exit_code"], 0, "{name}: {first:#}");
+        assert_eq!(first["summary"]["done_now"], first["summary"]["rows"]);
+        assert_eq!(again["exit_code"], 0, "{name}: {again:#}");
+        assert_eq!(again["summary"]["done_before"], first["summary"]["rows"]);
+        assert_eq!(
+            first["emulator"]["requests"], again["emulator"]["requests"],
+            "{name}: a rerun of a done manifest sends nothing"
+        );
+        // Eight rows at a time: the same rows end the same way.
+        same_with_every_size(name, copy, &[], false);
+    }
+}
+
+/// The samples of `samples/invalid/`, whatever their mistake.
+fn invalid_samples() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(samples().join("invalid"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".csv"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 14, "{names:?}");
+    names
+}
+
+#[test]
+fn each_invalid_sample_ends_the_same_in_batches_of_1_2_3_as_in_one_with_and_without_skip_invalid() {
+    for name in invalid_samples() {
+        let path = format!("invalid/{name}");
+        let copy = || copy_of("invalid/files", &path);
+        let (stopped, _) = same_with_every_size(&name, copy, &["--concurrency", "1"], true);
+        assert_eq!(stopped["exit_code"], 2, "{name}: {stopped:#}");
+        let (skipped, again) =
+            same_with_every_size(&name, copy, &["--concurrency", "1", "--skip-invalid"], true);
+        assert_ne!(skipped["exit_code"], 0, "{name}: {skipped:#}");
+        assert_eq!(
+            skipped["emulator"]["requests"], again["emulator"]["requests"],
+            "{name}: a rerun sends nothing"
+        );
+    }
+}
+
+/// Ada and Grace of the sample seed, and some of their records.
+const ADA: &str = "ca929443ed449d7679121de5";
+const ADA_NOTE: &str = "064132394d9b497f536b2bb7";
+const ADA_NOTE_2: &str = "ce1987ee72777833d0d1e0e7";
+const ADA_DEAL: &str = "ce6ec0cdddd720161b4cbd15";
+const ADA_CALL: &str = "f31dad062641654d7725914f";
+const ADA_MEETING: &str = "8f455fa35db2b7dc567ba6da";
+const GRACE: &str = "285b4ab0cf8624250f4313ff";
+const GRACE_NOTE: &str = "7e33486b2bfb833662cc8787";
+const GRACE_DEAL: &str = "6a6bc056a90f9f118eb3ef73";
+
+/// A scratch folder with `files/` a.txt to i.txt (each its own words) and `manifest.csv`
+/// written from `text`.
+fn small(text: &str) -> (Scratch, PathBuf) {
+    let s = Scratch::new();
+    for c in 'a'..='i' {
+        s.file(
+            &format!("files/{c}.txt"),
+            format!("the file {c}, {} bytes\n", 20 + c as usize % 7).repeat(1 + c as usize % 3),
+        );
+    }
+    std::fs::create_dir_all(s.path("files/sub")).unwrap();
+    let manifest = s.manifest(text);
+    (s, manifest)
+}
+
+/// What `check --offline --json` reports of `manifest`: its exit code and problems.
+fn check_problems(manifest: &Path) -> (i32, Value) {
+    let (code, doc) = crate::common::check_json(manifest, &["--offline"]);
+    (code, doc["problems"].clone())
+}
+
+/// Each batch size stops the run on `manifest` (made by `copy`) before anything is sent, with
+/// the problems `check` reports of it read whole, in its order (exit 2); returns them.
+fn stops_as_check_reports(copy: impl Fn() -> (Scratch, PathBuf)) -> Value {
+    let (_s, manifest) = copy();
+    let (code, want) = check_problems(&manifest);
+    assert_eq!(code, 2, "{want:#}");
+    for batch in SIZES {
+        let emu = Emulator::start(&["--rate-limit", "off"]);
+        let (s, manifest) = copy();
+        let ran = run(&emu, &manifest, batch, &[]);
+        assert_eq!(ran.code, 2, "batches of {batch:?}: {:#}", ran.doc);
+        assert_eq!(
+            ran.doc["problems"], want,
+            "batches of {batch:?}: the run and check differ"
+        );
+        assert!(emu.requests().is_empty(), "batches of {batch:?}");
+        assert!(!s.path("manifest.opcrm.sqlite").exists());
+    }
+    want
+}
+
+/// The (line, kind) of each problem of a `problems` list.
+fn lines_and_kinds(problems: &Value) -> Vec<(u64, String)> {
+    problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["line"].as_u64().unwrap(),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// How many attachments the emulator holds of `name` on `record`.
+fn attached(state: &Value, record: &str, name: &str) -> usize {
+    state["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reference_id"] == record && a["filename"] == name)
+        .count()
+}
+
+#[test]
+fn duplicates_across_batch_edges_are_told_as_check_tells_them_and_skipped_rows_leave_the_first() {
+    // Line 5 attaches line 2's file by another path, line 7 by a hard link, line 8 attaches line
+    // 3's file under another name, lines 10 and 11 are lines 2 and 4 again: their first and
+    // second lines fall in different batches of 1, 2 and 3 rows.
+    let text = format!(
+        "file,contact_id,reference_type,reference_id,name\n\
+         files/a.txt,{ADA},note,{ADA_NOTE},\n\
+         files/b.txt,{ADA},deal,{ADA_DEAL},\n\
+         files/c.txt,{ADA},call,{ADA_CALL},\n\
+         files/sub/../a.txt,{ADA},note,{ADA_NOTE},a again.txt\n\
+         files/b.txt,{GRACE},note,{GRACE_NOTE},\n\
+         files/a-link.txt,{ADA},,{ADA_NOTE},\n\
+         files/b.txt,{ADA},deal,{ADA_DEAL},b under another name.txt\n\
+         files/c.txt,{ADA},meeting,{ADA_MEETING},\n\
+         files/a.txt,{ADA},note,{ADA_NOTE},a.txt\n\
+         files/c.txt,{ADA},call,{ADA_CALL},\n"
+    );
+    let copy = || {
+        let (s, manifest) = small(&text);
+        std::fs::hard_link(s.path("files/a.txt"), s.path("files/a-link.txt")).unwrap();
+        (s, manifest)
+    };
+    let problems = stops_as_check_reports(copy);
+    let dup = "duplicate_attachment".to_string();
+    assert_eq!(
+        lines_and_kinds(&problems),
+        [
+            (5, dup.clone()),
+            (7, dup.clone()),
+            (8, dup.clone()),
+            (10, dup.clone()),
+            (11, dup)
+        ]
+    );
+    for (line, first) in [(5, 2), (7, 2), (8, 3), (10, 2), (11, 4)] {
+        let p = problems
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["line"] == line)
+            .unwrap();
+        assert!(
+            p["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("on line {first};")),
+            "{p}"
+        );
+    }
+
+    let (skipped, _) = same_with_every_size(
+        "duplicates",
+        copy,
+        &["--concurrency", "1", "--skip-invalid"],
+        true,
+    );
+    assert_eq!(skipped["exit_code"], 1, "{skipped:#}");
+    assert_eq!(skipped["summary"]["done_now"], 5, "{skipped:#}");
+    // Lines 10 and 11 mean what lines 2 and 4 mean: one row each in the state file.
+    assert_eq!(skipped["summary"]["rows"], 8, "{skipped:#}");
+    assert_eq!(skipped["summary"]["rejected"], 3, "{skipped:#}");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (_s, manifest) = copy();
+    assert_eq!(run(&emu, &manifest, Some(1), &["--skip-invalid"]).code, 1);
+    let state = emu.state();
+    for (record, name) in [
+        (ADA_NOTE, "a.txt"),
+        (ADA_DEAL, "b.txt"),
+        (ADA_CALL, "c.txt"),
+        (GRACE_NOTE, "b.txt"),
+        (ADA_MEETING, "c.txt"),
+    ] {
+        assert_eq!(attached(&state, record, name), 1, "{name} on {record}");
+    }
+    assert_eq!(state["attachments"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn identical_lines_that_are_no_rows_are_each_recorded_across_batch_edges() {
+    // Three identical lines of too few fields (3, 5, 10), two identical lines with a byte that
+    // is not UTF-8 (7, 9), two identical rows of an unknown reference type (11, 12).
+    let mut text = format!(
+        "file,contact_id,reference_type,reference_id,name\n\
+         files/a.txt,{ADA},note,{ADA_NOTE},\n\
+         files/x.txt,{ADA},note\n\
+         files/b.txt,{ADA},deal,{ADA_DEAL},\n\
+         files/x.txt,{ADA},note\n\
+         files/x.txt,{ADA},note\n"
+    )
+    .into_bytes();
+    // `café` in Latin-1.
+    let latin1 = [
+        b"files/caf\xE9.txt".as_slice(),
+        format!(",{ADA},note,{ADA_NOTE},\n").as_bytes(),
+    ]
+    .concat();
+    text.extend_from_slice(&latin1);
+    text.extend_from_slice(format!("files/c.txt,{ADA},call,{ADA_CALL},\n").as_bytes());
+    text.extend_from_slice(&latin1);
+    text.extend_from_slice(
+        format!(
+            "files/x.txt,{ADA},note\n\
+             files/d.txt,{ADA},task,{ADA_NOTE},\n\
+             files/d.txt,{ADA},task,{ADA_NOTE},\n"
+        )
+        .as_bytes(),
+    );
+    let copy = || {
+        let (s, _) = small("");
+        let manifest = s.manifest(&text);
+        (s, manifest)
+    };
+    let problems = stops_as_check_reports(copy);
+    let lines: Vec<u64> = lines_and_kinds(&problems).iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [3, 5, 6, 7, 9, 10, 11, 12], "{problems:#}");
+
+    let (skipped, again) = same_with_every_size(
+        "identical lines",
+        copy,
+        &["--concurrency", "1", "--skip-invalid"],
+        true,
+    );
+    assert_eq!(skipped["exit_code"], 1, "{skipped:#}");
+    assert_eq!(skipped["summary"]["rows"], 11, "{skipped:#}");
+    assert_eq!(skipped["summary"]["rejected"], 8, "{skipped:#}");
+    assert_eq!(skipped["status"]["by_state"]["rejected"], 8, "{skipped:#}");
+    let failures: Vec<u64> = skipped["summary"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failures, lines);
+    // The report lists each line; a rerun records no row twice.
+    assert_eq!(skipped["report"].as_str().unwrap().lines().count(), 1 + 11);
+    assert_eq!(again["status"]["rows"], 11, "{again:#}");
+    assert_eq!(again["summary"]["rejected"], 8, "{again:#}");
+
+    // One of the three identical lines goes: its row is forgotten, whatever the batch size.
+    let mut want = None;
+    for batch in SIZES {
+        let emu = Emulator::start(&["--rate-limit", "off"]);
+        let (s, manifest) = copy();
+        run(&emu, &manifest, batch, &["--skip-invalid"]);
+        let edited: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+        let without_6: Vec<u8> = edited
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 5)
+            .flat_map(|(_, l)| l.iter().copied())
+            .collect();
+        std::fs::write(&manifest, without_6).unwrap();
+        let ran = run(
+            &emu,
+            &manifest,
+            batch,
+            &["--concurrency", "1", "--skip-invalid"],
+        );
+        let got = ended(&ran, &s, &manifest, &emu, false);
+        assert_eq!(got["status"]["rows"], 10, "{got:#}");
+        assert_eq!(got["status"]["by_state"]["rejected"], 7, "{got:#}");
+        match &want {
+            None => want = Some(got),
+            Some(want) => assert_same(&format!("edited, batches of {batch:?}"), want, &got),
+        }
+    }
+}
+
+#[test]
+fn rows_by_email_in_later_batches_that_find_no_contact_or_several_stop_the_run_or_are_rejected() {
+    // Lines 8 and 10 name an email no contact has (in two letter cases), line 9 one two
+    // contacts share (samples/README.md); lines 7 and 11 resolve to Ada.
+    let text = format!(
+        "file,contact_id,contact_email,reference_type,reference_id,name\n\
+         files/a.txt,{ADA},,note,{ADA_NOTE},\n\
+         files/b.txt,{ADA},,deal,{ADA_DEAL},\n\
+         files/c.txt,{GRACE},,deal,{GRACE_DEAL},\n\
+         files/d.txt,{GRACE},,note,{GRACE_NOTE},\n\
+         files/e.txt,{ADA},,call,{ADA_CALL},\n\
+         files/f.txt,,ada@analytical.example,note,{ADA_NOTE_2},\n\
+         files/g.txt,,nobody@nowhere.example,note,{ADA_NOTE_2},\n\
+         files/h.txt,,office@twin-desk.example,note,{ADA_NOTE},\n\
+         files/i.txt,,Nobody@Nowhere.example,deal,{ADA_DEAL},\n\
+         files/a.txt,,ADA@analytical.example,meeting,{ADA_MEETING},\n"
+    );
+    let copy = || small(&text);
+    let (stopped, _) = same_with_every_size("emails", copy, &["--concurrency", "1"], true);
+    assert_eq!(stopped["exit_code"], 2, "{stopped:#}");
+    let stderr = stopped["stderr"].as_str().unwrap();
+    for line in [8, 9, 10] {
+        assert!(
+            stderr.contains(&format!("line {line}, column contact_email")),
+            "line {line}: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("3 rows name a contact by an email"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("column contact_email").count(),
+        3,
+        "{stderr}"
+    );
+    let requests = stopped["emulator"]["requests"].as_object().unwrap();
+    assert!(
+        requests
+            .keys()
+            .all(|k| k.starts_with("GET /api/v3/contacts ")),
+        "only the lookups were sent: {requests:?}"
+    );
+
+    let (skipped, again) = same_with_every_size(
+        "emails",
+        copy,
+        &["--concurrency", "1", "--skip-invalid"],
+        true,
+    );
+    assert_eq!(skipped["exit_code"], 1, "{skipped:#}");
+    assert_eq!(skipped["summary"]["done_now"], 7, "{skipped:#}");
+    let rejected: Vec<(u64, String)> = skipped["summary"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["line"].as_u64().unwrap(),
+                f["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (8, "contact_not_found".to_string()),
+            (9, "contact_ambiguous".to_string()),
+            (10, "contact_not_found".to_string())
+        ]
+    );
+    // A rerun looks up again the two emails that found nothing, and sends nothing else.
+    let mut requests = skipped["emulator"]["requests"].clone();
+    requests["GET /api/v3/contacts 200"] = json!(3 + 2);
+    assert_eq!(requests, again["emulator"]["requests"]);
+    assert_eq!(
+        skipped["emulator"]["attachments"].as_array().unwrap().len(),
+        7
+    );
+}
+
+#[test]
+fn note_key_conflicts_across_batch_edges_are_told_as_check_tells_them_and_each_group_gets_one_note()
+{
+    // Ada's k1 on lines 2, 4 and 9 (its words with a space after: the same words), another
+    // text on line 5 and another date on line 7; line 10 is line 2 again. Grace's "Call notes"
+    // on lines 6 and 8 (no key), and her own k1 on line 11.
+    let text = format!(
+        "file,contact_id,reference_type,reference_id,name,note_text,note_date,note_key\n\
+         files/a.txt,{ADA},,,,Kick-off,2024-05-01,k1\n\
+         files/b.txt,{GRACE},deal,{GRACE_DEAL},,,,\n\
+         files/c.txt,{ADA},,,,Kick-off,2024-05-01,k1\n\
+         files/d.txt,{ADA},,,,Another text,2024-05-01,k1\n\
+         files/e.txt,{GRACE},,,,Call notes,,\n\
+         files/f.txt,{ADA},,,,Kick-off,2024-05-02,k1\n\
+         files/g.txt,{GRACE},,,,Call notes,,\n\
+         files/h.txt,{ADA},note,,,Kick-off ,2024-05-01,k1\n\
+         files/a.txt,{ADA},,,,Kick-off,2024-05-01,k1\n\
+         files/i.txt,{GRACE},,,,Different,,k1\n"
+    );
+    let copy = || small(&text);
+    let problems = stops_as_check_reports(copy);
+    assert_eq!(
+        lines_and_kinds(&problems),
+        [
+            (5, "note_key_conflict".to_string()),
+            (7, "note_key_conflict".to_string()),
+            (10, "duplicate_attachment".to_string())
+        ],
+        "{problems:#}"
+    );
+    assert!(
+        problems[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("on line 2")
+    );
+
+    let (skipped, _) = same_with_every_size(
+        "note keys",
+        copy,
+        &["--concurrency", "1", "--skip-invalid"],
+        true,
+    );
+    assert_eq!(skipped["exit_code"], 1, "{skipped:#}");
+    assert_eq!(skipped["summary"]["notes_created"], 3, "{skipped:#}");
+    let notes = skipped["emulator"]["notes"].as_array().unwrap();
+    let made = |text: &str| {
+        notes
+            .iter()
+            .filter(|n| n[1].as_str().unwrap().trim() == text)
+            .map(|n| n[3].clone())
+            .collect::<Vec<Value>>()
+    };
+    // The seed's 9 notes, and one for each group.
+    assert_eq!(notes.len(), 9 + 3, "{notes:#?}");
+    assert_eq!(made("Kick-off"), [json!(["a.txt", "c.txt", "h.txt"])]);
+    assert_eq!(made("Call notes"), [json!(["e.txt", "g.txt"])]);
+    assert_eq!(made("Different"), [json!(["i.txt"])]);
+}
