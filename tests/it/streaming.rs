@@ -10,10 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use opcrm_import::checkpoint::{StateFile, Transition};
+use opcrm_import::manifest::ReadOptions;
 use serde_json::{Value, json};
 
 use crate::common::emulator::Emulator;
 use crate::common::{Scratch, bin, json_stdout, samples};
+use crate::run::assert_exactly_once;
 
 /// The batch sizes every comparison runs: the default, then 1, 2 and 3 rows.
 const SIZES: [Option<usize>; 4] = [None, Some(1), Some(2), Some(3)];
@@ -735,4 +738,184 @@ fn note_key_conflicts_across_batch_edges_are_told_as_check_tells_them_and_each_g
     assert_eq!(made("Kick-off"), [json!(["a.txt", "c.txt", "h.txt"])]);
     assert_eq!(made("Call notes"), [json!(["e.txt", "g.txt"])]);
     assert_eq!(made("Different"), [json!(["i.txt"])]);
+}
+
+/// Records `manifest`'s rows in a fresh state file beside it, as a run does before its first
+/// upload, then moves the rows of `lines` through `transitions` (as a killed run left them).
+fn recorded_with(manifest: &Path, lines: &[(u64, Vec<Transition>)]) {
+    let checked = opcrm_import::preflight::check(manifest, ReadOptions::default());
+    let rows = opcrm_import::run::manifest_rows(&checked);
+    let file = StateFile::open(&opcrm_import::run::default_state_path(manifest)).unwrap();
+    file.record_rows(rows).wait().unwrap();
+    let stored = file.load_rows().wait().unwrap();
+    for (line, transitions) in lines {
+        let row = stored.iter().find(|r| r.line == *line).unwrap();
+        for t in transitions {
+            file.transition(row, t.clone()).wait().unwrap();
+        }
+    }
+    file.close();
+}
+
+/// What the hostile server in front of the emulator has seen, for its rule to wait on.
+#[derive(Default)]
+struct Seen {
+    /// An upload of Ada's rows reached S3 (so the row to verify first has ended).
+    ada_uploading: bool,
+    /// Step 3 was refused once.
+    refused: bool,
+    /// Step 1 for Grace.
+    grace_forms: u32,
+    /// The redone upload of Grace's row reached S3 (its row is `uploading` now).
+    grace_uploading: bool,
+    attaches: u32,
+}
+
+/// A rule's wait: until `ready` says so (a minute at most, so that no test hangs), off the
+/// server's async workers.
+fn wait_for(seen: &(std::sync::Mutex<Seen>, std::sync::Condvar), ready: impl Fn(&Seen) -> bool) {
+    tokio::task::block_in_place(|| {
+        let (lock, told) = seen;
+        let guard = lock.lock().unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        drop(
+            told.wait_timeout_while(guard, minute, |s| !ready(s))
+                .unwrap(),
+        );
+    });
+}
+
+/// A row to verify (its attach in doubt: a killed run) is taken up first; when the record does
+/// not hold it and step 3 refuses its key, it is uploaded again, `uploading` once more. The
+/// rows after it are read from the state file while it is under way: read then, it must not be
+/// taken for a row to upload and handed to a second worker (two uploads, two attachments).
+#[test]
+fn a_row_to_verify_that_is_uploaded_again_is_not_taken_up_a_second_time_by_a_later_batch() {
+    use crate::common::hostile::{Answer, Hostile};
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let s = Scratch::new();
+    // Line 2 (Ada's, to verify: its object is stored, its attach never reached the API), lines 3
+    // to 12 (Ada's, to upload), line 13 (Grace's, to verify: its key will be refused).
+    let mut text =
+        format!("file,contact_id,reference_type,reference_id\nfiles/w.txt,{ADA},note,{ADA_NOTE}\n");
+    let records = [
+        ("note", ADA_NOTE),
+        ("note", ADA_NOTE_2),
+        ("deal", ADA_DEAL),
+        ("call", ADA_CALL),
+        ("meeting", ADA_MEETING),
+    ];
+    for i in 0..10 {
+        let (kind, id) = records[i % 5];
+        s.file(&format!("files/a{i}.txt"), format!("Ada's file {i}\n"));
+        text.push_str(&format!("files/a{i}.txt,{ADA},{kind},{id}\n"));
+    }
+    text.push_str(&format!("files/v.txt,{GRACE},note,{GRACE_NOTE}\n"));
+    let w = s.file("files/w.txt", "the file whose attach is in doubt\n");
+    s.file("files/v.txt", "the file whose key is refused\n");
+    let manifest = s.manifest(text);
+    let form = emu.form(ADA);
+    let key = crate::common::emulator::tutorial_key(&form, ADA, "w.txt");
+    let fields = crate::common::emulator::tutorial_fields(&form, &key, "w.txt");
+    let stored = crate::common::emulator::upload(&emu.s3, &fields, &w, &[]);
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    let attaching = |key: String| {
+        vec![
+            Transition::Uploading { s3_key: key },
+            Transition::Attaching {
+                etag: Some("etag".into()),
+                snapshot_gen: None,
+            },
+        ]
+    };
+    let refused_key = format!("{GRACE}/1700000000/v.txt");
+    recorded_with(
+        &manifest,
+        &[(2, attaching(key)), (13, attaching(refused_key))],
+    );
+    let before = emu.requests();
+
+    // Line 13's first read of its record waits until line 2 has ended (its attach answer told
+    // the run that links show keys) and line 3 is uploading; line 3's upload waits until line
+    // 13's second upload has reached S3; that one waits until every other row has sent step 3
+    // or another worker asked step 1 for Grace.
+    let seen = std::sync::Arc::new((
+        std::sync::Mutex::new(Seen::default()),
+        std::sync::Condvar::new(),
+    ));
+    let rule_seen = seen.clone();
+    let grace_record = format!("/api/v3/notes/{GRACE_NOTE}");
+    let server = Hostile::start(Some(&emu), move |call| {
+        let (method, path) = (call.seen.method.as_str(), call.seen.path.as_str());
+        let seen = &*rule_seen;
+        let change = |f: &dyn Fn(&mut Seen)| {
+            f(&mut seen.0.lock().unwrap());
+            seen.1.notify_all();
+        };
+        let now = |f: &dyn Fn(&Seen) -> bool| f(&seen.0.lock().unwrap());
+        match (method, path) {
+            ("GET", p) if p == grace_record && !now(&|s| s.refused) => {
+                wait_for(seen, |s| s.ada_uploading)
+            }
+            ("POST", "/api/v3/attachments") => {
+                change(&|s| s.attaches += 1);
+                if now(&|s| s.ada_uploading && !s.refused) {
+                    change(&|s| s.refused = true);
+                    let body = json!({
+                        "status": 400, "message": "Invalid request data",
+                        "error_name": "invalid_request_data", "error_message": "Invalid request data",
+                        "errors": {"key": "was refused"}, "timestamp": 1_764_496_800, "data": {},
+                    });
+                    return Answer::plain(400, "application/json", &body.to_string());
+                }
+            }
+            ("GET", p) if p.contains("/s3_form?contact_id=") && p.ends_with(GRACE) => {
+                change(&|s| s.grace_forms += 1)
+            }
+            ("POST", p) if p.starts_with("/s3/") && !now(&|s| s.grace_uploading) => {
+                if now(&|s| s.grace_forms == 0) {
+                    change(&|s| s.ada_uploading = true);
+                    wait_for(seen, |s| s.grace_uploading);
+                } else {
+                    change(&|s| s.grace_uploading = true);
+                    // Line 2's attach, line 13's refused one, lines 3 to 12.
+                    wait_for(seen, |s| s.grace_forms > 1 || s.attaches >= 12);
+                }
+            }
+            _ => {}
+        }
+        Answer::Pass
+    });
+    let out = batched(&mut server.run_cmd(&manifest), Some(1))
+        .args([
+            "--rate",
+            "off",
+            "--json",
+            "--concurrency",
+            "2",
+            "--settle-window",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let doc = json_stdout(&out);
+    let state = emu.state();
+    {
+        let s = seen.0.lock().unwrap();
+        assert!(
+            s.refused && s.grace_uploading,
+            "the rule's moments did not all come: {doc:#}"
+        );
+    }
+    assert_eq!(
+        attached(&state, GRACE_NOTE, "v.txt"),
+        1,
+        "line 13 was attached twice: {doc:#}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["done_now"], 12, "{doc:#}");
+    assert_exactly_once(&state, &manifest);
+    let uploads = |r: &BTreeMap<String, u64>| r.get("POST /{bucket}/ 201").copied().unwrap_or(0);
+    // Lines 3 to 12 and line 13 once more.
+    assert_eq!(uploads(&emu.requests()) - uploads(&before), 11);
 }
