@@ -201,7 +201,7 @@ fn count(state: &StateFile, choices: &Choices) -> Result<Work, StoreError> {
             .this_run(after, crate::defaults::batch_rows(), Pass::All)
             .wait()?;
         let Some(last) = batch.last() else {
-            return Ok(work);
+            break;
         };
         after = last.place;
         let mut verify = Vec::new();
@@ -220,4 +220,8 @@ fn count(state: &StateFile, choices: &Choices) -> Result<Work, StoreError> {
             state.verify_first(verify).wait()?;
         }
     }
+    // Read in the order rows are taken up (by contact); told in the manifest's order, as a
+    // manifest read whole tells them (the warnings above, the summary's list).
+    work.changed.sort_by_key(|r| r.line);
+    Ok(work)
 }
