@@ -1124,3 +1124,256 @@ fn rows_failed_for_good_stay_failed_and_retry_failed_takes_them_up_in_batches_of
         20
     );
 }
+
+/// `opcrm-import run MANIFEST --no-progress --rate off` against `api` in batches of `batch`
+/// rows, as a child process to signal.
+fn spawn_batched(api: &str, manifest: &Path, batch: usize, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
+        .env("ONEPAGECRM_API_URL", api)
+        .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+        .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+        .env("OPCRM_SETTLE_WINDOW", "1")
+        .env("OPCRM_BATCH_ROWS", batch.to_string())
+        .arg("run")
+        .arg(manifest)
+        .args(["--no-progress", "--rate", "off"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reruns `manifest` in batches of `batch` rows until it ends with every row done (a few runs
+/// at most: lost answers may fail rows, retryable); returns the last run.
+fn rerun_to_the_end(emu: &Emulator, manifest: &Path, batch: usize) -> Ran {
+    for _ in 0..6 {
+        let ran = run(emu, manifest, Some(batch), &["--retries", "10"]);
+        match ran.code {
+            0 => return ran,
+            4 => continue,
+            _ => panic!(
+                "the rerun ended {}: {:#}\n{}",
+                ran.code, ran.doc, ran.stderr
+            ),
+        }
+    }
+    panic!("six reruns did not finish");
+}
+
+#[test]
+fn runs_killed_at_request_counts_in_small_batches_then_rerun_attach_each_row_once() {
+    for batch in [1, 2, 3] {
+        let (_s, seed, manifest) = generated(40);
+        // Of every seven attaches, the 2nd's answer is lost after it took effect and the 5th's
+        // before: with no retries, their rows fail and the next run verifies them.
+        let mut args = vec!["--rate-limit".to_string(), "off".into()];
+        for n in 1..=200 {
+            let fault = match n % 7 {
+                2 => "drop-after",
+                5 => "drop-before",
+                _ => continue,
+            };
+            args.push("--fault-at".into());
+            args.push(format!("POST /api/v3/attachments:{n}:{fault}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let emu = Emulator::start_seeded(&seed, &args, None);
+        // Killed after 9, 18, 27 ... more requests seen by the emulator: the same moments on a
+        // slow or a fast machine.
+        let mut kills = 0;
+        for step in 1..=8u64 {
+            let target = crate::faults::requests_seen(&emu) + 9 * step;
+            let mut run = spawn_batched(
+                &emu.api,
+                &manifest,
+                batch,
+                &["--concurrency", "4", "--retries", "0"],
+            );
+            while run.try_wait().unwrap().is_none() && crate::faults::requests_seen(&emu) < target {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if run.try_wait().unwrap().is_none() {
+                crate::faults::signal(&run, libc::SIGKILL);
+                kills += 1;
+            }
+            let _ = run.wait();
+        }
+        assert!(
+            kills >= 3,
+            "batches of {batch}: {kills} runs killed mid-way"
+        );
+        rerun_to_the_end(&emu, &manifest, batch);
+        let state = emu.state();
+        assert_exactly_once(&state, &manifest);
+        // A rerun of the done manifest sends nothing.
+        let ran = run(&emu, &manifest, Some(batch), &[]);
+        assert_eq!(ran.code, 0, "{:#}", ran.doc);
+        assert_eq!(ran.doc["done_before"], 40, "{:#}", ran.doc);
+        assert_eq!(
+            emu.state()["requests"],
+            state["requests"],
+            "batches of {batch}"
+        );
+    }
+}
+
+/// An interrupt (SIGINT) while the `at`th request is held by the server: the rows under way
+/// end, no new row starts, and the summary says `not started` of the rows never taken up,
+/// exit 130; the state file agrees, and a rerun finishes the rest once.
+#[test]
+fn an_interrupted_run_in_small_batches_counts_the_rows_it_never_took_up_as_not_started() {
+    use crate::common::hostile::{Answer, Hostile};
+    for (batch, at) in [(1, 12), (2, 30), (3, 7), (4096, 21)] {
+        let (_s, seed, manifest) = generated(30);
+        let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off"], None);
+        let signalled =
+            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let held = signalled.clone();
+        let server = Hostile::start(Some(&emu), move |call| {
+            if call.n == at {
+                tokio::task::block_in_place(|| {
+                    let (lock, told) = &*held;
+                    let minute = std::time::Duration::from_secs(60);
+                    let guard = lock.lock().unwrap();
+                    drop(told.wait_timeout_while(guard, minute, |s| !*s).unwrap());
+                });
+            }
+            Answer::Pass
+        });
+        let run = spawn_batched(
+            &server.api,
+            &manifest,
+            batch,
+            &["--concurrency", "3", "--json"],
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while server.requests().len() <= at {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {at} never came"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        crate::faults::signal(&run, libc::SIGINT);
+        *signalled.0.lock().unwrap() = true;
+        signalled.1.notify_all();
+        let (code, stdout, stderr) = crate::faults::finish(run);
+        assert_eq!(code, 130, "batches of {batch}: {stderr}");
+        let doc: Value = serde_json::from_str(&stdout).unwrap();
+        let status: Value =
+            serde_json::from_str(&read_only(&["status", "--json"], &manifest)).unwrap();
+        let by_state = &status["by_state"];
+        let what = format!("batches of {batch}: {doc:#}\n{status:#}");
+        assert_eq!(doc["stopped"], "interrupted", "{what}");
+        assert_eq!(doc["done_now"], by_state["done"], "{what}");
+        assert_eq!(doc["not_started"], by_state["pending"], "{what}");
+        assert!(doc["not_started"].as_u64().unwrap() > 0, "{what}");
+        assert_eq!(
+            doc["done_now"].as_u64().unwrap() + doc["not_started"].as_u64().unwrap(),
+            30,
+            "{what}"
+        );
+        for state in ["uploading", "uploaded", "attaching", "failed", "rejected"] {
+            assert_eq!(by_state[state], 0, "{state}: {what}");
+        }
+        let state = emu.state();
+        assert_eq!(
+            state["attachments"].as_array().unwrap().len() as u64,
+            doc["done_now"].as_u64().unwrap(),
+            "{what}"
+        );
+        let ran = run_as(server.run_cmd(&manifest), Some(batch), &[]);
+        assert_eq!(ran.code, 0, "{:#}", ran.doc);
+        assert_eq!(ran.doc["done_before"], doc["done_now"], "{:#}", ran.doc);
+        assert_exactly_once(&emu.state(), &manifest);
+    }
+}
+
+/// Rewrites `generated`'s manifest: without the rows of `drop` (0-based), with `added` new rows
+/// (their own files, on records of the seed) after the row `after`, and the row `renamed`
+/// given another name (another row, as far as the state file knows).
+fn edit_generated(s: &Scratch, manifest: &Path, drop: &[usize], after: usize, renamed: usize) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header = lines.remove(0);
+    let mut out = vec![header.replace("reference_id", "reference_id,name")];
+    for (i, line) in lines.iter().enumerate() {
+        if drop.contains(&i) {
+            continue;
+        }
+        let name = match i == renamed {
+            true => format!("renamed-{i}.txt"),
+            false => String::new(),
+        };
+        out.push(format!("{line},{name}"));
+        if i == after {
+            for n in 0..3usize {
+                let file = format!("files/new-{n}.txt");
+                s.file(&file, format!("a row added in the middle, {n}\n"));
+                let k = (n * 3) % 10;
+                out.push(format!("{file},cc{k:022x},note,a0{k:010x}{:012x},", n % 2));
+            }
+        }
+    }
+    std::fs::write(manifest, out.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_manifest_edited_between_runs_ends_the_same_in_batches_of_1_2_3_as_in_one() {
+    // The 4th to 7th attaches fail (retryable, no retries): their rows (11, 2, 12 and 3, taken
+    // up by contact: 0, 10, 1, 11, 2, 12, 3, 13, ...) are verified next run.
+    let faults = ["--fault-at", "POST /api/v3/attachments:4-7:error"];
+    // Rows 1 (done) and 3 (failed) go; three rows come after row 8; row 13 (done) takes another
+    // name.
+    let edit = |s: &Scratch, manifest: &Path| edit_generated(s, manifest, &[1, 3], 8, 13);
+    let steps = [
+        Step {
+            edit: &no_edit,
+            args: &["--retries", "0"],
+        },
+        Step {
+            edit: &edit,
+            args: &[],
+        },
+        Step {
+            edit: &no_edit,
+            args: &[],
+        },
+    ];
+    let got = same_steps_with_every_size("edited", 20, &faults, &|_| None, &steps);
+    assert_eq!(got[0]["exit_code"], 4, "{:#}", got[0]);
+    assert_eq!(got[0]["summary"]["failed_retryable"], 4, "{:#}", got[0]);
+    assert_eq!(got[1]["exit_code"], 0, "{:#}", got[1]);
+    // 20 rows, 2 gone, 3 added: 21; the renamed row is a new row (its old self stays done). The
+    // three failed rows left, the rows added and the renamed one are done now.
+    assert_eq!(got[1]["summary"]["rows"], 21, "{:#}", got[1]);
+    assert_eq!(got[1]["summary"]["done_now"], 3 + 3 + 1, "{:#}", got[1]);
+    assert_eq!(got[1]["summary"]["done_before"], 21 - 7, "{:#}", got[1]);
+    assert_eq!(got[2]["summary"]["done_before"], 21, "{:#}", got[2]);
+    assert_eq!(
+        got[1]["emulator"]["requests"], got[2]["emulator"]["requests"],
+        "a rerun of the edited manifest sends nothing"
+    );
+
+    // Each row of the edited manifest is attached once; the attachments of the rows that went
+    // (done before the edit: row 1, and row 13 under its first name) stay, once each.
+    let (s, seed, manifest) = generated(20);
+    let mut args = vec!["--rate-limit", "off"];
+    args.extend_from_slice(&faults);
+    let emu = Emulator::start_seeded(&seed, &args, None);
+    run(
+        &emu,
+        &manifest,
+        Some(2),
+        &["--retries", "0", "--concurrency", "1"],
+    );
+    edit(&s, &manifest);
+    assert_eq!(run(&emu, &manifest, Some(2), &[]).code, 0);
+    let mut state = emu.state();
+    let gone = |a: &Value| a["filename"] == "doc-0001.txt" || a["filename"] == "doc-0013.txt";
+    let attachments = state["attachments"].as_array_mut().unwrap();
+    assert_eq!(attachments.iter().filter(|a| gone(a)).count(), 2);
+    attachments.retain(|a| !gone(a));
+    assert_exactly_once(&state, &manifest);
+}
