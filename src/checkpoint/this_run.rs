@@ -49,7 +49,10 @@ fn begin(conn: &Connection) -> rusqlite::Result<()> {
              valid       INTEGER NOT NULL,
              -- Done before, its file unchanged: nothing is left of it, whatever the run's
              -- choices, and no pass reads it again (a rerun of a done manifest reads no row).
-             settled     INTEGER NOT NULL
+             settled     INTEGER NOT NULL,
+             -- A row to verify, as the run's count decided: taken up in the first pass, and
+             -- in that pass alone.
+             verify      INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS temp.manifest_rows_in_order
              ON manifest_rows (settled, contact_ord, ord);
@@ -128,19 +131,34 @@ fn forget_stale_rejected(conn: &Connection) -> rusqlite::Result<usize> {
     )
 }
 
+/// Marks `keys` as rows to verify, taken up first (see [`Pass`]).
+fn verify_first(conn: &Connection, keys: &[String]) -> rusqlite::Result<()> {
+    let mut mark =
+        conn.prepare_cached("UPDATE temp.manifest_rows SET verify = 1 WHERE row_key = ?1")?;
+    for key in keys {
+        mark.execute([key])?;
+    }
+    Ok(())
+}
+
 /// Up to `limit` rows of this run after `after`, in the order a run takes them up (a contact's
 /// rows together, contacts in the order they first appear, each contact's rows in manifest
-/// order), but for the rows [`settled`] counts. `maybe_verify`: only rows whose attach may have been sent (the rest cannot be rows to
-/// verify), for the pass that takes those up first.
+/// order), but for the rows [`settled`] counts; of those, the rows `pass` reads.
+///
+/// The passes of the rows to verify and of the others are told apart by the mark the count
+/// made, not by the rows' states: the second pass reads its rows while the first one's are
+/// under way, and a row to verify that is being uploaded again (its key refused) is
+/// `uploading` then, which would make it a row to upload for a second worker.
 fn batch(
     conn: &Connection,
     after: Place,
     limit: usize,
-    maybe_verify: bool,
+    pass: Pass,
 ) -> rusqlite::Result<Vec<ThisRun>> {
-    let only = match maybe_verify {
-        true => "AND r.state IN ('attaching', 'failed') AND r.s3_key IS NOT NULL",
-        false => "",
+    let only = match pass {
+        Pass::All => "",
+        Pass::Verify => "AND m.verify = 1",
+        Pass::Others => "AND m.verify = 0",
     };
     let columns = ROW_COLUMNS
         .split(',')
@@ -171,6 +189,17 @@ fn batch(
 /// Where the first batch starts.
 pub const START: Place = (i64::MIN, i64::MIN);
 
+/// Which rows of this run a batch reads (see [`batch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Every row (but the settled ones), to count what is left of each.
+    All,
+    /// The rows marked to verify first ([`StateFile::verify_first`]).
+    Verify,
+    /// The others.
+    Others,
+}
+
 impl StateFile {
     /// Starts recording this run's manifest `manifest` (its canonical path): the file is
     /// marked as its, and this run's table of its rows starts empty.
@@ -199,15 +228,16 @@ impl StateFile {
         self.send(false, settled)
     }
 
-    /// Up to `limit` rows of this run after `after`, in the order a run takes them up (see
-    /// [`batch`]).
-    pub fn this_run(
-        &self,
-        after: Place,
-        limit: usize,
-        maybe_verify: bool,
-    ) -> Pending<Vec<ThisRun>> {
-        self.send(false, move |c| batch(c, after, limit, maybe_verify))
+    /// Marks rows of this run (by key) as rows to verify: [`Pass::Verify`] reads them, and no
+    /// other pass does.
+    pub fn verify_first(&self, keys: Vec<String>) -> Pending<()> {
+        self.send(false, move |c| verify_first(c, &keys))
+    }
+
+    /// Up to `limit` rows of this run after `after` that `pass` reads, in the order a run takes
+    /// them up (see [`batch`]).
+    pub fn this_run(&self, after: Place, limit: usize, pass: Pass) -> Pending<Vec<ThisRun>> {
+        self.send(false, move |c| batch(c, after, limit, pass))
     }
 }
 
@@ -270,15 +300,15 @@ mod tests {
         let mut after = START;
         let mut seen = Vec::new();
         loop {
-            let batch = state.this_run(after, 2, false).wait().unwrap();
+            let batch = state.this_run(after, 2, Pass::All).wait().unwrap();
             let Some(last) = batch.last() else { break };
             after = last.place;
             seen.extend(batch.into_iter().map(|t| t.row.key));
         }
         assert_eq!(seen, ["k0", "k2", "k1", "k4", "k3"]);
-        // Only rows whose attach may have been sent, for the first pass.
+        // A row whose attach may have been sent, marked to verify by the count.
         let k4 = state
-            .this_run(START, 10, false)
+            .this_run(START, 10, Pass::All)
             .wait()
             .unwrap()
             .into_iter()
@@ -294,9 +324,19 @@ mod tests {
             snapshot_gen: None,
         };
         state.transition(&k4, attaching).wait().unwrap();
-        let maybe = state.this_run(START, 10, true).wait().unwrap();
-        assert_eq!(maybe.len(), 1);
-        assert_eq!(maybe[0].row.state, RowState::Attaching);
+        state.verify_first(vec!["k4".into()]).wait().unwrap();
+        // The first pass reads the rows marked, whatever their state now (uploaded again, its
+        // key refused); the second pass never reads them.
+        let again = Transition::Uploading {
+            s3_key: "key-4b".into(),
+        };
+        state.transition(&k4, again).wait().unwrap();
+        let first = state.this_run(START, 10, Pass::Verify).wait().unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].row.state, RowState::Uploading);
+        let others = state.this_run(START, 10, Pass::Others).wait().unwrap();
+        let others: Vec<String> = others.into_iter().map(|t| t.row.key).collect();
+        assert_eq!(others, ["k0", "k2", "k1", "k3"]);
         state.close();
     }
 

@@ -14,7 +14,7 @@ use super::config::Choices;
 use super::config::RunConfig;
 use super::plan::{Work, decide};
 use super::session::Session;
-use crate::checkpoint::{Refresh, START, StoredRow};
+use crate::checkpoint::{Pass, Refresh, START, StoredRow};
 use crate::error::CommandError;
 use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Ended, Outcome, Plan, Stop};
@@ -164,9 +164,15 @@ async fn feed(
     for verify in [true, false] {
         let mut after = START;
         loop {
+            // The rows the count marked to verify, then the others: a row is read by one pass
+            // alone, whatever its state when the other reads (see `checkpoint::Pass`).
+            let pass = match verify {
+                true => Pass::Verify,
+                false => Pass::Others,
+            };
             let read = ctx
                 .state
-                .this_run(after, crate::defaults::batch_rows(), verify)
+                .this_run(after, crate::defaults::batch_rows(), pass)
                 .await;
             let batch = match read {
                 Ok(batch) => batch,

@@ -9,9 +9,10 @@ use std::path::Path;
 use super::config::Choices;
 use super::config::RunConfig;
 use super::plan::{Work, chunk_rows, decide};
-use crate::checkpoint::{Now, Place, START, StateFile, StoreError};
+use crate::checkpoint::{Now, Pass, Place, START, StateFile, StoreError};
 use crate::error::CommandError;
 use crate::lookup::Lookups;
+use crate::pipeline::Plan;
 use crate::preflight::Scan;
 
 /// The state file of a run, locked and recorded, and what is left to do.
@@ -189,26 +190,38 @@ fn manifest_id(manifest: &Path) -> String {
         .into_owned()
 }
 
-/// What is left of each row of this run, read from the state file in batches, counted.
+/// What is left of each row of this run, read from the state file in batches, counted; the
+/// rows to verify are marked, so that they are taken up first and only then (see `Pass`).
 fn count(state: &StateFile, choices: &Choices) -> Result<Work, StoreError> {
     let mut work = Work::default();
     work.already_done = state.settled_this_run().wait()?;
     let mut after = START;
     loop {
         let batch = state
-            .this_run(after, crate::defaults::batch_rows(), false)
+            .this_run(after, crate::defaults::batch_rows(), Pass::All)
             .wait()?;
         let Some(last) = batch.last() else {
-            return Ok(work);
+            break;
         };
         after = last.place;
+        let mut verify = Vec::new();
         for mut t in batch {
             let decision = decide(&t.row, t.now, choices);
             if decision.refreshes() {
                 // Recorded when the row is taken up (see `execute::feed`).
                 (t.row.size, t.row.mtime_ns) = (t.now.size, t.now.mtime_ns);
             }
+            if decision.plan() == Some(Plan::Verify) {
+                verify.push(t.row.key.clone());
+            }
             work.add(&t.row, decision);
         }
+        if !verify.is_empty() {
+            state.verify_first(verify).wait()?;
+        }
     }
+    // Read in the order rows are taken up (by contact); told in the manifest's order, as a
+    // manifest read whole tells them (the warnings above, the summary's list).
+    work.changed.sort_by_key(|r| r.line);
+    Ok(work)
 }

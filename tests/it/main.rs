@@ -20,5 +20,6 @@ mod run;
 mod settle;
 mod shape;
 mod source_shape;
+mod streaming;
 mod throttle_models;
 mod ux;
