@@ -390,7 +390,7 @@ mod tests {
             state.record_this_run(rows.to_vec(), places).wait().unwrap();
         };
         record(&rows, "");
-        for t in state.this_run(START, 10, false).wait().unwrap() {
+        for t in state.this_run(START, 10, Pass::All).wait().unwrap() {
             let done = Transition::Done {
                 attachment_id: format!("att-{}", t.row.key),
             };
@@ -402,7 +402,7 @@ mod tests {
         record(&rows, "k1");
         assert_eq!(state.settled_this_run().wait().unwrap(), 1);
         let left: Vec<String> = state
-            .this_run(START, 10, false)
+            .this_run(START, 10, Pass::All)
             .wait()
             .unwrap()
             .into_iter()
