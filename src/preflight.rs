@@ -490,6 +490,9 @@ pub struct Scan {
     pub readable: bool,
     /// The emails the rows name their contacts by (as `manifest::email_key` makes them).
     pub emails: std::collections::BTreeSet<String>,
+    /// What was read up to the end of each chunk (`Reader::digest`): [`rescan`] reads the same
+    /// manifest, or stops.
+    pub digests: Vec<[u8; 32]>,
 }
 
 impl Scan {
@@ -511,6 +514,7 @@ pub fn scan<E>(
         summary: Summary::default(),
         readable: true,
         emails: Default::default(),
+        digests: Vec::new(),
     };
     let unreadable = |scan: &mut Scan, problem: Problem| {
         scan.readable = false;
@@ -541,6 +545,7 @@ pub fn scan<E>(
                 return Ok(scan);
             }
         };
+        scan.digests.push(reader.digest());
         let checked = match check_chunk(chunk, &seen) {
             Ok(checked) => checked,
             Err(e) => {
@@ -563,24 +568,29 @@ pub fn scan<E>(
 
 /// Reads `path` chunk by chunk again after [`scan`] checked it, and hands each chunk to `each`
 /// with its files' facts as they are now (one `stat` each, in parallel) and the problems `scan`
-/// found on its lines (`problems`, in line order), not checked again. Says whether the
-/// manifest could be read whole again.
+/// found on its lines (in line order), not checked again. Says whether the manifest could be
+/// read whole again, and was the one `scan` read: a chunk whose bytes differ from the check's
+/// (the manifest was edited since) is not handed on, since the check's problems are not its.
 pub fn rescan<E>(
     path: &Path,
     options: manifest::ReadOptions,
-    problems: &[Problem],
+    scan: &Scan,
     mut each: impl FnMut(Checked) -> Result<(), E>,
 ) -> Result<bool, E> {
     let Ok(mut reader) = manifest::stream(path, options) else {
         return Ok(false);
     };
-    let mut problems = problems.iter().filter(|p| p.line.is_some()).peekable();
+    let mut problems = scan.problems.iter().filter(|p| p.line.is_some()).peekable();
+    let mut digests = scan.digests.iter();
     loop {
         let mut chunk = match reader.next_chunk(crate::defaults::batch_rows()) {
             Ok(Some(chunk)) => chunk,
-            Ok(None) => return Ok(true),
+            Ok(None) => return Ok(digests.next().is_none()),
             Err(_) => return Ok(false),
         };
+        if digests.next() != Some(&reader.digest()) {
+            return Ok(false);
+        }
         let last = chunk
             .rows
             .iter()

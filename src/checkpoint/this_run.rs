@@ -229,9 +229,9 @@ impl StateFile {
     }
 
     /// Marks rows of this run (by key) as rows to verify: [`Pass::Verify`] reads them, and no
-    /// other pass does.
+    /// other pass does; all or nothing.
     pub fn verify_first(&self, keys: Vec<String>) -> Pending<()> {
-        self.send(false, move |c| verify_first(c, &keys))
+        self.send(true, move |c| verify_first(c, &keys))
     }
 
     /// Up to `limit` rows of this run after `after` that `pass` reads, in the order a run takes

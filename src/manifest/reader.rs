@@ -177,6 +177,13 @@ impl Reader {
         Ok((!empty || !self.done).then_some(chunk))
     }
 
+    /// A digest of the manifest's bytes read so far (the header's and every chunk's): two
+    /// reads that give one digest at the end of a chunk read the same bytes up to there.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        self.records.digest.clone().finalize().into()
+    }
+
     /// The record just read, on `line`: a row, or a record that is not one (its problems said).
     fn take(&mut self, line: u64, chunk: &mut Manifest) {
         if is_blank(&self.record) {
@@ -236,6 +243,8 @@ struct Records<R> {
     after_cr: bool,
     output: Vec<u8>,
     ends: Vec<usize>,
+    /// Of every byte consumed (see `Reader::digest`).
+    digest: sha2::Sha256,
 }
 
 impl<R: BufRead> Records<R> {
@@ -249,6 +258,7 @@ impl<R: BufRead> Records<R> {
             after_cr: false,
             output: vec![0; 4096],
             ends: vec![0; 16],
+            digest: Default::default(),
         }
     }
 
@@ -276,6 +286,7 @@ impl<R: BufRead> Records<R> {
                 }
                 self.after_cr = b == b'\r';
             }
+            sha2::Digest::update(&mut self.digest, &input[..nin]);
             self.consumed += nin as u64;
             self.input.consume(nin);
             nout += out;

@@ -93,38 +93,37 @@ impl Session {
         // any case stands for its contact).
         let mut contacts: HashMap<String, i64> = HashMap::new();
         let (mut ord, mut recorded) = (0i64, 0usize);
-        let read =
-            crate::preflight::rescan(&cfg.manifest, cfg.read, &scan.problems, |mut checked| {
-                if unresolved {
-                    let problems = crate::lookup::problems(&checked.manifest.rows, lookups);
-                    if !problems.is_empty() {
-                        checked.add_problems(problems);
-                    }
+        let read = crate::preflight::rescan(&cfg.manifest, cfg.read, scan, |mut checked| {
+            if unresolved {
+                let problems = crate::lookup::problems(&checked.manifest.rows, lookups);
+                if !problems.is_empty() {
+                    checked.add_problems(problems);
                 }
-                checked.resolved = std::mem::take(&mut resolved);
-                let rows = chunk_rows(&checked);
-                resolved = std::mem::take(&mut checked.resolved);
-                let places: Vec<(Place, Now)> = rows
-                    .iter()
-                    .map(|r| {
-                        let contact = match r.contact_id.is_empty() {
-                            true => r.contact_email.to_lowercase(),
-                            false => r.contact_id.clone(),
-                        };
-                        let next = contacts.len() as i64;
-                        let contact = *contacts.entry(contact).or_insert(next);
-                        let now = Now {
-                            size: r.size,
-                            mtime_ns: r.mtime_ns,
-                            valid: r.rejected.is_none(),
-                        };
-                        ord += 1;
-                        ((contact, ord), now)
-                    })
-                    .collect();
-                recorded += state.record_this_run(rows, places).wait().map_err(cannot)?;
-                Ok::<_, CommandError>(())
-            })?;
+            }
+            checked.resolved = std::mem::take(&mut resolved);
+            let rows = chunk_rows(&checked);
+            resolved = std::mem::take(&mut checked.resolved);
+            let places: Vec<(Place, Now)> = rows
+                .iter()
+                .map(|r| {
+                    let contact = match r.contact_id.is_empty() {
+                        true => r.contact_email.to_lowercase(),
+                        false => r.contact_id.clone(),
+                    };
+                    let next = contacts.len() as i64;
+                    let contact = *contacts.entry(contact).or_insert(next);
+                    let now = Now {
+                        size: r.size,
+                        mtime_ns: r.mtime_ns,
+                        valid: r.rejected.is_none(),
+                    };
+                    ord += 1;
+                    ((contact, ord), now)
+                })
+                .collect();
+            recorded += state.record_this_run(rows, places).wait().map_err(cannot)?;
+            Ok::<_, CommandError>(())
+        })?;
         if !read {
             // Read whole a moment ago: it changed or went away since.
             return Err(CommandError::stopped(format!(

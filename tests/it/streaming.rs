@@ -1377,3 +1377,85 @@ fn a_manifest_edited_between_runs_ends_the_same_in_batches_of_1_2_3_as_in_one() 
     attachments.retain(|a| !gone(a));
     assert_exactly_once(&state, &manifest);
 }
+
+/// The manifest is read twice: checked, then (after the lookups by email) read again to record
+/// its rows, each with the problems the check found on its line. Edited in between, it is
+/// another manifest: the run stops before anything is sent, as it does when it cannot read it
+/// again, and never records the new rows with the old rows' problems (a duplicate, a row of an
+/// unknown reference type taken for valid rows and uploaded).
+#[test]
+fn a_manifest_edited_between_its_check_and_its_recording_stops_the_run_before_anything_is_sent() {
+    use crate::common::hostile::{Answer, Hostile};
+    // Line 4 attaches line 2's file to its note again; line 5 names no reference type of
+    // OnePageCRM's.
+    let added = [
+        format!("files/a.txt,{ADA},,note,{ADA_NOTE}\n"),
+        format!("files/a.txt,{ADA},,note,{ADA_NOTE}\nfiles/c.txt,{ADA},,task,{ADA_CALL}\n"),
+    ];
+    for (batch, added) in SIZES
+        .into_iter()
+        .flat_map(|b| added.iter().map(move |a| (b, a)))
+    {
+        let emu = Emulator::start(&["--rate-limit", "off"]);
+        let header = "file,contact_id,contact_email,reference_type,reference_id\n";
+        let checked = format!(
+            "{header}files/a.txt,,ada@analytical.example,note,{ADA_NOTE}\n\
+             files/b.txt,{ADA},,deal,{ADA_DEAL}\n"
+        );
+        let (s, manifest) = small(&checked);
+        let edited = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let held = edited.clone();
+        let server = Hostile::start(Some(&emu), move |call| {
+            if call.seen.path.starts_with("/api/v3/contacts") {
+                tokio::task::block_in_place(|| {
+                    let (lock, told) = &*held;
+                    let minute = std::time::Duration::from_secs(60);
+                    let guard = lock.lock().unwrap();
+                    drop(told.wait_timeout_while(guard, minute, |e| !*e).unwrap());
+                });
+            }
+            Answer::Pass
+        });
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"));
+        cmd.env("ONEPAGECRM_API_URL", &server.api)
+            .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+            .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+            .args(["run", "--no-progress", "--rate", "off", "--json"])
+            .arg(&manifest)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        match batch {
+            Some(n) => cmd.env("OPCRM_BATCH_ROWS", n.to_string()),
+            None => cmd.env_remove("OPCRM_BATCH_ROWS"),
+        };
+        let child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !server
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/api/v3/contacts"))
+        {
+            assert!(std::time::Instant::now() < deadline, "no lookup came");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        s.manifest(format!("{checked}{added}"));
+        *edited.0.lock().unwrap() = true;
+        edited.1.notify_all();
+        let (code, stdout, stderr) = crate::faults::finish(child);
+        let state = emu.state();
+        let what = format!("batches of {batch:?}, {added:?} added: {stdout}\n{stderr}");
+        assert_eq!(attached(&state, ADA_NOTE, "a.txt"), 0, "{what}");
+        assert!(state["objects"].as_array().unwrap().is_empty(), "{what}");
+        assert_eq!(code, 3, "{what}");
+        assert!(
+            stderr.contains("could not be read again to record its rows (did it change?)"),
+            "{what}"
+        );
+        // Run again, the edited manifest is checked as it is now.
+        let (code, problems) = check_problems(&manifest);
+        assert_eq!(code, 2);
+        let ran = run(&emu, &manifest, batch, &[]);
+        assert_eq!(ran.code, 2, "{:#}", ran.doc);
+        assert_eq!(ran.doc["problems"], problems);
+    }
+}
