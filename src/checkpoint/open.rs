@@ -200,6 +200,8 @@ fn open_as(path: &Path, existed: bool) -> Result<Connection, OpenError> {
         .map_err(|e| other(&e))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| other(&e))?;
+    // One prepared statement per kind of statement, however many kinds a run uses.
+    conn.set_prepared_statement_cache_capacity(64);
     let migrations = Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect());
     migrations.to_latest(&mut conn).map_err(|e| other(&e))?;
     Ok(conn)

@@ -510,7 +510,8 @@ pub(super) fn forget_stale_rejected(
         .query_map([], |r| r.get::<_, String>(0))?
         .filter(|k| k.as_ref().map_or(true, |k| !keys.contains(k.as_str())))
         .collect::<rusqlite::Result<_>>()?;
-    let mut delete = conn.prepare("DELETE FROM rows WHERE row_key = ?1 AND state = 'rejected'")?;
+    let mut delete =
+        conn.prepare_cached("DELETE FROM rows WHERE row_key = ?1 AND state = 'rejected'")?;
     for key in &stale {
         delete.execute([key])?;
     }
@@ -679,11 +680,9 @@ pub(super) fn refresh_file(
     size: u64,
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1",
-        params![key, size as i64, mtime_ns],
-    )
-    .map(drop)
+    conn.prepare_cached("UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1")?
+        .execute(params![key, size as i64, mtime_ns])
+        .map(drop)
 }
 
 /// The attachment ids that `done` rows other than the one of id `except` hold on one record for
