@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Pending, StateFile};
+use super::{Pending, StateFile, now};
 use crate::onepagecrm::ReferenceType;
 
 /// One attachment a record held when its snapshot was taken.
@@ -30,10 +30,6 @@ pub struct RecordSnapshot {
     pub reference_id: String,
     pub contact_id: String,
     pub held: Vec<HeldAttachment>,
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The generation of this run's reads: larger than any recorded before.
