@@ -17,10 +17,10 @@ pub(super) fn manifest_of(conn: &Connection) -> rusqlite::Result<Option<String>>
 }
 
 pub(super) fn set_manifest(conn: &Connection, manifest: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('manifest', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [manifest],
-    )
+    )?
+    .execute([manifest])
     .map(drop)
 }
 
@@ -38,10 +38,10 @@ pub(super) fn form_reuse_off(conn: &Connection) -> rusqlite::Result<Option<Strin
 
 /// Turns form reuse off for every later run of this state file, saying why.
 pub(super) fn set_form_reuse_off(conn: &Connection, why: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('form_reuse_off', ?1) ON CONFLICT (key) DO NOTHING",
-        [why],
-    )
+    )?
+    .execute([why])
     .map(drop)
 }
 

@@ -51,8 +51,25 @@ pub struct StateReader {
     conn: rusqlite::Connection,
 }
 
+/// This machine's clock as the state file records it (see [`stamp`]).
 fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    stamp(chrono::Utc::now())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, written without parsing a format string (at every transition).
+fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_recorded_as_they_always_were() {
+        let t = chrono::DateTime::from_timestamp(1_796_534_049, 49_000_000).unwrap();
+        assert_eq!(super::stamp(t), "2026-12-06T05:14:09.049Z");
+        assert_eq!(
+            super::stamp(t),
+            t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        );
+    }
 }

@@ -46,12 +46,12 @@ pub(super) fn record_note_groups(conn: &Connection, rows: &[NewRow]) -> rusqlite
         insert.execute(params![group, r.contact_id, text, r.note.date, r.note.key])?;
     }
     if any {
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE rows SET reference_id = (SELECT note_id FROM notes WHERE group_key = rows.note_group)
              WHERE note_group IS NOT NULL AND reference_id = ''
                AND EXISTS (SELECT 1 FROM notes WHERE group_key = rows.note_group AND note_id IS NOT NULL)",
-            [],
-        )?;
+        )?
+        .execute([])?;
     }
     Ok(())
 }
@@ -141,18 +141,19 @@ pub(super) fn note_created(
     note_id: &str,
     adopted: bool,
 ) -> rusqlite::Result<()> {
-    let changed = conn.execute(
-        "UPDATE notes SET state = 'created', note_id = ?2, created_at = ?3, adopted = ?4
-         WHERE group_key = ?1 AND state <> 'created'",
-        params![group, note_id, now(), adopted],
-    )?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE notes SET state = 'created', note_id = ?2, created_at = ?3, adopted = ?4
+             WHERE group_key = ?1 AND state <> 'created'",
+        )?
+        .execute(params![group, note_id, now(), adopted])?;
     if changed != 1 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
     }
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE rows SET reference_id = ?2 WHERE note_group = ?1 AND reference_id = ''",
-        params![group, note_id],
-    )?;
+    )?
+    .execute(params![group, note_id])?;
     Ok(())
 }
 

@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_snapshots.sql",
         include_str!("../../migrations/0004_snapshots.sql"),
     ),
+    (
+        "0005_row_ids.sql",
+        include_str!("../../migrations/0005_row_ids.sql"),
+    ),
 ];
 
 /// The first schema version (`user_version`) with the notes table and the rows' note columns:
@@ -201,6 +205,13 @@ fn open_as(path: &Path, existed: bool) -> Result<Connection, OpenError> {
     // page read before.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(|e| other(&e))?;
+    // This run's table of the manifest's rows (`this_run`) is temporary: kept in a file, with a
+    // cache of its own, so that a million rows are not held in memory. Set here, outside any
+    // transaction, as SQLite requires.
+    conn.execute_batch("PRAGMA temp_store = FILE; PRAGMA temp.cache_size = -8192;")
+        .map_err(|e| other(&e))?;
+    // One prepared statement per kind of statement, however many kinds a run uses.
+    conn.set_prepared_statement_cache_capacity(64);
     let migrations = Migrations::new(MIGRATIONS.iter().map(|(_, sql)| M::up(sql)).collect());
     migrations.to_latest(&mut conn).map_err(|e| other(&e))?;
     Ok(conn)
@@ -347,11 +358,11 @@ fn lock_holder(_: &std::fs::File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::RowState;
     use crate::checkpoint::lookups::{load_lookups, record_lookup};
     use crate::checkpoint::notes::load_notes;
     use crate::checkpoint::rows::tests::new_row;
     use crate::checkpoint::rows::{load_rows, record_rows};
+    use crate::checkpoint::{NewRow, RowState};
 
     #[test]
     fn every_migration_file_is_listed_in_order() {
@@ -448,6 +459,79 @@ mod tests {
             [],
         )
         .unwrap();
+    }
+
+    /// Every column of every row, with its rowid (its id from schema 5 on), in rowid order.
+    fn every_row(conn: &Connection) -> Vec<Vec<rusqlite::types::Value>> {
+        let columns =
+            "rowid, row_key, line, file, path, size, mtime_ns, contact_id, reference_type,
+            reference_id, name, state, s3_key, etag, attachment_id, attempts, error_kind,
+            last_error, retryable, created_at, updated_at, done_at, contact_email, note_group,
+            note_text, note_date, note_key, snapshot_gen";
+        let mut stmt = conn
+            .prepare(&format!("SELECT {columns} FROM rows ORDER BY rowid"))
+            .unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_state_file_of_schema_4_keeps_every_row_whole_when_its_rows_get_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let before = {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::new(MIGRATIONS[..4].iter().map(|(_, sql)| M::up(sql)).collect())
+                .to_latest(&mut conn)
+                .unwrap();
+            let rows: Vec<_> = ["k1", "k2", "k3", "k4"]
+                .iter()
+                .map(|k| NewRow {
+                    contact_email: "Ada@X.example".into(),
+                    ..new_row(k, (*k == "k4").then_some("file missing"))
+                })
+                .collect();
+            record_rows(&conn, &rows).unwrap();
+            // Rows in several states, and a gap in the rowids: ids are the rowids, not new ones.
+            conn.execute_batch(
+                "UPDATE rows SET state = 'done', s3_key = 'c/1/a.pdf', etag = 'e1',
+                     attachment_id = 'a1', attempts = 1, done_at = 't2', snapshot_gen = 3
+                     WHERE row_key = 'k1';
+                 UPDATE rows SET state = 'attaching', s3_key = 'c/2/a.pdf', etag = 'e2'
+                     WHERE row_key = 'k3';
+                 DELETE FROM rows WHERE row_key = 'k2';",
+            )
+            .unwrap();
+            every_row(&conn)
+        };
+        assert_eq!(before.len(), 3);
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(every_row(&conn), before);
+        let ids: Vec<i64> = load_rows(&conn).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [1, 3, 4]);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rows' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(indexes, ["rows_by_note_group", "rows_by_record"]);
+        // The keys stay unique, and recording the manifest again keeps each row's progress.
+        let taken = conn.execute(
+            "UPDATE rows SET s3_key = 'c/1/a.pdf' WHERE row_key = 'k3'",
+            [],
+        );
+        assert!(taken.unwrap_err().to_string().contains("UNIQUE"));
+        record_rows(&conn, &[new_row("k1", None), new_row("k2", None)]).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        let state = |k: &str| rows.iter().find(|r| r.key == k).map(|r| (r.id, r.state));
+        assert_eq!(state("k1"), Some((1, RowState::Done)));
+        assert_eq!(state("k2"), Some((5, RowState::Pending)));
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl RowState {
 /// A row as the state file holds it.
 #[derive(Clone, Debug)]
 pub struct StoredRow {
+    /// Its id in the state file (its rowid), by which its transitions find it; 0 for a row not
+    /// recorded yet (a dry run's plan).
+    pub id: i64,
     pub key: String,
     pub line: u64,
     pub file: String,
@@ -171,6 +174,7 @@ impl StoredRow {
 impl From<&NewRow> for StoredRow {
     fn from(n: &NewRow) -> Self {
         StoredRow {
+            id: 0,
             key: n.key.clone(),
             line: n.line,
             file: n.file.clone(),
@@ -523,6 +527,7 @@ pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         None => return Err(bad(7, "reference type")),
     };
     Ok(StoredRow {
+        id: r.get(23)?,
         key: r.get(0)?,
         line: r.get::<_, i64>(1)? as u64,
         file: r.get(2)?,
@@ -572,7 +577,7 @@ pub(super) fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
         false => ROW_COLUMNS,
     };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {columns}, {email} FROM rows ORDER BY line, row_key"
+        "SELECT {columns}, {email}, rowid FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -608,31 +613,32 @@ pub enum Transition {
     Pending,
 }
 
-/// Applies a transition. `Uploading` fails with a UNIQUE violation when the key is taken.
-pub(super) fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqlite::Result<()> {
+/// Applies a transition to the row of id `id`. `Uploading` fails with a UNIQUE violation when the
+/// key is taken.
+pub(super) fn transition(conn: &Connection, id: i64, t: &Transition) -> rusqlite::Result<()> {
     let now = now();
     let changed = match t {
         Transition::Uploading { s3_key } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
-                 attempts = attempts + 1, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, s3_key, now])?,
+                 attempts = attempts + 1, updated_at = ?3 WHERE id = ?1")?.execute(params![id, s3_key, now])?,
         Transition::Uploaded { etag } => conn.prepare_cached(
-            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE row_key = ?1")?.execute(params![key, etag, now])?,
+            "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![id, etag, now])?,
         Transition::Attaching { etag, snapshot_gen } => conn.prepare_cached(
             "UPDATE rows SET state = 'attaching', etag = COALESCE(?2, etag), snapshot_gen = ?3, updated_at = ?4
-             WHERE row_key = ?1")?.execute(params![key, etag, snapshot_gen, now])?,
+             WHERE id = ?1")?.execute(params![id, etag, snapshot_gen, now])?,
         Transition::Done { attachment_id } => {
             let changed = conn.prepare_cached(
                 "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
-                     retryable = NULL, updated_at = ?3, done_at = ?3 WHERE row_key = ?1")?.execute(params![key, attachment_id, now])?;
-            super::snapshots::extend(conn, key, attachment_id)?;
+                     retryable = NULL, updated_at = ?3, done_at = ?3 WHERE id = ?1")?.execute(params![id, attachment_id, now])?;
+            super::snapshots::extend(conn, id, attachment_id)?;
             changed
         }
         Transition::Failed { kind, message, retryable } => conn.prepare_cached(
             "UPDATE rows SET state = 'failed', error_kind = ?2, last_error = ?3, retryable = ?4, updated_at = ?5
-             WHERE row_key = ?1")?.execute(params![key, kind, message, retryable, now])?,
+             WHERE id = ?1")?.execute(params![id, kind, message, retryable, now])?,
         Transition::Pending => conn.prepare_cached(
             "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL, error_kind = NULL,
-                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE row_key = ?1")?.execute(params![key, now])?,
+                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE id = ?1")?.execute(params![id, now])?,
     };
     if changed != 1 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
@@ -640,10 +646,11 @@ pub(super) fn transition(conn: &Connection, key: &str, t: &Transition) -> rusqli
     Ok(())
 }
 
-/// When `key`'s row last changed state (RFC 3339, this machine's clock), if it is recorded.
-pub(super) fn updated_at(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT updated_at FROM rows WHERE row_key = ?1")?
-        .query_row([key], |r| r.get(0))
+/// When the row of id `id` last changed state (RFC 3339, this machine's clock), if it is
+/// recorded.
+pub(super) fn updated_at(conn: &Connection, id: i64) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT updated_at FROM rows WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()
 }
 
@@ -654,25 +661,24 @@ pub(super) fn refresh_file(
     size: u64,
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1",
-        params![key, size as i64, mtime_ns],
-    )
-    .map(drop)
+    conn.prepare_cached("UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1")?
+        .execute(params![key, size as i64, mtime_ns])
+        .map(drop)
 }
 
-/// The attachment ids that `done` rows other than `except` hold on one record for one name and size.
+/// The attachment ids that `done` rows other than the one of id `except` hold on one record for
+/// one name and size.
 pub(super) fn claimed_attachments(
     conn: &Connection,
     reference_type: ReferenceType,
     reference_id: &str,
     name: &str,
     size: u64,
-    except: &str,
+    except: i64,
 ) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT attachment_id FROM rows WHERE reference_type = ?1 AND reference_id = ?2 AND name = ?3 AND size = ?4
-             AND state = 'done' AND row_key <> ?5 AND attachment_id IS NOT NULL",
+             AND state = 'done' AND id <> ?5 AND attachment_id IS NOT NULL",
     )?;
     stmt.query_map(
         params![
@@ -708,14 +714,14 @@ impl StateFile {
     /// Applies a transition to `row`. `Uploading` fails with a UNIQUE violation when the key
     /// is taken.
     pub fn transition(&self, row: &StoredRow, t: Transition) -> Pending<()> {
-        let key = row.key.clone();
-        self.send(false, move |c| transition(c, &key, &t))
+        let id = row.id;
+        self.send(false, move |c| transition(c, id, &t))
     }
 
     /// When `row` last changed state (RFC 3339, this machine's clock), if it is recorded.
     pub fn updated_at(&self, row: &StoredRow) -> Pending<Option<String>> {
-        let key = row.key.clone();
-        self.send(false, move |c| updated_at(c, &key))
+        let id = row.id;
+        self.send(false, move |c| updated_at(c, id))
     }
 
     /// Records the size and modification time of rows about to be uploaded again; all or
@@ -743,22 +749,19 @@ impl StateFile {
         &self,
         row: &StoredRow,
     ) -> Pending<(Vec<String>, Option<HashSet<String>>)> {
-        let (rt, rid, name, size, row_key) = (
+        let (rt, rid, name, size, id) = (
             row.reference_type,
             row.reference_id.clone(),
             row.name.clone(),
             row.size,
-            row.key.clone(),
+            row.id,
         );
         self.send(false, move |c| {
-            let held = match super::snapshots::row_generation(c, &row_key)? {
+            let held = match super::snapshots::row_generation(c, id)? {
                 Some(g) => Some(super::snapshots::held(c, rt, &rid, g)?),
                 None => None,
             };
-            Ok((
-                claimed_attachments(c, rt, &rid, &name, size, &row_key)?,
-                held,
-            ))
+            Ok((claimed_attachments(c, rt, &rid, &name, size, id)?, held))
         })
     }
 }
@@ -774,6 +777,14 @@ impl StateReader {
 pub(super) mod tests {
     use super::*;
     use crate::checkpoint::open::open;
+
+    /// The id of the row of key `key`.
+    pub(crate) fn id_of(conn: &Connection, key: &str) -> i64 {
+        conn.query_row("SELECT id FROM rows WHERE row_key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
 
     pub(crate) fn new_row(key: &str, rejected: Option<&str>) -> NewRow {
         NewRow {
@@ -811,7 +822,7 @@ pub(super) mod tests {
         let key = |k: &str, s3_key: &str| {
             transition(
                 &conn,
-                k,
+                id_of(&conn, k),
                 &Transition::Uploading {
                     s3_key: s3_key.into(),
                 },
@@ -859,7 +870,7 @@ pub(super) mod tests {
         .unwrap();
         transition(
             &conn,
-            "k1",
+            id_of(&conn, "k1"),
             &Transition::Uploading {
                 s3_key: "c/1/a.pdf".into(),
             },
@@ -874,7 +885,7 @@ pub(super) mod tests {
         // A key can be held by one row only.
         let err = transition(
             &conn,
-            "k2",
+            id_of(&conn, "k2"),
             &Transition::Uploading {
                 s3_key: "c/1/a.pdf".into(),
             },

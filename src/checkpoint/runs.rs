@@ -55,10 +55,8 @@ pub struct RunCounts {
 }
 
 pub(super) fn start_run(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO runs (started_at, pid) VALUES (?1, ?2)",
-        params![now(), std::process::id()],
-    )?;
+    conn.prepare_cached("INSERT INTO runs (started_at, pid) VALUES (?1, ?2)")?
+        .execute(params![now(), std::process::id()])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -68,10 +66,11 @@ pub(super) fn finish_run(
     exit_code: i32,
     c: RunCounts,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE runs SET finished_at = ?2, exit_code = ?3, rows_done = ?4, rows_failed = ?5, api_calls = ?6,
              retries = ?7, throttles = ?8 WHERE id = ?1",
-        params![
+    )?
+    .execute(params![
             id,
             now(),
             exit_code,
@@ -80,8 +79,7 @@ pub(super) fn finish_run(
             c.api_calls as i64,
             c.retries as i64,
             c.throttles as i64
-        ],
-    )
+        ])
     .map(drop)
 }
 

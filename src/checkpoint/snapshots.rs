@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Pending, StateFile};
+use super::{Pending, StateFile, now};
 use crate::onepagecrm::ReferenceType;
 
 /// One attachment a record held when its snapshot was taken.
@@ -30,10 +30,6 @@ pub struct RecordSnapshot {
     pub reference_id: String,
     pub contact_id: String,
     pub held: Vec<HeldAttachment>,
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The generation of this run's reads: larger than any recorded before.
@@ -83,21 +79,17 @@ pub(super) fn record(
     Ok(())
 }
 
-/// Adds the attachment a `done` row holds to its record's snapshot (when it has one), as held
-/// by every snapshot.
-pub(super) fn extend(
-    conn: &Connection,
-    row_key: &str,
-    attachment_id: &str,
-) -> rusqlite::Result<()> {
+/// Adds the attachment the `done` row of id `id` holds to its record's snapshot (when it has
+/// one), as held by every snapshot.
+pub(super) fn extend(conn: &Connection, id: i64, attachment_id: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO snapshot_attachments
             (reference_type, reference_id, attachment_id, filename, size, generation)
          SELECT r.reference_type, r.reference_id, ?2, r.name, r.size, 0 FROM rows r
          JOIN snapshots s ON s.reference_type = r.reference_type AND s.reference_id = r.reference_id
-         WHERE r.row_key = ?1",
+         WHERE r.id = ?1",
     )?
-    .execute(params![row_key, attachment_id])
+    .execute(params![id, attachment_id])
     .map(drop)
 }
 
@@ -120,10 +112,10 @@ pub(super) fn held(
     .collect()
 }
 
-/// The generation of the snapshot `row_key`'s attach was sent after, if one was.
-pub(super) fn row_generation(conn: &Connection, row_key: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT snapshot_gen FROM rows WHERE row_key = ?1")?
-        .query_row([row_key], |r| r.get(0))
+/// The generation of the snapshot the attach of the row of id `id` was sent after, if one was.
+pub(super) fn row_generation(conn: &Connection, id: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT snapshot_gen FROM rows WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()
         .map(Option::flatten)
 }

@@ -34,13 +34,11 @@ pub struct ThisRun {
     pub row: StoredRow,
 }
 
-/// Starts this run's table of the manifest's rows, empty. Temporary data goes to a file: a
-/// million rows are not held in memory.
+/// Starts this run's table of the manifest's rows, empty. Temporary data goes to a file (see
+/// `open`): a million rows are not held in memory.
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "PRAGMA temp_store = FILE;
-         PRAGMA temp.cache_size = -8192;
-         CREATE TEMP TABLE IF NOT EXISTS manifest_rows (
+        "CREATE TEMP TABLE IF NOT EXISTS manifest_rows (
              row_key     TEXT PRIMARY KEY,
              ord         INTEGER NOT NULL,
              contact_ord INTEGER NOT NULL,
@@ -166,7 +164,7 @@ fn batch(
         .collect::<Vec<_>>()
         .join(", ");
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {columns}, r.contact_email, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
+        "SELECT {columns}, r.contact_email, r.rowid, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
          FROM temp.manifest_rows m JOIN rows r ON r.row_key = m.row_key
          WHERE m.settled = 0 AND (m.contact_ord, m.ord) > (?1, ?2) {only}
          ORDER BY m.contact_ord, m.ord
@@ -175,11 +173,12 @@ fn batch(
     let rows = stmt.query_map(params![after.0, after.1, limit as i64], |r| {
         Ok(ThisRun {
             row: stored_row(r)?,
-            place: (r.get(23)?, r.get(24)?),
+            // `stored_row` reads the columns up to the row's id (23), as `load_rows` gives them.
+            place: (r.get(24)?, r.get(25)?),
             now: Now {
-                size: r.get::<_, i64>(25)? as u64,
-                mtime_ns: r.get(26)?,
-                valid: r.get(27)?,
+                size: r.get::<_, i64>(26)? as u64,
+                mtime_ns: r.get(27)?,
+                valid: r.get(28)?,
             },
         })
     })?;
