@@ -615,12 +615,29 @@ pub enum Transition {
 
 /// Applies a transition to the row of id `id`. `Uploading` fails with a UNIQUE violation when the
 /// key is taken.
+#[cfg(test)]
 pub(super) fn transition(conn: &Connection, id: i64, t: &Transition) -> rusqlite::Result<()> {
+    transition_of(conn, id, t, None)
+}
+
+/// [`transition`]; an `Uploading` one records `file` too (its size and modification time): the
+/// file as it is when its upload starts, with the key made for it, in one write. (A file changed
+/// since it was uploaded and sent again with `--reupload-changed` is recorded as changed until
+/// then, so that a run stopped first leaves the change for the next.)
+fn transition_of(
+    conn: &Connection,
+    id: i64,
+    t: &Transition,
+    file: Option<(u64, i64)>,
+) -> rusqlite::Result<()> {
     let now = now();
+    let (size, mtime_ns) = (file.map(|f| f.0 as i64), file.map(|f| f.1));
     let changed = match t {
         Transition::Uploading { s3_key } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
-                 attempts = attempts + 1, updated_at = ?3 WHERE id = ?1")?.execute(params![id, s3_key, now])?,
+                 attempts = attempts + 1, updated_at = ?3, size = COALESCE(?4, size),
+                 mtime_ns = COALESCE(?5, mtime_ns)
+             WHERE id = ?1")?.execute(params![id, s3_key, now, size, mtime_ns])?,
         Transition::Uploaded { etag } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploaded', etag = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![id, etag, now])?,
         Transition::Attaching { etag, snapshot_gen } => conn.prepare_cached(
@@ -654,18 +671,6 @@ pub(super) fn updated_at(conn: &Connection, id: i64) -> rusqlite::Result<Option<
         .optional()
 }
 
-/// Updates the recorded size and modification time of a row about to be uploaded again.
-pub(super) fn refresh_file(
-    conn: &Connection,
-    key: &str,
-    size: u64,
-    mtime_ns: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE rows SET size = ?2, mtime_ns = ?3 WHERE row_key = ?1")?
-        .execute(params![key, size as i64, mtime_ns])
-        .map(drop)
-}
-
 /// The attachment ids that `done` rows other than the one of id `except` hold on one record for
 /// one name and size.
 pub(super) fn claimed_attachments(
@@ -693,13 +698,6 @@ pub(super) fn claimed_attachments(
     .collect()
 }
 
-/// A row to upload again whose file changed: its size and modification time to record.
-pub struct Refresh {
-    pub key: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
-
 impl StateFile {
     /// Records `rows` (see [`record_rows`]); all or nothing.
     pub fn record_rows(&self, rows: Vec<NewRow>) -> Pending<()> {
@@ -712,27 +710,16 @@ impl StateFile {
     }
 
     /// Applies a transition to `row`. `Uploading` fails with a UNIQUE violation when the key
-    /// is taken.
+    /// is taken, and records `row`'s file as it is now (see [`transition_of`]).
     pub fn transition(&self, row: &StoredRow, t: Transition) -> Pending<()> {
-        let id = row.id;
-        self.send(false, move |c| transition(c, id, &t))
+        let (id, file) = (row.id, (row.size, row.mtime_ns));
+        self.send(false, move |c| transition_of(c, id, &t, Some(file)))
     }
 
     /// When `row` last changed state (RFC 3339, this machine's clock), if it is recorded.
     pub fn updated_at(&self, row: &StoredRow) -> Pending<Option<String>> {
         let id = row.id;
         self.send(false, move |c| updated_at(c, id))
-    }
-
-    /// Records the size and modification time of rows about to be uploaded again; all or
-    /// nothing.
-    pub fn refresh_files(&self, files: Vec<Refresh>) -> Pending<()> {
-        self.send(true, move |c| {
-            for r in &files {
-                refresh_file(c, &r.key, r.size, r.mtime_ns)?;
-            }
-            Ok(())
-        })
     }
 
     /// Whether another row holds a key made from the same form as `key` (see

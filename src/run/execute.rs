@@ -14,7 +14,7 @@ use super::config::Choices;
 use super::config::RunConfig;
 use super::plan::{Work, decide};
 use super::session::Session;
-use crate::checkpoint::{Pass, Refresh, START, StoredRow};
+use crate::checkpoint::{Pass, START, StoredRow};
 use crate::error::CommandError;
 use crate::pipeline::notes::Settled;
 use crate::pipeline::{self, Context, Ended, Outcome, Plan, Stop};
@@ -184,7 +184,6 @@ async fn feed(
             };
             let Some(last) = batch.last() else { break };
             after = last.place;
-            let mut refresh = Vec::new();
             let rows: Vec<(StoredRow, Plan)> = batch
                 .into_iter()
                 .filter_map(|mut t| {
@@ -194,26 +193,13 @@ async fn feed(
                         return None;
                     }
                     if decision.refreshes() {
-                        // Its file changed and is uploaded again: the state file takes its size
-                        // and time now, before anything is sent.
+                        // Its file changed and is uploaded again: the file as it is now, which
+                        // the state file records with the upload's key (`Transition::Uploading`).
                         (t.row.size, t.row.mtime_ns) = (t.now.size, t.now.mtime_ns);
-                        refresh.push(Refresh {
-                            key: t.row.key.clone(),
-                            size: t.now.size,
-                            mtime_ns: t.now.mtime_ns,
-                        });
                     }
                     Some((t.row, plan))
                 })
                 .collect();
-            if !refresh.is_empty() {
-                let written = ctx.state.refresh_files(refresh).await;
-                if let Err(e) = written {
-                    warn!("cannot write the state file: {e}");
-                    ctx.stop_for_state_file();
-                    return;
-                }
-            }
             let rows = fail_note_rows(&ctx, rows, &results, settled);
             if !taking {
                 continue;

@@ -1459,3 +1459,74 @@ fn a_manifest_edited_between_its_check_and_its_recording_stops_the_run_before_an
         assert_eq!(ran.doc["problems"], problems);
     }
 }
+
+#[test]
+fn a_reupload_of_changed_files_cut_short_leaves_the_rest_changed_for_the_next_run() {
+    // Every file changed after it was uploaded; a run with --reupload-changed is interrupted
+    // after its first rows: the rows it never took up keep their recorded (old) file, so that
+    // the next run still sees them changed and uploads them (an earlier version recorded every
+    // changed file as it is now before anything was sent: an interrupted run lost the rest).
+    use crate::common::hostile::{Answer, Hostile};
+    let (s, seed, manifest) = generated(12);
+    let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off"], None);
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off"])
+        .assert()
+        .code(0);
+    for i in 0..12 {
+        s.file(
+            &format!("files/doc-{i:04}.txt"),
+            format!("the second version of {i}"),
+        );
+    }
+    let at = 4;
+    let signalled = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let held = signalled.clone();
+    let server = Hostile::start(Some(&emu), move |call| {
+        if call.n == at {
+            tokio::task::block_in_place(|| {
+                let (lock, told) = &*held;
+                let minute = std::time::Duration::from_secs(60);
+                let guard = lock.lock().unwrap();
+                drop(told.wait_timeout_while(guard, minute, |s| !*s).unwrap());
+            });
+        }
+        Answer::Pass
+    });
+    let run = spawn_batched(
+        &server.api,
+        &manifest,
+        4096,
+        &["--concurrency", "1", "--reupload-changed"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.requests().len() <= at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request {at} never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    crate::faults::signal(&run, libc::SIGINT);
+    *signalled.0.lock().unwrap() = true;
+    signalled.1.notify_all();
+    let (code, _, stderr) = crate::faults::finish(run);
+    assert_eq!(code, 130, "{stderr}");
+    // The next run sees the files not uploaded again as changed, and uploads them.
+    emu.run_cmd(&manifest)
+        .args(["--rate", "off", "--reupload-changed"])
+        .assert()
+        .code(0);
+    let state = emu.state();
+    let attachments = state["attachments"].as_array().unwrap();
+    for i in 0..12 {
+        let second = format!("the second version of {i}");
+        let holding = attachments
+            .iter()
+            .filter(|a| a["size"] == second.len())
+            .filter(|a| a["filename"] == format!("doc-{i:04}.txt"))
+            .count();
+        assert_eq!(holding, 1, "doc-{i:04}.txt's second version: {state:#}");
+    }
+    assert_eq!(attachments.len(), 24, "{state:#}");
+}
