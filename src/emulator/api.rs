@@ -1073,6 +1073,16 @@ mod tests {
     }
 
     #[test]
+    fn a_link_is_named_after_its_last_path_segment() {
+        assert_eq!(
+            link_name("https://www.dropbox.com/s/abc/Q3%20report.pdf?dl=0"),
+            "Q3%20report.pdf"
+        );
+        assert_eq!(link_name("https://drive.google.com/file/d/xyz/"), "xyz");
+        assert_eq!(link_name("https://example.com#top"), "example.com");
+    }
+
+    #[test]
     fn max_page_is_the_last_page_and_at_least_1() {
         assert_eq!(paging(1, 10).max_page(0), 1);
         assert_eq!(paging(1, 10).max_page(1), 1);

@@ -541,6 +541,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_deleted_file_counts_until_purge_after_and_a_link_never_counts() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-31T09:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut state = State::empty(t0);
+        let attachment = |id: &str, link: bool| Attachment {
+            id: id.into(),
+            reference_type: ReferenceType::Note,
+            reference_id: "n".into(),
+            contact_id: "c".into(),
+            filename: "f".into(),
+            size: 100,
+            key: String::new(),
+            md5: String::new(),
+            created_at: iso(t0),
+            pinned_at: None,
+            link: link.then(|| Link {
+                storage_provider: "dropbox".into(),
+                external_url: "https://x/f".into(),
+            }),
+            deleted_at: None,
+        };
+        state.storage_left -= 100;
+        state.attachments.insert("a".into(), attachment("a", false));
+        state.attachments.insert("l".into(), attachment("l", true));
+        assert!(state.delete_attachment("a", t0));
+        assert!(state.delete_attachment("l", t0));
+        assert!(!state.delete_attachment("a", t0), "once");
+        let left = DEFAULT_QUOTA - 100;
+        let after = Some(std::time::Duration::from_secs(60));
+        state.purge(t0 + chrono::Duration::seconds(600), None);
+        assert_eq!(state.storage_left, left, "never without --purge-after");
+        state.purge(t0 + chrono::Duration::seconds(59), after);
+        assert_eq!(state.storage_left, left);
+        state.purge(t0 + chrono::Duration::seconds(60), after);
+        assert_eq!(
+            state.storage_left, DEFAULT_QUOTA,
+            "the file's 100, the link's none"
+        );
+        assert!(state.deleted.is_empty());
+    }
+
+    #[test]
     fn single_use_forms_one_form_one_upload() {
         let mut ledger = FormLedger::default();
         let c = "cc01";
