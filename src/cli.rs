@@ -435,6 +435,13 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub list_lag: u32,
 
+    /// A deleted attachment's bytes count against the storage until SECS after its deletion.
+    ///
+    /// By the emulator's clock (`POST /_emulator/clock` moves it), as OnePageCRM keeps deleted
+    /// files a while. Default: never given back.
+    #[arg(long, value_name = "SECS")]
+    pub purge_after: Option<u64>,
+
     /// Start the emulator's clock SECS seconds ahead of this machine's (behind when negative).
     ///
     /// E.g. -7200. Everything it stamps or judges follows it: `timestamp`, `created_at`, forms'

@@ -133,6 +133,7 @@ fn emulator_command(args: cli::EmulatorArgs) -> anyhow::Result<()> {
     config.form_timestamp = args.form_timestamp;
     config.clock_offset = args.clock_offset;
     config.list_lag = std::time::Duration::from_secs(args.list_lag.into());
+    config.purge_after = args.purge_after.map(std::time::Duration::from_secs);
     config.form_ttl = std::time::Duration::from_secs(args.form_ttl);
     config.data_dir = args.data_dir;
     if let Some(endpoint) = &args.s3_endpoint {

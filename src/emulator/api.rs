@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::App;
 use super::clock::iso;
-use super::state::{Attachment, Record, State};
+use super::state::{Attachment, Link, Record, State};
 use crate::onepagecrm::{
     MAX_FILE_SIZE, MAX_NOTE_TEXT_CHARS, ReferenceType, normalize_line_ends, parse_note_date,
 };
@@ -241,6 +241,13 @@ struct AttachRequest {
 /// its size (`uploaded_object`), then, under the state's lock, the form and the storage left,
 /// and the one change (`attach`).
 pub async fn create_attachment(AxState(app): AxState<Arc<App>>, body: Bytes) -> Response {
+    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body)
+        && ["link_type", "external_url"]
+            .iter()
+            .any(|f| fields.get(*f).is_some_and(|v| !v.is_null()))
+    {
+        return attach_link(&app, &fields);
+    }
     let request = match attach_request(&body) {
         Ok(request) => request,
         Err(refused) => return *refused,
@@ -425,6 +432,9 @@ fn attach(app: &App, request: AttachRequest, contact_id: String, md5: String) ->
         key,
         md5,
         created_at: iso(app.clock.now()),
+        pinned_at: None,
+        link: None,
+        deleted_at: None,
     };
     let shown = state.attachment_json(
         &attachment,
@@ -446,6 +456,212 @@ fn attach(app: &App, request: AttachRequest, contact_id: String, md5: String) ->
     state.attachments.insert(id, attachment);
     drop(guard);
     ok(app, StatusCode::CREATED, json!({ "attachment": shown }))
+}
+
+/// The link types `POST /attachments` takes, each its attachment's `storage_provider`.
+pub const LINK_TYPES: [&str; 3] = ["dropbox", "google_drive", "evernote"];
+
+/// `POST /attachments` with `link_type` and `external_url`: a link to a file in cloud storage,
+/// attached with no upload, no key and nothing taken from the storage; `name` defaults to the
+/// URL's last path segment. Refused (`400`, naming the field) without a known `link_type`, an
+/// `http(s)` `external_url`, or with a `key`; `404` for an unknown record.
+fn attach_link(app: &App, body: &Map<String, Value>) -> Response {
+    let text = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+    };
+    let Some(kind) = text("reference_type")
+        .as_deref()
+        .and_then(ReferenceType::parse)
+    else {
+        return invalid("reference_type", "must be one of deal, note, call, meeting");
+    };
+    let Some(link_type) = text("link_type").filter(|t| LINK_TYPES.contains(&t.as_str())) else {
+        return invalid(
+            "link_type",
+            "must be one of dropbox, google_drive, evernote",
+        );
+    };
+    let Some(url) = text("external_url").filter(|u| {
+        let rest = u
+            .strip_prefix("https://")
+            .or_else(|| u.strip_prefix("http://"));
+        rest.is_some_and(|r| {
+            !r.is_empty() && !r.starts_with('/') && !u.contains(char::is_whitespace)
+        })
+    }) else {
+        return invalid("external_url", "must be an http or https URL");
+    };
+    if body.get("key").is_some_and(|k| !k.is_null() && k != "") {
+        return invalid("key", "must be absent for a link (link_type)");
+    }
+    let Some(reference_id) = text("reference_id") else {
+        return invalid("reference_id", "is missing");
+    };
+    let size = match body.get("size") {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_u64() {
+            Some(n) => n,
+            None => return invalid("size", "must be a whole number of bytes"),
+        },
+    };
+    let filename = text("name").unwrap_or_else(|| link_name(&url));
+    let now = app.clock.now();
+    let mut state = app.state();
+    let Some(record) = state.records.get(&(kind, reference_id.clone())) else {
+        return not_found_envelope(&format!("{} {reference_id}", capitalized(kind)));
+    };
+    let contact_id = record.contact_id.clone();
+    if let Some(given) = text("contact_id")
+        && given != contact_id
+    {
+        return invalid(
+            "contact_id",
+            &format!("does not match the contact of {kind} {reference_id}"),
+        );
+    }
+    let id = state.new_id();
+    let attachment = Attachment {
+        id: id.clone(),
+        reference_type: kind,
+        reference_id: reference_id.clone(),
+        contact_id,
+        filename,
+        size,
+        key: String::new(),
+        md5: String::new(),
+        created_at: iso(now),
+        pinned_at: None,
+        link: Some(Link {
+            storage_provider: link_type,
+            external_url: url,
+        }),
+        deleted_at: None,
+    };
+    let shown = state.attachment_json(&attachment, app.attachment_url(&attachment), now);
+    state
+        .records
+        .get_mut(&(kind, reference_id))
+        .expect("looked up above")
+        .attachments
+        .push(id.clone());
+    state.attachments.insert(id, attachment);
+    drop(state);
+    ok(app, StatusCode::CREATED, json!({ "attachment": shown }))
+}
+
+/// A link's default name: its URL's last non-empty path segment (without query or fragment),
+/// or its host.
+fn link_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    rest.split('/')
+        .rev()
+        .find(|s| !s.is_empty())
+        .unwrap_or(rest)
+        .to_string()
+}
+
+/// `DELETE /attachments/{id}`: `200` with an empty `data`; the attachment leaves its record and
+/// every listing (its bytes still count until `--purge-after`). `404` for an unknown id.
+pub async fn delete_attachment(
+    AxState(app): AxState<Arc<App>>,
+    Path(id): Path<String>,
+) -> Response {
+    let now = app.clock.now();
+    if !app.state().delete_attachment(&id, now) {
+        return not_found_envelope(&format!("Attachment {id}"));
+    }
+    ok(&app, StatusCode::OK, json!({}))
+}
+
+/// `DELETE /notes/{id}`: `200` with an empty `data`; the note is gone and its attachments are
+/// deleted with it (as the OpenAPI file says). `404` for an unknown id.
+pub async fn delete_note(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    let now = app.clock.now();
+    let mut state = app.state();
+    let Some(record) = state.records.get(&(ReferenceType::Note, id.clone())) else {
+        return not_found_envelope(&format!("Note {id}"));
+    };
+    for a in record.attachments.clone() {
+        state.delete_attachment(&a, now);
+    }
+    state.records.remove(&(ReferenceType::Note, id));
+    drop(state);
+    ok(&app, StatusCode::OK, json!({}))
+}
+
+/// `PATCH /attachments/{id}/pin` (`pinned`) and `/unpin`: `200` with the attachment as `data`
+/// (the OpenAPI shape); pinning a pinned one keeps its `pinned_at`. `404` for an unknown id.
+fn set_pinned(app: &App, id: &str, pinned: bool) -> Response {
+    let now = app.clock.now();
+    let mut state = app.state();
+    let Some(a) = state.attachments.get_mut(id) else {
+        return not_found_envelope(&format!("Attachment {id}"));
+    };
+    match (pinned, &a.pinned_at) {
+        (true, None) => a.pinned_at = Some(iso(now)),
+        (false, _) => a.pinned_at = None,
+        (true, Some(_)) => {}
+    }
+    let a = a.clone();
+    let shown = state.attachment_json(&a, app.attachment_url(&a), now);
+    drop(state);
+    ok(app, StatusCode::OK, shown)
+}
+
+pub async fn pin_attachment(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    set_pinned(&app, &id, true)
+}
+
+pub async fn unpin_attachment(AxState(app): AxState<Arc<App>>, Path(id): Path<String>) -> Response {
+    set_pinned(&app, &id, false)
+}
+
+/// `GET /contacts/{id}/pinned_attachments?page=&per_page=`: the contact's pinned attachments,
+/// most recently pinned first, as `data.pinned_attachments[]` with `total_count`, `page`,
+/// `per_page` and `max_page` beside `data`, the OpenAPI shape. `404` for an unknown contact.
+pub async fn list_pinned_attachments(
+    AxState(app): AxState<Arc<App>>,
+    Path(contact_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let paging = match Paging::from_query(&q) {
+        Ok(p) => p,
+        Err((field, reason)) => return invalid(field, &reason),
+    };
+    let now = app.clock.now();
+    let state = app.state();
+    if !state.contacts.contains_key(&contact_id) {
+        return not_found_envelope("Contact");
+    }
+    let mut pinned: Vec<&Attachment> = state
+        .attachments
+        .values()
+        .filter(|a| a.contact_id == contact_id && a.pinned_at.is_some())
+        .filter(|a| listed(&a.created_at, now, app.config.list_lag))
+        .collect();
+    pinned.sort_by(|a, b| (&b.pinned_at, &b.id).cmp(&(&a.pinned_at, &a.id)));
+    let total = pinned.len();
+    let shown: Vec<Value> = pinned[paging.window(total)]
+        .iter()
+        .map(|a| state.attachment_json(a, app.attachment_url(a), now))
+        .collect();
+    drop(state);
+    let mut body = Map::new();
+    body.insert("status".into(), 0.into());
+    body.insert("message".into(), "OK".into());
+    if let Some(t) = stamp(&app, now) {
+        body.insert("timestamp".into(), t.into());
+    }
+    body.insert("data".into(), json!({ "pinned_attachments": shown }));
+    body.insert("total_count".into(), json!(total));
+    body.insert("page".into(), json!(paging.page));
+    body.insert("per_page".into(), json!(paging.per_page));
+    body.insert("max_page".into(), json!(paging.max_page(total)));
+    (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
 }
 
 fn capitalized(kind: ReferenceType) -> String {
@@ -854,6 +1070,16 @@ mod tests {
             at("2026-01-31T09:30:30Z"),
             std::time::Duration::MAX
         ));
+    }
+
+    #[test]
+    fn a_link_is_named_after_its_last_path_segment() {
+        assert_eq!(
+            link_name("https://www.dropbox.com/s/abc/Q3%20report.pdf?dl=0"),
+            "Q3%20report.pdf"
+        );
+        assert_eq!(link_name("https://drive.google.com/file/d/xyz/"), "xyz");
+        assert_eq!(link_name("https://example.com#top"), "example.com");
     }
 
     #[test]

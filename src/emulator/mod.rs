@@ -73,6 +73,9 @@ pub struct Config {
     /// Listings hide notes and attachments younger than this by the emulator's clock: a server
     /// whose lists lag behind its writes. Zero hides nothing.
     pub list_lag: Duration,
+    /// A deleted attachment's bytes count against the storage until this long after its
+    /// deletion, by the emulator's clock (OnePageCRM keeps deleted files a while); never when none.
+    pub purge_after: Option<Duration>,
 }
 
 /// How long an attachment's presigned `url` is valid, as OnePageCRM's links: an hour.
@@ -126,6 +129,7 @@ impl Config {
             form_timestamp: None,
             clock_offset: 0,
             list_lag: Duration::ZERO,
+            purge_after: None,
         }
     }
 }
@@ -145,8 +149,13 @@ pub struct App {
 
 impl App {
     /// The emulator's state; a handler that panicked while holding it leaves it usable.
+    /// Deleted attachments due a purge (`--purge-after`) give their storage back first.
     pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.config.purge_after.is_some() {
+            state.purge(self.clock.now(), self.config.purge_after);
+        }
+        state
     }
 
     pub fn api_base(&self) -> String {
@@ -293,8 +302,27 @@ fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v3/attachments/s3_form", get(api::s3_form))
         .route("/api/v3/attachments", post(api::create_attachment))
+        .route(
+            "/api/v3/attachments/{id}",
+            axum::routing::delete(api::delete_attachment),
+        )
+        .route(
+            "/api/v3/attachments/{id}/pin",
+            axum::routing::patch(api::pin_attachment),
+        )
+        .route(
+            "/api/v3/attachments/{id}/unpin",
+            axum::routing::patch(api::unpin_attachment),
+        )
+        .route(
+            "/api/v3/contacts/{id}/pinned_attachments",
+            get(api::list_pinned_attachments),
+        )
         .route("/api/v3/notes", get(api::list_notes).post(api::create_note))
-        .route("/api/v3/notes/{id}", get(api::get_note))
+        .route(
+            "/api/v3/notes/{id}",
+            get(api::get_note).delete(api::delete_note),
+        )
         .route("/api/v3/deals", get(api::list_deals))
         .route("/api/v3/deals/{id}", get(api::get_deal))
         .route("/api/v3/calls", get(api::list_calls))

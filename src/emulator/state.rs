@@ -136,6 +136,29 @@ pub struct Attachment {
     pub key: String,
     pub md5: String,
     pub created_at: String,
+    /// When it was pinned to its contact (`PATCH /attachments/{id}/pin`); none when not pinned.
+    pub pinned_at: Option<String>,
+    /// A link attachment (`POST /attachments` with `link_type` and `external_url`): no object,
+    /// no key, nothing taken from the storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<Link>,
+    /// When it was deleted (`DELETE /attachments/{id}` or of its note), by the emulator's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+}
+
+/// Where a link attachment's file is: its `storage_provider` (the request's `link_type`) and URL.
+#[derive(Clone, Debug, Serialize)]
+pub struct Link {
+    pub storage_provider: String,
+    pub external_url: String,
+}
+
+impl Attachment {
+    /// The bytes it takes from the account's storage: its size, none for a link.
+    pub fn charged(&self) -> u64 {
+        if self.link.is_some() { 0 } else { self.size }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,6 +220,9 @@ pub struct State {
     pub contacts: BTreeMap<String, Contact>,
     pub records: HashMap<(ReferenceType, String), Record>,
     pub attachments: BTreeMap<String, Attachment>,
+    /// Deleted attachments whose bytes still count against the storage (OnePageCRM keeps a
+    /// deleted file a while), until `--purge-after` has passed since `deleted_at`.
+    pub deleted: BTreeMap<String, (DateTime<Utc>, Attachment)>,
     pub objects: BTreeMap<String, Object>,
     /// Requests by "METHOD route status".
     pub requests: BTreeMap<String, u64>,
@@ -418,6 +444,44 @@ impl State {
         records
     }
 
+    /// Deletes attachment `id` at `now`: gone from its record and every listing, its bytes
+    /// still counted until purged. False when no attachment has that id.
+    pub fn delete_attachment(&mut self, id: &str, now: DateTime<Utc>) -> bool {
+        let Some(mut a) = self.attachments.remove(id) else {
+            return false;
+        };
+        if let Some(record) = self
+            .records
+            .get_mut(&(a.reference_type, a.reference_id.clone()))
+        {
+            record.attachments.retain(|x| x != id);
+        }
+        a.deleted_at = Some(iso(now));
+        self.deleted.insert(id.to_string(), (now, a));
+        true
+    }
+
+    /// Gives back the storage of every deleted attachment deleted at least `after` before
+    /// `now` (`--purge-after`; never when none).
+    pub fn purge(&mut self, now: DateTime<Utc>, after: Option<std::time::Duration>) {
+        let Some(after) = after else { return };
+        if self.deleted.is_empty() {
+            return;
+        }
+        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        let due: Vec<String> = self
+            .deleted
+            .iter()
+            .filter(|(_, (at, _))| at.checked_add_signed(after).is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some((_, a)) = self.deleted.remove(&id) {
+                self.storage_left = self.storage_left.saturating_add(a.charged());
+            }
+        }
+    }
+
     pub fn count(&mut self, key: String) {
         *self.requests.entry(key).or_default() += 1;
     }
@@ -425,14 +489,26 @@ impl State {
     /// An attachment as the API shows it: the OpenAPI `Attachment` (no `key` field), with its
     /// `url` made by `App::attachment_url` at `now`, valid until `url_expires_at`.
     pub fn attachment_json(&self, a: &Attachment, url: String, now: DateTime<Utc>) -> Value {
-        json!({
+        let mut v = json!({
             "id": a.id,
             "filename": a.filename,
+            "pinned": a.pinned_at.is_some(),
+            "pinned_at": a.pinned_at,
             "size": a.size,
             "storage_provider": "amazon",
             "url": url,
             "url_expires_at": iso(now + chrono::Duration::seconds(super::ATTACHMENT_URL_SECONDS as i64)),
-        })
+        });
+        if let (Some(link), Value::Object(v)) = (&a.link, &mut v) {
+            // A link's URL is the one it was given; it does not expire.
+            v.insert(
+                "storage_provider".into(),
+                link.storage_provider.clone().into(),
+            );
+            v.insert("url".into(), link.external_url.clone().into());
+            v.remove("url_expires_at");
+        }
+        v
     }
 
     /// Everything the emulator holds, for tests and people (`GET /_emulator/state`).
@@ -452,6 +528,7 @@ impl State {
             "records": records,
             "notes": self.records_of(ReferenceType::Note, None),
             "attachments": self.attachments.values().collect::<Vec<_>>(),
+            "deleted_attachments": self.deleted.values().map(|(_, a)| a).collect::<Vec<_>>(),
             "objects": self.objects.values().collect::<Vec<_>>(),
             "requests": self.requests,
             "throttled": self.throttled,
@@ -462,6 +539,49 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deleted_file_counts_until_purge_after_and_a_link_never_counts() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-31T09:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut state = State::empty(t0);
+        let attachment = |id: &str, link: bool| Attachment {
+            id: id.into(),
+            reference_type: ReferenceType::Note,
+            reference_id: "n".into(),
+            contact_id: "c".into(),
+            filename: "f".into(),
+            size: 100,
+            key: String::new(),
+            md5: String::new(),
+            created_at: iso(t0),
+            pinned_at: None,
+            link: link.then(|| Link {
+                storage_provider: "dropbox".into(),
+                external_url: "https://x/f".into(),
+            }),
+            deleted_at: None,
+        };
+        state.storage_left -= 100;
+        state.attachments.insert("a".into(), attachment("a", false));
+        state.attachments.insert("l".into(), attachment("l", true));
+        assert!(state.delete_attachment("a", t0));
+        assert!(state.delete_attachment("l", t0));
+        assert!(!state.delete_attachment("a", t0), "once");
+        let left = DEFAULT_QUOTA - 100;
+        let after = Some(std::time::Duration::from_secs(60));
+        state.purge(t0 + chrono::Duration::seconds(600), None);
+        assert_eq!(state.storage_left, left, "never without --purge-after");
+        state.purge(t0 + chrono::Duration::seconds(59), after);
+        assert_eq!(state.storage_left, left);
+        state.purge(t0 + chrono::Duration::seconds(60), after);
+        assert_eq!(
+            state.storage_left, DEFAULT_QUOTA,
+            "the file's 100, the link's none"
+        );
+        assert!(state.deleted.is_empty());
+    }
 
     #[test]
     fn single_use_forms_one_form_one_upload() {

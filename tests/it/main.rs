@@ -4,6 +4,7 @@ mod check;
 mod common;
 mod contacts_by_email;
 mod emulator;
+mod emulator_21;
 mod emulator_notes;
 mod emulator_servers;
 mod exactly_once;
