@@ -100,8 +100,9 @@ pub fn check(path: &Path, options: manifest::ReadOptions) -> Checked {
     check_manifest(manifest)
 }
 
-/// Checks every row's file, then what rows share, and sums it all up.
-pub fn check_manifest(mut manifest: Manifest) -> Checked {
+/// Every row's file looked at (in parallel), its problems added to the manifest's: each row's
+/// facts, by index into `manifest.rows`.
+fn check_files(manifest: &mut Manifest) -> Vec<Option<FileFacts>> {
     let base = manifest.base.clone();
     let results: Vec<(Option<FileFacts>, Vec<Problem>)> = manifest
         .rows
@@ -113,6 +114,12 @@ pub fn check_manifest(mut manifest: Manifest) -> Checked {
         files.push(facts);
         manifest.problems.extend(problems);
     }
+    files
+}
+
+/// Checks every row's file, then what rows share, and sums it all up.
+pub fn check_manifest(mut manifest: Manifest) -> Checked {
+    let files = check_files(&mut manifest);
     find_duplicates(&manifest.rows, &files, &mut manifest.problems);
     let (valid, summary) = settle(&mut manifest, &files);
     Checked {
@@ -629,17 +636,7 @@ pub fn rescan<E>(
 /// Checks one chunk of a manifest read as a stream, as [`check_manifest`] does a whole one,
 /// its duplicates found against every row before it (`seen`).
 fn check_chunk(mut manifest: Manifest, seen: &SeenOnDisk) -> rusqlite::Result<Checked> {
-    let base = manifest.base.clone();
-    let results: Vec<(Option<FileFacts>, Vec<Problem>)> = manifest
-        .rows
-        .par_iter()
-        .map(|row| check_file(row, &base))
-        .collect();
-    let mut files = Vec::with_capacity(results.len());
-    for (facts, problems) in results {
-        files.push(facts);
-        manifest.problems.extend(problems);
-    }
+    let files = check_files(&mut manifest);
     seen.find_duplicates(&manifest.rows, &files, &mut manifest.problems)?;
     let (valid, summary) = settle(&mut manifest, &files);
     Ok(Checked {

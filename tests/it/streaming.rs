@@ -1223,38 +1223,17 @@ fn runs_killed_at_request_counts_in_small_batches_then_rerun_attach_each_row_onc
 /// exit 130; the state file agrees, and a rerun finishes the rest once.
 #[test]
 fn an_interrupted_run_in_small_batches_counts_the_rows_it_never_took_up_as_not_started() {
-    use crate::common::hostile::{Answer, Hostile};
     for (batch, at) in [(1, 12), (2, 30), (3, 7), (4096, 21)] {
         let (_s, seed, manifest) = generated(30);
         let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off"], None);
-        let signalled =
-            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let held = signalled.clone();
-        let server = Hostile::start(Some(&emu), move |call| {
-            if call.n == at {
-                tokio::task::block_in_place(|| {
-                    let (lock, told) = &*held;
-                    let minute = std::time::Duration::from_secs(60);
-                    let guard = lock.lock().unwrap();
-                    drop(told.wait_timeout_while(guard, minute, |s| !*s).unwrap());
-                });
-            }
-            Answer::Pass
-        });
+        let (server, signalled) = holding_request(&emu, at);
         let run = spawn_batched(
             &server.api,
             &manifest,
             batch,
             &["--concurrency", "3", "--json"],
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while server.requests().len() <= at {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "request {at} never came"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        wait_for_request(&server, at);
         crate::faults::signal(&run, libc::SIGINT);
         *signalled.0.lock().unwrap() = true;
         signalled.1.notify_all();
@@ -1466,7 +1445,6 @@ fn a_reupload_of_changed_files_cut_short_leaves_the_rest_changed_for_the_next_ru
     // after its first rows: the rows it never took up keep their recorded (old) file, so that
     // the next run still sees them changed and uploads them (an earlier version recorded every
     // changed file as it is now before anything was sent: an interrupted run lost the rest).
-    use crate::common::hostile::{Answer, Hostile};
     let (s, seed, manifest) = generated(12);
     let emu = Emulator::start_seeded(&seed, &["--rate-limit", "off"], None);
     emu.run_cmd(&manifest)
@@ -1480,33 +1458,14 @@ fn a_reupload_of_changed_files_cut_short_leaves_the_rest_changed_for_the_next_ru
         );
     }
     let at = 4;
-    let signalled = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let held = signalled.clone();
-    let server = Hostile::start(Some(&emu), move |call| {
-        if call.n == at {
-            tokio::task::block_in_place(|| {
-                let (lock, told) = &*held;
-                let minute = std::time::Duration::from_secs(60);
-                let guard = lock.lock().unwrap();
-                drop(told.wait_timeout_while(guard, minute, |s| !*s).unwrap());
-            });
-        }
-        Answer::Pass
-    });
+    let (server, signalled) = holding_request(&emu, at);
     let run = spawn_batched(
         &server.api,
         &manifest,
         4096,
         &["--concurrency", "1", "--reupload-changed"],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while server.requests().len() <= at {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request {at} never came"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for_request(&server, at);
     crate::faults::signal(&run, libc::SIGINT);
     *signalled.0.lock().unwrap() = true;
     signalled.1.notify_all();
@@ -1529,4 +1488,42 @@ fn a_reupload_of_changed_files_cut_short_leaves_the_rest_changed_for_the_next_ru
         assert_eq!(holding, 1, "doc-{i:04}.txt's second version: {state:#}");
     }
     assert_eq!(attachments.len(), 24, "{state:#}");
+}
+
+/// A server in front of `emu` that holds request number `at` until the flag it returns is set
+/// , or a minute has passed.
+fn holding_request(
+    emu: &Emulator,
+    at: usize,
+) -> (
+    crate::common::hostile::Hostile,
+    std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+) {
+    use crate::common::hostile::{Answer, Hostile};
+    let signalled = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let held = signalled.clone();
+    let server = Hostile::start(Some(emu), move |call| {
+        if call.n == at {
+            tokio::task::block_in_place(|| {
+                let (lock, told) = &*held;
+                let minute = std::time::Duration::from_secs(60);
+                let guard = lock.lock().unwrap();
+                drop(told.wait_timeout_while(guard, minute, |s| !*s).unwrap());
+            });
+        }
+        Answer::Pass
+    });
+    (server, signalled)
+}
+
+/// Waits (a minute at most) until `server` has seen request number `at`.
+fn wait_for_request(server: &crate::common::hostile::Hostile, at: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.requests().len() <= at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request {at} never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
