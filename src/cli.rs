@@ -24,6 +24,7 @@ impl Cli {
             Command::Check(a) => a.json,
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
+            Command::Undo(a) => a.json,
             _ => false,
         }
     }
@@ -84,6 +85,20 @@ pub enum Command {
     ///
     /// Example: opcrm-import report samples/manifest.csv --only failed -o fix.csv
     Report(ReportArgs),
+    /// Delete from OnePageCRM exactly what a migration's state file made: its attachments, then
+    /// the notes it created that then hold no attachment.
+    ///
+    /// Nothing else is ever deleted: attachments by the ids the state file recorded, a note only
+    /// when its listing shows no attachment (one that holds files someone else added is kept and
+    /// named). Each delete's intent is recorded first, so an undo cut short resumes where it
+    /// stopped and deletes nothing twice. Asks before deleting (--yes when not on a terminal);
+    /// --dry-run lists what it would delete. Exit 0 when everything asked was deleted, 1 when
+    /// something was not (named), 3 when it could not start. A deleted file's stored copy is kept
+    /// by OnePageCRM for a while: the storage is not given back at once. `run` leaves removed
+    /// rows alone unless --redo-removed.
+    ///
+    /// Example: opcrm-import undo samples/manifest.csv --dry-run
+    Undo(UndoArgs),
     /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
     ///
     /// Prints one line when ready, with the API base URL, the S3 URL and the credentials it
@@ -191,6 +206,10 @@ pub struct RunArgs {
     /// Upload again a done row whose file changed since (it gets a second attachment).
     #[arg(long)]
     pub reupload_changed: bool,
+
+    /// Upload again the rows `undo` took back (without it they are counted as removed and left).
+    #[arg(long)]
+    pub redo_removed: bool,
 
     /// After a lost answer, how long the record (or the contact's notes) is read again, with
     /// growing waits (5 s, 15 s, 45 s, ...), before the row is sent again: a listing may show a
@@ -326,6 +345,81 @@ pub struct StatusArgs {
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    /// The manifest whose state file to undo (`<manifest without .csv>.opcrm.sqlite`).
+    pub manifest: Option<PathBuf>,
+
+    /// The state file to undo (instead of the manifest's).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// List what would be deleted, and the calls and time it takes; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Delete without asking (needed when not on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Only the rows of these manifest lines (for example `3,7-9`); a created note is deleted
+    /// only once none of its rows holds an attachment.
+    #[arg(long, value_name = "LIST", value_parser = parse_lines)]
+    pub lines: Option<Lines>,
+
+    /// API requests per second, on average (`off`: no client-side limit, for the emulator).
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
+    pub rate: Rate,
+
+    /// API requests the client may send at once after a pause.
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub burst: u32,
+
+    /// Retries of a delete's retryable failures (5xx, timeouts, dropped connections).
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
+    pub retries: u32,
+
+    /// Print the outcome as one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// `--lines`: manifest line numbers, as ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lines(pub Vec<std::ops::RangeInclusive<u64>>);
+
+impl Lines {
+    pub fn contains(&self, line: u64) -> bool {
+        self.0.iter().any(|r| r.contains(&line))
+    }
+}
+
+fn parse_lines(s: &str) -> Result<Lines, String> {
+    let number = |n: &str| {
+        n.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{n:?} is not a line number (1, 2, ...)"))
+    };
+    let mut ranges = Vec::new();
+    for part in s.split(',') {
+        let range = match part.split_once('-') {
+            Some((a, b)) => number(a)?..=number(b)?,
+            None => number(part).map(|n| n..=n)?,
+        };
+        if range.is_empty() {
+            return Err(format!("{part:?} runs backwards"));
+        }
+        ranges.push(range);
+    }
+    Ok(Lines(ranges))
 }
 
 #[derive(Debug, Args)]

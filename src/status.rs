@@ -66,6 +66,9 @@ struct Notes {
     pending: usize,
     intent: usize,
     created: usize,
+    /// `undo` asked to delete them, outcome unknown until the next `undo`.
+    removing: usize,
+    removed: usize,
     list: Vec<NoteLine>,
 }
 
@@ -109,6 +112,8 @@ fn build(
             NoteState::Pending => notes.pending += 1,
             NoteState::Intent => notes.intent += 1,
             NoteState::Created => notes.created += 1,
+            NoteState::Removing => notes.removing += 1,
+            NoteState::Removed => notes.removed += 1,
         }
         notes.list.push(NoteLine {
             contact_id: g.contact_id,
@@ -126,7 +131,7 @@ fn build(
         *by_state.entry(row.state.as_str()).or_default() += 1;
         match row.state {
             RowState::Done => bytes_done += row.size,
-            RowState::Rejected => {}
+            RowState::Rejected | RowState::Removing | RowState::Removed => {}
             _ => bytes_to_do += row.size,
         }
         if matches!(row.state, RowState::Failed | RowState::Rejected) {
@@ -213,11 +218,13 @@ fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         writeln!(out, "Manifest:   {m}")?;
     }
     let done = status.by_state["done"];
+    // Rows `undo` took back are not to go: `run --redo-removed` takes them up again.
+    let undone = status.by_state["removing"] + status.by_state["removed"];
     writeln!(
         out,
         "Rows:       {} ({done} done, {} to go)",
         status.rows,
-        status.rows - done
+        status.rows - done - undone
     )?;
     for state in RowState::ALL {
         writeln!(
@@ -253,6 +260,13 @@ fn write_rows(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
             "Notes:      {} created, {} asked for (a rerun settles them), {} to create",
             n.created, n.intent, n.pending
         )?;
+        if n.removing + n.removed > 0 {
+            writeln!(
+                out,
+                "            {} deleted by undo, {} being deleted (undo again settles them)",
+                n.removed, n.removing
+            )?;
+        }
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ mod rows;
 mod runs;
 mod snapshots;
 mod this_run;
+mod undo;
 mod writer;
 
 pub use keys::{

@@ -49,7 +49,7 @@ pub(super) fn record_note_groups(conn: &Connection, rows: &[NewRow]) -> rusqlite
         conn.prepare_cached(
             "UPDATE rows SET reference_id = (SELECT note_id FROM notes WHERE group_key = rows.note_group)
              WHERE note_group IS NOT NULL AND reference_id = ''
-               AND EXISTS (SELECT 1 FROM notes WHERE group_key = rows.note_group AND note_id IS NOT NULL)",
+               AND EXISTS (SELECT 1 FROM notes WHERE group_key = rows.note_group AND state = 'created')",
         )?
         .execute([])?;
     }
@@ -62,6 +62,10 @@ pub enum NoteState {
     Pending,
     Intent,
     Created,
+    /// `undo` committed its intent to delete the note: the delete may have been sent.
+    Removing,
+    /// `undo` deleted the note (or found it gone).
+    Removed,
 }
 
 impl NoteState {
@@ -70,6 +74,8 @@ impl NoteState {
             Self::Pending => "pending",
             Self::Intent => "intent",
             Self::Created => "created",
+            Self::Removing => "removing",
+            Self::Removed => "removed",
         }
     }
 }
@@ -100,6 +106,8 @@ pub(super) fn load_notes(conn: &Connection) -> rusqlite::Result<Vec<NoteGroup>> 
         let state = match r.get::<_, String>(5)?.as_str() {
             "intent" => NoteState::Intent,
             "created" => NoteState::Created,
+            "removing" => NoteState::Removing,
+            "removed" => NoteState::Removed,
             _ => NoteState::Pending,
         };
         Ok(NoteGroup {
@@ -122,7 +130,7 @@ pub(super) fn note_intent(conn: &Connection, group: &str) -> rusqlite::Result<St
     let now = now();
     conn.prepare_cached(
         "UPDATE notes SET state = 'intent', intent_at = COALESCE(intent_at, ?2)
-         WHERE group_key = ?1 AND state <> 'created'",
+         WHERE group_key = ?1 AND state IN ('pending', 'intent')",
     )?
     .execute(params![group, now])?;
     conn.query_row(
@@ -144,7 +152,7 @@ pub(super) fn note_created(
     let changed = conn
         .prepare_cached(
             "UPDATE notes SET state = 'created', note_id = ?2, created_at = ?3, adopted = ?4
-             WHERE group_key = ?1 AND state <> 'created'",
+             WHERE group_key = ?1 AND state IN ('pending', 'intent')",
         )?
         .execute(params![group, note_id, now(), adopted])?;
     if changed != 1 {

@@ -34,6 +34,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_row_ids.sql",
         include_str!("../../migrations/0005_row_ids.sql"),
     ),
+    (
+        "0006_undo.sql",
+        include_str!("../../migrations/0006_undo.sql"),
+    ),
 ];
 
 /// The first schema version (`user_version`) with the notes table and the rows' note columns:

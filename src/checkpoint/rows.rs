@@ -35,10 +35,15 @@ pub enum RowState {
     Done,
     Failed,
     Rejected,
+    /// `undo` committed its intent to delete the row's attachment (by the id recorded): the
+    /// delete may have been sent.
+    Removing,
+    /// `undo` deleted the row's attachment (or found it gone).
+    Removed,
 }
 
 impl RowState {
-    pub const ALL: [RowState; 7] = [
+    pub const ALL: [RowState; 9] = [
         Self::Pending,
         Self::Uploading,
         Self::Uploaded,
@@ -46,6 +51,8 @@ impl RowState {
         Self::Done,
         Self::Failed,
         Self::Rejected,
+        Self::Removing,
+        Self::Removed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +64,8 @@ impl RowState {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Rejected => "rejected",
+            Self::Removing => "removing",
+            Self::Removed => "removed",
         }
     }
 

@@ -87,6 +87,15 @@ fn key_stamp(timestamp: Option<i64>) -> i64 {
         .unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
+/// What a delete found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Deleted by this call.
+    Now,
+    /// Not there (404).
+    AlreadyGone,
+}
+
 /// An attachment as a record lists it.
 #[derive(Clone, Debug)]
 pub struct RemoteAttachment {
@@ -393,6 +402,30 @@ impl Client {
             what: "GET /notes",
             detail,
         })
+    }
+
+    /// `DELETE /attachments/{id}` (OpenAPI `deleteAttachment`).
+    pub async fn delete_attachment(&self, id: &str) -> Result<Deleted, RemoteError> {
+        self.delete("attachments", id).await
+    }
+
+    /// `DELETE /notes/{id}` (OpenAPI `deleteNote`): the note goes with every attachment it holds.
+    pub async fn delete_note(&self, id: &str) -> Result<Deleted, RemoteError> {
+        self.delete("notes", id).await
+    }
+
+    /// `DELETE /{what}/{id}`: deleted now, or a 404 (nothing of that id is there: deleted
+    /// before, by an earlier answer that was lost, or by someone else).
+    async fn delete(&self, what: &str, id: &str) -> Result<Deleted, RemoteError> {
+        let path = format!(
+            "/{what}/{}",
+            percent_encoding::utf8_percent_encode(id, SEGMENT)
+        );
+        match self.api(self.http.delete(self.api_url(&path))).await {
+            Ok(_) => Ok(Deleted::Now),
+            Err(RemoteError::Api { status: 404, .. }) => Ok(Deleted::AlreadyGone),
+            Err(e) => Err(e),
+        }
     }
 
     /// The attachments a note, deal, call or meeting lists.

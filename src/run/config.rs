@@ -26,6 +26,8 @@ pub struct Choices {
     pub retry_failed: bool,
     pub reupload_changed: bool,
     pub adopt_state: bool,
+    /// `--redo-removed`: rows `undo` took back are uploaded again.
+    pub redo_removed: bool,
 }
 
 /// One run's settings, validated.
@@ -101,6 +103,7 @@ impl RunConfig {
                 retry_failed: args.retry_failed,
                 reupload_changed: args.reupload_changed,
                 adopt_state: args.adopt_state,
+                redo_removed: args.redo_removed,
             },
             json: args.json,
             no_progress: args.no_progress,

@@ -124,6 +124,8 @@ pub struct Work {
     /// The note groups whose rows wait for a note not yet recorded, with their row counts.
     notes: HashMap<String, usize>,
     pub already_done: usize,
+    /// Rows `undo` took back (`--redo-removed` takes them up again).
+    pub removed: usize,
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
@@ -218,6 +220,10 @@ impl Work {
                 self.failed_permanent.push(row.clone());
                 return;
             }
+            Decision::Removed => {
+                self.removed += 1;
+                return;
+            }
         };
         self.planned[index(plan)] += 1;
         match plan {
@@ -265,6 +271,9 @@ pub enum Decision {
     Rejected,
     /// Failed for good in an earlier run (`--retry-failed` takes it up again).
     FailedForGood,
+    /// Taken back by `undo` (or being taken back: `undo` again settles it); `run
+    /// --redo-removed` makes such rows new again before they are planned.
+    Removed,
 }
 
 impl Decision {
@@ -298,6 +307,10 @@ pub fn decide(row: &StoredRow, now: Now, choices: &Choices) -> Decision {
         RowState::Done if changed && choices.reupload_changed && now.valid => Plan::Upload,
         RowState::Done => return Decision::Done { changed },
         RowState::Rejected => return Decision::Rejected,
+        // Taken back by `undo`: uploaded again only when asked (a dry run of `--redo-removed`
+        // shows it so; a run makes such rows new first). One `undo` left unfinished stays so.
+        RowState::Removed if choices.redo_removed => Plan::Upload,
+        RowState::Removing | RowState::Removed => return Decision::Removed,
         // Whether its attach took effect was not told yet (a state file of an earlier version
         // held such rows for a person): the record is read again and settles it. An attach was
         // sent only after its upload's ETag was recorded: one without was never sent (it waited

@@ -87,6 +87,9 @@ impl Session {
             .begin_this_run(manifest_id(&cfg.manifest))
             .wait()
             .map_err(cannot)?;
+        if cfg.choices.redo_removed {
+            state.redo_removed().wait().map_err(cannot)?;
+        }
         let mut resolved = lookups.resolved_ids();
         let unresolved = lookups.not_found + lookups.ambiguous > 0;
         // A contact's place: where its first row is (a row by email not looked up: its email in

@@ -42,6 +42,8 @@ pub struct Summary {
     pub failed_retryable: usize,
     rejected: usize,
     not_started: usize,
+    /// Rows `undo` took back, not uploaded again (`--redo-removed` does).
+    removed: usize,
     changed_since_upload: Vec<ChangedFile>,
     failures: Vec<FailureLine>,
     /// Distinct emails the manifest names contacts by.
@@ -205,6 +207,7 @@ impl Summary {
             failed_retryable: tally.failed_retryable,
             rejected: work.rejected,
             not_started: tally.not_started,
+            removed: work.removed,
             changed_since_upload: work
                 .changed
                 .iter()
@@ -294,6 +297,13 @@ impl Summary {
         writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
         writeln!(out, "  rejected (invalid): {}", self.rejected)?;
         writeln!(out, "  not started:        {}", self.not_started)?;
+        if self.removed > 0 {
+            writeln!(
+                out,
+                "  removed by undo:    {} (not uploaded again; --redo-removed does)",
+                self.removed
+            )?;
+        }
         if self.contacts_by_email > 0 {
             writeln!(
                 out,
@@ -359,6 +369,10 @@ impl Summary {
             ),
             Some(Stopped::Quota) => format!("stopped: the account's storage is full; free some, then rerun: {rerun}"),
             None => match self.status {
+                ExitStatus::Success if self.removed > 0 => format!(
+                    "all rows done but {} that undo took back (--redo-removed uploads them again)",
+                    self.removed
+                ),
                 ExitStatus::Success => "all rows done".to_string(),
                 ExitStatus::Failed => {
                     let what = match (self.failed_permanent, self.rejected) {

@@ -23,4 +23,5 @@ mod shape;
 mod source_shape;
 mod streaming;
 mod throttle_models;
+mod undo;
 mod ux;

@@ -93,6 +93,7 @@ fn json_documents_have_the_documented_shape() {
             ("failed_retryable", "integer"),
             ("rejected", "integer"),
             ("not_started", "integer"),
+            ("removed", "integer"),
             ("changed_since_upload", "array"),
             ("failures", "array"),
             ("contacts_by_email", "integer"),

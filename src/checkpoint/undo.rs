@@ -1,0 +1,129 @@
+//! What `undo` records: each row's attachment and each created note deleted exactly once. The
+//! intent (`removing`) is committed before the `DELETE` is sent, and the outcome after it
+//! (`removed`, or back to what it was when the API refused the delete): a kill or a lost answer
+//! leaves `removing`, and the next `undo` sends the same delete again by the id recorded (a 404
+//! then says it took effect). `run --redo-removed` takes removed rows up again as new.
+
+use rusqlite::{Connection, params};
+
+use super::{Pending, StateFile, now};
+
+/// Commits the intent to delete row `id`'s attachment. False when the row is in no state to
+/// undo (not done, nor removing already).
+fn row_removing(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE rows SET state = 'removing', updated_at = ?2
+             WHERE id = ?1 AND state IN ('done', 'removing') AND attachment_id IS NOT NULL",
+        )?
+        .execute(params![id, now()])?;
+    Ok(changed == 1)
+}
+
+/// Records row `id`'s attachment as deleted (or found gone).
+fn row_removed(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    let at = now();
+    conn.prepare_cached(
+        "UPDATE rows SET state = 'removed', removed_at = ?2, updated_at = ?2
+         WHERE id = ?1 AND state = 'removing'",
+    )?
+    .execute(params![id, at])?;
+    Ok(())
+}
+
+/// The API refused to delete row `id`'s attachment (an answer that says it did not take
+/// effect): the row is done again, its attachment in place.
+fn row_kept(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE rows SET state = 'done', updated_at = ?2 WHERE id = ?1 AND state = 'removing'",
+    )?
+    .execute(params![id, now()])?;
+    Ok(())
+}
+
+/// Commits the intent to delete `group`'s note. False when the group holds no created note.
+fn note_removing(conn: &Connection, group: &str) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE notes SET state = 'removing' WHERE group_key = ?1 AND state IN ('created', 'removing')",
+        )?
+        .execute(params![group])?;
+    Ok(changed == 1)
+}
+
+/// Records `group`'s note as deleted (or found gone).
+fn note_removed(conn: &Connection, group: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE notes SET state = 'removed', removed_at = ?2 WHERE group_key = ?1 AND state = 'removing'",
+    )?
+    .execute(params![group, now()])?;
+    Ok(())
+}
+
+/// The note of `group` was not deleted after all (it holds attachments, or the API refused).
+fn note_kept(conn: &Connection, group: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE notes SET state = 'created' WHERE group_key = ?1 AND state = 'removing'",
+    )?
+    .execute(params![group])?;
+    Ok(())
+}
+
+/// Makes every removed row new again (`pending`, nothing of its upload kept), and every removed
+/// note a note to create again (its rows wait for it): what `run --redo-removed` takes up.
+/// Returns how many rows.
+fn redo_removed(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE notes SET state = 'pending', note_id = NULL, intent_at = NULL, created_at = NULL,
+                          adopted = 0, removed_at = NULL
+         WHERE state = 'removed'",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL,
+                         attempts = 0, error_kind = NULL, last_error = NULL, retryable = NULL,
+                         done_at = NULL, snapshot_gen = NULL, removed_at = NULL, updated_at = ?1,
+                         reference_id = CASE
+                             WHEN note_group IS NOT NULL AND EXISTS (
+                                 SELECT 1 FROM notes WHERE group_key = rows.note_group AND state = 'pending')
+                             THEN '' ELSE reference_id END
+         WHERE state = 'removed'",
+        [now()],
+    )
+}
+
+impl StateFile {
+    /// Commits the intent to delete the attachment of row `id` (see [`row_removing`]).
+    pub fn row_removing(&self, id: i64) -> Pending<bool> {
+        self.send(false, move |c| row_removing(c, id))
+    }
+
+    pub fn row_removed(&self, id: i64) -> Pending<()> {
+        self.send(false, move |c| row_removed(c, id))
+    }
+
+    pub fn row_kept(&self, id: i64) -> Pending<()> {
+        self.send(false, move |c| row_kept(c, id))
+    }
+
+    /// Commits the intent to delete `group`'s note (see [`note_removing`]).
+    pub fn note_removing(&self, group: &str) -> Pending<bool> {
+        let group = group.to_string();
+        self.send(false, move |c| note_removing(c, &group))
+    }
+
+    pub fn note_removed(&self, group: &str) -> Pending<()> {
+        let group = group.to_string();
+        self.send(false, move |c| note_removed(c, &group))
+    }
+
+    pub fn note_kept(&self, group: &str) -> Pending<()> {
+        let group = group.to_string();
+        self.send(false, move |c| note_kept(c, &group))
+    }
+
+    /// Takes every removed row up again as new (see [`redo_removed`]); all or nothing.
+    pub fn redo_removed(&self) -> Pending<usize> {
+        self.send(true, redo_removed)
+    }
+}

@@ -1,0 +1,308 @@
+//! `undo`: deletes exactly what a state file made, each thing once, and nothing else; resumable
+//! after kills and lost answers; `run` leaves removed rows alone unless `--redo-removed`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::common::emulator::{Emulator, tutorial_fields, tutorial_key, upload};
+use crate::common::{json_stdout, sample_copy_of, samples};
+
+/// The ids of the emulator's live attachments.
+fn live(emu: &Emulator) -> BTreeSet<String> {
+    ids(&emu.state()["attachments"])
+}
+
+/// The ids of the emulator's deleted attachments.
+fn deleted(emu: &Emulator) -> BTreeSet<String> {
+    ids(&emu.state()["deleted_attachments"])
+}
+
+/// The ids of the emulator's notes.
+fn notes(emu: &Emulator) -> BTreeSet<String> {
+    ids(&emu.state()["notes"])
+}
+
+fn ids(list: &Value) -> BTreeSet<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// DELETE requests the emulator has seen.
+fn deletes_seen(emu: &Emulator) -> u64 {
+    emu.state()["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("DELETE"))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
+
+/// `undo` of `manifest` with `args`, pointed at `emu`: its exit code and stdout.
+fn undo(emu: &Emulator, manifest: &Path, args: &[&str]) -> (i32, String) {
+    let out = emu
+        .cmd()
+        .arg("undo")
+        .arg(manifest)
+        .args(["--rate", "off"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `run` of `manifest` with `args` to its end: its summary.
+fn run(emu: &Emulator, manifest: &Path, args: &[&str]) -> Value {
+    let out = emu
+        .run_cmd(manifest)
+        .args(["--rate", "off", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    json_stdout(&out)
+}
+
+/// Runs `manifest` until every row is done (lost answers may fail rows, retryable).
+fn run_to_the_end(emu: &Emulator, manifest: &Path) {
+    for _ in 0..10 {
+        let doc = run(emu, manifest, &["--retries", "10"]);
+        if doc["exit_code"] == 0 {
+            return;
+        }
+        assert_eq!(doc["exit_code"], 4, "{doc:#}");
+    }
+    panic!("the run never finished");
+}
+
+fn status(manifest: &Path) -> Value {
+    let out = crate::common::bin()
+        .arg("status")
+        .arg(manifest)
+        .arg("--json")
+        .output()
+        .unwrap();
+    json_stdout(&out)
+}
+
+#[test]
+fn the_sample_is_undone_once_nothing_else_is_touched_and_run_leaves_it_unless_redo_removed() {
+    let (_s, manifest) = sample_copy_of("manifest.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let before = live(&emu);
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
+    assert_eq!(made.len(), 20);
+
+    // Not on a terminal and no --yes: refused, nothing sent.
+    let (code, _) = undo(&emu, &manifest, &[]);
+    assert_eq!(code, 2);
+    // A dry run lists every attachment and sends nothing.
+    let (code, out) = undo(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 attachments, up to 0 notes: 20 API calls"),
+        "{out}"
+    );
+    for id in &made {
+        assert!(out.contains(id.as_str()), "{id} listed: {out}");
+    }
+    assert_eq!(deletes_seen(&emu), 0);
+    assert_eq!(live(&emu).len(), before.len() + 20);
+
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("attachments deleted: 20 (0 were gone already)"),
+        "{out}"
+    );
+    assert!(out.contains("storage is not given back at once"), "{out}");
+    assert_eq!(
+        live(&emu),
+        before,
+        "every attachment it made gone, no other"
+    );
+    assert_eq!(deleted(&emu), made);
+    assert_eq!(deletes_seen(&emu), 20, "one delete each");
+    let by_state = &status(&manifest)["by_state"];
+    assert_eq!(by_state["removed"], 20, "{by_state}");
+    assert_eq!(by_state["done"], 0, "{by_state}");
+
+    // Again: nothing to send.
+    let requests = emu.state()["requests"].clone();
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Nothing to undo"), "{out}");
+    assert!(
+        out.contains("20 rows were removed by an earlier undo"),
+        "{out}"
+    );
+    // A run leaves the removed rows alone...
+    let doc = run(&emu, &manifest, &[]);
+    assert_eq!(doc["removed"], 20, "{doc:#}");
+    assert_eq!(doc["done_now"], 0, "{doc:#}");
+    assert_eq!(emu.state()["requests"], requests, "nothing sent");
+    // ...unless asked.
+    let doc = run(&emu, &manifest, &["--redo-removed"]);
+    assert_eq!(doc["done_now"], 20, "{doc:#}");
+    assert_eq!(doc["removed"], 0, "{doc:#}");
+    assert_eq!(live(&emu).len(), before.len() + 20);
+}
+
+#[test]
+fn lines_undo_only_those_rows() {
+    let (_s, manifest) = sample_copy_of("manifest.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    let (code, out) = undo(&emu, &manifest, &["--yes", "--lines", "3,7-9", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["attachments_deleted"], 4, "{doc:#}");
+    let rows = crate::common::bin()
+        .args(["report", "--only", "all"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&rows.stdout).into_owned();
+    let removed = report.lines().filter(|l| l.contains(",removed,")).count();
+    assert_eq!(removed, 4, "{report}");
+    assert_eq!(deletes_seen(&emu), 4);
+    // A bad list is a usage error, before anything is sent.
+    let (code, _) = undo(&emu, &manifest, &["--yes", "--lines", "9-3"]);
+    assert_eq!(code, 2);
+    assert_eq!(deletes_seen(&emu), 4);
+}
+
+/// A file of the sample attached by hand to `note` of `contact`, through the three steps.
+fn attach_by_hand(emu: &Emulator, contact: &str, note: &str) -> String {
+    let file = samples().join("files/logo.png");
+    let form = emu.form(contact);
+    let key = tutorial_key(&form, contact, "by-hand.png");
+    let reply = upload(
+        &emu.s3,
+        &tutorial_fields(&form, &key, "by-hand.png"),
+        &file,
+        &[],
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let body = json!({"reference_id": note, "reference_type": "note", "contact_id": contact,
+        "name": "by-hand.png", "key": key, "size": size});
+    let reply = emu.post("/attachments", &body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.json()["data"]["attachment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn created_notes_are_deleted_but_one_someone_else_added_a_file_to_is_kept_and_named() {
+    let (_s, manifest) = sample_copy_of("notes.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (notes_before, before) = (notes(&emu), live(&emu));
+    let doc = run(&emu, &manifest, &[]);
+    assert_eq!(doc["notes_created"], 5, "{doc:#}");
+    let created: Vec<Value> = status(&manifest)["notes"]["list"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (note, contact) = (
+        created[0]["note_id"].as_str().unwrap().to_string(),
+        created[0]["contact_id"].as_str().unwrap().to_string(),
+    );
+    let by_hand = attach_by_hand(&emu, &contact, &note);
+
+    let (code, out) = undo(&emu, &manifest, &["--yes", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["notes_deleted"], 4, "{doc:#}");
+    assert_eq!(doc["notes_kept"][0]["note_id"], note.as_str(), "{doc:#}");
+    assert_eq!(doc["notes_kept"][0]["attachments"], 1, "{doc:#}");
+    let mut expected = notes_before.clone();
+    expected.insert(note.clone());
+    assert_eq!(notes(&emu), expected, "the kept note stays, the others go");
+    let mut expected = before.clone();
+    expected.insert(by_hand);
+    assert_eq!(live(&emu), expected, "the file added by hand stays");
+    let (_, text) = undo(&emu, &manifest, &["--yes"]);
+    assert!(
+        text.contains(&format!("kept note {note} of contact {contact}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_else() {
+    for seed in ["3"] {
+        let (_s, manifest) = sample_copy_of("notes.csv");
+        let emu = Emulator::start(&[
+            "--rate-limit",
+            "off",
+            "--fault-rate",
+            "0.3",
+            "--drop-rate",
+            "0.3",
+            "--fault-seed",
+            seed,
+        ]);
+        let (notes_before, before) = (notes(&emu), live(&emu));
+        run_to_the_end(&emu, &manifest);
+        let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
+        assert_eq!(made.len(), 11);
+        // Killed after 3, 6, 9 ... more requests seen by the emulator: the same moments on a
+        // slow or a fast machine.
+        let mut kills = 0;
+        for step in 1..=6u64 {
+            let target = crate::faults::requests_seen(&emu) + 3 * step;
+            let mut undo = std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
+                .env("ONEPAGECRM_API_URL", &emu.api)
+                .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+                .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+                .arg("undo")
+                .arg(&manifest)
+                .args(["--yes", "--rate", "off", "--retries", "2"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            while undo.try_wait().unwrap().is_none() && crate::faults::requests_seen(&emu) < target
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if undo.try_wait().unwrap().is_none() {
+                crate::faults::signal(&undo, libc::SIGKILL);
+                kills += 1;
+            }
+            let _ = undo.wait();
+        }
+        assert!(kills >= 2, "seed {seed}: {kills} undos killed mid-way");
+        let mut last = String::new();
+        for _ in 0..10 {
+            let (code, out) = undo(&emu, &manifest, &["--yes", "--retries", "10"]);
+            last = out;
+            if code == 0 {
+                break;
+            }
+        }
+        assert_eq!(live(&emu), before, "seed {seed}: {last}");
+        assert_eq!(deleted(&emu), made, "seed {seed}: only what the run made");
+        assert_eq!(
+            notes(&emu),
+            notes_before,
+            "seed {seed}: the created notes gone"
+        );
+        let status = status(&manifest);
+        assert_eq!(status["by_state"]["removed"], 11, "{status:#}");
+        assert_eq!(status["notes"]["removed"], 5, "{status:#}");
+        let (code, out) = undo(&emu, &manifest, &["--yes"]);
+        assert_eq!((code, out.contains("Nothing to undo")), (0, true), "{out}");
+    }
+}
