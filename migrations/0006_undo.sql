@@ -88,3 +88,24 @@ FROM notes;
 
 DROP TABLE notes;
 ALTER TABLE notes_new RENAME TO notes;
+
+-- An attachment a row held before `--reupload-changed` uploaded its changed file again: the row
+-- forgets it (its `attachment_id` becomes the new one's), and this table keeps it, so that `undo`
+-- deletes it too (the state file made it). Kept by a trigger, in the same statement as the row's
+-- change. `state` as the rows': `done`, `removing` (the delete may have been sent), `removed`.
+CREATE TABLE replaced_attachments (
+    attachment_id TEXT PRIMARY KEY,
+    row_id        INTEGER NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'done' CHECK (state IN ('done', 'removing', 'removed')),
+    replaced_at   TEXT NOT NULL,
+    removed_at    TEXT
+) STRICT;
+
+CREATE TRIGGER rows_keep_replaced_attachments
+AFTER UPDATE OF attachment_id ON rows
+WHEN OLD.attachment_id IS NOT NULL AND OLD.state NOT IN ('removing', 'removed')
+     AND NEW.attachment_id IS NOT OLD.attachment_id
+BEGIN
+    INSERT OR IGNORE INTO replaced_attachments (attachment_id, row_id, replaced_at)
+    VALUES (OLD.attachment_id, OLD.id, NEW.updated_at);
+END;

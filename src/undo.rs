@@ -21,7 +21,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::ExitStatus;
-use crate::checkpoint::{NoteGroup, NoteState, RowState, StateFile, StoredRow};
+use crate::checkpoint::{
+    NoteGroup, NoteState, ReplacedAttachment, RowState, StateFile, StoreError, StoredRow,
+};
 use crate::cli::{Lines, UndoArgs};
 use crate::error::{CommandError, CommandResult};
 use crate::onepagecrm::ReferenceType;
@@ -45,7 +47,12 @@ pub fn run(args: &UndoArgs) -> CommandResult {
     let cannot = |e| CommandError::stopped(format!("cannot read {}: {e}", path.display()));
     let rows = state.load_rows().wait().map_err(cannot)?;
     let notes = state.load_notes().wait().map_err(cannot)?;
-    let plan = Plan::of(rows, notes, args.lines.as_ref());
+    let replaced = state.replaced_attachments().wait().map_err(cannot)?;
+    let mut plan = Plan::of(rows, notes, args.lines.as_ref());
+    plan.replaced = replaced
+        .into_iter()
+        .filter(|a| args.lines.as_ref().is_none_or(|l| l.contains(a.line)))
+        .collect();
     if args.dry_run || plan.is_empty() {
         state.close();
         return print_plan(&plan, args, &path);
@@ -84,6 +91,8 @@ pub fn run(args: &UndoArgs) -> CommandResult {
 struct Plan {
     /// Rows whose attachment to delete (`done`, or `removing` from an undo cut short).
     rows: Vec<StoredRow>,
+    /// Attachments rows held before `--reupload-changed` replaced them.
+    replaced: Vec<ReplacedAttachment>,
     /// Created notes to delete once none of their rows holds an attachment, each with its rows.
     notes: Vec<(NoteGroup, Vec<StoredRow>)>,
     /// Rows whose attach may have taken effect without its id recorded: not undone.
@@ -128,12 +137,22 @@ impl Plan {
     }
 
     fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.notes.is_empty() && self.in_doubt.is_empty()
+        self.attachments() == 0 && self.notes.is_empty() && self.in_doubt.is_empty()
     }
 
-    /// API calls: one a row, and a read and a delete a note.
+    fn attachments(&self) -> usize {
+        self.rows.len() + self.replaced.len()
+    }
+
+    /// API calls: one an attachment, and a read and a delete a note.
     fn calls(&self) -> usize {
-        self.rows.len() + 2 * self.notes.len()
+        self.attachments() + 2 * self.notes.len()
+    }
+
+    /// Every attachment to delete.
+    fn targets(&self) -> impl Iterator<Item = Target<'_>> {
+        let rows = self.rows.iter().map(Target::Row);
+        rows.chain(self.replaced.iter().map(Target::Replaced))
     }
 }
 
@@ -164,7 +183,7 @@ fn confirmed(plan: &Plan) -> Result<bool, CommandError> {
     }
     eprint!(
         "Delete {} attachments and up to {} notes from OnePageCRM? Type yes to go on: ",
-        plan.rows.len(),
+        plan.attachments(),
         plan.notes.len()
     );
     let mut answer = String::new();
@@ -208,10 +227,10 @@ struct KeptNote {
 async fn execute(ctx: &Arc<Context>, plan: &Plan) -> Result<Outcome, String> {
     let mut outcome = Outcome::default();
     let mut removed: HashMap<i64, bool> = HashMap::new();
-    let mut results = futures_util::stream::iter(plan.rows.iter())
-        .map(|row| async move { (row, remove_row(ctx, row).await) })
+    let mut results = futures_util::stream::iter(plan.targets())
+        .map(|target| async move { (target.row_id(), remove(ctx, target).await) })
         .buffer_unordered(CONCURRENCY);
-    while let Some((row, result)) = results.next().await {
+    while let Some((row_id, result)) = results.next().await {
         match result? {
             Ok(Deleted::Now) => outcome.attachments_deleted += 1,
             Ok(Deleted::AlreadyGone) => outcome.attachments_already_gone += 1,
@@ -220,7 +239,9 @@ async fn execute(ctx: &Arc<Context>, plan: &Plan) -> Result<Outcome, String> {
                 continue;
             }
         }
-        removed.insert(row.id, true);
+        if let Some(id) = row_id {
+            removed.insert(id, true);
+        }
     }
     drop(results);
     if let Some(why) = stopped(ctx) {
@@ -235,6 +256,64 @@ async fn execute(ctx: &Arc<Context>, plan: &Plan) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
+/// One attachment to delete: a row's, or one a row held before its file was uploaded again.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Row(&'a StoredRow),
+    Replaced(&'a ReplacedAttachment),
+}
+
+impl Target<'_> {
+    fn attachment_id(&self) -> &str {
+        match self {
+            Target::Row(r) => r.attachment_id.as_deref().unwrap_or_default(),
+            Target::Replaced(a) => &a.attachment_id,
+        }
+    }
+
+    /// The row whose attachment this is (not a replaced one's row: it holds another).
+    fn row_id(&self) -> Option<i64> {
+        match self {
+            Target::Row(r) => Some(r.id),
+            Target::Replaced(_) => None,
+        }
+    }
+
+    fn describe(&self) -> (u64, String) {
+        match self {
+            Target::Row(r) => (r.line, format!("attachment of {}", r.file)),
+            Target::Replaced(a) => (
+                a.line,
+                format!(
+                    "earlier attachment of {} (before --reupload-changed)",
+                    a.file
+                ),
+            ),
+        }
+    }
+
+    async fn removing(&self, state: &StateFile) -> Result<bool, StoreError> {
+        match self {
+            Target::Row(r) => state.row_removing(r.id).await,
+            Target::Replaced(a) => state.replaced_removing(&a.attachment_id).await,
+        }
+    }
+
+    async fn removed(&self, state: &StateFile) -> Result<(), StoreError> {
+        match self {
+            Target::Row(r) => state.row_removed(r.id).await,
+            Target::Replaced(a) => state.replaced_removed(&a.attachment_id).await,
+        }
+    }
+
+    async fn kept(&self, state: &StateFile) -> Result<(), StoreError> {
+        match self {
+            Target::Row(r) => state.row_kept(r.id).await,
+            Target::Replaced(a) => state.replaced_kept(&a.attachment_id).await,
+        }
+    }
+}
+
 /// Why the undo stopped (bad credentials), if it did.
 fn stopped(ctx: &Context) -> Option<String> {
     (ctx.stop_reason() == crate::pipeline::Stop::Credentials).then(|| {
@@ -242,29 +321,28 @@ fn stopped(ctx: &Context) -> Option<String> {
     })
 }
 
-/// Deletes one row's attachment: the intent first, then the request, then what it found.
-/// `Err` only when the state file cannot be written (the undo stops).
-async fn remove_row(ctx: &Context, row: &StoredRow) -> Result<Result<Deleted, Failure>, String> {
+/// Deletes one attachment: the intent first, then the request, then what it found. `Err` only
+/// when the state file cannot be written (the undo stops).
+async fn remove(ctx: &Context, target: Target<'_>) -> Result<Result<Deleted, Failure>, String> {
     let store = |e| format!("cannot write the state file: {e}");
-    let Some(id) = row.attachment_id.clone() else {
-        unreachable!("the plan takes rows with an attachment id only");
-    };
-    if !ctx.state.row_removing(row.id).await.map_err(store)? {
+    let id = target.attachment_id().to_string();
+    if !target.removing(&ctx.state).await.map_err(store)? {
         return Ok(Ok(Deleted::AlreadyGone));
     }
     match ctx.api_retrying(|| ctx.client.delete_attachment(&id)).await {
         Ok(deleted) => {
-            ctx.state.row_removed(row.id).await.map_err(store)?;
+            target.removed(&ctx.state).await.map_err(store)?;
             Ok(Ok(deleted))
         }
         Err(e) => {
             let refused = refused(&e);
             if refused {
-                ctx.state.row_kept(row.id).await.map_err(store)?;
+                target.kept(&ctx.state).await.map_err(store)?;
             }
+            let (line, what) = target.describe();
             Ok(Err(Failure {
-                line: Some(row.line),
-                what: format!("attachment of {}", row.file),
+                line: Some(line),
+                what,
                 id,
                 message: e.to_string(),
                 retryable: !refused || e.is_retryable(),
@@ -378,13 +456,29 @@ fn planned(row: &StoredRow) -> PlannedRow<'_> {
     }
 }
 
+fn planned_replaced(a: &ReplacedAttachment) -> PlannedRow<'_> {
+    PlannedRow {
+        line: a.line,
+        file: &a.file,
+        reference_type: &a.reference_type,
+        reference_id: &a.reference_id,
+        attachment_id: Some(&a.attachment_id),
+        state: "replaced",
+    }
+}
+
 /// `--dry-run` (or nothing to do): what an undo would delete, its calls and their time.
 fn print_plan(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> CommandResult {
     let seconds = args.rate.0.map(|r| plan.calls() as f64 / r);
     let doc = PlanDoc {
         state: path.display().to_string(),
         dry_run: args.dry_run,
-        attachments: plan.rows.iter().map(planned).collect(),
+        attachments: plan
+            .rows
+            .iter()
+            .map(planned)
+            .chain(plan.replaced.iter().map(planned_replaced))
+            .collect(),
         notes: plan
             .notes
             .iter()
@@ -425,9 +519,13 @@ fn write_plan(out: &mut impl Write, doc: &PlanDoc) -> std::io::Result<()> {
         };
         writeln!(out, "Undo of {} {what}:", show(&doc.state))?;
         for r in &doc.attachments {
+            let earlier = match r.state {
+                "replaced" => ", the file's version before --reupload-changed",
+                _ => "",
+            };
             writeln!(
                 out,
-                "  line {}: {} on {} {} (attachment {})",
+                "  line {}: {} on {} {} (attachment {}{earlier})",
                 r.line,
                 show(r.file),
                 r.reference_type,

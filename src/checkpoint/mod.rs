@@ -33,6 +33,7 @@ pub use rows::{NewRow, NoteColumns, RowState, StoredRow, Transition};
 pub use runs::{RunCounts, RunRecord};
 pub use snapshots::{HeldAttachment, RecordSnapshot};
 pub use this_run::{Now, Pass, Place, START, ThisRun};
+pub use undo::ReplacedAttachment;
 pub use writer::{Answer, Pending, StoreError};
 
 /// A state file opened for a run: a handle to its writer thread, cheap to clone. The thread,

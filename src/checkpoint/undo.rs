@@ -92,7 +92,80 @@ fn redo_removed(conn: &Connection) -> rusqlite::Result<usize> {
     )
 }
 
+/// An attachment a row held before its changed file was uploaded again (`--reupload-changed`):
+/// the state file made it, so `undo` deletes it too.
+#[derive(Clone, Debug)]
+pub struct ReplacedAttachment {
+    pub attachment_id: String,
+    /// `done`, or `removing` (an undo cut short).
+    pub removing: bool,
+    /// The row that held it.
+    pub line: u64,
+    pub file: String,
+    pub reference_type: String,
+    pub reference_id: String,
+}
+
+/// The replaced attachments not removed yet.
+fn replaced(conn: &Connection) -> rusqlite::Result<Vec<ReplacedAttachment>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.attachment_id, a.state = 'removing', r.line, r.file, r.reference_type, r.reference_id
+         FROM replaced_attachments a JOIN rows r ON r.id = a.row_id
+         WHERE a.state IN ('done', 'removing') ORDER BY r.line, a.replaced_at",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(ReplacedAttachment {
+            attachment_id: r.get(0)?,
+            removing: r.get(1)?,
+            line: r.get::<_, i64>(2)? as u64,
+            file: r.get(3)?,
+            reference_type: r.get(4)?,
+            reference_id: r.get(5)?,
+        })
+    })?
+    .collect()
+}
+
+/// Moves a replaced attachment from one of `from` to `to` (`removed` records when).
+fn replaced_to(conn: &Connection, id: &str, from: &str, to: &str) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE replaced_attachments SET state = ?3,
+                 removed_at = CASE WHEN ?3 = 'removed' THEN ?4 ELSE removed_at END
+             WHERE attachment_id = ?1 AND instr(?2, ',' || state || ',') > 0",
+        )?
+        .execute(params![id, format!(",{from},"), to, now()])?;
+    Ok(changed == 1)
+}
+
 impl StateFile {
+    /// The attachments rows held before their changed files were uploaded again, not removed.
+    pub fn replaced_attachments(&self) -> Pending<Vec<ReplacedAttachment>> {
+        self.send(false, replaced)
+    }
+
+    /// Commits the intent to delete replaced attachment `id`; false when it is removed already.
+    pub fn replaced_removing(&self, id: &str) -> Pending<bool> {
+        let id = id.to_string();
+        self.send(false, move |c| {
+            replaced_to(c, &id, "done,removing", "removing")
+        })
+    }
+
+    pub fn replaced_removed(&self, id: &str) -> Pending<()> {
+        let id = id.to_string();
+        self.send(false, move |c| {
+            replaced_to(c, &id, "removing", "removed").map(|_| ())
+        })
+    }
+
+    pub fn replaced_kept(&self, id: &str) -> Pending<()> {
+        let id = id.to_string();
+        self.send(false, move |c| {
+            replaced_to(c, &id, "removing", "done").map(|_| ())
+        })
+    }
+
     /// Commits the intent to delete the attachment of row `id` (see [`row_removing`]).
     pub fn row_removing(&self, id: i64) -> Pending<bool> {
         self.send(false, move |c| row_removing(c, id))

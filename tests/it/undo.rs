@@ -306,3 +306,29 @@ fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_
         assert_eq!((code, out.contains("Nothing to undo")), (0, true), "{out}");
     }
 }
+
+#[test]
+fn an_attachment_replaced_by_reupload_changed_is_undone_too() {
+    let (s, manifest) = sample_copy_of("manifest.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let before = live(&emu);
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    // Line 4's file changes, and is uploaded again: its record holds both versions.
+    std::fs::write(s.path("files/logo.png"), b"a new logo").unwrap();
+    let doc = run(&emu, &manifest, &["--reupload-changed"]);
+    assert_eq!(doc["exit_code"], 0, "{doc:#}");
+    let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
+    let reuploaded = doc["done_now"].as_u64().unwrap() as usize;
+    assert!(reuploaded >= 1, "{doc:#}");
+    assert_eq!(made.len(), 20 + reuploaded);
+
+    let (code, out) = undo(&emu, &manifest, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("before --reupload-changed"), "{out}");
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(live(&emu), before, "both versions gone: {out}");
+    assert_eq!(deleted(&emu), made);
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!((code, out.contains("Nothing to undo")), (0, true), "{out}");
+}
