@@ -332,3 +332,28 @@ fn an_attachment_replaced_by_reupload_changed_is_undone_too() {
     let (code, out) = undo(&emu, &manifest, &["--yes"]);
     assert_eq!((code, out.contains("Nothing to undo")), (0, true), "{out}");
 }
+
+#[test]
+fn a_state_file_locked_by_a_run_is_refused_also_through_a_link_and_nothing_is_sent() {
+    let (_s, manifest) = sample_copy_of("manifest.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    // A run holds the state file's lock (as `run` takes it: a `flock` on the file itself), also
+    // when undo reaches it through a link.
+    let state = manifest.with_file_name("manifest.opcrm.sqlite");
+    let held = std::fs::File::open(&state).unwrap();
+    held.try_lock().unwrap();
+    let link = manifest.with_file_name("link.sqlite");
+    std::os::unix::fs::symlink(&state, &link).unwrap();
+    for args in [
+        vec!["--yes"],
+        vec!["--yes", "--state", link.to_str().unwrap()],
+    ] {
+        let (code, out) = undo(&emu, &manifest, &args);
+        assert_eq!(code, 3, "{args:?}: {out}");
+    }
+    assert_eq!(deletes_seen(&emu), 0);
+    drop(held);
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+}
