@@ -27,6 +27,7 @@ pub mod report;
 pub mod run;
 pub mod status;
 pub mod terminal;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,7 @@ pub fn run(cli: Cli) -> CommandResult {
         Command::Run(args) => run::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Emulator(args) => emulator_command(args)
             .map(|()| ExitStatus::Success)
             // A refused address, endpoint or seed: the emulator's configuration.
