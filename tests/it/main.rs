@@ -24,3 +24,4 @@ mod source_shape;
 mod streaming;
 mod throttle_models;
 mod ux;
+mod verify;
