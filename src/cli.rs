@@ -25,6 +25,7 @@ impl Cli {
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
             Command::Undo(a) => a.json,
+            Command::Verify(a) => a.json,
             _ => false,
         }
     }
@@ -99,6 +100,16 @@ pub enum Command {
     ///
     /// Example: opcrm-import undo samples/manifest.csv --dry-run
     Undo(UndoArgs),
+    /// Check the live account against the state file, line by line.
+    ///
+    /// Reads each record the done rows attach to once (through the run's rate limit, throttle
+    /// gate and retries): the attachment recorded must be there with its name and size, a note
+    /// the tool created there with its text, and no other attachment of a row's name and size
+    /// beside it. One verdict per line: ok, missing, changed or duplicate. Exit 0 when all are
+    /// ok, 1 when not, 3 when the account could not be read.
+    ///
+    /// Example: opcrm-import verify samples/manifest.csv
+    Verify(VerifyArgs),
     /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
     ///
     /// Prints one line when ready, with the API base URL, the S3 URL and the credentials it
@@ -451,6 +462,40 @@ pub enum ReportOnly {
     Failed,
     Done,
     All,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The manifest whose state file to check (`<manifest without .csv>.opcrm.sqlite`).
+    pub manifest: PathBuf,
+
+    /// The state file to check; default `<manifest without .csv>.opcrm.sqlite` beside the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Print one JSON document on stdout: every problem, and the counts.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// API requests per second, on average (`off`: no client-side limit, for the emulator).
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
+    pub rate: Rate,
+
+    /// API requests the client may send at once after a pause.
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub burst: u32,
+
+    /// Retries of a read's retryable failures (5xx, timeouts, dropped connections).
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
+    pub retries: u32,
+
+    /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

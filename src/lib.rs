@@ -28,6 +28,7 @@ pub mod run;
 pub mod status;
 pub mod terminal;
 pub mod undo;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,7 @@ pub fn run(cli: Cli) -> CommandResult {
         Command::Status(args) => status::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Undo(args) => undo::run(&args),
+        Command::Verify(args) => verify::run(&args),
         Command::Emulator(args) => emulator_command(args)
             .map(|()| ExitStatus::Success)
             // A refused address, endpoint or seed: the emulator's configuration.

@@ -3,6 +3,8 @@
 //! through the client's rate limit and the throttle gate, with retries, so that a throttled
 //! answer is waited out instead of failing the check. A run keeps that form for its first row.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::pipeline::{Context, Settings, Stateless};
@@ -58,11 +60,23 @@ pub fn judge(storage_left: Result<u64, RemoteError>, line: u64, bytes_to_upload:
 /// retries, for the calls `check` makes (the email lookups, the records, the quota) outside any
 /// run. The context records nothing.
 pub fn with_context<T>(client: Client, f: impl AsyncFnOnce(&Context) -> T) -> Result<T, String> {
+    with_settings(client, Settings::default(), async |ctx: &Arc<Context>| {
+        f(ctx.as_ref()).await
+    })
+}
+
+/// [`with_context`] with `settings` (`verify`'s `--rate`, `--burst`, `--retries`), handing `f`
+/// the context itself, so that it can watch it (the stall watch, the progress display).
+pub fn with_settings<T>(
+    client: Client,
+    settings: Settings,
+    f: impl AsyncFnOnce(&Arc<Context>) -> T,
+) -> Result<T, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let stateless = Stateless::new(client, Settings::default()).map_err(|e| e.to_string())?;
+    let stateless = Stateless::new(client, settings).map_err(|e| e.to_string())?;
     let answer = runtime.block_on(f(&stateless.ctx));
     stateless.close();
     Ok(answer)

@@ -486,6 +486,9 @@ pub struct RemoteRecord {
     pub id: String,
     /// Empty when the answer does not say.
     pub contact_id: String,
+    /// A note's (a call's, a meeting's) `text`, when the answer has one: what `verify` compares
+    /// with the text of a note the tool created.
+    pub text: Option<String>,
     pub attachments: Vec<RemoteAttachment>,
 }
 
@@ -496,7 +499,7 @@ pub struct RecordsPage {
     pub max_page: u64,
 }
 
-/// A record's `id`, `contact_id` and `attachments` (an attachment without an id, a name or a
+/// A record's `id`, `contact_id`, `text` and `attachments` (an attachment without an id, a name or a
 /// size cannot be matched to a row and is left out).
 fn parse_record(record: &Value) -> Result<RemoteRecord, String> {
     let id = record
@@ -515,6 +518,10 @@ fn parse_record(record: &Value) -> Result<RemoteRecord, String> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
+        text: record
+            .get("text")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         attachments: list.iter().filter_map(parse_attachment).collect(),
     })
 }
@@ -702,6 +709,20 @@ fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Dur
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_records_text_is_read_when_it_has_one() {
+        let note = json!({"id": "n1", "contact_id": "c1", "text": "Hello\nthere",
+            "attachments": [{"id": "a1", "filename": "a.pdf", "size": 3, "url": "https://x/a.pdf"}]});
+        let record = parse_record(&note).unwrap();
+        assert_eq!(record.text.as_deref(), Some("Hello\nthere"));
+        assert_eq!(
+            (record.attachments.len(), record.contact_id.as_str()),
+            (1, "c1")
+        );
+        let deal = json!({"id": "d1", "name": "A deal", "attachments": []});
+        assert_eq!(parse_record(&deal).unwrap().text, None);
+    }
 
     #[test]
     fn retry_after_is_read_as_seconds_or_as_an_http_date() {

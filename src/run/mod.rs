@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 pub use config::{Choices, Remote, RunConfig, default_state_path};
 pub use plan::{Work, manifest_rows, plan};
+pub(crate) use session::manifest_id;
 
 use crate::cli::RunArgs;
 use crate::error::{CommandError, CommandResult, ignore_broken_pipe};

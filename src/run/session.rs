@@ -185,7 +185,7 @@ fn check_manifest(cfg: &RunConfig, file: &StateFile) -> Result<(), CommandError>
 }
 
 /// The manifest as the state file names it: its canonical path.
-fn manifest_id(manifest: &Path) -> String {
+pub(crate) fn manifest_id(manifest: &Path) -> String {
     std::fs::canonicalize(manifest)
         .unwrap_or_else(|_| manifest.to_path_buf())
         .to_string_lossy()

@@ -25,3 +25,4 @@ mod streaming;
 mod throttle_models;
 mod undo;
 mod ux;
+mod verify;

@@ -357,3 +357,88 @@ fn a_state_file_locked_by_a_run_is_refused_also_through_a_link_and_nothing_is_se
     let (code, out) = undo(&emu, &manifest, &["--yes"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// `verify` of `manifest`: its exit code and JSON document.
+fn verify(emu: &Emulator, manifest: &Path) -> (i32, Value) {
+    let out = emu
+        .cmd()
+        .arg("verify")
+        .arg(manifest)
+        .args(["--rate", "off", "--json", "--no-progress"])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), json_stdout(&out))
+}
+
+#[test]
+fn the_sample_run_verified_an_attachment_deleted_by_hand_missing_undone_then_verified_as_removed() {
+    let (_s, manifest) = sample_copy_of("notes.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (notes_before, before) = (notes(&emu), live(&emu));
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    let (code, doc) = verify(&emu, &manifest);
+    assert_eq!(code, 0, "{doc:#}");
+
+    // One attachment deleted through the API: its line is missing.
+    let rows = crate::common::bin()
+        .args(["report", "--only", "done"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&rows.stdout).into_owned();
+    let first = report.lines().nth(1).unwrap().to_string();
+    let gone = first
+        .split(',')
+        .find(|f| f.len() == 24 && live(&emu).contains(*f))
+        .unwrap()
+        .to_string();
+    let reply = crate::common::emulator::curl(
+        &[
+            "-X".into(),
+            "DELETE".into(),
+            format!("{}/attachments/{gone}", emu.api),
+        ],
+        Some((
+            crate::common::emulator::USER_ID,
+            crate::common::emulator::API_KEY,
+        )),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (code, doc) = verify(&emu, &manifest);
+    assert_eq!(code, 1, "{doc:#}");
+    let text = doc.to_string();
+    assert!(text.contains("\"missing\""), "{doc:#}");
+
+    // Undo: everything the state file made is gone (the attachment deleted by hand counts as
+    // gone already), and nothing else.
+    let (code, out) = undo(&emu, &manifest, &["--yes", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["attachments_already_gone"], 1, "{done:#}");
+    assert_eq!(done["attachments_deleted"], 10, "{done:#}");
+    assert_eq!(done["notes_deleted"], 5, "{done:#}");
+    assert_eq!((live(&emu), notes(&emu)), (before, notes_before));
+    let requests = emu.state()["requests"].clone();
+    let (code, _) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        emu.state()["requests"],
+        requests,
+        "undo again sends nothing"
+    );
+
+    // Verify after undo: the rows are removed, not problems.
+    let out = emu
+        .cmd()
+        .arg("verify")
+        .arg(&manifest)
+        .args(["--rate", "off", "--no-progress"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Removed:    11 (taken back by `undo`)"),
+        "{text}"
+    );
+}
