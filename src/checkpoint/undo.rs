@@ -138,6 +138,28 @@ fn replaced_to(conn: &Connection, id: &str, from: &str, to: &str) -> rusqlite::R
     Ok(changed == 1)
 }
 
+/// The ids of every attachment a row held before (whatever became of it since); none in a state
+/// file from before `replaced_attachments`.
+fn replaced_ids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'replaced_attachments'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT attachment_id FROM replaced_attachments")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+impl super::StateReader {
+    /// The attachments rows held before `--reupload-changed` replaced them (see [`replaced_ids`]).
+    pub fn replaced_attachment_ids(&self) -> rusqlite::Result<Vec<String>> {
+        replaced_ids(&self.conn)
+    }
+}
+
 impl StateFile {
     /// The attachments rows held before their changed files were uploaded again, not removed.
     pub fn replaced_attachments(&self) -> Pending<Vec<ReplacedAttachment>> {

@@ -28,8 +28,11 @@ use judge::{Duplicate, LineProblem, NoteProblem, Plan, RecordKey, Verdict};
 /// `opcrm-import verify`, with the API and credentials from the environment.
 pub fn run(args: &VerifyArgs) -> CommandResult {
     let (client, settings) = remote(args)?;
-    let (path, rows, notes) = load(args)?;
-    let plan = Plan::new(&rows, &notes);
+    let (path, rows, notes, replaced) = load(args)?;
+    let mut plan = Plan::new(&rows, &notes);
+    // Earlier versions of files uploaded again (`--reupload-changed`) are the state file's own:
+    // never someone else's duplicate.
+    plan.recorded.extend(replaced.iter().map(String::as_str));
     let mut report = Report::new(&path, &args.manifest, &plan);
     let mode = Mode::choose(args.no_progress);
     let cost = read::read_all(client, settings, plan.keys(), mode, |key, read| {
@@ -67,7 +70,10 @@ fn remote(args: &VerifyArgs) -> Result<(Client, Settings), CommandError> {
 
 /// The state file's rows and note groups, read only; a state file that belongs to another
 /// manifest is refused, as `run` refuses it.
-fn load(args: &VerifyArgs) -> Result<(PathBuf, Vec<StoredRow>, Vec<NoteGroup>), CommandError> {
+/// The state file's path, rows, note groups, and attachments rows held before.
+type Loaded = (PathBuf, Vec<StoredRow>, Vec<NoteGroup>, Vec<String>);
+
+fn load(args: &VerifyArgs) -> Result<Loaded, CommandError> {
     let (path, file) = crate::status::open(Some(&args.manifest), args.state.as_ref())
         .map_err(|(m, status)| CommandError::new(status, m))?;
     let cannot_read = |e: rusqlite::Error| {
@@ -86,7 +92,8 @@ fn load(args: &VerifyArgs) -> Result<(PathBuf, Vec<StoredRow>, Vec<NoteGroup>), 
     }
     let rows = file.load_rows().map_err(cannot_read)?;
     let notes = file.load_notes().map_err(cannot_read)?;
-    Ok((path, rows, notes))
+    let replaced = file.replaced_attachment_ids().map_err(cannot_read)?;
+    Ok((path, rows, notes, replaced))
 }
 
 /// What `verify` found (the `--json` document; its shape is documented in docs/verify.md).

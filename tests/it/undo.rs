@@ -313,10 +313,17 @@ fn an_attachment_replaced_by_reupload_changed_is_undone_too() {
     let emu = Emulator::start(&["--rate-limit", "off"]);
     let before = live(&emu);
     assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
-    // Line 4's file changes, and is uploaded again: its record holds both versions.
-    std::fs::write(s.path("files/logo.png"), b"a new logo").unwrap();
+    // Line 4's file changes (its size stays), and is uploaded again: its record holds both
+    // versions, of one name and size.
+    let logo = s.path("files/logo.png");
+    let mut bytes = std::fs::read(&logo).unwrap();
+    bytes.reverse();
+    std::fs::write(&logo, bytes).unwrap();
     let doc = run(&emu, &manifest, &["--reupload-changed"]);
     assert_eq!(doc["exit_code"], 0, "{doc:#}");
+    // Both are the state file's own: `verify` takes the earlier one for no duplicate.
+    let (code, checked) = verify(&emu, &manifest);
+    assert_eq!(code, 0, "{checked:#}");
     let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
     let reuploaded = doc["done_now"].as_u64().unwrap() as usize;
     assert!(reuploaded >= 1, "{doc:#}");
