@@ -31,6 +31,9 @@ use crate::pipeline::{Context, Settings};
 use crate::remote::api::Deleted;
 use crate::remote::{self, Client, Credentials, RemoteError};
 
+/// The attachments the question before an undo lists (`--dry-run` lists them all).
+const SHOWN: usize = 20;
+
 /// Deletes at once (each one call; the rate limit is what bounds them).
 const CONCURRENCY: usize = 4;
 
@@ -57,7 +60,7 @@ pub fn run(args: &UndoArgs) -> CommandResult {
         state.close();
         return print_plan(&plan, args, &path);
     }
-    if !args.yes && !confirmed(&plan)? {
+    if !args.yes && !confirmed(&plan, args, &path)? {
         state.close();
         say("Nothing deleted.");
         return Ok(ExitStatus::Failed);
@@ -175,12 +178,17 @@ fn still_holds(row: &StoredRow, removed: &HashMap<i64, bool>) -> bool {
 }
 
 /// Asks on the terminal; refuses (usage) when there is none.
-fn confirmed(plan: &Plan) -> Result<bool, CommandError> {
+fn confirmed(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> Result<bool, CommandError> {
     if !std::io::stdin().is_terminal() {
         return Err(CommandError::usage(
             "undo deletes from the live account and stdin is not a terminal to ask on: add --yes (see what it deletes with --dry-run first)",
         ));
     }
+    // What it will delete, the first lines of it (`--dry-run` lists it all).
+    let mut shown = Vec::new();
+    write_plan(&mut shown, &plan_doc(plan, args, path), Some(SHOWN))
+        .map_err(CommandError::stopped)?;
+    eprint!("{}", String::from_utf8_lossy(&shown));
     eprint!(
         "Delete {} attachments and up to {} notes from OnePageCRM? Type yes to go on: ",
         plan.attachments(),
@@ -467,10 +475,9 @@ fn planned_replaced(a: &ReplacedAttachment) -> PlannedRow<'_> {
     }
 }
 
-/// `--dry-run` (or nothing to do): what an undo would delete, its calls and their time.
-fn print_plan(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> CommandResult {
-    let seconds = args.rate.0.map(|r| plan.calls() as f64 / r);
-    let doc = PlanDoc {
+/// What an undo would delete, its calls and their time.
+fn plan_doc<'a>(plan: &'a Plan, args: &UndoArgs, path: &std::path::Path) -> PlanDoc<'a> {
+    PlanDoc {
         state: path.display().to_string(),
         dry_run: args.dry_run,
         attachments: plan
@@ -490,8 +497,13 @@ fn print_plan(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> CommandRe
         in_doubt: plan.in_doubt.iter().map(planned).collect(),
         removed_before: plan.removed_before,
         api_calls: plan.calls(),
-        seconds,
-    };
+        seconds: args.rate.0.map(|r| plan.calls() as f64 / r),
+    }
+}
+
+/// `--dry-run` (or nothing to do): what an undo would delete, its calls and their time.
+fn print_plan(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> CommandResult {
+    let doc = plan_doc(plan, args, path);
     let status = match plan.in_doubt.is_empty() {
         true => ExitStatus::Success,
         false => ExitStatus::Failed,
@@ -501,13 +513,14 @@ fn print_plan(plan: &Plan, args: &UndoArgs, path: &std::path::Path) -> CommandRe
         true => serde_json::to_writer_pretty(&mut out, &doc)
             .map_err(std::io::Error::other)
             .and_then(|()| writeln!(out)),
-        false => write_plan(&mut out, &doc),
+        false => write_plan(&mut out, &doc, None),
     };
     crate::error::ignore_broken_pipe(written)?;
     Ok(status)
 }
 
-fn write_plan(out: &mut impl Write, doc: &PlanDoc) -> std::io::Result<()> {
+/// The plan for a person; `limit`: list that many attachments at most.
+fn write_plan(out: &mut impl Write, doc: &PlanDoc, limit: Option<usize>) -> std::io::Result<()> {
     let show = |s: &str| crate::terminal::printable(s).into_owned();
     if doc.attachments.is_empty() && doc.notes.is_empty() {
         writeln!(out, "Nothing to undo in {}.", show(&doc.state))?;
@@ -518,7 +531,8 @@ fn write_plan(out: &mut impl Write, doc: &PlanDoc) -> std::io::Result<()> {
             "deletes"
         };
         writeln!(out, "Undo of {} {what}:", show(&doc.state))?;
-        for r in &doc.attachments {
+        let limit = limit.unwrap_or(usize::MAX);
+        for r in doc.attachments.iter().take(limit) {
             let earlier = match r.state {
                 "replaced" => ", the file's version before --reupload-changed",
                 _ => "",
@@ -533,7 +547,14 @@ fn write_plan(out: &mut impl Write, doc: &PlanDoc) -> std::io::Result<()> {
                 show(r.attachment_id.unwrap_or_default())
             )?;
         }
-        for n in &doc.notes {
+        if doc.attachments.len() > limit {
+            writeln!(
+                out,
+                "  ... and {} more (--dry-run lists them all)",
+                doc.attachments.len() - limit
+            )?;
+        }
+        for n in doc.notes.iter().take(limit) {
             writeln!(
                 out,
                 "  note {} of contact {}, if it then holds no attachment",

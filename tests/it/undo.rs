@@ -449,3 +449,60 @@ fn the_sample_run_verified_an_attachment_deleted_by_hand_missing_undone_then_ver
         "{text}"
     );
 }
+
+/// A pseudo-terminal: its controller's and its terminal's ends.
+fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut controller, mut terminal) = (0, 0);
+    let made = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(made, 0, "openpty");
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(controller),
+            std::os::fd::OwnedFd::from_raw_fd(terminal),
+        )
+    }
+}
+
+#[test]
+fn on_a_terminal_undo_shows_what_it_deletes_and_deletes_only_on_yes() {
+    let (_s, manifest) = sample_copy_of("manifest.csv");
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let before = live(&emu);
+    assert_eq!(run(&emu, &manifest, &[])["exit_code"], 0);
+    for (answer, code, deletes) in [("no\n", 1, 0), ("yes\n", 0, 20)] {
+        let (controller, terminal) = pty();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
+            .env("ONEPAGECRM_API_URL", &emu.api)
+            .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+            .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+            .arg("undo")
+            .arg(&manifest)
+            .args(["--rate", "off"])
+            .stdin(std::process::Stdio::from(terminal))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut typed = std::fs::File::from(controller);
+        std::io::Write::write_all(&mut typed, answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let asked = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{answer:?}: {asked}");
+        assert!(
+            asked.contains("line 2: files/proposal-acme.pdf on deal")
+                && asked.contains("Delete 20 attachments and up to 0 notes from OnePageCRM?"),
+            "{asked}"
+        );
+        assert_eq!(deletes_seen(&emu), deletes, "{answer:?}");
+    }
+    assert_eq!(live(&emu), before);
+}
