@@ -211,7 +211,10 @@ fn tell_held_back(rows: &[StoredRow], notes: &Notes, manifest: Option<&str>) {
         false => String::new(),
     };
     let rerun = manifest.map_or("the run's own command".to_string(), |m| {
-        format!("`opcrm-import run {m}` (with the run's flags)")
+        format!(
+            "`{} run {m}` (with the run's flags)",
+            crate::run::summary::program()
+        )
     });
     crate::say!(
         "note: {} failed {} left out of this report (lines {}{more}): step 3 may have attached them already, or their note may have been made with its answer lost, so a fix file (a state file of its own) would attach or create them again. Rerun {rerun} to settle them: it reads their records again and never makes anything twice",

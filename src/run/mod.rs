@@ -12,7 +12,7 @@ mod dry_run;
 mod execute;
 mod plan;
 mod session;
-mod summary;
+pub(crate) mod summary;
 
 use std::sync::Arc;
 

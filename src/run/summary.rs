@@ -406,6 +406,19 @@ fn anywhere(path: &Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// This program as the next command should name it: as it was started. A bare name (found on
+/// `PATH`) stays bare; a path (`target/release/opcrm-import`, or what `cargo run` starts) is made
+/// absolute, as the manifest is, so that the command works from any folder.
+pub fn program() -> String {
+    let Some(argv0) = std::env::args_os().next() else {
+        return "opcrm-import".into();
+    };
+    match Path::new(&argv0).components().count() > 1 {
+        true => shell_quote(anywhere(Path::new(&argv0)).as_os_str()),
+        false => shell_quote(&argv0),
+    }
+}
+
 /// `s` as one word of a POSIX shell command: as it is when that is safe, else in single quotes.
 fn shell_quote(s: &std::ffi::OsStr) -> String {
     let text = s.to_string_lossy();
@@ -483,7 +496,7 @@ fn resume_flags(cfg: &RunConfig) -> Vec<String> {
 /// The exact command that resumes this run, ready to paste into a shell.
 pub fn resume_command(cfg: &RunConfig) -> String {
     let mut words = vec![
-        "opcrm-import run".to_string(),
+        format!("{} run", program()),
         shell_quote(anywhere(&cfg.manifest).as_os_str()),
     ];
     words.extend(resume_flags(cfg));
@@ -496,7 +509,7 @@ fn report_command(cfg: &RunConfig) -> String {
         Some(state) => format!("--state {}", shell_quote(anywhere(state).as_os_str())),
         None => shell_quote(anywhere(&cfg.manifest).as_os_str()),
     };
-    format!("opcrm-import report {target} --only failed -o fix.csv")
+    format!("{} report {target} --only failed -o fix.csv", program())
 }
 
 #[cfg(test)]

@@ -66,8 +66,9 @@ fn write_text(out: &mut impl Write, r: &Report) -> io::Result<()> {
             .collect();
         writeln!(
             out,
-            "Not done:   {not_done} ({}): not verified; `opcrm-import status` tells more",
-            states.join(", ")
+            "Not done:   {not_done} ({}): not verified; `{} status` tells more",
+            states.join(", "),
+            crate::run::summary::program()
         )?;
     }
     let n = &c.notes;

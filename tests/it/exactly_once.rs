@@ -195,31 +195,68 @@ fn opaque_links_settle_a_lost_attach_by_the_snapshot_and_never_adopt_the_older_s
     }
 }
 
-/// The `Result:` line's command, run by a shell with this binary as `opcrm-import`.
+/// The `Result:` line's command as printed (it names this binary as it was started: by its
+/// absolute path here), run by a shell in `cwd`.
 fn run_hint(emu: &Emulator, stdout: &str, cwd: &Path) -> std::process::Output {
+    let program = env!("CARGO_BIN_EXE_opcrm-import");
     let hint = stdout
         .lines()
-        .find_map(|l| l.split_once(": opcrm-import run ").map(|(_, rest)| rest))
-        .unwrap_or_else(|| panic!("no resume command in {stdout}"));
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_opcrm-import"))
-        .parent()
-        .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+        .find_map(|l| {
+            l.split_once(&format!(": {program} run "))
+                .map(|(_, rest)| rest)
+        })
+        .unwrap_or_else(|| panic!("no resume command naming {program} in {stdout}"));
     Command::new("sh")
         .arg("-c")
-        .arg(format!("opcrm-import run {hint}"))
+        .arg(format!("{program} run {hint}"))
         .current_dir(cwd)
-        .env("PATH", path)
         .env("ONEPAGECRM_API_URL", &emu.api)
         .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
         .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
         .env("OPCRM_SETTLE_WINDOW", "1")
         .output()
         .unwrap()
+}
+
+/// Started by its bare name (found on `PATH`), the tool names itself so in the command it
+/// prints; started by a relative path, by that path made absolute.
+#[test]
+fn the_printed_command_names_the_tool_as_it_was_started() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_opcrm-import"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for relative in [false, true] {
+        // A run with failed rows: its `Result:` line prints the command that resumes it.
+        let emu = Emulator::with_faults(&["POST /api/v3/attachments:1-3:error"]);
+        let (s, manifest) = sample_copy();
+        let copy = s.path("bin/opcrm-import");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(bin, &copy).unwrap();
+        let (program, expected) = match relative {
+            false => ("opcrm-import".to_string(), "opcrm-import".to_string()),
+            true => ("./bin/opcrm-import".into(), copy.display().to_string()),
+        };
+        let out = Command::new(&program)
+            .current_dir(s.path(""))
+            .env("PATH", &path)
+            .env("ONEPAGECRM_API_URL", &emu.api)
+            .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+            .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+            .arg("run")
+            .arg(&manifest)
+            .args(["--no-progress", "--rate", "off", "--retries", "0"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(4), "{program}: {stdout}");
+        assert!(
+            stdout.contains(&format!(": {expected} run ")),
+            "{program}: {stdout}"
+        );
+    }
 }
 
 #[test]

@@ -462,7 +462,10 @@ fn a_giant_retry_after_is_capped_announced_and_cut_short_at_the_stall_timeout() 
         "{stdout}"
     );
     assert!(
-        stdout.contains("rerun later to resume (when the API answers again): opcrm-import run"),
+        stdout.contains(&format!(
+            "rerun later to resume (when the API answers again): {} run",
+            env!("CARGO_BIN_EXE_opcrm-import")
+        )),
         "{stdout}"
     );
     assert!(stdout.contains("failed, retryable:  1"), "{stdout}");
