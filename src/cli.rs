@@ -126,6 +126,16 @@ pub enum Command {
     ///
     /// Example: opcrm-import demo
     Demo,
+    /// Print the manual page (roff) of opcrm-import and its commands, or write one page per
+    /// command into a folder.
+    ///
+    /// Example: opcrm-import man --dir ~/.local/share/man/man1 && man opcrm-import-run
+    Man {
+        /// Write `opcrm-import.1` and one `opcrm-import-<command>.1` per command into this folder
+        /// (made if missing) instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     ///
     /// Example: opcrm-import completions bash > /etc/bash_completion.d/opcrm-import

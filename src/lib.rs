@@ -99,6 +99,7 @@ pub fn run(cli: Cli) -> CommandResult {
             // A refused address, endpoint or seed: the emulator's configuration.
             .map_err(|e| CommandError::from(e).with_status(ExitStatus::Usage)),
         Command::Demo => demo::run(),
+        Command::Man { dir } => man(dir.as_deref()).map(|()| ExitStatus::Success),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             // Made whole first: clap_complete panics when stdout is closed (`| head`).
@@ -109,6 +110,30 @@ pub fn run(cli: Cli) -> CommandResult {
                 &script,
             ))?;
             Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// `opcrm-import man`: the main page on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<(), CommandError> {
+    use clap::CommandFactory;
+    let cannot = |e: std::io::Error| CommandError::usage(format!("cannot write the manual: {e}"));
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(cannot)?;
+            clap_mangen::generate_to(Cli::command(), dir).map_err(cannot)
+        }
+        None => {
+            // Made whole first, so that a closed stdout (`| head`) is the only way to fail.
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(cannot)?;
+            error::ignore_broken_pipe(std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                &page,
+            ))
+            .map_err(CommandError::from)
         }
     }
 }

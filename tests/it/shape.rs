@@ -97,7 +97,7 @@ fn a_closed_stdout_is_not_an_error_for_any_command() {
         ("ONEPAGECRM_USER_ID", USER_ID),
         ("ONEPAGECRM_API_KEY", API_KEY),
     ];
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 11] = [
         &["status", manifest],
         &["status", manifest, "--json"],
         &["report", manifest, "--only", "all"],
@@ -112,6 +112,9 @@ fn a_closed_stdout_is_not_an_error_for_any_command() {
         &["run", manifest, "--dry-run", "--json", "--rate", "off"],
         &["run", manifest, "--json", "--no-progress", "--rate", "off"],
         &["completions", "bash"],
+        &["man"],
+        &["undo", manifest, "--dry-run", "--rate", "off"],
+        &["verify", manifest, "--no-progress", "--rate", "off"],
         &["demo"],
     ];
     for args in commands {

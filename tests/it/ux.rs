@@ -278,15 +278,14 @@ fn logs_never_hold_the_key_a_policy_or_a_signature() {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in [
-        "check",
-        "run",
-        "status",
-        "report",
-        "emulator",
-        "demo",
-        "completions",
-    ] {
+    use clap::CommandFactory;
+    let cli = opcrm_import::cli::Cli::command();
+    let subs: Vec<String> = cli
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(subs.len() >= 10, "{subs:?}");
+    for sub in &subs {
         bin()
             .args([sub, "--help"])
             .assert()
@@ -352,4 +351,33 @@ fn demo_runs_twice_and_the_second_run_sends_nothing() {
         )),
         "{stdout}"
     );
+}
+
+#[test]
+fn man_prints_the_page_of_every_command_or_writes_one_each() {
+    use clap::CommandFactory;
+    let out = bin().arg("man").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH opcrm-import 1"),
+        "{page}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .args(["man", "--dir"])
+        .arg(dir.path().join("man1"))
+        .assert()
+        .code(0);
+    for sub in opcrm_import::cli::Cli::command().get_subcommands() {
+        let page = dir
+            .path()
+            .join(format!("man1/opcrm-import-{}.1", sub.get_name()));
+        let text = std::fs::read_to_string(&page).unwrap_or_default();
+        assert!(
+            text.contains("Example: opcrm"),
+            "{}: {text}",
+            page.display()
+        );
+    }
 }
