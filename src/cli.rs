@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 /// Migrate local documents into OnePageCRM from a CSV manifest: check it, upload every file through
 /// OnePageCRM's three-step attachment flow, and resume exactly where a stopped run left off.
 #[derive(Debug, Parser)]
-#[command(name = "opcrm-import", version, about, long_about = None)]
+#[command(name = "opcrm-import", version, about, long_about = None, after_help = TOP_AFTER)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,15 +35,15 @@ impl Cli {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// More log lines: -v for each row's retries and decisions, -vv for every request.
-    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
 
     /// Write the log to this file (appended) instead of stderr.
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE", global = true, help_heading = "Logging")]
     pub log_file: Option<PathBuf>,
 
     /// The log's format: `text`, or `json` (one object per line).
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true, help_heading = "Logging")]
     pub log_format: LogFormat,
 }
 
@@ -52,6 +52,82 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// The environment of the commands that call the API.
+macro_rules! api_env {
+    () => {
+        "Environment:
+  ONEPAGECRM_USER_ID   the OnePageCRM user id the API key belongs to
+  ONEPAGECRM_API_KEY   the API key (or --api-key-file FILE); never on the command line
+  ONEPAGECRM_API_URL   the API to use (default https://app.onepagecrm.com/api/v3; the
+                       emulator's URL to rehearse against it)
+  OPCRM_LOG            a log filter (for example `debug`); wins over -v"
+    };
+}
+
+const CHECK_AFTER: &str = concat!(
+    api_env!(),
+    "
+
+Exit codes: 0 valid (warnings allowed); 2 not valid (every problem listed); 3 an online check could
+not be made, or the storage left is short."
+);
+
+const RUN_AFTER: &str = concat!(
+    api_env!(),
+    "
+
+Exit codes: 0 every row done; 1 some rows failed for good (fix them, then rerun); 2 usage error or
+invalid manifest, nothing uploaded; 3 credentials, quota or configuration stopped it; 4 only
+retryable failures remain, or it stalled: rerun; 130 interrupted: the state is saved, rerun."
+);
+
+const UNDO_AFTER: &str = concat!(
+    api_env!(),
+    "
+
+Exit codes: 0 everything asked was deleted (or nothing was to be); 1 something was not (named: undo
+again), rows in doubt were left, or the question was answered no; 2 refused (no state file, a bad
+--lines, no --yes off a terminal); 3 it could not start or go on (credentials, the state file
+locked by a run)."
+);
+
+const VERIFY_AFTER: &str = concat!(
+    api_env!(),
+    "
+
+Exit codes: 0 the account holds what the state file says; 1 some line or note does not (each
+named); 2 no state file; 3 it could not check (credentials, a state file of another manifest, a
+record that could not be read)."
+);
+
+const READ_AFTER: &str = "Environment:
+  OPCRM_LOG            a log filter (for example `debug`); wins over -v
+
+Exit codes: 0 done; 2 no state file (or bad arguments); 3 the state file cannot be read.";
+
+const DEMO_AFTER: &str = "Environment: none needed (no credentials; nothing leaves this machine).
+
+Exit codes: 0 the samples ran as they should; anything else is a bug of this tool: please report it.";
+
+const WRITE_AFTER: &str = "Exit codes: 0 written; 2 it could not be written.";
+
+const TOP_AFTER: &str = concat!(
+    api_env!(),
+    "
+
+Exit codes: 0 done; 1 finished with failures for good; 2 usage error or invalid input, nothing sent;
+3 stopped by credentials, quota or configuration; 4 only retryable failures left (rerun); 130
+interrupted (rerun). Each command's --help says what its own mean.
+
+Example: opcrm-import check manifest.csv && opcrm-import run manifest.csv"
+);
+
+const EMULATOR_AFTER: &str = "Environment:
+  ONEPAGECRM_USER_ID, ONEPAGECRM_API_KEY   the credentials it accepts (default: the demo's, printed)
+  OPCRM_LOG            a log filter (for example `debug`); wins over -v
+
+Exit codes: 0 stopped by Ctrl-C; 2 a refused address, seed or setting.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -64,6 +140,7 @@ pub enum Command {
     /// an online check could not be made or the storage is short.
     ///
     /// Example: opcrm-import check samples/manifest.csv
+    #[command(after_help = CHECK_AFTER)]
     Check(CheckArgs),
     /// Upload every row of a manifest, resuming where the last run stopped.
     ///
@@ -72,12 +149,14 @@ pub enum Command {
     /// ONEPAGECRM_API_KEY (or --api-key-file), never from the command line.
     ///
     /// Example: opcrm-import run samples/manifest.csv
+    #[command(after_help = RUN_AFTER)]
     Run(RunArgs),
     /// Show how far a migration has got: rows by state, bytes, failures by kind, the runs.
     ///
     /// Reads the state file without changing it; safe while a run is going on.
     ///
     /// Example: opcrm-import status samples/manifest.csv
+    #[command(after_help = READ_AFTER)]
     Status(StatusArgs),
     /// Write the rows of a migration as CSV.
     ///
@@ -85,6 +164,7 @@ pub enum Command {
     /// columns that `check` and `run` ignore): fix it, then run it.
     ///
     /// Example: opcrm-import report samples/manifest.csv --only failed -o fix.csv
+    #[command(after_help = READ_AFTER)]
     Report(ReportArgs),
     /// Delete from OnePageCRM exactly what a migration's state file made: its attachments, then
     /// the notes it created that then hold no attachment.
@@ -99,6 +179,7 @@ pub enum Command {
     /// rows alone unless --redo-removed.
     ///
     /// Example: opcrm-import undo samples/manifest.csv --dry-run
+    #[command(after_help = UNDO_AFTER)]
     Undo(UndoArgs),
     /// Check the live account against the state file, line by line.
     ///
@@ -109,6 +190,7 @@ pub enum Command {
     /// ok, 1 when not, 3 when the account could not be read.
     ///
     /// Example: opcrm-import verify samples/manifest.csv
+    #[command(after_help = VERIFY_AFTER)]
     Verify(VerifyArgs),
     /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
     ///
@@ -116,6 +198,7 @@ pub enum Command {
     /// accepts; serves until Ctrl-C.
     ///
     /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
+    #[command(after_help = EMULATOR_AFTER)]
     Emulator(EmulatorArgs),
     /// Run the sample migrations against an in-process emulator, twice each, and show the result.
     ///
@@ -125,11 +208,13 @@ pub enum Command {
     /// Needs no credentials and sends nothing off this machine.
     ///
     /// Example: opcrm-import demo
+    #[command(after_help = DEMO_AFTER)]
     Demo,
     /// Print the manual page (roff) of opcrm-import and its commands, or write one page per
     /// command into a folder.
     ///
     /// Example: opcrm-import man --dir ~/.local/share/man/man1 && man opcrm-import-run
+    #[command(after_help = WRITE_AFTER)]
     Man {
         /// Write `opcrm-import.1` and one `opcrm-import-<command>.1` per command into this folder
         /// (made if missing) instead of printing the main page.
@@ -138,7 +223,8 @@ pub enum Command {
     },
     /// Print a shell completion script.
     ///
-    /// Example: opcrm-import completions bash > /etc/bash_completion.d/opcrm-import
+    /// Example: opcrm-import completions bash > ~/.local/share/bash-completion/completions/opcrm-import
+    #[command(after_help = WRITE_AFTER)]
     Completions {
         /// The shell.
         #[arg(value_enum)]
@@ -153,7 +239,7 @@ pub struct ManifestArgs {
     pub manifest: PathBuf,
 
     /// Field delimiter: `,` (default), `;`, `tab`, or any other single ASCII character.
-    #[arg(long, short = 'd', default_value = ",", value_parser = parse_delimiter)]
+    #[arg(long, short = 'd', default_value = ",", value_parser = parse_delimiter, help_heading = "Input")]
     pub delimiter: u8,
 }
 
@@ -163,15 +249,15 @@ pub struct CheckArgs {
     pub manifest: ManifestArgs,
 
     /// Make no network call: no lookup by email, no record read, no storage-quota check.
-    #[arg(long)]
+    #[arg(long, help_heading = "Input")]
     pub offline: bool,
 
     /// Print one JSON document on stdout instead of the readable report.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 
     /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub api_key_file: Option<PathBuf>,
 }
 
@@ -181,82 +267,82 @@ pub struct RunArgs {
     pub manifest: ManifestArgs,
 
     /// The checkpoint file; default `<manifest without .csv>.opcrm.sqlite` beside the manifest.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "State")]
     pub state: Option<PathBuf>,
 
     /// Rows under way at once (and so S3 uploads at once).
-    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Rate and retries")]
     pub concurrency: u16,
 
     /// API requests per second, on average (`off`: no client-side limit, for the emulator).
-    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate, help_heading = "Rate and retries")]
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
     pub rate: Rate,
 
     /// API requests the client may send at once after a pause.
-    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Rate and retries")]
     pub burst: u32,
 
     /// `auto`: a contact's upload form carries its next files while the form's policy allows
     /// it (about one API call per file instead of two); `off`: one form per file.
-    #[arg(long, value_name = "auto|off", value_enum, default_value_t = crate::pipeline::FormReuse::Auto)]
+    #[arg(long, value_name = "auto|off", value_enum, default_value_t = crate::pipeline::FormReuse::Auto, help_heading = "Rate and retries")]
     pub form_reuse: crate::pipeline::FormReuse,
 
     /// Retries of a row's retryable failures (5xx, timeouts, dropped connections) in one run.
-    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES, help_heading = "Rate and retries")]
     pub retries: u32,
 
     /// Stop the run (exit 4, state saved) when no API call has succeeded for this long: seconds,
     /// or with a unit (`90s`, `10m`, `1h`); `off` never stops.
-    #[arg(long, value_name = "T|off", default_value_t = StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT)), value_parser = parse_stall_timeout)]
+    #[arg(long, value_name = "T|off", default_value_t = StallTimeout(Some(crate::pipeline::DEFAULT_STALL_TIMEOUT)), value_parser = parse_stall_timeout, help_heading = "Rate and retries")]
     // Spelt out so that clap takes `off` (None) as a parsed value, not as a missing flag.
     pub stall_timeout: StallTimeout,
 
     /// Show what a run would do (and check the quota) without uploading anything.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to upload")]
     pub dry_run: bool,
 
     /// Record invalid rows as rejected and upload the valid ones.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to upload")]
     pub skip_invalid: bool,
 
     /// Also retry rows that failed for good in an earlier run.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to upload")]
     pub retry_failed: bool,
 
     /// Upload again a done row whose file changed since (it gets a second attachment).
-    #[arg(long)]
+    #[arg(long, help_heading = "What to upload")]
     pub reupload_changed: bool,
 
     /// Upload again the rows `undo` took back (without it they are counted as removed and left).
-    #[arg(long)]
+    #[arg(long, help_heading = "What to upload")]
     pub redo_removed: bool,
 
     /// After a lost answer, how long the record (or the contact's notes) is read again, with
     /// growing waits (5 s, 15 s, 45 s, ...), before the row is sent again: a listing may show a
     /// write late. Seconds or with a unit (`90s`, `2m`); `0` sends again at once.
-    #[arg(long, value_name = "T", env = "OPCRM_SETTLE_WINDOW", default_value_t = SettleWindow(crate::pipeline::DEFAULT_SETTLE_WINDOW), value_parser = parse_settle_window)]
+    #[arg(long, value_name = "T", env = "OPCRM_SETTLE_WINDOW", default_value_t = SettleWindow(crate::pipeline::DEFAULT_SETTLE_WINDOW), value_parser = parse_settle_window, help_heading = "Rate and retries")]
     pub settle_window: SettleWindow,
 
     /// Take over a state file that belongs to this manifest at another path (the manifest was
     /// moved or renamed); its done rows stay done.
-    #[arg(long)]
+    #[arg(long, help_heading = "State")]
     pub adopt_state: bool,
 
     /// Print the summary as one JSON document on stdout.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 
     /// No progress lines on stderr.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub no_progress: bool,
 
     /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub api_key_file: Option<PathBuf>,
 
     /// After Ctrl-C or SIGTERM, seconds the rows under way get to finish (no new row starts).
-    #[arg(long, value_name = "SECS", default_value_t = crate::defaults::DEFAULT_GRACE.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = crate::defaults::DEFAULT_GRACE.as_secs(), help_heading = "Rate and retries")]
     pub grace: u64,
 }
 
@@ -374,40 +460,40 @@ pub struct UndoArgs {
     pub manifest: Option<PathBuf>,
 
     /// The state file to undo (instead of the manifest's).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "State")]
     pub state: Option<PathBuf>,
 
     /// List what would be deleted, and the calls and time it takes; delete nothing.
-    #[arg(long)]
+    #[arg(long, help_heading = "What to delete")]
     pub dry_run: bool,
 
     /// Delete without asking (needed when not on a terminal).
-    #[arg(long)]
+    #[arg(long, help_heading = "What to delete")]
     pub yes: bool,
 
     /// Only the rows of these manifest lines (for example `3,7-9`); a created note is deleted
     /// only once none of its rows holds an attachment.
-    #[arg(long, value_name = "LIST", value_parser = parse_lines)]
+    #[arg(long, value_name = "LIST", value_parser = parse_lines, help_heading = "What to delete")]
     pub lines: Option<Lines>,
 
     /// API requests per second, on average (`off`: no client-side limit, for the emulator).
-    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate, help_heading = "Rate and retries")]
     pub rate: Rate,
 
     /// API requests the client may send at once after a pause.
-    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Rate and retries")]
     pub burst: u32,
 
     /// Retries of a delete's retryable failures (5xx, timeouts, dropped connections).
-    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES, help_heading = "Rate and retries")]
     pub retries: u32,
 
     /// Print the outcome as one JSON document on stdout.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 
     /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub api_key_file: Option<PathBuf>,
 }
 
@@ -480,31 +566,31 @@ pub struct VerifyArgs {
     pub manifest: PathBuf,
 
     /// The state file to check; default `<manifest without .csv>.opcrm.sqlite` beside the manifest.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "State")]
     pub state: Option<PathBuf>,
 
     /// Print one JSON document on stdout: every problem, and the counts.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub json: bool,
 
     /// No progress lines on stderr.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub no_progress: bool,
 
     /// API requests per second, on average (`off`: no client-side limit, for the emulator).
-    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate)]
+    #[arg(long, value_name = "R|off", default_value_t = Rate(Some(crate::pipeline::DEFAULT_RATE)), value_parser = parse_rate, help_heading = "Rate and retries")]
     pub rate: Rate,
 
     /// API requests the client may send at once after a pause.
-    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, value_name = "B", default_value_t = crate::pipeline::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Rate and retries")]
     pub burst: u32,
 
     /// Retries of a read's retryable failures (5xx, timeouts, dropped connections).
-    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES)]
+    #[arg(long, value_name = "N", default_value_t = crate::pipeline::DEFAULT_RETRIES, help_heading = "Rate and retries")]
     pub retries: u32,
 
     /// Read the API key from this file instead of ONEPAGECRM_API_KEY.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub api_key_file: Option<PathBuf>,
 }
 

@@ -71,13 +71,15 @@ pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
 /// API throttle applies, per client. Each is a pure [`Model`] that takes the time of each request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ThrottleModel {
+    // Each variant's doc comment is its `--help` text: the models are `LeakyBuckets`, `Gcra`
+    // and `SlidingWindows` below.
     /// improved-rack-throttle's `SlidingWindow`, as OnePageCRM documents its throttle: a leaky
-    /// bucket that refused requests fill too (see [`LeakyBuckets`]).
+    /// bucket that refused requests fill too.
     #[default]
     Rack,
-    /// The generic cell rate algorithm of the `governor` crate (see [`Gcra`]).
+    /// The generic cell rate algorithm of the `governor` crate.
     Gcra,
-    /// At most B accepted requests in any B/R seconds (see [`SlidingWindows`]).
+    /// At most B accepted requests in any B/R seconds.
     Window,
 }
 

@@ -286,6 +286,24 @@ fn every_subcommand_has_help_with_an_example() {
         .collect();
     assert!(subs.len() >= 10, "{subs:?}");
     for sub in &subs {
+        // Each says what its exit codes mean, and the commands that call the API which variables
+        // they read.
+        let help = bin().args([sub.as_str(), "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("Exit codes: 0 "), "{sub}: {help}");
+        if ["check", "run", "undo", "verify"].contains(&sub.as_str()) {
+            for var in [
+                "ONEPAGECRM_USER_ID",
+                "ONEPAGECRM_API_KEY",
+                "ONEPAGECRM_API_URL",
+            ] {
+                assert!(help.contains(var), "{sub}: {var}: {help}");
+            }
+        }
+        assert!(
+            !help.contains("[`"),
+            "{sub}: a rustdoc link in the help: {help}"
+        );
         bin()
             .args([sub, "--help"])
             .assert()
