@@ -26,6 +26,7 @@ impl Cli {
             Command::Status(a) => a.json,
             Command::Undo(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Rehearse(a) => a.json,
             _ => false,
         }
     }
@@ -123,6 +124,12 @@ interrupted (rerun). Each command's --help says what its own mean.
 Example: opcrm-import check manifest.csv && opcrm-import run manifest.csv"
 );
 
+const REHEARSE_AFTER: &str =
+    "Environment: none needed (no credentials; nothing leaves this machine).
+
+Exit codes: as `run`'s: 0 every row would be done; 1 some rows would fail for good; 2 the manifest
+is not valid (every problem listed, as `check` lists them); 4 only retryable failures.";
+
 const EMULATOR_AFTER: &str = "Environment:
   ONEPAGECRM_USER_ID, ONEPAGECRM_API_KEY   the credentials it accepts (default: the demo's, printed)
   OPCRM_LOG            a log filter (for example `debug`); wins over -v
@@ -198,6 +205,19 @@ pub enum Command {
     /// accepts; serves until Ctrl-C.
     ///
     /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
+    /// Rehearse your own migration, whole, offline: against the built-in emulator seeded from
+    /// the manifest itself.
+    ///
+    /// The emulator gets every contact the manifest names (by id; each email becomes one
+    /// contact), every record its rows attach to, and room for every file; then the migration
+    /// runs as `run` runs it (its checks, progress and summary) on a temporary state file, and
+    /// what the account would hold is shown, with how long the real run takes at OnePageCRM's
+    /// rate. Needs no credentials; nothing leaves this machine; the migration's own state file is
+    /// not touched. A copy of the files' bytes is kept in a temporary folder until it ends.
+    ///
+    /// Example: opcrm-import rehearse manifest.csv
+    #[command(after_help = REHEARSE_AFTER)]
+    Rehearse(RehearseArgs),
     #[command(after_help = EMULATOR_AFTER)]
     Emulator(EmulatorArgs),
     /// Run the sample migrations against an in-process emulator, twice each, and show the result.
@@ -438,6 +458,24 @@ fn parse_seconds(s: &str) -> Option<std::time::Duration> {
         Ok(n) if n <= 7 * 24 * 3600 / seconds => Some(std::time::Duration::from_secs(n * seconds)),
         _ => None,
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+
+    /// Rehearse the valid rows, the invalid ones recorded as rejected (as `run --skip-invalid`).
+    #[arg(long, help_heading = "What to upload")]
+    pub skip_invalid: bool,
+
+    /// Print the run's summary as one JSON document on stdout.
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+
+    /// No progress lines on stderr.
+    #[arg(long, help_heading = "Output")]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]

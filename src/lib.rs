@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod progress;
 pub mod quota;
 pub mod records;
+pub mod rehearse;
 pub mod remote;
 pub mod report;
 pub mod run;
@@ -94,6 +95,7 @@ pub fn run(cli: Cli) -> CommandResult {
         Command::Report(args) => report::run(&args),
         Command::Undo(args) => undo::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Rehearse(args) => rehearse::run(&args),
         Command::Emulator(args) => emulator_command(args)
             .map(|()| ExitStatus::Success)
             // A refused address, endpoint or seed: the emulator's configuration.
