@@ -65,7 +65,7 @@ pub fn run() -> CommandResult {
         emu.app.api_base()
     );
     say!(
-        "(the emulator throttles like OnePageCRM: about 5 requests/s, so this takes about 20 s)\n"
+        "(the emulator throttles its API like OnePageCRM, about 5 requests/s: this takes a few seconds)\n"
     );
     let requests = || emu.app.state().requests.values().sum::<u64>();
     let mut statuses = Vec::new();
@@ -90,7 +90,7 @@ pub fn run() -> CommandResult {
         let before = requests();
         statuses.push(run::run_with(&config())?);
         say!(
-            "The emulator got {first} requests in the first run and {} in the second.\n",
+            "The emulator got {first} requests in the first run (its API calls, and one S3 upload a file) and {} in the second.\n",
             requests() - before
         );
     }
