@@ -3,6 +3,7 @@
 mod check;
 mod common;
 mod contacts_by_email;
+mod docs_examples;
 mod emulator;
 mod emulator_21;
 mod emulator_notes;
