@@ -127,7 +127,7 @@ Example: opcrm-import check manifest.csv && opcrm-import run manifest.csv"
 const REHEARSE_AFTER: &str =
     "Environment: none needed (no credentials; nothing leaves this machine).
 
-Exit codes: as `run`'s: 0 every row would be done; 1 some rows would fail for good; 2 the manifest
+Exit codes: 0 every row would be done; 1 some rows would fail for good; 2 the manifest
 is not valid (every problem listed, as `check` lists them); 4 only retryable failures.";
 
 const EMULATOR_AFTER: &str = "Environment:
@@ -199,12 +199,6 @@ pub enum Command {
     /// Example: opcrm-import verify samples/manifest.csv
     #[command(after_help = VERIFY_AFTER)]
     Verify(VerifyArgs),
-    /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
-    ///
-    /// Prints one line when ready, with the API base URL, the S3 URL and the credentials it
-    /// accepts; serves until Ctrl-C.
-    ///
-    /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
     /// Rehearse your own migration, whole, offline: against the built-in emulator seeded from
     /// the manifest itself.
     ///
@@ -218,6 +212,12 @@ pub enum Command {
     /// Example: opcrm-import rehearse manifest.csv
     #[command(after_help = REHEARSE_AFTER)]
     Rehearse(RehearseArgs),
+    /// Serve a OnePageCRM API and S3 emulator on loopback, for rehearsals and tests.
+    ///
+    /// Prints one line when ready, with the API base URL, the S3 URL and the credentials it
+    /// accepts; serves until Ctrl-C.
+    ///
+    /// Example: opcrm-import emulator --seed samples/emulator-seed.json --listen 127.0.0.1:0
     #[command(after_help = EMULATOR_AFTER)]
     Emulator(EmulatorArgs),
     /// Run the sample migrations against an in-process emulator, twice each, and show the result.

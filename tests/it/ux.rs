@@ -357,7 +357,9 @@ fn demo_runs_twice_and_the_second_run_sends_nothing() {
     );
     assert_eq!(
         stdout
-            .matches("in the first run and 0 in the second")
+            .matches(
+                "in the first run (its API calls, and one S3 upload a file) and 0 in the second"
+            )
             .count(),
         2,
         "{stdout}"
