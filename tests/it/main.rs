@@ -17,6 +17,7 @@ mod hostile_input;
 mod hostile_server;
 mod notes;
 mod old_state;
+mod pin;
 mod run;
 mod settle;
 mod shape;
