@@ -199,7 +199,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_invalid: bool,
 
-    /// Also retry rows that failed for good in an earlier run.
+    /// Also retry rows that failed for good in an earlier run (and pins the API refused).
     #[arg(long)]
     pub retry_failed: bool,
 
