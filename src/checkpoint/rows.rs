@@ -394,7 +394,9 @@ impl NewRow {
             rejected: Some(reason),
             key,
             note,
-            pin: false,
+            // As written, so that the failed report gives it back (a value that is none is
+            // lost: its row's message names it).
+            pin: crate::manifest::pin_value(&u.pin) == Some(true),
         }
     }
 }

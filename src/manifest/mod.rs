@@ -26,7 +26,7 @@ pub use problems::{Problem, ProblemKind, Severity, write_problems};
 #[cfg(test)]
 use reader::is_utf16;
 pub use reader::{Reader, formula_escape, formula_unescape};
-pub use row::{check_email, email_key};
+pub use row::{check_email, email_key, pin_value};
 
 /// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -127,6 +127,8 @@ pub struct Unparsed {
     pub fields: [Vec<u8>; 6],
     /// `note_text`, `note_date` and `note_key` as written (empty when the record has none).
     pub note_fields: [Vec<u8>; 3],
+    /// `pin` as written (empty when the record has none).
+    pub pin: Vec<u8>,
     /// Fields past the header's width, as written.
     pub extra: Vec<Vec<u8>>,
 }

@@ -207,15 +207,23 @@ fn check_required(
     }
 }
 
-/// The `pin` field: `true`/`false`, `yes`/`no` or `1`/`0` in any letter case (surrounding
-/// spaces ignored); empty or absent is not pinned. Anything else is an error on the column, and
-/// the row is not pinned.
+/// Whether a `pin` field as written asks for a pin: `true`, `yes` or `1` in any letter case,
+/// surrounding spaces ignored (`None`: it is neither that nor `false`, `no`, `0` or empty).
+pub fn pin_value(field: &[u8]) -> Option<bool> {
+    match field.trim_ascii().to_ascii_lowercase().as_slice() {
+        b"" | b"false" | b"no" | b"0" => Some(false),
+        b"true" | b"yes" | b"1" => Some(true),
+        _ => None,
+    }
+}
+
+/// The `pin` field (see [`pin_value`]); empty or absent is not pinned. Anything else is an error
+/// on the column, and the row is not pinned.
 fn pin_of(text: Option<&str>, line: u64, problems: &mut Vec<Problem>) -> bool {
     let value = text.unwrap_or("").trim();
-    match value.to_ascii_lowercase().as_str() {
-        "" | "false" | "no" | "0" => false,
-        "true" | "yes" | "1" => true,
-        _ => {
+    match pin_value(value.as_bytes()) {
+        Some(pin) => pin,
+        None => {
             problems.push(Problem::error(
                 Some(line),
                 Some("pin"),
@@ -407,12 +415,15 @@ pub(super) fn unparsed(
 ) -> Unparsed {
     let mut fields: [Vec<u8>; 6] = Default::default();
     let mut note_fields: [Vec<u8>; 3] = Default::default();
+    let mut pin = Vec::new();
     for (raw, col) in record.iter().zip(columns) {
         let Some(col) = col else { continue };
         if let Some(i) = RECORD_COLUMNS.iter().position(|k| k == col) {
             fields[i] = raw.to_vec();
         } else if let Some(i) = NOTE_COLUMNS.iter().position(|k| k == col) {
             note_fields[i] = raw.to_vec();
+        } else if *col == "pin" {
+            pin = raw.to_vec();
         }
     }
     let extra = record
@@ -424,6 +435,7 @@ pub(super) fn unparsed(
         line,
         fields,
         note_fields,
+        pin,
         extra,
     }
 }

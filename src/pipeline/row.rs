@@ -828,6 +828,9 @@ impl<'a> RowRun<'a> {
         if !self.row.pin {
             return true;
         }
+        // Its attach has settled: the rows of its record, name and size need not wait for
+        // its pin.
+        self.turn = None;
         self.pin = Some(Pin::after_attach(attachment_id));
         self.stage = Plan::Pin;
         false

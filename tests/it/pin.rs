@@ -307,6 +307,48 @@ fn a_pin_refused_for_good_keeps_the_attachment_is_reported_and_is_tried_again_on
     );
 }
 
+#[test]
+fn the_failed_report_keeps_the_pin_column_so_that_its_fix_file_pins_the_rows_it_fixes() {
+    let (s, manifest) = sample_with_pins(&["true"; 20]);
+    // Line 15's file is missing: rejected, the others done and pinned.
+    let file = s.path("files/handover.docx");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let (code, doc) = run(&emu, &manifest, &["--skip-invalid"]);
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(doc["pinned"], 19, "{doc:#}");
+    let fix = s.path("fix.csv");
+    let out = bin()
+        .args(["report", "--only", "failed", "-o"])
+        .arg(&fix)
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(&fix).unwrap();
+    let mut lines = report.lines();
+    assert_eq!(
+        lines.next(),
+        Some("file,contact_id,reference_type,reference_id,name,pin,error_kind,error")
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("files/handover.docx,") && row.contains(",true,file_missing,"),
+        "{row}"
+    );
+    // Fixed, the fix file (a state file of its own) attaches and pins that row.
+    std::fs::write(&file, bytes).unwrap();
+    let (code, doc) = run(&emu, &fix, &[]);
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!((&doc["done_now"], &doc["pinned"]), (&json!(1), &json!(1)));
+    assert_eq!(count(&seen(&emu, PIN), "200"), 20);
+}
+
 /// Every request the emulator has seen (answered or not), and the pins it answered.
 fn requests_and_pins(emu: &Emulator) -> (u64, u64) {
     let requests = emu.requests();
