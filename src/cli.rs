@@ -326,7 +326,7 @@ pub struct RunArgs {
     #[arg(long, help_heading = "What to upload")]
     pub skip_invalid: bool,
 
-    /// Also retry rows that failed for good in an earlier run.
+    /// Also retry rows that failed for good in an earlier run (and pins the API refused).
     #[arg(long, help_heading = "What to upload")]
     pub retry_failed: bool,
 

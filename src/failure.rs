@@ -43,6 +43,9 @@ pub enum FailureKind {
     RecordNotFound,
     /// The row's record belongs to another contact than the row's.
     RecordOfOtherContact,
+    /// The row's file is attached, but pinning it to its contact (`pin`) failed: the row stays
+    /// done with its attachment.
+    PinFailed,
     /// Rejected in preflight for this problem, under the problem's own name (`file_too_large`),
     /// the one `check --json` shows: one failure has one name everywhere.
     Problem(ProblemKind),
@@ -51,7 +54,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 25] = [
+    pub const ALL: [FailureKind; 26] = [
         Self::Throttled,
         Self::Credentials,
         Self::Quota,
@@ -76,6 +79,7 @@ impl FailureKind {
         Self::ContactAmbiguous,
         Self::RecordNotFound,
         Self::RecordOfOtherContact,
+        Self::PinFailed,
         Self::Other,
     ];
 
@@ -106,6 +110,7 @@ impl FailureKind {
             Self::ContactAmbiguous => "contact_ambiguous",
             Self::RecordNotFound => "record_not_found",
             Self::RecordOfOtherContact => "record_of_other_contact",
+            Self::PinFailed => "pin_failed",
             Self::Problem(p) => p.as_str(),
             Self::Other => "other",
         }
@@ -172,6 +177,9 @@ impl FailureKind {
             }
             Self::RecordOfOtherContact => {
                 "its record belongs to another contact (fix contact_id or reference_id)"
+            }
+            Self::PinFailed => {
+                "the file is attached (and stays so), but pinning it to its contact failed"
             }
             Self::Problem(_) => "the row is invalid (its message says why)",
             Self::Other => "an error",

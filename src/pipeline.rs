@@ -14,12 +14,14 @@
 //! Here: the shared context, the rate gate's use, retries and backoff, the stall watch and the
 //! worker pool ([`run_fed`], which takes the rows `run::execute` feeds it). A row's own steps and
 //! their redo/verify rules are in `row`; the rate limit and throttle gate in `gate`; notes in
-//! `notes`, record snapshots in `snapshots`, upload forms in `forms`, reports in `events`.
+//! `notes`, record snapshots in `snapshots`, upload forms in `forms`, a row's pin in `pins`,
+//! reports in `events`.
 
 mod events;
 pub mod forms;
 mod gate;
 pub mod notes;
+mod pins;
 mod row;
 mod snapshots;
 
@@ -134,6 +136,9 @@ pub enum Plan {
     Attach,
     /// Ask the record whether it holds the attachment, then attach only if not.
     Verify,
+    /// Done before: only its attachment's pin is left (`PATCH /attachments/{id}/pin`, after
+    /// reading the contact's pinned attachments when a pin may have been sent).
+    Pin,
 }
 
 /// Why a run stopped starting new rows.
@@ -649,11 +654,23 @@ enum RowError {
     Store(checkpoint::StoreError),
     /// A wait was cut short by an interrupt's abort.
     Cut,
+    /// The row's pin could not be made: its attachment is done, and stays so.
+    Pin(RemoteError),
 }
 
 impl From<RemoteError> for RowError {
     fn from(e: RemoteError) -> Self {
         RowError::Remote(e)
+    }
+}
+
+impl RowError {
+    /// A failure met while pinning: the pin's, not the row's.
+    fn of_pin(self) -> Self {
+        match self {
+            RowError::Remote(e) => RowError::Pin(e),
+            other => other,
+        }
     }
 }
 
@@ -708,7 +725,7 @@ pub async fn run_fed(
         // to verify come first).
         let turn = match plan {
             Plan::Verify => ctx.record_turn_now(&row),
-            _ => None,
+            Plan::Upload | Plan::Attach | Plan::Pin => None,
         };
         let Ok(room) = under_way.clone().acquire_owned().await else {
             break;

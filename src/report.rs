@@ -29,15 +29,19 @@ const KEY_COLUMNS: [&str; 5] = [
 
 /// The header of each kind of report, as written; `by_email` when some row names its contact
 /// by email (then `contact_email` follows `contact_id`, so that the failed report stays a
-/// manifest; a migration by ids alone gets the header it always had), and with the three note
-/// columns after `name` when the migration creates notes (`notes`), for the same reason.
-fn header(only: ReportOnly, by_email: bool, notes: bool) -> Vec<&'static str> {
+/// manifest; a migration by ids alone gets the header it always had), with the three note
+/// columns after `name` when the migration creates notes (`notes`), and `pin` after them when
+/// some row asks for a pin (`pins`), for the same reason.
+fn header(only: ReportOnly, by_email: bool, notes: bool, pins: bool) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
     if by_email {
         header.insert(2, "contact_email");
     }
     if notes {
         header.extend(manifest::NOTE_COLUMNS);
+    }
+    if pins {
+        header.push("pin");
     }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
@@ -247,9 +251,10 @@ fn write_rows(
         ReportOnly::All => true,
     };
     let notes = rows.iter().any(|r| !r.note.is_empty());
+    let pins = rows.iter().any(|r| r.pin);
     let mut csv = csv::Writer::from_writer(sink);
     let by_email = rows.iter().any(|r| !r.contact_email.is_empty());
-    csv.write_record(header(only, by_email, notes))?;
+    csv.write_record(header(only, by_email, notes, pins))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
@@ -295,6 +300,14 @@ fn write_rows(
                 note(&row.note.date),
                 note(&row.note.key),
             ]);
+        }
+        // As the manifest asks now (the pin is made or not: `status`, the run's summary).
+        if pins {
+            record.push(if row.pin {
+                b"true".to_vec()
+            } else {
+                Vec::new()
+            });
         }
         let kind = |r: &StoredRow| {
             r.error_kind
@@ -412,11 +425,10 @@ fn is_report(path: &Path) -> bool {
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
         .any(|only| {
-            [(false, false), (true, false), (false, true), (true, true)]
-                .iter()
-                .any(|(by_email, notes)| {
-                    first == header(*only, *by_email, *notes).join(",").as_bytes()
-                })
+            (0..8).any(|bits| {
+                let (by_email, notes, pins) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
+                first == header(*only, by_email, notes, pins).join(",").as_bytes()
+            })
         })
 }
 
@@ -470,12 +482,11 @@ mod tests {
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
             for by_email in [false, true] {
                 for notes in [false, true] {
-                    fs::write(
-                        &p,
-                        format!("{}\r\nx\n", header(only, by_email, notes).join(",")),
-                    )
-                    .unwrap();
-                    assert!(is_report(&p));
+                    for pins in [false, true] {
+                        let header = header(only, by_email, notes, pins).join(",");
+                        fs::write(&p, format!("{header}\r\nx\n")).unwrap();
+                        assert!(is_report(&p));
+                    }
                 }
             }
         }

@@ -29,7 +29,7 @@ pub use keys::{
 };
 pub use notes::{NoteGroup, NoteState};
 pub use open::OpenError;
-pub use rows::{NewRow, NoteColumns, RowState, StoredRow, Transition};
+pub use rows::{NewRow, NoteColumns, PinState, RowState, StoredRow, Transition};
 pub use runs::{RunCounts, RunRecord};
 pub use snapshots::{HeldAttachment, RecordSnapshot};
 pub use this_run::{Now, Pass, Place, START, ThisRun};

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_undo.sql",
         include_str!("../../migrations/0006_undo.sql"),
     ),
+    (
+        "0007_pin.sql",
+        include_str!("../../migrations/0007_pin.sql"),
+    ),
 ];
 
 /// The first schema version (`user_version`) with the notes table and the rows' note columns:
@@ -367,11 +371,11 @@ fn lock_holder(_: &std::fs::File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::RowState;
     use crate::checkpoint::lookups::{load_lookups, record_lookup};
     use crate::checkpoint::notes::load_notes;
     use crate::checkpoint::rows::tests::new_row;
     use crate::checkpoint::rows::{load_rows, record_rows};
-    use crate::checkpoint::{NewRow, RowState};
 
     #[test]
     fn every_migration_file_is_listed_in_order() {
@@ -496,14 +500,28 @@ mod tests {
             Migrations::new(MIGRATIONS[..4].iter().map(|(_, sql)| M::up(sql)).collect())
                 .to_latest(&mut conn)
                 .unwrap();
-            let rows: Vec<_> = ["k1", "k2", "k3", "k4"]
-                .iter()
-                .map(|k| NewRow {
-                    contact_email: "Ada@X.example".into(),
-                    ..new_row(k, (*k == "k4").then_some("file missing"))
-                })
-                .collect();
-            record_rows(&conn, &rows).unwrap();
+            // As that schema's `record_rows` wrote them (today's writes columns it had not).
+            for k in ["k1", "k2", "k3", "k4"] {
+                let (state, error) = match k {
+                    "k4" => ("rejected", Some("file missing")),
+                    _ => ("pending", None),
+                };
+                conn.execute(
+                    "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id,
+                         reference_type, reference_id, name, state, error_kind, last_error,
+                         retryable, created_at, updated_at, contact_email)
+                     VALUES (?1, 2, 'a.pdf', '/x/a.pdf', 10, 1, 'c', 'note', 'n', 'a.pdf', ?2,
+                         ?3, ?4, ?5, 't', 't', 'Ada@X.example')",
+                    rusqlite::params![
+                        k,
+                        state,
+                        error.map(|_| "invalid"),
+                        error,
+                        error.map(|_| false)
+                    ],
+                )
+                .unwrap();
+            }
             // Rows in several states, and a gap in the rowids: ids are the rowids, not new ones.
             conn.execute_batch(
                 "UPDATE rows SET state = 'done', s3_key = 'c/1/a.pdf', etag = 'e1',

@@ -74,6 +74,37 @@ impl RowState {
     }
 }
 
+/// Where the pin of a row's attachment stands (`pin_state`; `None`: nothing sent). The row's own
+/// state stays `done` whatever becomes of its pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinState {
+    /// The intent, committed before `PATCH /attachments/{id}/pin`: it may have been sent, and
+    /// its outcome is unknown until recorded.
+    Pinning,
+    Pinned,
+    /// The API kept failing (a retryable failure): a rerun tries again.
+    Failed,
+    /// The API refused the pin (a 4xx): only `--retry-failed` tries again.
+    Refused,
+}
+
+impl PinState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pinning => "pinning",
+            Self::Pinned => "pinned",
+            Self::Failed => "failed",
+            Self::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pinning, Self::Pinned, Self::Failed, Self::Refused]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
 /// A row as the state file holds it.
 #[derive(Clone, Debug)]
 pub struct StoredRow {
@@ -106,6 +137,11 @@ pub struct StoredRow {
     pub last_error: Option<String>,
     pub retryable: Option<bool>,
     pub note: NoteColumns,
+    /// Whether the manifest asks for its attachment to be pinned to its contact.
+    pub pin: bool,
+    /// Where that pin stands; `pin_error` says why it failed.
+    pub pin_state: Option<PinState>,
+    pub pin_error: Option<String>,
 }
 
 /// A row's note columns: the group it belongs to (a valid row with `note_text`), and the three
@@ -134,6 +170,12 @@ impl StoredRow {
             && (self.retryable == Some(true)
                 || self.error_kind == Some(FailureKind::AttachUnsettled))
     }
+
+    /// A done row whose attachment is still to be pinned (the manifest asks for a pin that is
+    /// not recorded as made).
+    pub fn pin_owed(&self) -> bool {
+        self.state == RowState::Done && self.pin && self.pin_state != Some(PinState::Pinned)
+    }
 }
 
 /// A manifest row as preflight saw it, to be recorded.
@@ -161,6 +203,8 @@ pub struct NewRow {
     /// Why it is rejected: its (first) problem's kind.
     pub rejected_kind: FailureKind,
     pub note: NoteColumns,
+    /// The manifest's `pin` (see [`StoredRow::pin`]).
+    pub pin: bool,
 }
 
 impl StoredRow {
@@ -209,6 +253,9 @@ impl From<&NewRow> for StoredRow {
             last_error: n.rejected.clone(),
             retryable: None,
             note: n.note.clone(),
+            pin: n.pin,
+            pin_state: None,
+            pin_error: None,
         }
     }
 }
@@ -277,6 +324,7 @@ impl NewRow {
                 },
                 None => NoteColumns::default(),
             },
+            pin: row.pin,
         }
     }
 
@@ -346,6 +394,9 @@ impl NewRow {
             rejected: Some(reason),
             key,
             note,
+            // As written, so that the failed report gives it back (a value that is none is
+            // lost: its row's message names it).
+            pin: crate::manifest::pin_value(&u.pin) == Some(true),
         }
     }
 }
@@ -370,6 +421,7 @@ impl NewRow {
             rejected: None,
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
+            pin: false,
         }
     }
 }
@@ -422,10 +474,13 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
     let mut insert = conn.prepare_cached(
         "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
                            state, error_kind, last_error, retryable, created_at, updated_at, contact_email,
-                           note_group, note_text, note_date, note_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20)
+                           note_group, note_text, note_date, note_key, pin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
+            -- As written now: `pin` is not part of the row's identity (a pin added to a done
+            -- row is made by this run; one taken away unpins nothing).
+            pin = excluded.pin,
             -- As written now (a note_key's text may be edited; the key keeps the row's identity).
             note_text = excluded.note_text,
             note_date = excluded.note_date,
@@ -457,6 +512,7 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
             updated_at = excluded.updated_at
          -- Rows that nothing changes are not written: a rerun of a done manifest writes nothing.
          WHERE rows.line IS NOT excluded.line
+            OR rows.pin IS NOT excluded.pin
             OR rows.path IS NOT excluded.path
             OR rows.contact_email IS NOT excluded.contact_email
             OR rows.note_text IS NOT excluded.note_text
@@ -502,6 +558,7 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
             r.note.text,
             r.note.date,
             r.note.key,
+            r.pin,
         ])?;
     }
     super::notes::record_note_groups(conn, rows)?;
@@ -518,6 +575,11 @@ const ROW_COLUMNS_BEFORE_NOTES: &str =
      state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
      NULL, NULL, NULL, NULL";
 
+/// The pin columns, read after the row's id (see [`stored_row`]).
+pub(super) const PIN_COLUMNS: &str = "pin, pin_state, pin_error";
+
+/// A row as [`load_rows`] selects it: [`ROW_COLUMNS`], `contact_email` (22), the row's id (23),
+/// then [`PIN_COLUMNS`] (24 to 26).
 pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -563,6 +625,12 @@ pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
             date: r.get(20)?,
             key: r.get(21)?,
         },
+        pin: r.get(24)?,
+        pin_state: match r.get::<_, Option<String>>(25)? {
+            Some(s) => Some(PinState::parse(&s).ok_or_else(|| bad(25, "pin state"))?),
+            None => None,
+        },
+        pin_error: r.get(26)?,
     })
 }
 
@@ -585,8 +653,18 @@ pub(super) fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
         true => ROW_COLUMNS_BEFORE_NOTES,
         false => ROW_COLUMNS,
     };
+    // One from before pins (schema 6 or less) has no pin columns: no row of it is pinned.
+    let has_pin: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'pin'",
+        [],
+        |r| r.get(0),
+    )?;
+    let pins = match has_pin {
+        true => PIN_COLUMNS,
+        false => "0, NULL, NULL",
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {columns}, {email}, rowid FROM rows ORDER BY line, row_key"
+        "SELECT {columns}, {email}, rowid, {pins} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -595,14 +673,10 @@ pub(super) fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
 #[derive(Clone, Debug)]
 pub enum Transition {
     /// Step 2 is about to start with this key (a new attempt from step 1).
-    Uploading {
-        s3_key: String,
-    },
+    Uploading { s3_key: String },
     /// Step 2 ended with this ETag. A run now records the ETag with `Attaching` instead; state
     /// files of earlier versions hold rows in this state, and tests set it.
-    Uploaded {
-        etag: String,
-    },
+    Uploaded { etag: String },
     /// Step 3 is about to be sent; with the upload's ETag when step 2 just ended (one write
     /// for both: the row goes from `uploading` to `attaching` in one transition).
     Attaching {
@@ -610,8 +684,11 @@ pub enum Transition {
         /// The generation of the record's snapshot this attach is sent after, if one was taken.
         snapshot_gen: Option<i64>,
     },
+    /// Attached as `attachment_id`; `pinning`: with the intent to pin it, committed in the same
+    /// write when the pin follows at once (a row whose manifest asks for one).
     Done {
         attachment_id: String,
+        pinning: bool,
     },
     Failed {
         kind: FailureKind,
@@ -620,6 +697,13 @@ pub enum Transition {
     },
     /// Back to the start (a changed file to upload again).
     Pending,
+    /// A done row's pin is about to be sent (`PATCH /attachments/{id}/pin`).
+    Pinning,
+    /// A done row's attachment is pinned (the PATCH answered, or the contact's pinned
+    /// attachments list it).
+    Pinned,
+    /// A done row's pin failed: the row stays done with its attachment.
+    PinFailed { message: String, retryable: bool },
 }
 
 /// Applies a transition to the row of id `id`. `Uploading` fails with a UNIQUE violation when the
@@ -644,6 +728,7 @@ fn transition_of(
     let changed = match t {
         Transition::Uploading { s3_key } => conn.prepare_cached(
             "UPDATE rows SET state = 'uploading', s3_key = ?2, etag = NULL, attachment_id = NULL,
+                 pin_state = NULL, pin_error = NULL,
                  attempts = attempts + 1, updated_at = ?3, size = COALESCE(?4, size),
                  mtime_ns = COALESCE(?5, mtime_ns)
              WHERE id = ?1")?.execute(params![id, s3_key, now, size, mtime_ns])?,
@@ -652,10 +737,12 @@ fn transition_of(
         Transition::Attaching { etag, snapshot_gen } => conn.prepare_cached(
             "UPDATE rows SET state = 'attaching', etag = COALESCE(?2, etag), snapshot_gen = ?3, updated_at = ?4
              WHERE id = ?1")?.execute(params![id, etag, snapshot_gen, now])?,
-        Transition::Done { attachment_id } => {
+        Transition::Done { attachment_id, pinning } => {
+            let pin_state = pinning.then_some(PinState::Pinning.as_str());
             let changed = conn.prepare_cached(
                 "UPDATE rows SET state = 'done', attachment_id = ?2, error_kind = NULL, last_error = NULL,
-                     retryable = NULL, updated_at = ?3, done_at = ?3 WHERE id = ?1")?.execute(params![id, attachment_id, now])?;
+                     retryable = NULL, updated_at = ?3, done_at = ?3, pin_state = ?4, pin_error = NULL
+                 WHERE id = ?1")?.execute(params![id, attachment_id, now, pin_state])?;
             super::snapshots::extend(conn, id, attachment_id)?;
             changed
         }
@@ -664,7 +751,21 @@ fn transition_of(
              WHERE id = ?1")?.execute(params![id, kind, message, retryable, now])?,
         Transition::Pending => conn.prepare_cached(
             "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL, error_kind = NULL,
-                 last_error = NULL, retryable = NULL, updated_at = ?2 WHERE id = ?1")?.execute(params![id, now])?,
+                 last_error = NULL, retryable = NULL, pin_state = NULL, pin_error = NULL, updated_at = ?2
+             WHERE id = ?1")?.execute(params![id, now])?,
+        // A pin changes the pin's columns alone: the row stays `done` (and `updated_at`, which
+        // says when its attach was last under way, stays).
+        Transition::Pinning | Transition::Pinned | Transition::PinFailed { .. } => {
+            let (state, error) = match t {
+                Transition::Pinning => (PinState::Pinning, None),
+                Transition::PinFailed { message, retryable: true } => (PinState::Failed, Some(message)),
+                Transition::PinFailed { message, retryable: false } => (PinState::Refused, Some(message)),
+                _ => (PinState::Pinned, None),
+            };
+            conn.prepare_cached(
+                "UPDATE rows SET pin_state = ?2, pin_error = ?3 WHERE id = ?1 AND state = 'done'")?
+                .execute(params![id, state.as_str(), error])?
+        }
     };
     if changed != 1 {
         return Err(rusqlite::Error::QueryReturnedNoRows);
@@ -799,6 +900,7 @@ pub(super) mod tests {
             rejected: rejected.map(str::to_string),
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
+            pin: false,
         }
     }
 

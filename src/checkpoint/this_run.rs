@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use rusqlite::{Connection, params};
 
 use super::keys::is_raw_key;
-use super::rows::{NewRow, ROW_COLUMNS, StoredRow, record_rows, stored_row};
+use super::rows::{NewRow, PIN_COLUMNS, ROW_COLUMNS, StoredRow, record_rows, stored_row};
 use super::{Pending, StateFile};
 
 /// What the manifest says of a row in this run, beside what the state file recorded of it.
@@ -88,8 +88,11 @@ fn add(conn: &Connection, rows: Vec<NewRow>, places: Vec<(Place, Now)>) -> rusql
     kept.sort_by_key(|(_, (place, _))| *place);
     let (kept, kept_places): (Vec<NewRow>, Vec<(Place, Now)>) = kept.into_iter().unzip();
     record_rows(conn, &kept)?;
+    // A done row whose pin is owed (asked for, not recorded as made) is not settled: a run
+    // takes it up for its pin.
     let mut settled = conn.prepare_cached(
-        "SELECT state = 'done' AND size = ?2 AND mtime_ns = ?3 FROM rows WHERE row_key = ?1",
+        "SELECT state = 'done' AND size = ?2 AND mtime_ns = ?3 AND (pin = 0 OR pin_state IS 'pinned')
+         FROM rows WHERE row_key = ?1",
     )?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO temp.manifest_rows (row_key, contact_ord, ord, size, mtime_ns, valid, settled)
@@ -162,13 +165,16 @@ fn batch(
         Pass::Verify => "AND m.verify = 1",
         Pass::Others => "AND m.verify = 0",
     };
-    let columns = ROW_COLUMNS
-        .split(',')
-        .map(|c| format!("r.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let prefixed = |columns: &str| {
+        columns
+            .split(',')
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (columns, pins) = (prefixed(ROW_COLUMNS), prefixed(PIN_COLUMNS));
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {columns}, r.contact_email, r.rowid, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
+        "SELECT {columns}, r.contact_email, r.rowid, {pins}, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
          FROM temp.manifest_rows m JOIN rows r ON r.row_key = m.row_key
          WHERE m.settled = 0 AND (m.contact_ord, m.ord) > (?1, ?2) {only}
          ORDER BY m.contact_ord, m.ord
@@ -177,12 +183,12 @@ fn batch(
     let rows = stmt.query_map(params![after.0, after.1, limit as i64], |r| {
         Ok(ThisRun {
             row: stored_row(r)?,
-            // `stored_row` reads the columns up to the row's id (23), as `load_rows` gives them.
-            place: (r.get(24)?, r.get(25)?),
+            // `stored_row` reads the columns up to the pin's (26), as `load_rows` gives them.
+            place: (r.get(27)?, r.get(28)?),
             now: Now {
-                size: r.get::<_, i64>(26)? as u64,
-                mtime_ns: r.get(27)?,
-                valid: r.get(28)?,
+                size: r.get::<_, i64>(29)? as u64,
+                mtime_ns: r.get(30)?,
+                valid: r.get(31)?,
             },
         })
     })?;
@@ -268,6 +274,7 @@ mod tests {
             rejected: None,
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
+            pin: false,
         }
     }
 
@@ -396,6 +403,7 @@ mod tests {
         for t in state.this_run(START, 10, Pass::All).wait().unwrap() {
             let done = Transition::Done {
                 attachment_id: format!("att-{}", t.row.key),
+                pinning: false,
             };
             if t.row.key != "k2" {
                 state.transition(&t.row, done).wait().unwrap();
@@ -412,6 +420,74 @@ mod tests {
             .map(|t| t.row.key)
             .collect();
         assert_eq!(left, ["k1", "k2"]);
+        state.close();
+    }
+
+    #[test]
+    fn a_done_row_whose_pin_is_owed_is_read_back_until_its_pin_is_recorded_as_made() {
+        let state = StateFile::in_memory().unwrap();
+        let rows: Vec<NewRow> = (0..2)
+            .map(|i| new_row(&format!("k{i}"), i + 2, "a"))
+            .collect();
+        let record = |pin: bool| {
+            let rows: Vec<NewRow> = rows
+                .iter()
+                .cloned()
+                .map(|mut r| {
+                    r.pin = pin && r.key == "k1";
+                    r
+                })
+                .collect();
+            state.begin_this_run("m.csv".into()).wait().unwrap();
+            let places = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ((0, i as i64), now(r)))
+                .collect();
+            state.record_this_run(rows, places).wait().unwrap();
+        };
+        let left = || -> Vec<(String, bool, Option<crate::checkpoint::PinState>)> {
+            state
+                .this_run(START, 10, Pass::All)
+                .wait()
+                .unwrap()
+                .into_iter()
+                .map(|t| (t.row.key, t.row.pin, t.row.pin_state))
+                .collect()
+        };
+        record(false);
+        for t in state.this_run(START, 10, Pass::All).wait().unwrap() {
+            let done = Transition::Done {
+                attachment_id: format!("att-{}", t.row.key),
+                pinning: false,
+            };
+            state.transition(&t.row, done).wait().unwrap();
+        }
+        // Done without pins: nothing is read back.
+        record(false);
+        assert_eq!(state.settled_this_run().wait().unwrap(), 2);
+        // `pin` added to k1 in the manifest: recorded on the done row, which is read back.
+        record(true);
+        assert_eq!(state.settled_this_run().wait().unwrap(), 1);
+        assert_eq!(left(), [("k1".to_string(), true, None)]);
+        let k1 = state
+            .this_run(START, 10, Pass::All)
+            .wait()
+            .unwrap()
+            .remove(0)
+            .row;
+        state.transition(&k1, Transition::Pinning).wait().unwrap();
+        record(true);
+        let pinning = Some(crate::checkpoint::PinState::Pinning);
+        assert_eq!(left(), [("k1".to_string(), true, pinning)]);
+        state.transition(&k1, Transition::Pinned).wait().unwrap();
+        // Its pin made: settled, nothing is read back.
+        record(true);
+        assert_eq!(state.settled_this_run().wait().unwrap(), 2);
+        assert!(left().is_empty());
+        let rows = state.load_rows().wait().unwrap();
+        assert_eq!(rows[1].pin_state, Some(crate::checkpoint::PinState::Pinned));
+        assert_eq!(rows[1].state, RowState::Done, "a pin leaves the row done");
         state.close();
     }
 }

@@ -83,6 +83,7 @@ fn redo_removed(conn: &Connection) -> rusqlite::Result<usize> {
         "UPDATE rows SET state = 'pending', s3_key = NULL, etag = NULL, attachment_id = NULL,
                          attempts = 0, error_kind = NULL, last_error = NULL, retryable = NULL,
                          done_at = NULL, snapshot_gen = NULL, removed_at = NULL, updated_at = ?1,
+                         pin_state = NULL, pin_error = NULL,
                          reference_id = CASE
                              WHEN note_group IS NOT NULL AND EXISTS (
                                  SELECT 1 FROM notes WHERE group_key = rows.note_group AND state = 'pending')

@@ -26,15 +26,15 @@ pub use problems::{Problem, ProblemKind, Severity, write_problems};
 #[cfg(test)]
 use reader::is_utf16;
 pub use reader::{Reader, formula_escape, formula_unescape};
-pub use row::{check_email, email_key};
+pub use row::{check_email, email_key, pin_value};
 
 /// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// The columns a manifest may have, in the order they are documented.
 /// (`contact_email` came later, and is listed after the first five so that the list earlier
-/// versions showed stays as it was; the note columns came after it.)
-pub const COLUMNS: [&str; 9] = [
+/// versions showed stays as it was; the note columns came after it, and `pin` after them.)
+pub const COLUMNS: [&str; 10] = [
     "file",
     "contact_id",
     "reference_type",
@@ -44,6 +44,7 @@ pub const COLUMNS: [&str; 9] = [
     "note_text",
     "note_date",
     "note_key",
+    "pin",
 ];
 /// The columns of a row recorded as written, in the order its key hashes them (`contact_email`
 /// and the three note columns count only when given, so that older rows keep their keys).
@@ -86,6 +87,9 @@ pub struct Row {
     pub name: String,
     /// The note this row creates (or shares) and attaches to, when it gives `note_text`.
     pub note: Option<Box<NoteSpec>>,
+    /// Whether the attachment is pinned to its contact after it is attached (`pin`; not part
+    /// of the row's identity: a pin added to a done row is made by the next run).
+    pub pin: bool,
 }
 
 impl Row {
@@ -123,6 +127,8 @@ pub struct Unparsed {
     pub fields: [Vec<u8>; 6],
     /// `note_text`, `note_date` and `note_key` as written (empty when the record has none).
     pub note_fields: [Vec<u8>; 3],
+    /// `pin` as written (empty when the record has none).
+    pub pin: Vec<u8>,
     /// Fields past the header's width, as written.
     pub extra: Vec<Vec<u8>>,
 }
@@ -562,6 +568,36 @@ mod tests {
             assert!(check_email(bad).is_err(), "{bad}");
         }
         assert!(check_email(&format!("{}@b.example", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn pin_takes_true_false_yes_no_1_0_in_any_case_and_anything_else_is_an_error_on_its_line() {
+        let text = format!(
+            "file,contact_id,reference_id,pin\n\
+             a.pdf,{ID},{ID},true\n\
+             b.pdf,{ID},{ID}, YES \n\
+             c.pdf,{ID},{ID},1\n\
+             d.pdf,{ID},{ID},False\n\
+             e.pdf,{ID},{ID},no\n\
+             f.pdf,{ID},{ID},0\n\
+             g.pdf,{ID},{ID},\n\
+             h.pdf,{ID},{ID},pinned\n"
+        );
+        let m = parse(text.as_bytes());
+        let pins: Vec<bool> = m.rows.iter().map(|r| r.pin).collect();
+        assert_eq!(pins, [true, true, true, false, false, false, false, false]);
+        assert_eq!(
+            lines_columns_kinds(&m),
+            vec![(9, Some("pin"), ProblemKind::InvalidPin)]
+        );
+        assert!(
+            m.problems[0].message.contains("\"pinned\""),
+            "{}",
+            m.problems[0].message
+        );
+        // Without the column, no row is pinned.
+        let m = parse(format!("file,contact_id,reference_id\na.pdf,{ID},{ID}\n").as_bytes());
+        assert!(!m.rows[0].pin);
     }
 
     #[test]

@@ -58,10 +58,12 @@ pub enum ProblemKind {
     RecordNotFound,
     /// The row's record belongs to another contact than the row's (found online).
     RecordOfOtherContact,
+    /// `pin` is not `true`/`false`, `yes`/`no`, `1`/`0` or empty.
+    InvalidPin,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 30] = [
+    pub const ALL: [ProblemKind; 31] = [
         Self::ManifestUnreadable,
         Self::ManifestEmpty,
         Self::NotText,
@@ -92,6 +94,7 @@ impl ProblemKind {
         Self::ContactAmbiguous,
         Self::RecordNotFound,
         Self::RecordOfOtherContact,
+        Self::InvalidPin,
     ];
 
     /// The name `check --json` shows, and the one a rejected row of this kind is recorded with
@@ -128,6 +131,7 @@ impl ProblemKind {
             Self::ContactAmbiguous => "contact_ambiguous",
             Self::RecordNotFound => "record_not_found",
             Self::RecordOfOtherContact => "record_of_other_contact",
+            Self::InvalidPin => "invalid_pin",
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn parse_row(
         reference_id,
         name,
         note,
+        pin,
     } = text_fields(record, columns, line, problems)?;
     let has_note_column = columns.contains(&Some("note_text"));
     let has_note_text = note[0].is_some();
@@ -61,6 +62,7 @@ pub(super) fn parse_row(
         ));
     }
     let name = attachment_name(&file, name, line, problems);
+    let pin = pin_of(pin.as_deref(), line, problems);
     Some(Row {
         line,
         file,
@@ -71,6 +73,7 @@ pub(super) fn parse_row(
         reference_id,
         name,
         note: note.map(Box::new),
+        pin,
     })
 }
 
@@ -90,6 +93,8 @@ struct Fields {
     name: Option<String>,
     /// `note_text` (`None` when blank), `note_date` and `note_key`, as `note_spec` takes them.
     note: [Option<String>; 3],
+    /// As written; `None` when the manifest has no such column.
+    pin: Option<String>,
 }
 
 /// The text of each of a record's fields, or `None` when one is not UTF-8 (each such field is
@@ -130,6 +135,7 @@ fn text_fields(
     let note_text = field("note_text");
     let note_date = field("note_date");
     let note_key = field("note_key");
+    let pin = field("pin");
     // A field that is not UTF-8 (each one reported above) makes the record unparsed: it is
     // kept as bytes, so that its real values reach the state file and the failed-rows report.
     let utf8 = |col: &'static str, value: &Option<String>| {
@@ -141,7 +147,8 @@ fn text_fields(
         && utf8("contact_email", &contact_email)
         && utf8("note_text", &note_text)
         && utf8("note_date", &note_date)
-        && utf8("note_key", &note_key))
+        && utf8("note_key", &note_key)
+        && utf8("pin", &pin))
     {
         return None;
     }
@@ -167,6 +174,7 @@ fn text_fields(
             note_date,
             note_key,
         ],
+        pin,
     })
 }
 
@@ -195,6 +203,37 @@ fn check_required(
                 ProblemKind::MissingField,
                 message,
             ));
+        }
+    }
+}
+
+/// Whether a `pin` field as written asks for a pin: `true`, `yes` or `1` in any letter case,
+/// surrounding spaces ignored (`None`: it is neither that nor `false`, `no`, `0` or empty).
+pub fn pin_value(field: &[u8]) -> Option<bool> {
+    match field.trim_ascii().to_ascii_lowercase().as_slice() {
+        b"" | b"false" | b"no" | b"0" => Some(false),
+        b"true" | b"yes" | b"1" => Some(true),
+        _ => None,
+    }
+}
+
+/// The `pin` field (see [`pin_value`]); empty or absent is not pinned. Anything else is an error
+/// on the column, and the row is not pinned.
+fn pin_of(text: Option<&str>, line: u64, problems: &mut Vec<Problem>) -> bool {
+    let value = text.unwrap_or("").trim();
+    match pin_value(value.as_bytes()) {
+        Some(pin) => pin,
+        None => {
+            problems.push(Problem::error(
+                Some(line),
+                Some("pin"),
+                ProblemKind::InvalidPin,
+                format!(
+                    "{} is not a pin value; use true or false (yes or no, 1 or 0), or leave it empty for no pin",
+                    shown(value)
+                ),
+            ));
+            false
         }
     }
 }
@@ -376,12 +415,15 @@ pub(super) fn unparsed(
 ) -> Unparsed {
     let mut fields: [Vec<u8>; 6] = Default::default();
     let mut note_fields: [Vec<u8>; 3] = Default::default();
+    let mut pin = Vec::new();
     for (raw, col) in record.iter().zip(columns) {
         let Some(col) = col else { continue };
         if let Some(i) = RECORD_COLUMNS.iter().position(|k| k == col) {
             fields[i] = raw.to_vec();
         } else if let Some(i) = NOTE_COLUMNS.iter().position(|k| k == col) {
             note_fields[i] = raw.to_vec();
+        } else if *col == "pin" {
+            pin = raw.to_vec();
         }
     }
     let extra = record
@@ -393,6 +435,7 @@ pub(super) fn unparsed(
         line,
         fields,
         note_fields,
+        pin,
         extra,
     }
 }

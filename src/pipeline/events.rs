@@ -70,6 +70,9 @@ pub enum Step {
     Attach,
     /// The record was asked whether it holds the row's attachment (step 3's answer was lost).
     Verify { held: bool },
+    /// The row's attachment is pinned to its contact: `found` pinned by an earlier pin whose
+    /// answer was lost (the contact's pinned attachments list it), else pinned now.
+    Pin { found: bool },
 }
 
 /// Whoever wants to watch a run's events besides its counts and its log.
@@ -93,6 +96,8 @@ pub struct Counts {
     pub notes_created: u64,
     /// Of those, the ones adopted.
     pub notes_adopted: u64,
+    /// Attachments pinned in this run (pinned now, or found pinned after a lost answer).
+    pub pinned: u64,
 }
 
 /// The live counts, changed only by `apply`.
@@ -107,6 +112,7 @@ struct Counters {
     retrying: AtomicU64,
     notes_created: AtomicU64,
     notes_adopted: AtomicU64,
+    pinned: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +127,10 @@ impl Counters {
                 step: Step::Upload { bytes },
                 ..
             } => add(&self.bytes_uploaded, *bytes),
+            Event::StepDone {
+                step: Step::Pin { .. },
+                ..
+            } => add(&self.pinned, 1),
             Event::Retrying { .. } => {
                 add(&self.retries, 1);
                 add(&self.retrying, 1);
@@ -161,6 +171,7 @@ impl Counters {
             retrying: get(&self.retrying),
             notes_created: get(&self.notes_created),
             notes_adopted: get(&self.notes_adopted),
+            pinned: get(&self.pinned),
         }
     }
 }
@@ -283,6 +294,7 @@ fn plan_name(plan: Plan) -> &'static str {
         Plan::Upload => "upload",
         Plan::Attach => "attach",
         Plan::Verify => "verify, then attach if missing",
+        Plan::Pin => "pin its attachment",
     }
 }
 

@@ -221,7 +221,8 @@ async fn settle(
         Err(RowError::Remote(RemoteError::Stopped(_))) if ctx.interrupted_now() => {
             Settled::NotStarted
         }
-        Err(RowError::Remote(e)) => {
+        // (No note is pinned: `Pin` never comes from here.)
+        Err(RowError::Remote(e) | RowError::Pin(e)) => {
             ctx.events.emit(Event::NoteFailed {
                 contact_id: &group.contact_id,
                 rows: rows.unwrap_or(0),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tracing::{Instrument, info, warn};
 
 use super::forms::Lease;
+use super::pins::Pin;
 use super::snapshots;
 use super::{Context, Event, Outcome, Plan, RowError, Settling, Step, Stop, ago};
 use crate::checkpoint::{StoredRow, Transition};
@@ -79,7 +80,7 @@ impl Drop for RecordTurn {
 
 impl Context {
     /// Records `t` for `row` and waits until it is written.
-    async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
+    pub(super) async fn commit(&self, row: &StoredRow, t: Transition) -> Result<(), RowError> {
         let state = state_name(&t);
         self.state
             .transition(row, t)
@@ -90,7 +91,7 @@ impl Context {
     }
 
     /// Queues `t` for `row` (nothing waits on it: no later side effect depends on it).
-    fn record_later(&self, row: &StoredRow, t: Transition) {
+    pub(super) fn record_later(&self, row: &StoredRow, t: Transition) {
         let state = state_name(&t);
         self.state.transition(row, t).detach();
         self.events.emit(Event::StateChanged { row, state });
@@ -162,9 +163,14 @@ impl Context {
             // Cut short by the end of the grace period: as if never taken up (see
             // `interrupted_now`); nothing is recorded.
             Err(RowError::Cut) => Outcome::NotStarted,
-            Err(RowError::Remote(RemoteError::Stopped(_))) if self.interrupted_now() => {
+            Err(RowError::Remote(RemoteError::Stopped(_)))
+            | Err(RowError::Pin(RemoteError::Stopped(_)))
+                if self.interrupted_now() =>
+            {
                 Outcome::NotStarted
             }
+            // The file is attached: only its pin failed, and the row stays done.
+            Err(RowError::Pin(e)) => self.pin_failed(row, e),
             Err(RowError::Remote(e)) => {
                 let kind = e.kind();
                 let retryable = e.is_retryable_later();
@@ -383,7 +389,8 @@ impl Context {
     }
 
     /// Whether the record already holds this row's attachment (step 3 was sent with `key` and
-    /// its answer may be lost); if it does, the row is recorded as done with it.
+    /// its answer may be lost); if it does, the row is recorded as done with it (with the intent
+    /// to pin it, when the row asks for a pin) and its id is returned.
     ///
     /// Proof where the link gives it: an attachment whose `url` shows this row's key (a
     /// presigned link of its object) is adopted. Where links do not show keys, the record's
@@ -392,10 +399,10 @@ impl Context {
     /// another row of this state file (and whose link shows no other key) was made by this row's
     /// lost attempt, and is adopted. Nothing matching: not attached (yet; the caller reads again
     /// within `--settle-window` before it sends again).
-    async fn verify(&self, row: &StoredRow, key: Option<&str>) -> Result<bool, RowError> {
+    async fn verify(&self, row: &StoredRow, key: Option<&str>) -> Result<Option<String>, RowError> {
         let Some(key) = key else {
             // No key was ever chosen, so no attach was ever sent.
-            return Ok(false);
+            return Ok(None);
         };
         let listed = self
             .api(|| {
@@ -416,7 +423,7 @@ impl Context {
                 // One of a state file from before snapshots: what the record held then is not
                 // known, and is taken to be none of this name and size.
                 if held.is_none() && self.snapshots.links_show_keys() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let held = held.unwrap_or_default();
                 listed
@@ -433,7 +440,7 @@ impl Context {
             }
         };
         let Some((a, why)) = adopted else {
-            return Ok(false);
+            return Ok(None);
         };
         info!(
             "line {}: the record already holds this upload as attachment {} ({why}); not attaching again",
@@ -443,10 +450,11 @@ impl Context {
             row,
             Transition::Done {
                 attachment_id: a.id.clone(),
+                pinning: row.pin,
             },
         )
         .await?;
-        Ok(true)
+        Ok(Some(a.id.clone()))
     }
 
     /// Waits for `row`'s turn at its record, name and size (see `Context::verify`).
@@ -550,6 +558,8 @@ struct RowRun<'a> {
     /// Its turn at its record, name and size: taken before its attach is recorded as under way,
     /// held until the row has settled (see `Context::verify`).
     turn: Option<RecordTurn>,
+    /// Its attachment's pin, once it is attached and the manifest asks for one (see `pins`).
+    pin: Option<Pin>,
 }
 
 impl<'a> RowRun<'a> {
@@ -582,6 +592,10 @@ impl<'a> RowRun<'a> {
             settling,
             probe: None,
             turn,
+            pin: match plan {
+                Plan::Pin => Pin::of_done(row),
+                Plan::Upload | Plan::Attach | Plan::Verify => None,
+            },
         })
     }
 
@@ -592,6 +606,7 @@ impl<'a> RowRun<'a> {
                 Plan::Upload => self.upload().await.map(|()| false)?,
                 Plan::Attach => self.attach().await?,
                 Plan::Verify => self.verify().await?,
+                Plan::Pin => self.pin().await.map(|()| true)?,
             };
             if done {
                 return Ok(());
@@ -676,12 +691,16 @@ impl<'a> RowRun<'a> {
         match ctx.api(|| ctx.client.attach(&attach)).await {
             Ok(attached) => {
                 self.settle_turn();
-                ctx.record_later(
-                    row,
-                    Transition::Done {
-                        attachment_id: attached.id.clone(),
-                    },
-                );
+                let done = Transition::Done {
+                    attachment_id: attached.id.clone(),
+                    pinning: row.pin,
+                };
+                // A row to pin commits the pin's intent with its `done`, before the PATCH; any
+                // other row's `done` is queued (nothing follows it).
+                match row.pin {
+                    true => ctx.commit(row, done).await?,
+                    false => ctx.record_later(row, done),
+                }
                 ctx.events.emit(Event::StepDone {
                     row,
                     step: Step::Attach,
@@ -694,7 +713,7 @@ impl<'a> RowRun<'a> {
                         "step 3 refused a key made from a reused upload form and accepted one made from a fresh form",
                     );
                 }
-                Ok(true)
+                Ok(self.pin_next(attached.id))
             }
             Err(e) => self.attach_failed(e, &key).await.map(|()| false),
         }
@@ -780,15 +799,15 @@ impl<'a> RowRun<'a> {
             self.turn = Some(ctx.record_turn(row).await?);
         }
         match ctx.verify(row, self.key.as_deref()).await {
-            Ok(true) => {
+            Ok(Some(attachment_id)) => {
                 ctx.events.emit(Event::StepDone {
                     row,
                     step: Step::Verify { held: true },
                 });
                 self.settle_turn();
-                Ok(true)
+                Ok(self.pin_next(attachment_id))
             }
-            Ok(false) => {
+            Ok(None) => {
                 ctx.events.emit(Event::StepDone {
                     row,
                     step: Step::Verify { held: false },
@@ -801,6 +820,32 @@ impl<'a> RowRun<'a> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The row is attached as `attachment_id` (recorded as done, with the pin's intent when it
+    /// asks for a pin): `true` when nothing is left; else its pin is next.
+    fn pin_next(&mut self, attachment_id: String) -> bool {
+        if !self.row.pin {
+            return true;
+        }
+        // Its attach has settled: the rows of its record, name and size need not wait for
+        // its pin.
+        self.turn = None;
+        self.pin = Some(Pin::after_attach(attachment_id));
+        self.stage = Plan::Pin;
+        false
+    }
+
+    /// The pin of its attachment (see `pins`); a failure is the pin's, not the row's.
+    async fn pin(&mut self) -> Result<(), RowError> {
+        let (ctx, row) = (self.ctx, self.row);
+        let Some(pin) = self.pin.as_mut() else {
+            return Err(RowError::Pin(RemoteError::Protocol {
+                what: "the state file",
+                detail: "the row is done but no attachment id is recorded to pin".into(),
+            }));
+        };
+        ctx.pin(row, pin, &mut self.attempts).await
     }
 
     /// The record does not hold this row's attach: a conflict was not "attached already" (the
@@ -857,5 +902,9 @@ fn state_name(t: &Transition) -> &'static str {
         Transition::Done { .. } => "done",
         Transition::Failed { .. } => "failed",
         Transition::Pending => "pending",
+        // The row stays done: these are its pin's.
+        Transition::Pinning => "done, pinning",
+        Transition::Pinned => "done, pinned",
+        Transition::PinFailed { .. } => "done, pin failed",
     }
 }

@@ -155,6 +155,7 @@ fn print_json(
         "to_upload": work.count(Plan::Upload),
         "to_attach": work.count(Plan::Attach),
         "to_verify": work.count(Plan::Verify),
+        "to_pin": work.count(Plan::Pin),
         "already_done": work.already_done,
         "failed_permanent": work.failed_permanent.len(),
         "rejected": work.rejected,
@@ -195,6 +196,10 @@ fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
         "  to verify, then attach:      {}",
         work.count(Plan::Verify)
     )?;
+    let pins = work.count(Plan::Pin);
+    if pins > 0 {
+        writeln!(out, "  to pin only (attached):      {pins}")?;
+    }
     writeln!(out, "  already done (skipped):      {}", work.already_done)?;
     writeln!(
         out,

@@ -206,7 +206,12 @@ async fn feed(
             }
             ctx.forms
                 .expect(rows.iter().map(|(row, _)| row.contact_id.as_str()));
-            ctx.snapshots.plan(rows.iter().map(|(row, _)| row));
+            // A row left only its pin attaches nothing: no snapshot of its record is wanted.
+            ctx.snapshots.plan(
+                rows.iter()
+                    .filter(|(_, plan)| *plan != Plan::Pin)
+                    .map(|(row, _)| row),
+            );
             for row in rows {
                 if tx.send(row).await.is_err() {
                     taking = false;

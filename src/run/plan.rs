@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::config::Choices;
-use crate::checkpoint::{self, NewRow, Now, RowState, StoredRow};
+use crate::checkpoint::{self, NewRow, Now, PinState, RowState, StoredRow};
 use crate::failure::FailureKind;
 use crate::manifest::{ProblemKind, Severity, email_key};
 use crate::pipeline::Plan;
@@ -110,8 +110,8 @@ fn rejected_kind(problems: &[ProblemKind]) -> FailureKind {
 /// are the few a summary names: failed for good, rejected, changed since uploaded.
 #[derive(Default)]
 pub struct Work {
-    /// Rows to take up, by plan (upload, attach, verify).
-    planned: [usize; 3],
+    /// Rows to take up, by plan (upload, attach, verify, pin).
+    planned: [usize; 4],
     bytes_to_upload: u64,
     bytes_to_attach: u64,
     /// The contacts of the rows to upload (a contact by email not looked up yet: its email in
@@ -134,6 +134,11 @@ pub struct Work {
     /// Note groups whose `POST /notes` may have been sent (in `intent`): each lists its
     /// contact's notes (at least one call) before it creates its note.
     pub notes_unsettled: usize,
+    /// Rows taken up whose attachment is to be pinned in this run (whatever their plan), and of
+    /// those the ones whose pin may have been sent (the contact's pinned attachments are read
+    /// first).
+    pins: usize,
+    pins_unsettled: usize,
 }
 
 fn index(plan: Plan) -> usize {
@@ -141,6 +146,7 @@ fn index(plan: Plan) -> usize {
         Plan::Upload => 0,
         Plan::Attach => 1,
         Plan::Verify => 2,
+        Plan::Pin => 3,
     }
 }
 
@@ -170,7 +176,8 @@ impl Work {
     /// API calls the rows need: 1 to attach, 2 to verify and attach, and to upload and attach
     /// 2, or with `reuse_forms` 1 and one form per contact (its form carries its files: a
     /// contact with more files than one form's life holds needs more, which this leaves out);
-    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown. The
+    /// 1 for each note to create, and 1 more (a list) for each whose outcome is unknown; 1 for
+    /// each pin, and 1 more (a list) for each pin whose outcome is unknown. The
     /// snapshot reads before a record's first attach are left out too: where links do not show
     /// the key, about one per contact and record type, once (see `pipeline::snapshots`).
     pub fn api_calls(&self, reuse_forms: bool) -> usize {
@@ -185,6 +192,8 @@ impl Work {
             + 2 * self.count(Plan::Verify)
             + self.notes.len()
             + self.notes_unsettled
+            + self.pins
+            + self.pins_unsettled
     }
 
     /// The note groups whose rows wait for a note not yet recorded, with their row counts.
@@ -244,7 +253,10 @@ impl Work {
             }
             Plan::Attach => self.bytes_to_attach += row.size,
             Plan::Verify => {}
+            Plan::Pin => self.pins_unsettled += usize::from(row.pin_state.is_some()),
         }
+        // Its pin follows its attach, or is all that is left of it.
+        self.pins += usize::from(row.pin);
         if let Some(group) = row
             .note
             .group
@@ -269,7 +281,8 @@ pub enum Decision {
         changed: bool,
     },
     Rejected,
-    /// Failed for good in an earlier run (`--retry-failed` takes it up again).
+    /// Failed for good in an earlier run (`--retry-failed` takes it up again); a done row whose
+    /// pin the API refused is one too (its state stays `done`).
     FailedForGood,
     /// Taken back by `undo` (or being taken back: `undo` again settles it); `run
     /// --redo-removed` makes such rows new again before they are planned.
@@ -305,6 +318,15 @@ pub fn decide(row: &StoredRow, now: Now, choices: &Choices) -> Decision {
     let changed = row.size != now.size || row.mtime_ns != now.mtime_ns;
     let plan = match row.state {
         RowState::Done if changed && choices.reupload_changed && now.valid => Plan::Upload,
+        // Attached, and the manifest asks for a pin not recorded as made (added since, or its
+        // answer lost, or failed): taken up for the pin alone. One the API refused for good is
+        // tried again only when asked, as a row failed for good.
+        RowState::Done if row.pin_owed() && row.attachment_id.is_some() => {
+            if row.pin_state == Some(PinState::Refused) && !choices.retry_failed {
+                return Decision::FailedForGood;
+            }
+            Plan::Pin
+        }
         RowState::Done => return Decision::Done { changed },
         RowState::Rejected => return Decision::Rejected,
         // Taken back by `undo`: uploaded again only when asked (a dry run of `--redo-removed`
@@ -350,6 +372,8 @@ pub fn plan(
         let Some(mut row) = by_key.remove(&new.key) else {
             continue;
         };
+        // As a run records it: the manifest's `pin` now (it is not part of the row's key).
+        row.pin = new.pin;
         let now = Now {
             size: new.size,
             mtime_ns: new.mtime_ns,

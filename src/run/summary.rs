@@ -11,7 +11,7 @@ use super::config::RunConfig;
 use super::execute::Executed;
 use super::plan::Work;
 use crate::ExitStatus;
-use crate::checkpoint::RunCounts;
+use crate::checkpoint::{RowState, RunCounts};
 use crate::failure::FailureKind;
 use crate::lookup::Lookups;
 use crate::pipeline::{Context, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_RATE, FormReuse};
@@ -63,6 +63,9 @@ pub struct Summary {
     /// Notes recorded for note groups in this run (created, or adopted after a lost answer).
     notes_created: u64,
     notes_adopted: u64,
+    /// Attachments pinned to their contacts in this run (`pin`): pinned now, or found pinned
+    /// after an answer that was lost.
+    pinned: u64,
     /// Upload forms fetched (step 1), and uploads that went on a form another had carried.
     forms_fetched: u64,
     uploads_on_reused_forms: u64,
@@ -89,7 +92,8 @@ struct ChangedFile {
 struct FailureLine {
     line: u64,
     file: String,
-    /// `failed`, or `rejected` (invalid in preflight, with `--skip-invalid`).
+    /// `failed`, or `rejected` (invalid in preflight, with `--skip-invalid`), or `done` for a
+    /// row whose file is attached and whose pin failed (kind `pin_failed`).
     state: &'static str,
     kind: FailureKind,
     retryable: bool,
@@ -112,14 +116,26 @@ impl Tally {
         let mut t = Tally::default();
         for row in &work.failed_permanent {
             t.failed_permanent += 1;
-            t.failures.push(FailureLine {
-                line: row.line,
-                file: row.file.clone(),
-                state: "failed",
-                kind: row.error_kind.unwrap_or(FailureKind::Other),
-                retryable: false,
-                message: row.last_error.clone().unwrap_or_default(),
-            });
+            // A done row failed for good is one whose pin the API refused.
+            let line = match row.state {
+                RowState::Done => FailureLine {
+                    line: row.line,
+                    file: row.file.clone(),
+                    state: "done",
+                    kind: FailureKind::PinFailed,
+                    retryable: false,
+                    message: row.pin_error.clone().unwrap_or_default(),
+                },
+                _ => FailureLine {
+                    line: row.line,
+                    file: row.file.clone(),
+                    state: "failed",
+                    kind: row.error_kind.unwrap_or(FailureKind::Other),
+                    retryable: false,
+                    message: row.last_error.clone().unwrap_or_default(),
+                },
+            };
+            t.failures.push(line);
         }
         // Rejected rows are listed too: a `rejected` count alone leaves a script to guess which
         // rows and why.
@@ -151,7 +167,10 @@ impl Tally {
             t.failures.push(FailureLine {
                 line: row.line,
                 file: row.file.clone(),
-                state: "failed",
+                state: match kind {
+                    FailureKind::PinFailed => "done",
+                    _ => "failed",
+                },
                 kind: *kind,
                 retryable: *retryable,
                 message: message.clone(),
@@ -229,6 +248,7 @@ impl Summary {
             throttles: c.throttles,
             notes_created: c.notes_created,
             notes_adopted: c.notes_adopted,
+            pinned: c.pinned,
             forms_fetched,
             uploads_on_reused_forms,
             form_reuse: match (ctx.forms.turned_off(), ctx.settings.form_reuse) {
@@ -322,6 +342,9 @@ impl Summary {
             };
             writeln!(out, "  notes created:      {}{adopted}", self.notes_created)?;
         }
+        if self.pinned > 0 {
+            writeln!(out, "  pinned:             {}", self.pinned)?;
+        }
         writeln!(
             out,
             "  uploaded:           {} ({} bytes)",
@@ -374,6 +397,7 @@ impl Summary {
                     self.removed
                 ),
                 ExitStatus::Success => "all rows done".to_string(),
+                ExitStatus::Failed if self.pins_refused() > 0 => self.pins_refused_step(cfg),
                 ExitStatus::Failed => {
                     let what = match (self.failed_permanent, self.rejected) {
                         (0, _) => "some rows are invalid (rejected)",
@@ -396,6 +420,37 @@ impl Summary {
                 }
                 _ => format!("some rows are not done yet; rerun to finish: {rerun}"),
             },
+        }
+    }
+}
+
+impl Summary {
+    /// Rows whose pin the API refused for good (their files are attached).
+    fn pins_refused(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|f| f.kind == FailureKind::PinFailed && !f.retryable)
+            .count()
+    }
+
+    /// The `Result:` line of a run some of whose pins were refused: a rerun of this state file
+    /// with `--retry-failed` pins them (a fix file, a state file of its own, would upload their
+    /// files again), and a report lists the other rows failed for good, if any.
+    fn pins_refused_step(&self, cfg: &RunConfig) -> String {
+        let mut retry = resume_command(cfg);
+        if !cfg.choices.retry_failed {
+            retry.push_str(" --retry-failed");
+        }
+        let pins = format!(
+            "the API refused to pin the attachments of {} rows (their files are attached); once the cause is fixed, pin them with a rerun of this state file, which finishes the other rows too",
+            self.pins_refused()
+        );
+        match self.failed_permanent + self.rejected - self.pins_refused() {
+            0 => format!("{pins}: {retry}"),
+            _ => format!(
+                "{pins}; other rows failed for good or are invalid: list them with `{}` and fix them there; rerun first: {retry}",
+                report_command(cfg)
+            ),
         }
     }
 }

@@ -18,6 +18,7 @@ mod hostile_input;
 mod hostile_server;
 mod notes;
 mod old_state;
+mod pin;
 mod rehearse;
 mod run;
 mod settle;

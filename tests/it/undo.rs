@@ -506,3 +506,41 @@ fn on_a_terminal_undo_shows_what_it_deletes_and_deletes_only_on_yes() {
     }
     assert_eq!(live(&emu), before);
 }
+
+#[test]
+fn pinned_rows_undone_then_redone_are_pinned_again() {
+    let (_s, manifest) = sample_copy_of("manifest.csv");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let pinned: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| format!("{l},{}\n", if i == 0 { "pin" } else { "true" }))
+        .collect();
+    std::fs::write(&manifest, pinned).unwrap();
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let doc = run(&emu, &manifest, &[]);
+    assert_eq!(doc["pinned"], 20, "{doc:#}");
+    let pinned_now = |emu: &Emulator| -> BTreeSet<String> {
+        emu.state()["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["pinned_at"].is_string())
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = pinned_now(&emu);
+    assert_eq!(first.len(), 20);
+    let (code, out) = undo(&emu, &manifest, &["--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(pinned_now(&emu).is_empty());
+    let doc = run(&emu, &manifest, &["--redo-removed"]);
+    assert_eq!(
+        (doc["done_now"].as_u64(), doc["pinned"].as_u64()),
+        (Some(20), Some(20)),
+        "{doc:#}"
+    );
+    let again = pinned_now(&emu);
+    assert_eq!(again.len(), 20);
+    assert!(again.is_disjoint(&first), "new attachments, each pinned");
+}

@@ -108,6 +108,7 @@ fn json_documents_have_the_documented_shape() {
             ("throttles", "integer"),
             ("notes_created", "integer"),
             ("notes_adopted", "integer"),
+            ("pinned", "integer"),
             ("forms_fetched", "integer"),
             ("uploads_on_reused_forms", "integer"),
             ("form_reuse", "string"),
