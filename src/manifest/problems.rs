@@ -58,10 +58,16 @@ pub enum ProblemKind {
     RecordNotFound,
     /// The row's record belongs to another contact than the row's (found online).
     RecordOfOtherContact,
+    /// `link_url` is not an `https` URL.
+    InvalidLinkUrl,
+    /// `link_type` is not `dropbox`, `google_drive` or `evernote`.
+    UnknownLinkType,
+    /// A row gives both `file` and `link_url`, or `link_type` without `link_url`.
+    LinkConflict,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 30] = [
+    pub const ALL: [ProblemKind; 33] = [
         Self::ManifestUnreadable,
         Self::ManifestEmpty,
         Self::NotText,
@@ -92,6 +98,9 @@ impl ProblemKind {
         Self::ContactAmbiguous,
         Self::RecordNotFound,
         Self::RecordOfOtherContact,
+        Self::InvalidLinkUrl,
+        Self::UnknownLinkType,
+        Self::LinkConflict,
     ];
 
     /// The name `check --json` shows, and the one a rejected row of this kind is recorded with
@@ -128,6 +137,9 @@ impl ProblemKind {
             Self::ContactAmbiguous => "contact_ambiguous",
             Self::RecordNotFound => "record_not_found",
             Self::RecordOfOtherContact => "record_of_other_contact",
+            Self::InvalidLinkUrl => "invalid_link_url",
+            Self::UnknownLinkType => "unknown_link_type",
+            Self::LinkConflict => "link_conflict",
         }
     }
 }

@@ -70,6 +70,7 @@ fn json_documents_have_the_documented_shape() {
             ("files_to_upload", "integer"),
             ("bytes_to_upload", "integer"),
             ("largest_file", "object|null"),
+            ("links_to_attach", "integer"),
         ],
         "check.summary",
     );
