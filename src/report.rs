@@ -29,15 +29,19 @@ const KEY_COLUMNS: [&str; 5] = [
 
 /// The header of each kind of report, as written; `by_email` when some row names its contact
 /// by email (then `contact_email` follows `contact_id`, so that the failed report stays a
-/// manifest; a migration by ids alone gets the header it always had), and with the three note
-/// columns after `name` when the migration creates notes (`notes`), for the same reason.
-fn header(only: ReportOnly, by_email: bool, notes: bool) -> Vec<&'static str> {
+/// manifest; a migration by ids alone gets the header it always had), with the three note
+/// columns after `name` when the migration creates notes (`notes`), and the two link columns
+/// after those when it attaches links (`links`), for the same reason.
+fn header(only: ReportOnly, by_email: bool, notes: bool, links: bool) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
     if by_email {
         header.insert(2, "contact_email");
     }
     if notes {
         header.extend(manifest::NOTE_COLUMNS);
+    }
+    if links {
+        header.extend(manifest::LINK_COLUMNS);
     }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
@@ -246,7 +250,8 @@ fn write_rows(
     let notes = rows.iter().any(|r| !r.note.is_empty());
     let mut csv = csv::Writer::from_writer(sink);
     let by_email = rows.iter().any(|r| !r.contact_email.is_empty());
-    csv.write_record(header(only, by_email, notes))?;
+    let links = rows.iter().any(|r| r.link.is_some());
+    csv.write_record(header(only, by_email, notes, links))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
@@ -292,6 +297,10 @@ fn write_rows(
                 note(&row.note.date),
                 note(&row.note.key),
             ]);
+        }
+        if links {
+            let link = row.link.clone().unwrap_or_default();
+            record.extend([row.field_bytes(&link.url), row.field_bytes(&link.link_type)]);
         }
         let kind = |r: &StoredRow| {
             r.error_kind
@@ -409,11 +418,10 @@ fn is_report(path: &Path) -> bool {
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
         .any(|only| {
-            [(false, false), (true, false), (false, true), (true, true)]
-                .iter()
-                .any(|(by_email, notes)| {
-                    first == header(*only, *by_email, *notes).join(",").as_bytes()
-                })
+            (0..8u8).any(|bits| {
+                let (by_email, notes, links) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
+                first == header(*only, by_email, notes, links).join(",").as_bytes()
+            })
         })
 }
 
@@ -467,12 +475,11 @@ mod tests {
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
             for by_email in [false, true] {
                 for notes in [false, true] {
-                    fs::write(
-                        &p,
-                        format!("{}\r\nx\n", header(only, by_email, notes).join(",")),
-                    )
-                    .unwrap();
-                    assert!(is_report(&p));
+                    for links in [false, true] {
+                        let header = header(only, by_email, notes, links).join(",");
+                        fs::write(&p, format!("{header}\r\nx\n")).unwrap();
+                        assert!(is_report(&p));
+                    }
                 }
             }
         }

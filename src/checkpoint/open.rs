@@ -38,6 +38,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_undo.sql",
         include_str!("../../migrations/0006_undo.sql"),
     ),
+    // 0007 is the `pin` column's (issue 21), on its own branch: the merge puts it here.
+    (
+        "0008_links.sql",
+        include_str!("../../migrations/0008_links.sql"),
+    ),
 ];
 
 /// The first schema version (`user_version`) with the notes table and the rows' note columns:
@@ -367,11 +372,11 @@ fn lock_holder(_: &std::fs::File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::RowState;
     use crate::checkpoint::lookups::{load_lookups, record_lookup};
     use crate::checkpoint::notes::load_notes;
     use crate::checkpoint::rows::tests::new_row;
     use crate::checkpoint::rows::{load_rows, record_rows};
-    use crate::checkpoint::{NewRow, RowState};
 
     #[test]
     fn every_migration_file_is_listed_in_order() {
@@ -496,14 +501,25 @@ mod tests {
             Migrations::new(MIGRATIONS[..4].iter().map(|(_, sql)| M::up(sql)).collect())
                 .to_latest(&mut conn)
                 .unwrap();
-            let rows: Vec<_> = ["k1", "k2", "k3", "k4"]
-                .iter()
-                .map(|k| NewRow {
-                    contact_email: "Ada@X.example".into(),
-                    ..new_row(k, (*k == "k4").then_some("file missing"))
-                })
-                .collect();
-            record_rows(&conn, &rows).unwrap();
+            // As that version recorded them (today's `record_rows` writes today's columns).
+            for k in ["k1", "k2", "k3", "k4"] {
+                let rejected = k == "k4";
+                conn.execute(
+                    "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id,
+                         reference_type, reference_id, name, state, error_kind, last_error,
+                         retryable, created_at, updated_at, contact_email)
+                     VALUES (?1, 2, 'a.pdf', '/x/a.pdf', 10, 1, 'c', 'note', 'n', 'a.pdf', ?2, ?3,
+                         ?4, ?5, 't', 't', 'Ada@X.example')",
+                    rusqlite::params![
+                        k,
+                        if rejected { "rejected" } else { "pending" },
+                        rejected.then_some("invalid"),
+                        rejected.then_some("file missing"),
+                        rejected.then_some(false),
+                    ],
+                )
+                .unwrap();
+            }
             // Rows in several states, and a gap in the rowids: ids are the rowids, not new ones.
             conn.execute_batch(
                 "UPDATE rows SET state = 'done', s3_key = 'c/1/a.pdf', etag = 'e1',

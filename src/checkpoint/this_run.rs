@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use rusqlite::{Connection, params};
 
 use super::keys::is_raw_key;
-use super::rows::{NewRow, ROW_COLUMNS, StoredRow, record_rows, stored_row};
+use super::rows::{LINK_COLUMNS, NewRow, ROW_COLUMNS, StoredRow, record_rows, stored_row};
 use super::{Pending, StateFile};
 
 /// What the manifest says of a row in this run, beside what the state file recorded of it.
@@ -162,13 +162,16 @@ fn batch(
         Pass::Verify => "AND m.verify = 1",
         Pass::Others => "AND m.verify = 0",
     };
-    let columns = ROW_COLUMNS
-        .split(',')
-        .map(|c| format!("r.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let of_rows = |columns: &str| {
+        columns
+            .split(',')
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (columns, links) = (of_rows(ROW_COLUMNS), of_rows(LINK_COLUMNS));
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {columns}, r.contact_email, r.rowid, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
+        "SELECT {columns}, r.contact_email, r.rowid, {links}, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
          FROM temp.manifest_rows m JOIN rows r ON r.row_key = m.row_key
          WHERE m.settled = 0 AND (m.contact_ord, m.ord) > (?1, ?2) {only}
          ORDER BY m.contact_ord, m.ord
@@ -177,12 +180,13 @@ fn batch(
     let rows = stmt.query_map(params![after.0, after.1, limit as i64], |r| {
         Ok(ThisRun {
             row: stored_row(r)?,
-            // `stored_row` reads the columns up to the row's id (23), as `load_rows` gives them.
-            place: (r.get(24)?, r.get(25)?),
+            // `stored_row` reads the columns up to the row's link columns (26), as `load_rows`
+            // gives them.
+            place: (r.get(27)?, r.get(28)?),
             now: Now {
-                size: r.get::<_, i64>(26)? as u64,
-                mtime_ns: r.get(27)?,
-                valid: r.get(28)?,
+                size: r.get::<_, i64>(29)? as u64,
+                mtime_ns: r.get(30)?,
+                valid: r.get(31)?,
             },
         })
     })?;
@@ -268,6 +272,7 @@ mod tests {
             rejected: None,
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
+            link: None,
         }
     }
 
