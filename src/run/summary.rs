@@ -38,6 +38,8 @@ pub struct Summary {
     rows: usize,
     done_before: usize,
     pub done_now: usize,
+    /// Of `done_now`, the rows that attached a link (no upload).
+    links_attached: usize,
     pub failed_permanent: usize,
     pub failed_retryable: usize,
     rejected: usize,
@@ -114,7 +116,7 @@ impl Tally {
             t.failed_permanent += 1;
             t.failures.push(FailureLine {
                 line: row.line,
-                file: row.file.clone(),
+                file: row.shown_file().to_string(),
                 state: "failed",
                 kind: row.error_kind.unwrap_or(FailureKind::Other),
                 retryable: false,
@@ -126,7 +128,7 @@ impl Tally {
         for row in &work.rejected_rows {
             t.failures.push(FailureLine {
                 line: row.line,
-                file: row.file.clone(),
+                file: row.shown_file().to_string(),
                 state: "rejected",
                 kind: row.error_kind.unwrap_or(FailureKind::Invalid),
                 retryable: false,
@@ -150,7 +152,7 @@ impl Tally {
             }
             t.failures.push(FailureLine {
                 line: row.line,
-                file: row.file.clone(),
+                file: row.shown_file().to_string(),
                 state: "failed",
                 kind: *kind,
                 retryable: *retryable,
@@ -203,6 +205,7 @@ impl Summary {
             rows,
             done_before: work.already_done,
             done_now: tally.done_now,
+            links_attached: executed.ended.links_done,
             failed_permanent: tally.failed_permanent,
             failed_retryable: tally.failed_retryable,
             rejected: work.rejected,
@@ -293,6 +296,13 @@ impl Summary {
         writeln!(out, "  rows:               {}", self.rows)?;
         writeln!(out, "  done before:        {}", self.done_before)?;
         writeln!(out, "  done in this run:   {}", self.done_now)?;
+        if self.links_attached > 0 {
+            writeln!(
+                out,
+                "  links attached:     {} (of those)",
+                self.links_attached
+            )?;
+        }
         writeln!(out, "  failed for good:    {}", self.failed_permanent)?;
         writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
         writeln!(out, "  rejected (invalid): {}", self.rejected)?;

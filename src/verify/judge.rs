@@ -399,6 +399,7 @@ mod tests {
             filename: name.into(),
             size,
             url: None,
+            storage_provider: None,
         }
     }
 
