@@ -1,6 +1,6 @@
 //! Links instead of files (issue 21): rows that attach a link to a file in cloud storage
 //! (`link_url`, `link_type`; no upload, one call a row), exactly once as files are, whatever is
-//! lost or killed on the way; `check` names each bad link row; a failed one is reported back.
+//! lost or killed on the way; `check` names each bad link row; `verify` and `undo` cover them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,11 @@ fn mixed() -> (Scratch, PathBuf) {
          files/contract-signed.pdf,{ADA},,,,,Kick-off,,\n"
     ));
     (s, manifest)
+}
+
+/// The live attachments, their ids.
+fn live(emu: &Emulator) -> BTreeSet<String> {
+    ids(&emu.state()["attachments"])
 }
 
 fn ids(list: &Value) -> BTreeSet<String> {
@@ -399,6 +404,78 @@ fn check_names_each_bad_link_row_with_its_line_and_value_and_run_sends_nothing()
     let (code, doc) = run(&emu, &manifest, &[]);
     assert_eq!(code, 2, "{doc:#}");
     assert_eq!(crate::faults::requests_seen(&emu), 0);
+}
+
+/// `verify` of `manifest`: its exit code and JSON document.
+fn verify(emu: &Emulator, manifest: &Path) -> (i32, Value) {
+    let out = emu
+        .cmd()
+        .arg("verify")
+        .arg(manifest)
+        .args(["--rate", "off", "--json", "--no-progress"])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), json_stdout(&out))
+}
+
+#[test]
+fn a_mixed_run_verifies_a_link_deleted_by_hand_is_missing_and_undo_removes_the_links_too() {
+    let (_s, manifest) = mixed();
+    let emu = Emulator::start(&["--rate-limit", "off"]);
+    let before = live(&emu);
+    let (code, doc) = run(&emu, &manifest, &[]);
+    assert_eq!(code, 0, "{doc:#}");
+    let (code, doc) = verify(&emu, &manifest);
+    assert_eq!(code, 0, "{doc:#}");
+    let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
+    assert_eq!(made.len(), 6);
+
+    // Line 3's link deleted through the API: that line is missing, the others ok.
+    let line_3 = recorded_ids(&manifest)[1].clone();
+    let reply = crate::common::emulator::curl(
+        &[
+            "-X".into(),
+            "DELETE".into(),
+            format!("{}/attachments/{line_3}", emu.api),
+        ],
+        Some((
+            crate::common::emulator::USER_ID,
+            crate::common::emulator::API_KEY,
+        )),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (code, doc) = verify(&emu, &manifest);
+    assert_eq!(code, 1, "{doc:#}");
+    let text = doc.to_string();
+    assert!(text.contains("\"missing\"") && text.contains(Q3), "{doc:#}");
+
+    // Undo deletes every attachment the state file made, links too (the one gone already counts
+    // as gone), and the created note; nothing else.
+    let out = emu
+        .cmd()
+        .arg("undo")
+        .arg(&manifest)
+        .args(["--yes", "--json", "--rate", "off"])
+        .output()
+        .unwrap();
+    let undone = json_stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{undone:#}");
+    assert_eq!(
+        (
+            &undone["attachments_deleted"],
+            &undone["attachments_already_gone"]
+        ),
+        (&json!(5), &json!(1)),
+        "{undone:#}"
+    );
+    assert_eq!(
+        live(&emu),
+        before,
+        "every attachment it made gone, no other"
+    );
+    assert_eq!(ids(&emu.state()["deleted_attachments"]), made);
+    let (code, doc) = verify(&emu, &manifest);
+    assert_eq!(code, 0, "verify after undo: {doc:#}");
 }
 
 #[test]
