@@ -10,6 +10,10 @@
 //! attach answer the record is read again (`verify`): a link that shows the row's key is proof;
 //! otherwise the record's snapshot before the attach decides (see `snapshots`). One row at a
 //! time per record, name and size is in doubt ([`RecordTurn`]).
+//!
+//! A row of a link (`link_url`) has one step, the attach (`attach_link`: no form, no upload), its
+//! intent `attaching` with the generation of its record's snapshot, always taken first; a lost
+//! answer is settled by that snapshot alone (`verify_link`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
