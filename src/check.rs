@@ -319,6 +319,14 @@ fn write_text(out: &mut impl Write, checked: &Checked, online: &Online) -> io::R
         human_bytes(s.bytes_to_upload),
         s.bytes_to_upload
     )?;
+    if s.links_to_attach > 0 {
+        writeln!(
+            out,
+            "To link:   {} {} (no upload)",
+            s.links_to_attach,
+            plural(s.links_to_attach, "link", "links")
+        )?;
+    }
     if let Some(l) = &s.largest_file {
         writeln!(
             out,

@@ -50,6 +50,42 @@ impl fmt::Display for ReferenceType {
     }
 }
 
+/// Where a linked file lives: `POST /attachments` takes one of these as `link_type` (with
+/// `external_url`, instead of an uploaded key), and the attachment shows it as its
+/// `storage_provider` (whose other value, `amazon`, is an uploaded file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkType {
+    Dropbox,
+    GoogleDrive,
+    Evernote,
+}
+
+impl LinkType {
+    pub const ALL: [LinkType; 3] = [Self::Dropbox, Self::GoogleDrive, Self::Evernote];
+
+    /// The type as the API writes it, in any letter case (as a manifest may give it).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dropbox => "dropbox",
+            Self::GoogleDrive => "google_drive",
+            Self::Evernote => "evernote",
+        }
+    }
+}
+
+impl fmt::Display for LinkType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// OnePageCRM ids are MongoDB object ids: 24 hex digits.
 pub fn is_object_id(s: &str) -> bool {
     s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())

@@ -681,6 +681,8 @@ pub struct Ended {
     /// Rows that ended (with any outcome).
     pub rows: usize,
     pub done: usize,
+    /// Of `done`, the rows that attached a link.
+    pub links_done: usize,
     pub not_started: usize,
     /// Each failed row and how it failed.
     pub failed: Vec<(StoredRow, Outcome)>,
@@ -690,7 +692,10 @@ impl Ended {
     pub fn push(&mut self, row: StoredRow, outcome: Outcome) {
         self.rows += 1;
         match outcome {
-            Outcome::Done => self.done += 1,
+            Outcome::Done => {
+                self.done += 1;
+                self.links_done += usize::from(row.is_link());
+            }
             Outcome::NotStarted => self.not_started += 1,
             Outcome::Failed { .. } => self.failed.push((row, outcome)),
         }

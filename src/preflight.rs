@@ -48,6 +48,8 @@ pub struct Summary {
     pub files_to_upload: usize,
     pub bytes_to_upload: u64,
     pub largest_file: Option<LargestFile>,
+    /// Valid rows that attach a link (no upload): not in `files_to_upload`.
+    pub links_to_attach: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +69,7 @@ impl Summary {
         self.warnings += other.warnings;
         self.files_to_upload += other.files_to_upload;
         self.bytes_to_upload += other.bytes_to_upload;
+        self.links_to_attach += other.links_to_attach;
         if let Some(l) = &other.largest_file
             && self
                 .largest_file
@@ -166,6 +169,9 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
         .count();
     let warnings = manifest.problems.len() - errors;
     let valid_rows = valid.iter().filter(|v| **v).count();
+    let links = (manifest.rows.iter().zip(valid))
+        .filter(|(row, ok)| **ok && row.link().is_some())
+        .count();
     let mut bytes = 0;
     let mut largest: Option<LargestFile> = None;
     for ((row, facts), ok) in manifest.rows.iter().zip(files).zip(valid) {
@@ -189,9 +195,10 @@ fn summarize(manifest: &Manifest, files: &[Option<FileFacts>], valid: &[bool]) -
         invalid: rows - valid_rows,
         errors,
         warnings,
-        files_to_upload: valid_rows,
+        files_to_upload: valid_rows - links,
         bytes_to_upload: bytes,
         largest_file: largest,
+        links_to_attach: links,
     }
 }
 
@@ -358,22 +365,22 @@ fn identity(_meta: &fs::Metadata) -> Option<(u64, u64)> {
 }
 
 /// A file as the duplicate rule tells files apart: by identity on disk (two paths to one file
-/// are one file), else by the path as written.
+/// are one file), else by the path as written; a link by its URL (as a URL: `HTTPS://X.example`
+/// is `https://x.example/`).
 #[derive(Hash, PartialEq, Eq)]
 enum FileKey<'a> {
     Inode(u64, u64),
     Path(&'a str),
+    Link(std::borrow::Cow<'a, str>),
 }
 
-/// What makes two rows one attachment: their file, and the record they attach to (a row that
-/// creates a note attaches to its group's note); `None` for a row that cannot be one.
+/// What makes two rows one attachment: their file (or link), and the record they attach to (a
+/// row that creates a note attaches to its group's note); `None` for a row that cannot be one.
 fn attachment_of<'a>(
     row: &'a Row,
     facts: &Option<FileFacts>,
 ) -> Option<(FileKey<'a>, ReferenceType, &'a str)> {
-    let (Some(facts), Some(reference_type)) = (facts, row.reference_type) else {
-        return None;
-    };
+    let reference_type = row.reference_type?;
     let record = match &row.note {
         Some(note) => note.group.as_str(),
         None => row.reference_id.as_str(),
@@ -381,7 +388,14 @@ fn attachment_of<'a>(
     if record.is_empty() {
         return None;
     }
-    let file = match facts.identity {
+    if let Some(link) = row.link() {
+        let url = match url::Url::parse(&link.url) {
+            Ok(url) => url.as_str().to_string().into(),
+            Err(_) => link.url.as_str().into(),
+        };
+        return Some((FileKey::Link(url), reference_type, record));
+    }
+    let file = match facts.as_ref()?.identity {
         Some((dev, ino)) => FileKey::Inode(dev, ino),
         None => FileKey::Path(&row.file),
     };
@@ -390,13 +404,17 @@ fn attachment_of<'a>(
 
 /// `row` attaches what line `first` attaches already.
 fn duplicate(row: &Row, reference_type: ReferenceType, first: u64) -> Problem {
+    let (column, what) = match row.link() {
+        Some(link) => ("link_url", &link.url),
+        None => ("file", &row.file),
+    };
     Problem::error(
         Some(row.line),
-        Some("file"),
+        Some(column),
         ProblemKind::DuplicateAttachment,
         format!(
             "{} is already attached to {reference_type} {} on line {first}; remove one of the two rows",
-            manifest::shown(&row.file),
+            manifest::shown(what),
             match &row.note {
                 Some(_) => "the note this row creates".into(),
                 None => manifest::cut(&row.reference_id),
@@ -474,6 +492,11 @@ impl SeenOnDisk {
                     part(&ino.to_le_bytes());
                 }
                 FileKey::Path(path) => part(path.as_bytes()),
+                // A path holds no NUL: no file's key starts so.
+                FileKey::Link(url) => {
+                    part(b"\0link");
+                    part(url.as_bytes());
+                }
             }
             part(reference_type.as_str().as_bytes());
             part(record.as_bytes());
@@ -614,6 +637,10 @@ pub fn rescan<E>(
             .rows
             .par_iter()
             .map(|row| {
+                // A link (or a row without a file) has no file to look at.
+                if row.file.trim().is_empty() {
+                    return None;
+                }
                 let meta = fs::metadata(base.join(&row.file)).ok()?;
                 meta.is_file().then(|| FileFacts {
                     size: meta.len(),
@@ -673,6 +700,50 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(MAX_FILE_SIZE), "10.0 MiB");
+    }
+
+    #[test]
+    fn links_are_never_looked_for_on_disk_and_one_link_twice_on_a_record_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, other) = ("5a1b2c3d4e5f60718293a4b5", "5a1b2c3d4e5f60718293a4b6");
+        fs::write(dir.path().join("a.pdf"), b"abc").unwrap();
+        let url = "https://www.dropbox.com/s/x/a.pdf";
+        let text = format!(
+            "file,contact_id,reference_id,link_url,link_type\n\
+             a.pdf,{id},{id},,\n\
+             ,{id},{id},{url},dropbox\n\
+             ,{id},{other},{url},dropbox\n\
+             ,{id},{id},HTTPS://WWW.DROPBOX.COM/s/x/a.pdf,dropbox\n"
+        );
+        fs::write(dir.path().join("m.csv"), text).unwrap();
+        let checked = check(&dir.path().join("m.csv"), Default::default());
+        let got: Vec<_> = checked
+            .manifest
+            .problems
+            .iter()
+            .map(|p| (p.line, p.column, p.kind))
+            .collect();
+        // The same link on another record is no duplicate; in another letter case of its
+        // scheme and host it is the same link.
+        assert_eq!(
+            got,
+            [(Some(5), Some("link_url"), ProblemKind::DuplicateAttachment)]
+        );
+        assert!(checked.manifest.problems[0].message.contains("on line 3"));
+        // Links are no files: nothing looked at, nothing to upload.
+        assert!(checked.files[1].is_none() && checked.files[2].is_none());
+        let s = &checked.summary;
+        assert_eq!((s.valid, s.files_to_upload, s.links_to_attach), (3, 1, 2));
+        assert_eq!(s.bytes_to_upload, 3);
+        // A stream checks the same, its duplicates against the rows of earlier chunks.
+        let seen = SeenOnDisk::new().unwrap();
+        let mut problems = Vec::new();
+        for row in &checked.manifest.rows {
+            seen.find_duplicates(std::slice::from_ref(row), &[None], &mut problems)
+                .unwrap();
+        }
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [Some(5)]);
     }
 
     #[test]

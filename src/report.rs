@@ -30,9 +30,16 @@ const KEY_COLUMNS: [&str; 5] = [
 /// The header of each kind of report, as written; `by_email` when some row names its contact
 /// by email (then `contact_email` follows `contact_id`, so that the failed report stays a
 /// manifest; a migration by ids alone gets the header it always had), with the three note
-/// columns after `name` when the migration creates notes (`notes`), and `pin` after them when
-/// some row asks for a pin (`pins`), for the same reason.
-fn header(only: ReportOnly, by_email: bool, notes: bool, pins: bool) -> Vec<&'static str> {
+/// columns after `name` when the migration creates notes (`notes`), `pin` after them when some row
+/// asks for a pin (`pins`), and the two link columns after those when it attaches links (`links`),
+/// for the same reason.
+fn header(
+    only: ReportOnly,
+    by_email: bool,
+    notes: bool,
+    pins: bool,
+    links: bool,
+) -> Vec<&'static str> {
     let mut header = KEY_COLUMNS.to_vec();
     if by_email {
         header.insert(2, "contact_email");
@@ -42,6 +49,9 @@ fn header(only: ReportOnly, by_email: bool, notes: bool, pins: bool) -> Vec<&'st
     }
     if pins {
         header.push("pin");
+    }
+    if links {
+        header.extend(manifest::LINK_COLUMNS);
     }
     match only {
         ReportOnly::Failed => header.extend(["error_kind", "error"]),
@@ -232,6 +242,23 @@ fn tell_held_back(rows: &[StoredRow], notes: &Notes, manifest: Option<&str>) {
     );
 }
 
+/// A row's `pin` (as the manifest asks now: whether it is made is `status`'s and the run's
+/// summary's) and link columns, those of them the report has.
+fn pin_and_link(row: &StoredRow, pins: bool, links: bool) -> Vec<Vec<u8>> {
+    let mut fields = Vec::new();
+    if pins {
+        fields.push(match row.pin {
+            true => b"true".to_vec(),
+            false => Vec::new(),
+        });
+    }
+    if links {
+        let link = row.link.clone().unwrap_or_default();
+        fields.extend([row.field_bytes(&link.url), row.field_bytes(&link.link_type)]);
+    }
+    fields
+}
+
 /// Writes the rows `only` asks for as CSV to `sink`, files relative to `dir` (the report's
 /// folder) where they lie under it; returns how many rows it wrote.
 fn write_rows(
@@ -254,7 +281,8 @@ fn write_rows(
     let pins = rows.iter().any(|r| r.pin);
     let mut csv = csv::Writer::from_writer(sink);
     let by_email = rows.iter().any(|r| !r.contact_email.is_empty());
-    csv.write_record(header(only, by_email, notes, pins))?;
+    let links = rows.iter().any(|r| r.link.is_some());
+    csv.write_record(header(only, by_email, notes, pins, links))?;
     let mut count = 0;
     for row in rows.iter().filter(|r| keep(r)) {
         let file = row_path(row, manifest_dir)
@@ -301,14 +329,7 @@ fn write_rows(
                 note(&row.note.key),
             ]);
         }
-        // As the manifest asks now (the pin is made or not: `status`, the run's summary).
-        if pins {
-            record.push(if row.pin {
-                b"true".to_vec()
-            } else {
-                Vec::new()
-            });
-        }
+        record.extend(pin_and_link(row, pins, links));
         let kind = |r: &StoredRow| {
             r.error_kind
                 .map_or_else(Vec::new, |k| k.as_str().as_bytes().to_vec())
@@ -425,9 +446,13 @@ fn is_report(path: &Path) -> bool {
     [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All]
         .iter()
         .any(|only| {
-            (0..8).any(|bits| {
-                let (by_email, notes, pins) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
-                first == header(*only, by_email, notes, pins).join(",").as_bytes()
+            (0..16u8).any(|bits| {
+                let (by_email, notes) = (bits & 1 != 0, bits & 2 != 0);
+                let (pins, links) = (bits & 4 != 0, bits & 8 != 0);
+                first
+                    == header(*only, by_email, notes, pins, links)
+                        .join(",")
+                        .as_bytes()
             })
         })
 }
@@ -482,8 +507,10 @@ mod tests {
         for only in [ReportOnly::Failed, ReportOnly::Done, ReportOnly::All] {
             for by_email in [false, true] {
                 for notes in [false, true] {
-                    for pins in [false, true] {
-                        let header = header(only, by_email, notes, pins).join(",");
+                    for (pins, links) in
+                        [(false, false), (false, true), (true, false), (true, true)]
+                    {
+                        let header = header(only, by_email, notes, pins, links).join(",");
                         fs::write(&p, format!("{header}\r\nx\n")).unwrap();
                         assert!(is_report(&p));
                     }

@@ -149,7 +149,7 @@ fn build(
             if group.examples.len() < EXAMPLES {
                 group.examples.push(Example {
                     line: row.line,
-                    file: row.file.clone(),
+                    file: row.shown_file().to_string(),
                     error: row.last_error.clone().unwrap_or_default(),
                 });
             }

@@ -160,11 +160,12 @@ impl Plan {
 }
 
 /// A row that may hold an attachment whose id the state file does not have: its attach was
-/// sent (or may have been) and its outcome never recorded.
+/// sent (or may have been) and its outcome never recorded (a file's after its upload, a link's
+/// once recorded as under way).
 fn holds_unrecorded(row: &StoredRow) -> bool {
     match row.state {
         RowState::Attaching => true,
-        RowState::Failed => row.s3_key.is_some() && row.etag.is_some(),
+        RowState::Failed => (row.s3_key.is_some() && row.etag.is_some()) || row.link_sent(),
         _ => false,
     }
 }
@@ -289,7 +290,7 @@ impl Target<'_> {
 
     fn describe(&self) -> (u64, String) {
         match self {
-            Target::Row(r) => (r.line, format!("attachment of {}", r.file)),
+            Target::Row(r) => (r.line, format!("attachment of {}", r.shown_file())),
             Target::Replaced(a) => (
                 a.line,
                 format!(
@@ -456,7 +457,7 @@ struct PlannedNote<'a> {
 fn planned(row: &StoredRow) -> PlannedRow<'_> {
     PlannedRow {
         line: row.line,
-        file: &row.file,
+        file: row.shown_file(),
         reference_type: row.reference_type.as_str(),
         reference_id: &row.reference_id,
         attachment_id: row.attachment_id.as_deref(),

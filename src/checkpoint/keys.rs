@@ -75,6 +75,56 @@ pub fn note_row_key_by_email(file: &str, email: &str, group: &str, name: &str) -
     tagged_key(&["n1-email", file, email, group, name])
 }
 
+/// What a link row attaches to, for its key: a record by its type and id, or the note its group
+/// creates.
+#[derive(Clone, Copy, Debug)]
+pub enum LinkRecord<'a> {
+    Reference(ReferenceType, &'a str),
+    NoteGroup(&'a str),
+}
+
+/// The key of a row that attaches a link instead of a file (its URL and type, its contact, its
+/// record, its name): the same parts as a file row's under tags of their own (`l1`, `l1-email`,
+/// `ln1`, `ln1-email`, as the file rows' `v1`, `v1-email`, `n1`, `n1-email`), so that it never
+/// equals the key of a row of a file (whose tags are those), and no file row's key changes.
+/// `contact` is the contact id, or the email as [`email_key`] makes it when `by_email`.
+///
+/// [`email_key`]: crate::manifest::email_key
+pub fn link_row_key(
+    (url, link_type): (&str, &str),
+    contact: &str,
+    by_email: bool,
+    record: LinkRecord<'_>,
+    name: &str,
+) -> String {
+    match (record, by_email) {
+        (LinkRecord::Reference(t, id), false) => {
+            tagged_key(&["l1", url, link_type, contact, t.as_str(), id, name])
+        }
+        (LinkRecord::Reference(t, id), true) => {
+            tagged_key(&["l1-email", url, link_type, contact, t.as_str(), id, name])
+        }
+        (LinkRecord::NoteGroup(group), false) => {
+            tagged_key(&["ln1", url, link_type, contact, group, name])
+        }
+        (LinkRecord::NoteGroup(group), true) => {
+            tagged_key(&["ln1-email", url, link_type, contact, group, name])
+        }
+    }
+}
+
+/// A row's link columns as fields of a raw key: none when both are empty (the key is then what
+/// it was before the columns existed), else each tagged, so that they cannot pass for fields
+/// past the header's.
+pub(super) fn link_fields(url: &[u8], link_type: &[u8]) -> Option<[Vec<u8>; 2]> {
+    (!url.is_empty() || !link_type.is_empty()).then(|| {
+        [
+            [b"\0link_url=".as_slice(), url].concat(),
+            [b"\0link_type=".as_slice(), link_type].concat(),
+        ]
+    })
+}
+
 /// The key of a row recorded as written because it could not be read as a row (a wrong field
 /// count, a field that is not UTF-8, an unknown reference type). Such a row is always
 /// `rejected`. Its key is a hash of its fields as written under its own prefix, so it is stable
@@ -212,6 +262,59 @@ mod tests {
         assert_ne!(a, note_row_key("a.pdf", "c", "g2", "a.pdf"));
         assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "g1", "a.pdf"));
         assert_ne!(a, row_key("a.pdf", "c", ReferenceType::Note, "", "a.pdf"));
+    }
+
+    #[test]
+    fn link_rows_have_keys_of_their_own_and_never_a_file_rows() {
+        let url = "https://www.dropbox.com/s/abc/a.pdf";
+        let note = ReferenceType::Note;
+        let link =
+            |by_email, record| link_row_key((url, "dropbox"), "c", by_email, record, "a.pdf");
+        let by_ref = link(false, LinkRecord::Reference(note, "n"));
+        // A file row named like the link, in every field it has, keeps its own key.
+        assert_ne!(by_ref, row_key(url, "c", note, "n", "a.pdf"));
+        assert_ne!(by_ref, row_key("", "c", note, "n", "a.pdf"));
+        assert_eq!(
+            row_key("a.pdf", "c", note, "n", "a.pdf"),
+            "d4bb064c73d4f61646eeab7cf19f93c9"
+        );
+        let all = [
+            by_ref.clone(),
+            link(true, LinkRecord::Reference(note, "n")),
+            link(false, LinkRecord::NoteGroup("n")),
+            link(true, LinkRecord::NoteGroup("n")),
+            row_key_by_email(url, "c", note, "n", "a.pdf"),
+            note_row_key(url, "c", "n", "a.pdf"),
+            note_row_key_by_email(url, "c", "n", "a.pdf"),
+        ];
+        let distinct: std::collections::HashSet<&String> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
+        // The type, the URL and the record count.
+        assert_ne!(
+            by_ref,
+            link_row_key(
+                (url, "evernote"),
+                "c",
+                false,
+                LinkRecord::Reference(note, "n"),
+                "a.pdf"
+            )
+        );
+        assert_ne!(
+            by_ref,
+            link_row_key(
+                ("https://x.example/a.pdf", "dropbox"),
+                "c",
+                false,
+                LinkRecord::Reference(note, "n"),
+                "a.pdf"
+            )
+        );
+        assert_ne!(
+            by_ref,
+            link(false, LinkRecord::Reference(ReferenceType::Deal, "n"))
+        );
+        assert_eq!(by_ref.len(), 32);
     }
 
     #[test]

@@ -24,12 +24,12 @@ mod undo;
 mod writer;
 
 pub use keys::{
-    escape_bytes, is_raw_key, note_row_key, note_row_key_by_email, raw_row_key, row_key,
-    row_key_by_email, unescape_bytes,
+    LinkRecord, escape_bytes, is_raw_key, link_row_key, note_row_key, note_row_key_by_email,
+    raw_row_key, row_key, row_key_by_email, unescape_bytes,
 };
 pub use notes::{NoteGroup, NoteState};
 pub use open::OpenError;
-pub use rows::{NewRow, NoteColumns, PinState, RowState, StoredRow, Transition};
+pub use rows::{LinkColumns, NewRow, NoteColumns, PinState, RowState, StoredRow, Transition};
 pub use runs::{RunCounts, RunRecord};
 pub use snapshots::{HeldAttachment, RecordSnapshot};
 pub use this_run::{Now, Pass, Place, START, ThisRun};

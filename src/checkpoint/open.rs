@@ -42,6 +42,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_pin.sql",
         include_str!("../../migrations/0007_pin.sql"),
     ),
+    (
+        "0008_links.sql",
+        include_str!("../../migrations/0008_links.sql"),
+    ),
 ];
 
 /// The first schema version (`user_version`) with the notes table and the rows' note columns:

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::keys::{
-    RAW_BYTES, email_field, escape_bytes, is_raw_key, note_row_key, note_row_key_by_email,
-    raw_row_key, row_key, row_key_by_email, unescape_bytes,
+    LinkRecord, RAW_BYTES, email_field, escape_bytes, is_raw_key, link_fields, link_row_key,
+    note_row_key, note_row_key_by_email, raw_row_key, row_key, row_key_by_email, unescape_bytes,
 };
 use super::open::{notes_version, schema_version};
 use super::{Pending, StateFile, StateReader, now};
 use crate::failure::FailureKind;
 use crate::manifest::{Row, Unparsed};
-use crate::onepagecrm::ReferenceType;
+use crate::onepagecrm::{LinkType, ReferenceType};
 
 /// A row's place in the three steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -142,6 +142,19 @@ pub struct StoredRow {
     /// Where that pin stands; `pin_error` says why it failed.
     pub pin_state: Option<PinState>,
     pub pin_error: Option<String>,
+    /// The row's link columns, when it gives either (see [`StoredRow::is_link`]).
+    pub link: Option<LinkColumns>,
+}
+
+/// A row's link columns: the URL and type of the link it attaches instead of a file (as written
+/// for a rejected row, the type as the API names it for a valid one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkColumns {
+    pub url: String,
+    pub link_type: String,
+    /// Its attach was (or may have been) sent: it was recorded as under way after a snapshot of
+    /// its record (`snapshot_gen` is set). Read from the state file; false for a row to record.
+    pub sent: bool,
 }
 
 /// A row's note columns: the group it belongs to (a valid row with `note_text`), and the three
@@ -161,12 +174,12 @@ impl NoteColumns {
 }
 
 impl StoredRow {
-    /// A failed row whose attach may have taken effect: uploaded (an ETag is recorded), then
-    /// failed in a way that leaves step 3's outcome open (retryable, or unsettled). Only a rerun
-    /// of its own state file settles it.
+    /// A failed row whose attach may have taken effect: uploaded (an ETag is recorded), or a
+    /// link whose attach was sent, then failed in a way that leaves step 3's outcome open
+    /// (retryable, or unsettled). Only a rerun of its own state file settles it.
     pub fn may_be_attached(&self) -> bool {
         self.state == RowState::Failed
-            && self.etag.is_some()
+            && (self.etag.is_some() || self.link_sent())
             && (self.retryable == Some(true)
                 || self.error_kind == Some(FailureKind::AttachUnsettled))
     }
@@ -175,6 +188,30 @@ impl StoredRow {
     /// not recorded as made).
     pub fn pin_owed(&self) -> bool {
         self.state == RowState::Done && self.pin && self.pin_state != Some(PinState::Pinned)
+    }
+
+    /// Whether the row attaches a link (its `link_url` is given) instead of a file.
+    pub fn is_link(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| !l.url.is_empty())
+    }
+
+    /// The link a valid link row attaches: its URL and type.
+    pub fn link_of(&self) -> Option<(&str, LinkType)> {
+        let link = self.link.as_ref().filter(|l| !l.url.is_empty())?;
+        Some((&link.url, LinkType::parse(&link.link_type)?))
+    }
+
+    /// A link row whose attach was (or may have been) sent (see [`LinkColumns::sent`]).
+    pub fn link_sent(&self) -> bool {
+        self.is_link() && self.link.as_ref().is_some_and(|l| l.sent)
+    }
+
+    /// What the row attaches, for a person: its file as written, or its link's URL.
+    pub fn shown_file(&self) -> &str {
+        match &self.link {
+            Some(link) if !link.url.is_empty() => &link.url,
+            _ => &self.file,
+        }
     }
 }
 
@@ -205,6 +242,7 @@ pub struct NewRow {
     pub note: NoteColumns,
     /// The manifest's `pin` (see [`StoredRow::pin`]).
     pub pin: bool,
+    pub link: Option<LinkColumns>,
 }
 
 impl StoredRow {
@@ -256,6 +294,7 @@ impl From<&NewRow> for StoredRow {
             pin: n.pin,
             pin_state: None,
             pin_error: None,
+            link: n.link.clone(),
         }
     }
 }
@@ -268,43 +307,20 @@ impl NewRow {
         mtime_ns: i64,
         rejected: Option<String>,
     ) -> Self {
-        let email = row
-            .by_email()
-            .then(|| crate::manifest::email_key(&row.contact_email));
-        let key = match (row.reference_type, &row.note, &email) {
-            (Some(_), Some(note), Some(email)) => {
-                note_row_key_by_email(&row.file, email, &note.group, &row.name)
-            }
-            (Some(_), Some(note), None) => {
-                note_row_key(&row.file, &row.contact_id, &note.group, &row.name)
-            }
-            (Some(t), None, Some(email)) => {
-                row_key_by_email(&row.file, email, t, &row.reference_id, &row.name)
-            }
-            (Some(t), None, None) => {
-                row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name)
-            }
-            // An unknown type: rejected, and recorded with the type as written.
-            (None, _, _) => {
-                let mut fields = vec![
-                    row.file.as_bytes(),
-                    row.contact_id.as_bytes(),
-                    row.reference_type_text().as_bytes(),
-                    row.reference_id.as_bytes(),
-                    row.name.as_bytes(),
-                ];
-                let email = email_field(row.contact_email.as_bytes());
-                if let Some(email) = &email {
-                    fields.push(email);
-                }
-                raw_row_key(&fields)
-            }
-        };
+        let link = row.link.as_ref().map(|l| LinkColumns {
+            url: l.url.clone(),
+            link_type: l.type_text().to_string(),
+            sent: false,
+        });
         Self {
-            key,
+            key: key_of(row),
             line: row.line,
             file: row.file.clone(),
-            path,
+            // A link has no file (the manifest's folder is no row's file).
+            path: match row.link() {
+                Some(_) => PathBuf::new(),
+                None => path,
+            },
             size,
             mtime_ns,
             contact_id: row.contact_id.clone(),
@@ -325,6 +341,7 @@ impl NewRow {
                 None => NoteColumns::default(),
             },
             pin: row.pin,
+            link,
         }
     }
 
@@ -354,6 +371,10 @@ impl NewRow {
         if has_note {
             all.extend(u.note_fields.iter().map(Vec::as_slice));
         }
+        // So do the link columns (tagged: see `link_fields`).
+        let [link_url, link_type] = &u.link_fields;
+        let link = link_fields(link_url, link_type);
+        all.extend(link.iter().flatten().map(Vec::as_slice));
         all.extend(u.extra.iter().map(Vec::as_slice));
         let key = raw_row_key(&all);
         let text = |b: &[u8]| match key.starts_with(RAW_BYTES) {
@@ -392,11 +413,64 @@ impl NewRow {
             reference_id: text(reference_id),
             name: text(name),
             rejected: Some(reason),
+            link: (!link_url.is_empty() || !link_type.is_empty()).then(|| LinkColumns {
+                url: text(link_url),
+                link_type: text(link_type),
+                sent: false,
+            }),
             key,
             note,
             // As written, so that the failed report gives it back (a value that is none is
             // lost: its row's message names it).
             pin: crate::manifest::pin_value(&u.pin) == Some(true),
+        }
+    }
+}
+
+/// A row's key (see `keys`): by its file or its link, its contact (by id or by email), its record
+/// (by id, or the note its group creates), its name; or, with an unknown reference type, as
+/// written.
+fn key_of(row: &Row) -> String {
+    let email = row
+        .by_email()
+        .then(|| crate::manifest::email_key(&row.contact_email));
+    let contact = email.as_deref().unwrap_or(&row.contact_id);
+    match (row.reference_type, &row.note, row.link()) {
+        (Some(t), note, Some(link)) => {
+            let record = match note {
+                Some(note) => LinkRecord::NoteGroup(&note.group),
+                None => LinkRecord::Reference(t, &row.reference_id),
+            };
+            let link = (link.url.as_str(), link.type_text());
+            link_row_key(link, contact, email.is_some(), record, &row.name)
+        }
+        (Some(_), Some(note), None) => match &email {
+            Some(email) => note_row_key_by_email(&row.file, email, &note.group, &row.name),
+            None => note_row_key(&row.file, &row.contact_id, &note.group, &row.name),
+        },
+        (Some(t), None, None) => match &email {
+            Some(email) => row_key_by_email(&row.file, email, t, &row.reference_id, &row.name),
+            None => row_key(&row.file, &row.contact_id, t, &row.reference_id, &row.name),
+        },
+        // An unknown type: rejected, and recorded with the type as written.
+        (None, _, _) => {
+            let mut fields = vec![
+                row.file.as_bytes(),
+                row.contact_id.as_bytes(),
+                row.reference_type_text().as_bytes(),
+                row.reference_id.as_bytes(),
+                row.name.as_bytes(),
+            ];
+            let email = email_field(row.contact_email.as_bytes());
+            if let Some(email) = &email {
+                fields.push(email);
+            }
+            let link = row
+                .link
+                .as_ref()
+                .and_then(|l| link_fields(l.url.as_bytes(), l.link_type_text.as_bytes()));
+            fields.extend(link.iter().flatten().map(Vec::as_slice));
+            raw_row_key(&fields)
         }
     }
 }
@@ -422,6 +496,7 @@ impl NewRow {
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
             pin: false,
+            link: None,
         }
     }
 }
@@ -467,20 +542,22 @@ fn form_prefix(key: &str) -> Option<String> {
     ok.then(|| format!("{contact}/{}", &stamp[..FORM_SECOND_DIGITS]))
 }
 
-/// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
-/// invalid ones as `rejected`; rows already known keep their progress.
-pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
-    let now = now();
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
+/// The upsert of one manifest row (see [`record_rows`]): a new row is inserted; a row known
+/// before keeps its progress, and takes what the manifest says now where that cannot undo what was
+/// sent.
+const RECORD_ROW: &str = "INSERT INTO rows (row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
                            state, error_kind, last_error, retryable, created_at, updated_at, contact_email,
-                           note_group, note_text, note_date, note_key, pin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
+                           note_group, note_text, note_date, note_key, pin, link_url, link_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, ?19, ?20,
+                 ?21, ?22, ?23)
          ON CONFLICT (row_key) DO UPDATE SET
             line = excluded.line,
             -- As written now: `pin` is not part of the row's identity (a pin added to a done
             -- row is made by this run; one taken away unpins nothing).
             pin = excluded.pin,
+            -- As written now (a link row's are part of its key; a rejected row's may change).
+            link_url = excluded.link_url,
+            link_type = excluded.link_type,
             -- As written now (a note_key's text may be edited; the key keeps the row's identity).
             note_text = excluded.note_text,
             note_date = excluded.note_date,
@@ -517,6 +594,8 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
             OR rows.contact_email IS NOT excluded.contact_email
             OR rows.note_text IS NOT excluded.note_text
             OR rows.note_date IS NOT excluded.note_date
+            OR rows.link_url IS NOT excluded.link_url
+            OR rows.link_type IS NOT excluded.link_type
             OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
                 AND rows.contact_id IS NOT excluded.contact_id)
             OR ((rows.state IN ('pending', 'rejected') OR (rows.state = 'failed' AND rows.etag IS NULL))
@@ -525,8 +604,13 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
             OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.last_error IS NOT excluded.last_error)
             -- A row an earlier version recorded as `invalid` takes its problem's own kind.
             OR (excluded.state = 'rejected' AND rows.state = 'rejected' AND rows.error_kind IS NOT excluded.error_kind)
-            OR (excluded.state = 'pending' AND rows.state = 'rejected')",
-    )?;
+            OR (excluded.state = 'pending' AND rows.state = 'rejected')";
+
+/// Records every row of the manifest before anything is sent: new valid rows as `pending`, new
+/// invalid ones as `rejected`; rows already known keep their progress.
+pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Result<()> {
+    let now = now();
+    let mut insert = conn.prepare_cached(RECORD_ROW)?;
     for r in rows {
         let (state, kind, error, retryable) = match &r.rejected {
             None => ("pending", None, None, None),
@@ -559,6 +643,8 @@ pub(super) fn record_rows(conn: &Connection, rows: &[NewRow]) -> rusqlite::Resul
             r.note.date,
             r.note.key,
             r.pin,
+            r.link.as_ref().map(|l| &l.url),
+            r.link.as_ref().map(|l| &l.link_type),
         ])?;
     }
     super::notes::record_note_groups(conn, rows)?;
@@ -569,6 +655,11 @@ pub(super) const ROW_COLUMNS: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
      state, s3_key, etag, attachment_id, attempts, error_kind, last_error, retryable,
      note_group, note_text, note_date, note_key";
+/// A row's link columns, and whether its attach was sent (see [`LinkColumns::sent`]): read after
+/// its contact email and id (see [`stored_row`]).
+pub(super) const LINK_COLUMNS: &str = "link_url, link_type, snapshot_gen IS NOT NULL";
+/// As [`LINK_COLUMNS`], for a state file from before links (read by `status` and `report`).
+const LINK_COLUMNS_BEFORE_LINKS: &str = "NULL, NULL, 0";
 /// As [`ROW_COLUMNS`], for a state file from before notes (read by `status` and `report`).
 const ROW_COLUMNS_BEFORE_NOTES: &str =
     "row_key, line, file, path, size, mtime_ns, contact_id, reference_type, reference_id, name,
@@ -579,7 +670,7 @@ const ROW_COLUMNS_BEFORE_NOTES: &str =
 pub(super) const PIN_COLUMNS: &str = "pin, pin_state, pin_error";
 
 /// A row as [`load_rows`] selects it: [`ROW_COLUMNS`], `contact_email` (22), the row's id (23),
-/// then [`PIN_COLUMNS`] (24 to 26).
+/// then [`PIN_COLUMNS`] (24 to 26) and [`LINK_COLUMNS`] (27 to 29).
 pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let bad = |i: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -631,7 +722,21 @@ pub(super) fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
             None => None,
         },
         pin_error: r.get(26)?,
+        link: stored_link(r)?,
     })
+}
+
+/// A row's link columns (27 to 29, after the pin's: see [`LINK_COLUMNS`]), when either is given.
+fn stored_link(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LinkColumns>> {
+    let (url, link_type): (Option<String>, Option<String>) = (r.get(27)?, r.get(28)?);
+    if url.is_none() && link_type.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(LinkColumns {
+        url: url.unwrap_or_default(),
+        link_type: link_type.unwrap_or_default(),
+        sent: r.get(29)?,
+    }))
 }
 
 /// Every row the state file holds, in manifest-line order.
@@ -663,8 +768,17 @@ pub(super) fn load_rows(conn: &Connection) -> rusqlite::Result<Vec<StoredRow>> {
         true => PIN_COLUMNS,
         false => "0, NULL, NULL",
     };
+    let has_links: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('rows') WHERE name = 'link_url'",
+        [],
+        |r| r.get(0),
+    )?;
+    let links = match has_links {
+        true => LINK_COLUMNS,
+        false => LINK_COLUMNS_BEFORE_LINKS,
+    };
     let mut stmt = conn.prepare(&format!(
-        "SELECT {columns}, {email}, rowid, {pins} FROM rows ORDER BY line, row_key"
+        "SELECT {columns}, {email}, rowid, {pins}, {links} FROM rows ORDER BY line, row_key"
     ))?;
     stmt.query_map([], stored_row)?.collect()
 }
@@ -782,17 +896,18 @@ pub(super) fn updated_at(conn: &Connection, id: i64) -> rusqlite::Result<Option<
 }
 
 /// The attachment ids that `done` rows other than the one of id `except` hold on one record for
-/// one name and size.
+/// one name and size (`None`: of any size, as a link's lost answer is checked).
 pub(super) fn claimed_attachments(
     conn: &Connection,
     reference_type: ReferenceType,
     reference_id: &str,
     name: &str,
-    size: u64,
+    size: Option<u64>,
     except: i64,
 ) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT attachment_id FROM rows WHERE reference_type = ?1 AND reference_id = ?2 AND name = ?3 AND size = ?4
+        "SELECT attachment_id FROM rows WHERE reference_type = ?1 AND reference_id = ?2 AND name = ?3
+             AND (?4 IS NULL OR size = ?4)
              AND state = 'done' AND id <> ?5 AND attachment_id IS NOT NULL",
     )?;
     stmt.query_map(
@@ -800,7 +915,7 @@ pub(super) fn claimed_attachments(
             reference_type.as_str(),
             reference_id,
             name,
-            size as i64,
+            size.map(|s| s as i64),
             except
         ],
         |r| r.get(0),
@@ -840,8 +955,8 @@ impl StateFile {
     }
 
     /// What a lost attach answer of `row` is checked against: the attachments other `done` rows
-    /// hold on its record with its name and size, and what the record held in the snapshot its
-    /// attach was sent after (`None` when it was sent after none).
+    /// hold on its record with its name and size (of any size, for a link), and what the record
+    /// held in the snapshot its attach was sent after (`None` when it was sent after none).
     pub fn claimed_and_held(
         &self,
         row: &StoredRow,
@@ -850,7 +965,7 @@ impl StateFile {
             row.reference_type,
             row.reference_id.clone(),
             row.name.clone(),
-            row.size,
+            (!row.is_link()).then_some(row.size),
             row.id,
         );
         self.send(false, move |c| {
@@ -901,6 +1016,7 @@ pub(super) mod tests {
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
             pin: false,
+            link: None,
         }
     }
 
@@ -955,6 +1071,58 @@ pub(super) mod tests {
         ] {
             assert!(!key_shares_form(&conn, odd).unwrap(), "{odd}");
         }
+    }
+
+    #[test]
+    fn a_link_row_is_recorded_with_its_link_and_known_as_sent_once_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("s.sqlite")).unwrap();
+        let id = "5a1b2c3d4e5f60718293a4b5";
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(
+            &manifest,
+            format!(
+                "file,contact_id,reference_id,link_url,link_type\n\
+                 ,{id},{id},https://www.dropbox.com/s/x/a.pdf,Dropbox\n\
+                 a.pdf,{id},{id},,\n"
+            ),
+        )
+        .unwrap();
+        let m = crate::manifest::read(&manifest, Default::default());
+        let new: Vec<NewRow> = m
+            .rows
+            .iter()
+            .map(|r| NewRow::from_row(r, m.path_of(r), 0, 0, None))
+            .collect();
+        // A link has no file: no path (the manifest's folder is no row's file).
+        assert_eq!(new[0].path, PathBuf::new());
+        assert_eq!(new[0].link.as_ref().unwrap().link_type, "dropbox");
+        assert_ne!(new[0].key, new[1].key);
+        record_rows(&conn, &new).unwrap();
+        let rows = load_rows(&conn).unwrap();
+        let (link, file) = (&rows[0], &rows[1]);
+        assert!(link.is_link() && !file.is_link() && file.link.is_none());
+        assert_eq!(
+            link.link_of(),
+            Some(("https://www.dropbox.com/s/x/a.pdf", LinkType::Dropbox))
+        );
+        assert_eq!(link.shown_file(), "https://www.dropbox.com/s/x/a.pdf");
+        assert!(!link.link_sent());
+        // Under way after a snapshot: sent, also once it failed.
+        let attaching = Transition::Attaching {
+            etag: None,
+            snapshot_gen: Some(1),
+        };
+        transition(&conn, link.id, &attaching).unwrap();
+        let failed = Transition::Failed {
+            kind: FailureKind::Network,
+            message: "lost".into(),
+            retryable: true,
+        };
+        transition(&conn, link.id, &failed).unwrap();
+        let link = &load_rows(&conn).unwrap()[0];
+        assert!(link.link_sent() && link.may_be_attached());
+        assert_eq!((link.s3_key.as_deref(), link.etag.as_deref()), (None, None));
     }
 
     #[test]

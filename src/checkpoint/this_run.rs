@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use rusqlite::{Connection, params};
 
 use super::keys::is_raw_key;
-use super::rows::{NewRow, PIN_COLUMNS, ROW_COLUMNS, StoredRow, record_rows, stored_row};
+use super::rows::{
+    LINK_COLUMNS, NewRow, PIN_COLUMNS, ROW_COLUMNS, StoredRow, record_rows, stored_row,
+};
 use super::{Pending, StateFile};
 
 /// What the manifest says of a row in this run, beside what the state file recorded of it.
@@ -172,9 +174,13 @@ fn batch(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (columns, pins) = (prefixed(ROW_COLUMNS), prefixed(PIN_COLUMNS));
+    let (columns, pins, links) = (
+        prefixed(ROW_COLUMNS),
+        prefixed(PIN_COLUMNS),
+        prefixed(LINK_COLUMNS),
+    );
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {columns}, r.contact_email, r.rowid, {pins}, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
+        "SELECT {columns}, r.contact_email, r.rowid, {pins}, {links}, m.contact_ord, m.ord, m.size, m.mtime_ns, m.valid
          FROM temp.manifest_rows m JOIN rows r ON r.row_key = m.row_key
          WHERE m.settled = 0 AND (m.contact_ord, m.ord) > (?1, ?2) {only}
          ORDER BY m.contact_ord, m.ord
@@ -183,12 +189,12 @@ fn batch(
     let rows = stmt.query_map(params![after.0, after.1, limit as i64], |r| {
         Ok(ThisRun {
             row: stored_row(r)?,
-            // `stored_row` reads the columns up to the pin's (26), as `load_rows` gives them.
-            place: (r.get(27)?, r.get(28)?),
+            // `stored_row` reads the columns up to the link's (29), as `load_rows` gives them.
+            place: (r.get(30)?, r.get(31)?),
             now: Now {
-                size: r.get::<_, i64>(29)? as u64,
-                mtime_ns: r.get(30)?,
-                valid: r.get(31)?,
+                size: r.get::<_, i64>(32)? as u64,
+                mtime_ns: r.get(33)?,
+                valid: r.get(34)?,
             },
         })
     })?;
@@ -275,6 +281,7 @@ mod tests {
             rejected_kind: FailureKind::Invalid,
             note: NoteColumns::default(),
             pin: false,
+            link: None,
         }
     }
 

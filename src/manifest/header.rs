@@ -2,7 +2,8 @@
 
 use super::{COLUMNS, IGNORED_COLUMNS, Problem, ProblemKind, cut};
 
-/// Required columns; `reference_id` may be left out of a manifest that has `note_text`.
+/// Required columns; `reference_id` may be left out of a manifest that has `note_text`, and
+/// `file` out of one that has `link_url`.
 const REQUIRED: [&str; 2] = ["file", "reference_id"];
 /// A header needs at least one of these; a row gives exactly one.
 const CONTACT_COLUMNS: [&str; 2] = ["contact_id", "contact_email"];
@@ -98,7 +99,8 @@ fn name_columns(
 }
 
 /// The required columns a header lacks, one message each: a contact column (`contact_id` or
-/// `contact_email`), `file`, and `reference_id` unless the header has `note_text`. A header of
+/// `contact_email`), `file` unless the header has `link_url`, and `reference_id` unless it has
+/// `note_text`. A header of
 /// one field read with `,` may be a manifest of another delimiter: the message says so.
 fn missing_columns(columns: &[Option<&'static str>], fields: usize, delimiter: u8) -> Vec<String> {
     let mut problems = Vec::new();
@@ -113,16 +115,19 @@ fn missing_columns(columns: &[Option<&'static str>], fields: usize, delimiter: u
         if required == "reference_id" && columns.contains(&Some("note_text")) {
             continue;
         }
+        // A manifest of links need not name any file.
+        if required == "file" && columns.contains(&Some("link_url")) {
+            continue;
+        }
         if !columns.contains(&Some(required)) {
             let hint = if fields == 1 && delimiter == b',' {
                 " (if the manifest uses `;` or tabs, pass --delimiter)"
             } else {
                 ""
             };
-            let or = if required == "reference_id" {
-                " (or `note_text`, to create the notes the files attach to)"
-            } else {
-                ""
+            let or = match required {
+                "reference_id" => " (or `note_text`, to create the notes the files attach to)",
+                _ => " (or `link_url` and `link_type`, to attach links to files in cloud storage)",
             };
             problems.push(format!("missing required column `{required}`{or}{hint}"));
         }

@@ -19,22 +19,23 @@ mod row;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::onepagecrm::ReferenceType;
+use crate::onepagecrm::{LinkType, ReferenceType};
 
 pub use notes::{NoteSpec, is_note_date, note_group, note_group_by_email};
 pub use problems::{Problem, ProblemKind, Severity, write_problems};
 #[cfg(test)]
 use reader::is_utf16;
 pub use reader::{Reader, formula_escape, formula_unescape};
-pub use row::{check_email, email_key, pin_value};
+pub use row::{check_email, email_key, link_name, pin_value};
 
 /// The longest attachment name OnePageCRM stores, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// The columns a manifest may have, in the order they are documented.
 /// (`contact_email` came later, and is listed after the first five so that the list earlier
-/// versions showed stays as it was; the note columns came after it, and `pin` after them.)
-pub const COLUMNS: [&str; 10] = [
+/// versions showed stays as it was; the note columns came after it, `pin` after them, and the
+/// link columns after that.)
+pub const COLUMNS: [&str; 12] = [
     "file",
     "contact_id",
     "reference_type",
@@ -45,6 +46,8 @@ pub const COLUMNS: [&str; 10] = [
     "note_date",
     "note_key",
     "pin",
+    "link_url",
+    "link_type",
 ];
 /// The columns of a row recorded as written, in the order its key hashes them (`contact_email`
 /// and the three note columns count only when given, so that older rows keep their keys).
@@ -58,6 +61,8 @@ pub const RECORD_COLUMNS: [&str; 6] = [
 ];
 /// The columns that create a note, in [`COLUMNS`] order.
 pub const NOTE_COLUMNS: [&str; 3] = ["note_text", "note_date", "note_key"];
+/// The columns of a row that attaches a link instead of a file, in [`COLUMNS`] order.
+pub const LINK_COLUMNS: [&str; 2] = ["link_url", "link_type"];
 /// The longest note text the API takes, in characters (OpenAPI `Note.text.maxLength`).
 pub const MAX_NOTE_CHARS: usize = 7168;
 /// Columns that `report --only failed` adds; accepted and ignored so that report is a manifest.
@@ -90,6 +95,32 @@ pub struct Row {
     /// Whether the attachment is pinned to its contact after it is attached (`pin`; not part
     /// of the row's identity: a pin added to a done row is made by the next run).
     pub pin: bool,
+    /// The link columns, when the row gives either (boxed, as `note`: a million rows of files
+    /// do not pay for them).
+    pub link: Option<Box<LinkSpec>>,
+}
+
+/// A row's link columns as given: the row attaches a link to a file in cloud storage instead of
+/// uploading a file when `url` is not empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// `link_url`, trimmed (empty when not given).
+    pub url: String,
+    /// `link_type`, trimmed, as written (empty when not given).
+    pub link_type_text: String,
+    /// `link_type` when it is a known type.
+    pub link_type: Option<LinkType>,
+}
+
+impl LinkSpec {
+    /// `link_type` as a row key and the state file hold it: the known type's name, else as
+    /// written.
+    pub fn type_text(&self) -> &str {
+        match self.link_type {
+            Some(t) => t.as_str(),
+            None => &self.link_type_text,
+        }
+    }
 }
 
 impl Row {
@@ -104,6 +135,11 @@ impl Row {
             true => &self.contact_email,
             false => &self.contact_id,
         }
+    }
+
+    /// The row's link, when it attaches one (`link_url` is given) instead of a file.
+    pub fn link(&self) -> Option<&LinkSpec> {
+        self.link.as_deref().filter(|l| !l.url.is_empty())
     }
 
     /// The reference type as written: the known type's name, or the unknown text.
@@ -129,6 +165,8 @@ pub struct Unparsed {
     pub note_fields: [Vec<u8>; 3],
     /// `pin` as written (empty when the record has none).
     pub pin: Vec<u8>,
+    /// `link_url` and `link_type` as written (empty when the record has none).
+    pub link_fields: [Vec<u8>; 2],
     /// Fields past the header's width, as written.
     pub extra: Vec<Vec<u8>>,
 }
@@ -598,6 +636,80 @@ mod tests {
         // Without the column, no row is pinned.
         let m = parse(format!("file,contact_id,reference_id\na.pdf,{ID},{ID}\n").as_bytes());
         assert!(!m.rows[0].pin);
+    }
+
+    #[test]
+    fn link_rows_are_read_and_every_mistake_has_its_line_and_column() {
+        let text = format!(
+            "file,contact_id,reference_id,name,link_url,link_type\n\
+             ,{ID},{ID},,https://www.dropbox.com/s/abc/Q3%20report.pdf?dl=0,Dropbox\n\
+             ,{ID},{ID},Plan,https://drive.google.com/file/d/xyz/view,google_drive\n\
+             ,{ID},{ID},,http://www.dropbox.com/s/abc/a.pdf,dropbox\n\
+             ,{ID},{ID},,https://www.dropbox.com/s/abc/b.pdf,onedrive\n\
+             c.pdf,{ID},{ID},,https://www.dropbox.com/s/abc/c.pdf,dropbox\n\
+             ,{ID},{ID},,,\n\
+             d.pdf,{ID},{ID},,,evernote\n\
+             ,{ID},{ID},,https://www.evernote.com/,evernote\n\
+             ,{ID},{ID},,https://www.dropbox.com/s/abc/e.pdf,\n\
+             ,{ID},{ID},,https://x.example/a b.pdf,dropbox\n"
+        );
+        let m = parse(text.as_bytes());
+        let got = lines_columns_kinds(&m);
+        assert_eq!(
+            got,
+            vec![
+                (4, Some("link_url"), ProblemKind::InvalidLinkUrl),
+                (5, Some("link_type"), ProblemKind::UnknownLinkType),
+                (6, Some("link_url"), ProblemKind::LinkConflict),
+                (7, Some("file"), ProblemKind::MissingField),
+                (8, Some("link_type"), ProblemKind::LinkConflict),
+                (9, Some("link_url"), ProblemKind::InvalidName),
+                (10, Some("link_type"), ProblemKind::MissingField),
+                (11, Some("link_url"), ProblemKind::InvalidLinkUrl),
+            ]
+        );
+        // Each message names the value.
+        let message = |line: u64| {
+            let p = m.problems.iter().find(|p| p.line == Some(line)).unwrap();
+            p.message.clone()
+        };
+        assert!(
+            message(4).contains("http://www.dropbox.com/s/abc/a.pdf"),
+            "{}",
+            message(4)
+        );
+        assert!(message(5).contains("\"onedrive\""), "{}", message(5));
+        assert!(message(6).contains("c.pdf"), "{}", message(6));
+        assert!(message(8).contains("\"evernote\""), "{}", message(8));
+        // A link's name: the URL's last path segment, percent-decoded, or the `name` given.
+        let (a, b) = (&m.rows[0], &m.rows[1]);
+        assert_eq!(a.name, "Q3 report.pdf");
+        let link = a.link().unwrap();
+        assert_eq!(link.link_type, Some(LinkType::Dropbox));
+        assert_eq!(link.type_text(), "dropbox");
+        assert_eq!(b.name, "Plan");
+        assert_eq!(b.link().unwrap().link_type, Some(LinkType::GoogleDrive));
+        assert!(m.rows[6].link().is_none(), "a link_type alone is no link");
+        // A manifest of links needs no `file` column.
+        let m = parse(
+            format!(
+                "contact_id,reference_id,link_url,link_type\n{ID},{ID},https://x.example/a.pdf,evernote\n"
+            )
+            .as_bytes(),
+        );
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        assert_eq!(
+            (m.rows[0].file.as_str(), m.rows[0].name.as_str()),
+            ("", "a.pdf")
+        );
+        let m = parse(format!("contact_id,reference_id\n{ID},{ID}\n").as_bytes());
+        assert!(
+            m.problems[0]
+                .message
+                .contains("missing required column `file` (or `link_url`"),
+            "{}",
+            m.problems[0].message
+        );
     }
 
     #[test]

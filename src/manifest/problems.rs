@@ -60,10 +60,16 @@ pub enum ProblemKind {
     RecordOfOtherContact,
     /// `pin` is not `true`/`false`, `yes`/`no`, `1`/`0` or empty.
     InvalidPin,
+    /// `link_url` is not an `https` URL.
+    InvalidLinkUrl,
+    /// `link_type` is not `dropbox`, `google_drive` or `evernote`.
+    UnknownLinkType,
+    /// A row gives both `file` and `link_url`, or `link_type` without `link_url`.
+    LinkConflict,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 31] = [
+    pub const ALL: [ProblemKind; 34] = [
         Self::ManifestUnreadable,
         Self::ManifestEmpty,
         Self::NotText,
@@ -95,6 +101,9 @@ impl ProblemKind {
         Self::RecordNotFound,
         Self::RecordOfOtherContact,
         Self::InvalidPin,
+        Self::InvalidLinkUrl,
+        Self::UnknownLinkType,
+        Self::LinkConflict,
     ];
 
     /// The name `check --json` shows, and the one a rejected row of this kind is recorded with
@@ -132,6 +141,9 @@ impl ProblemKind {
             Self::RecordNotFound => "record_not_found",
             Self::RecordOfOtherContact => "record_of_other_contact",
             Self::InvalidPin => "invalid_pin",
+            Self::InvalidLinkUrl => "invalid_link_url",
+            Self::UnknownLinkType => "unknown_link_type",
+            Self::LinkConflict => "link_conflict",
         }
     }
 }

@@ -6,16 +6,17 @@ use std::path::Path;
 
 use super::notes::note_spec;
 use super::{
-    MAX_EMAIL_BYTES, MAX_NAME_BYTES, NOTE_COLUMNS, Problem, ProblemKind, RECORD_COLUMNS, Row,
-    Unparsed, shown,
+    LINK_COLUMNS, LinkSpec, MAX_EMAIL_BYTES, MAX_NAME_BYTES, NOTE_COLUMNS, Problem, ProblemKind,
+    RECORD_COLUMNS, Row, Unparsed, shown,
 };
-use crate::onepagecrm::{ReferenceType, is_object_id};
+use crate::onepagecrm::{LinkType, ReferenceType, is_object_id};
 
 /// One record as a row, with every problem of every field at once, each with its column.
 ///
 /// The rules of a row, in the order their problems are told: the fields decoded
 /// (`text_fields`), the required ones given, the contact, the ids' format, the reference type,
-/// the note columns (`note_spec`), the path and the attachment's name.
+/// the note columns (`note_spec`), the link columns (`link_spec`), the path and the attachment's
+/// name.
 pub(super) fn parse_row(
     record: &csv::ByteRecord,
     columns: &[Option<&'static str>],
@@ -31,11 +32,14 @@ pub(super) fn parse_row(
         name,
         note,
         pin,
+        link,
     } = text_fields(record, columns, line, problems)?;
     let has_note_column = columns.contains(&Some("note_text"));
     let has_note_text = note[0].is_some();
+    let link = link_spec(&file, link, line, problems);
+    let is_link = link.as_ref().is_some_and(|l| !l.url.is_empty());
     check_required(
-        &file,
+        (&file, is_link, columns.contains(&Some("link_url"))),
         &reference_id,
         (has_note_column, has_note_text),
         line,
@@ -61,7 +65,10 @@ pub(super) fn parse_row(
             "the path holds a NUL character".to_string(),
         ));
     }
-    let name = attachment_name(&file, name, line, problems);
+    let name = match link.as_ref().filter(|_| is_link) {
+        Some(link) => link_attachment_name(&link.url, name, line, problems),
+        None => attachment_name(&file, name, line, problems),
+    };
     let pin = pin_of(pin.as_deref(), line, problems);
     Some(Row {
         line,
@@ -74,6 +81,7 @@ pub(super) fn parse_row(
         name,
         note: note.map(Box::new),
         pin,
+        link: link.map(Box::new),
     })
 }
 
@@ -95,6 +103,8 @@ struct Fields {
     note: [Option<String>; 3],
     /// As written; `None` when the manifest has no such column.
     pin: Option<String>,
+    /// `link_url` and `link_type` as written; `None` when the manifest has no such column.
+    link: [Option<String>; 2],
 }
 
 /// The text of each of a record's fields, or `None` when one is not UTF-8 (each such field is
@@ -136,6 +146,8 @@ fn text_fields(
     let note_date = field("note_date");
     let note_key = field("note_key");
     let pin = field("pin");
+    let link_url = field("link_url");
+    let link_type = field("link_type");
     // A field that is not UTF-8 (each one reported above) makes the record unparsed: it is
     // kept as bytes, so that its real values reach the state file and the failed-rows report.
     let utf8 = |col: &'static str, value: &Option<String>| {
@@ -148,10 +160,17 @@ fn text_fields(
         && utf8("note_text", &note_text)
         && utf8("note_date", &note_date)
         && utf8("note_key", &note_key)
-        && utf8("pin", &pin))
+        && utf8("pin", &pin)
+        && utf8("link_url", &link_url)
+        && utf8("link_type", &link_type))
     {
         return None;
     }
+    // A manifest of links may have no `file` column at all.
+    let file = match file {
+        None if !columns.contains(&Some("file")) => Some(String::new()),
+        file => file,
+    };
     let has_note_column = columns.contains(&Some("note_text"));
     // A manifest with `note_text` may have no `reference_id` column at all.
     let reference_id = match reference_id {
@@ -175,26 +194,29 @@ fn text_fields(
             note_key,
         ],
         pin,
+        link: [link_url, link_type],
     })
 }
 
-/// Every row needs a `file`, and a `reference_id` unless it gives a `note_text` (the note it
-/// creates is its record): an empty one is an error on its column. The pair says whether the
-/// manifest has a `note_text` column, and whether this row gives a text in it.
+/// Every row needs a `file` (or a `link_url`), and a `reference_id` unless it gives a
+/// `note_text` (the note it creates is its record): an empty one is an error on its column. The
+/// first triple says whether the row gives a link and whether the manifest has a `link_url`
+/// column, the pair whether it has a `note_text` column and whether this row gives a text in it.
 fn check_required(
-    file: &str,
+    (file, is_link, has_link_column): (&str, bool, bool),
     reference_id: &str,
     (has_note_column, has_note_text): (bool, bool),
     line: u64,
     problems: &mut Vec<Problem>,
 ) {
     for (col, value) in [("file", file), ("reference_id", reference_id)] {
-        if col == "reference_id" && has_note_text {
+        if (col == "reference_id" && has_note_text) || (col == "file" && is_link) {
             continue;
         }
         if value.trim().is_empty() {
-            let message = match (col, has_note_column) {
-                ("reference_id", true) => "neither `reference_id` nor `note_text` is given; every row needs the id of a note, deal, call or meeting, or a note_text to create a note".to_string(),
+            let message = match (col, has_note_column, has_link_column) {
+                ("reference_id", true, _) => "neither `reference_id` nor `note_text` is given; every row needs the id of a note, deal, call or meeting, or a note_text to create a note".to_string(),
+                ("file", _, true) => "neither `file` nor `link_url` is given; every row needs a file path, or a link (link_url and link_type) to attach instead".to_string(),
                 _ => format!("`{col}` is empty; every row needs a {}", describe(col)),
             };
             problems.push(Problem::error(
@@ -318,6 +340,147 @@ fn attachment_name(
     own
 }
 
+/// The link columns of a row, when it gives either, each checked: a row gives a `file` or a
+/// `link_url`, not both; a `link_type` only with a `link_url`; a link is an `https` URL with a
+/// known type (`dropbox`, `google_drive` or `evernote`). Each problem is an error on its column
+/// that names the value.
+fn link_spec(
+    file: &str,
+    [url, link_type]: [Option<String>; 2],
+    line: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<LinkSpec> {
+    let url = url.unwrap_or_default().trim().to_string();
+    let link_type_text = link_type.unwrap_or_default().trim().to_string();
+    if url.is_empty() && link_type_text.is_empty() {
+        return None;
+    }
+    let mut error = |column, kind, message| {
+        problems.push(Problem::error(Some(line), Some(column), kind, message));
+    };
+    let link_type = LinkType::parse(&link_type_text);
+    if url.is_empty() {
+        error(
+            "link_type",
+            ProblemKind::LinkConflict,
+            format!(
+                "`link_type` {} is given without a `link_url`; give the link's URL, or leave link_type empty for a file",
+                shown(&link_type_text)
+            ),
+        );
+        return Some(LinkSpec {
+            url,
+            link_type_text,
+            link_type,
+        });
+    }
+    if !file.trim().is_empty() {
+        error(
+            "link_url",
+            ProblemKind::LinkConflict,
+            format!(
+                "the row gives both `file` {} and `link_url` {}; keep one of the two (a row attaches a file or a link)",
+                shown(file),
+                shown(&url)
+            ),
+        );
+    }
+    if let Err(why) = check_link_url(&url) {
+        error(
+            "link_url",
+            ProblemKind::InvalidLinkUrl,
+            format!(
+                "{} is not an https URL ({why}); give the link as https://...",
+                shown(&url)
+            ),
+        );
+    }
+    match (link_type_text.is_empty(), link_type) {
+        (true, _) => error(
+            "link_type",
+            ProblemKind::MissingField,
+            "`link_type` is empty; a link needs its type: dropbox, google_drive or evernote"
+                .to_string(),
+        ),
+        (false, None) => error(
+            "link_type",
+            ProblemKind::UnknownLinkType,
+            format!(
+                "unknown link type {}; use dropbox, google_drive or evernote",
+                shown(&link_type_text)
+            ),
+        ),
+        (false, Some(_)) => {}
+    }
+    Some(LinkSpec {
+        url,
+        link_type_text,
+        link_type,
+    })
+}
+
+/// Why `url` is not a link OnePageCRM can be given: spaces or control characters, not a URL, not
+/// `https`, no host.
+fn check_link_url(url: &str) -> Result<(), String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it holds a space or a control character".to_string());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("it is not a URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("it is {}, not https", parsed.scheme()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("it names no host".to_string());
+    }
+    Ok(())
+}
+
+/// The name a link is shown by when its row gives none: its URL's last non-empty path segment,
+/// percent-decoded (`https://x.example/a/Q3%20report.pdf?dl=0` is `Q3 report.pdf`); `None` when
+/// the URL has no such segment, or it does not decode to UTF-8.
+pub fn link_name(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let last = parsed.path_segments()?.rev().find(|s| !s.is_empty())?;
+    percent_encoding::percent_decode_str(last)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
+        .filter(|d| !d.is_empty())
+}
+
+/// A link's attachment name: the `name` column, or else its URL's last path segment (see
+/// [`link_name`]), checked as OnePageCRM takes names (on the column it came from); a URL with no
+/// such segment (and no `name`) is an error.
+fn link_attachment_name(
+    url: &str,
+    name: Option<String>,
+    line: u64,
+    problems: &mut Vec<Problem>,
+) -> String {
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        check_name(&name, line, "name", problems);
+        return name;
+    }
+    match link_name(url) {
+        Some(own) => {
+            check_name(&own, line, "link_url", problems);
+            own
+        }
+        None => {
+            problems.push(Problem::error(
+                Some(line),
+                Some("link_url"),
+                ProblemKind::InvalidName,
+                format!(
+                    "{} has no last path segment to name the attachment by; give one in the `name` column",
+                    shown(url)
+                ),
+            ));
+            String::new()
+        }
+    }
+}
+
 /// A row names its contact by exactly one of `contact_id` and `contact_email`; an email must
 /// look like one (the lookup itself is online, see `lookup`).
 fn check_contact(
@@ -416,6 +579,7 @@ pub(super) fn unparsed(
     let mut fields: [Vec<u8>; 6] = Default::default();
     let mut note_fields: [Vec<u8>; 3] = Default::default();
     let mut pin = Vec::new();
+    let mut link_fields: [Vec<u8>; 2] = Default::default();
     for (raw, col) in record.iter().zip(columns) {
         let Some(col) = col else { continue };
         if let Some(i) = RECORD_COLUMNS.iter().position(|k| k == col) {
@@ -424,6 +588,8 @@ pub(super) fn unparsed(
             note_fields[i] = raw.to_vec();
         } else if *col == "pin" {
             pin = raw.to_vec();
+        } else if let Some(i) = LINK_COLUMNS.iter().position(|k| k == col) {
+            link_fields[i] = raw.to_vec();
         }
     }
     let extra = record
@@ -436,6 +602,7 @@ pub(super) fn unparsed(
         fields,
         note_fields,
         pin,
+        link_fields,
         extra,
     }
 }
@@ -449,10 +616,10 @@ fn describe(column: &str) -> &'static str {
 }
 
 fn check_name(name: &str, line: u64, column: &'static str, problems: &mut Vec<Problem>) {
-    let whose = if column == "name" {
-        "the name"
-    } else {
-        "the file's own name (used as the attachment name)"
+    let whose = match column {
+        "name" => "the name",
+        "link_url" => "the link's last path segment (used as the attachment name)",
+        _ => "the file's own name (used as the attachment name)",
     };
     let mut invalid = |message: String| {
         problems.push(Problem::error(

@@ -263,7 +263,11 @@ fn log(event: &Event<'_>) {
                 row.line
             ),
             Outcome::Failed { kind, message, .. } => {
-                warn!("line {}: {} ({kind}): {message}", row.line, row.file)
+                warn!(
+                    "line {}: {} ({kind}): {message}",
+                    row.line,
+                    row.shown_file()
+                )
             }
         },
         Event::NoteCreated {

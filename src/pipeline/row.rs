@@ -10,6 +10,10 @@
 //! attach answer the record is read again (`verify`): a link that shows the row's key is proof;
 //! otherwise the record's snapshot before the attach decides (see `snapshots`). One row at a
 //! time per record, name and size is in doubt ([`RecordTurn`]).
+//!
+//! A row of a link (`link_url`) has one step, the attach (`attach_link`: no form, no upload), its
+//! intent `attaching` with the generation of its record's snapshot, always taken first; a lost
+//! answer is settled by that snapshot alone (`verify_link`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,7 @@ use crate::checkpoint::{StoredRow, Transition};
 use crate::failure::FailureKind;
 use crate::onepagecrm::ReferenceType;
 use crate::remote::RemoteError;
-use crate::remote::api::{Attach, Form};
+use crate::remote::api::{Attach, AttachLink, Form};
 
 /// Refusals by S3 of forms shared with other uploads that one row takes without counting them as
 /// failures.
@@ -428,7 +432,7 @@ impl Context {
                 let held = held.unwrap_or_default();
                 listed
                     .iter()
-                    .filter(|a| a.filename == row.name && a.size == row.size)
+                    .filter(|a| a.filename == row.name && a.size == row.size && !a.is_link())
                     .filter(|a| !claimed.contains(&a.id) && !held.contains(&a.id))
                     .find(|a| shows_key(a).is_none())
                     .map(|a| {
@@ -444,6 +448,69 @@ impl Context {
         };
         info!(
             "line {}: the record already holds this upload as attachment {} ({why}); not attaching again",
+            row.line, a.id
+        );
+        self.commit(
+            row,
+            Transition::Done {
+                attachment_id: a.id.clone(),
+                pinning: row.pin,
+            },
+        )
+        .await?;
+        Ok(Some(a.id.clone()))
+    }
+
+    /// Whether the record already holds this link row's attachment (its attach was sent and
+    /// its answer may be lost); if it does, the row is recorded as done with it.
+    ///
+    /// A link's attach is always sent after a snapshot of its record (see `ensure_snapshot`), and
+    /// the snapshot decides, as for a file behind links that show no key: an attachment of the
+    /// row's name that is in neither the snapshot nor claimed by another row of this state file,
+    /// and that may be this link (its `storage_provider` and `url`, where shown, are the row's
+    /// type and URL: see `RemoteAttachment::shows_link`), was made by the lost attempt; one that
+    /// shows the row's URL is taken first. The URL alone proves nothing: the same link may have
+    /// been attached before (then it is in the snapshot). No snapshot recorded: no attach was
+    /// ever sent.
+    async fn verify_link(&self, row: &StoredRow) -> Result<Option<String>, RowError> {
+        let Some((url, link_type)) = row.link_of() else {
+            return Ok(None);
+        };
+        let (claimed, held) = self
+            .state
+            .claimed_and_held(row)
+            .await
+            .map_err(RowError::Store)?;
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let listed = self
+            .api(|| {
+                self.client
+                    .attachments_of(row.reference_type, &row.reference_id)
+            })
+            .await?;
+        let new: Vec<_> = listed
+            .iter()
+            .filter(|a| a.filename == row.name && !claimed.contains(&a.id) && !held.contains(&a.id))
+            .filter(|a| a.shows_link(url, link_type) != Some(false))
+            .collect();
+        let adopted = match new
+            .iter()
+            .find(|a| a.shows_link(url, link_type) == Some(true))
+        {
+            Some(a) => (
+                a,
+                "it is new since the record was read, and shows this link",
+            ),
+            None => match new.first() {
+                Some(a) => (a, "it is new since the record was read before the attach"),
+                None => return Ok(None),
+            },
+        };
+        let (a, why) = adopted;
+        info!(
+            "line {}: the record already holds this link as attachment {} ({why}); not attaching again",
             row.line, a.id
         );
         self.commit(
@@ -578,10 +645,15 @@ impl<'a> RowRun<'a> {
             )),
             _ => None,
         };
+        // A link has nothing to upload: its one call is the attach.
+        let stage = match (plan, row.is_link()) {
+            (Plan::Upload, true) => Plan::Attach,
+            (plan, _) => plan,
+        };
         Ok(Self {
             ctx,
             row,
-            stage: plan,
+            stage,
             attempts: 0,
             key: row.s3_key.clone(),
             redos: 0,
@@ -604,6 +676,7 @@ impl<'a> RowRun<'a> {
         loop {
             let done = match self.stage {
                 Plan::Upload => self.upload().await.map(|()| false)?,
+                Plan::Attach if self.row.is_link() => self.attach_link().await?,
                 Plan::Attach => self.attach().await?,
                 Plan::Verify => self.verify().await?,
                 Plan::Pin => self.pin().await.map(|()| true)?,
@@ -655,26 +728,7 @@ impl<'a> RowRun<'a> {
             return Ok(false);
         };
         self.snapshot().await?;
-        if self.turn.is_none() {
-            self.turn = Some(ctx.record_turn(row).await?);
-        }
-        let Some(held) = self.turn.as_mut() else {
-            unreachable!("taken above");
-        };
-        // Another row's attach of this name and size to this record is in doubt (its row ended
-        // before it settled): this one waits for it, or the check of that one could take this
-        // one's attachment for its own.
-        if let Some(line) = held.in_doubt().filter(|l| *l != row.line) {
-            return Err(RemoteError::Unsettled(format!(
-                "line {line} attaches a file of the same name and size to {} {} and whether that took effect is not known yet; this row attaches once it has settled (rerun)",
-                row.reference_type.as_str(),
-                row.reference_id
-            ))
-            .into());
-        }
-        // Until its outcome is recorded, no check of a lost attach of the same name and size
-        // on this record looks at it.
-        held.set_in_doubt(Some(row.line));
+        self.take_turn().await?;
         // The upload's ETag (just now) and the intent to attach, in one write.
         let etag = self.uploaded.take();
         let snapshot_gen = ctx.snapshots.generation_of(row);
@@ -715,14 +769,105 @@ impl<'a> RowRun<'a> {
                 }
                 Ok(self.pin_next(attached.id))
             }
-            Err(e) => self.attach_failed(e, &key).await.map(|()| false),
+            Err(e) => self.attach_failed(e, Some(&key)).await.map(|()| false),
+        }
+    }
+
+    /// The row's turn at its record, name and size (see `Context::verify`), taken before its
+    /// attach is recorded as under way: from then on its attach is in doubt there until it has
+    /// settled.
+    async fn take_turn(&mut self) -> Result<(), RowError> {
+        let (ctx, row) = (self.ctx, self.row);
+        if self.turn.is_none() {
+            self.turn = Some(ctx.record_turn(row).await?);
+        }
+        let Some(held) = self.turn.as_mut() else {
+            unreachable!("taken above");
+        };
+        // Another row's attach of this name and size to this record is in doubt (its row ended
+        // before it settled): this one waits for it, or the check of that one could take this
+        // one's attachment for its own.
+        if let Some(line) = held.in_doubt().filter(|l| *l != row.line) {
+            let what = match row.is_link() {
+                true => "a link of the same name",
+                false => "a file of the same name and size",
+            };
+            return Err(RemoteError::Unsettled(format!(
+                "line {line} attaches {what} to {} {} and whether that took effect is not known yet; this row attaches once it has settled (rerun)",
+                row.reference_type.as_str(),
+                row.reference_id
+            ))
+            .into());
+        }
+        // Until its outcome is recorded, no check of a lost attach of the same name and size
+        // on this record looks at it.
+        held.set_in_doubt(Some(row.line));
+        Ok(())
+    }
+
+    /// A link's one call (`POST /attachments` with `link_type` and `external_url`: no form, no
+    /// upload), after a snapshot of its record (see `ensure_snapshot`), its intent committed
+    /// first with that snapshot's generation; `true` once the row is done.
+    async fn attach_link(&mut self) -> Result<bool, RowError> {
+        let (ctx, row) = (self.ctx, self.row);
+        let Some((url, link_type)) = row.link_of() else {
+            let given = row.link.as_ref().map_or("", |l| l.link_type.as_str());
+            return Err(RemoteError::Record {
+                kind: FailureKind::Invalid,
+                message: format!(
+                    "link_type {given:?} is not dropbox, google_drive or evernote; fix the row"
+                ),
+            }
+            .into());
+        };
+        self.snapshot().await?;
+        self.take_turn().await?;
+        // The snapshot this attach is sent after: its generation is what marks the attach as
+        // sent (a link has no ETag), and what a lost answer is settled against.
+        let snapshot_gen = match ctx.snapshots.generation_of(row) {
+            Some(generation) => generation,
+            None => ctx.generation().await?,
+        };
+        let intent = Transition::Attaching {
+            etag: None,
+            snapshot_gen: Some(snapshot_gen),
+        };
+        ctx.commit(row, intent).await?;
+        let link = AttachLink {
+            reference_id: &row.reference_id,
+            reference_type: row.reference_type,
+            contact_id: &row.contact_id,
+            name: &row.name,
+            link_type,
+            external_url: url,
+        };
+        match ctx.api(|| ctx.client.attach_link(&link)).await {
+            Ok(attached) => {
+                self.settle_turn();
+                let done = Transition::Done {
+                    attachment_id: attached.id.clone(),
+                    pinning: row.pin,
+                };
+                // As a file's: a row to pin commits the pin's intent with its `done`.
+                match row.pin {
+                    true => ctx.commit(row, done).await?,
+                    false => ctx.record_later(row, done),
+                }
+                ctx.events.emit(Event::StepDone {
+                    row,
+                    step: Step::Attach,
+                });
+                Ok(self.pin_next(attached.id))
+            }
+            Err(e) => self.attach_failed(e, None).await.map(|()| false),
         }
     }
 
     /// Step 3 failed with `e`: a retryable failure is retried, after the record is read where
-    /// the request may have arrived; a refusal of the key is redone with a fresh form unless the
-    /// record holds it already; anything else is the row's failure.
-    async fn attach_failed(&mut self, e: RemoteError, key: &str) -> Result<(), RowError> {
+    /// the request may have arrived; a refusal of the key (`None` for a link, which has none) is
+    /// redone with a fresh form unless the record holds it already; anything else is the row's
+    /// failure.
+    async fn attach_failed(&mut self, e: RemoteError, key: Option<&str>) -> Result<(), RowError> {
         let (ctx, row) = (self.ctx, self.row);
         match e {
             e if e.is_retryable() => {
@@ -753,9 +898,9 @@ impl<'a> RowRun<'a> {
                 .into())
             }
             e => {
-                let refused = match self.redos < MAX_REDOS {
-                    true => ctx.key_refused(&e, key).await?,
-                    false => None,
+                let refused = match key.filter(|_| self.redos < MAX_REDOS) {
+                    Some(key) => ctx.key_refused(&e, key).await?,
+                    None => None,
                 };
                 let Some(shared) = refused else {
                     // A conflict may say the key is attached already (an earlier attempt whose
@@ -798,7 +943,11 @@ impl<'a> RowRun<'a> {
         if self.turn.is_none() {
             self.turn = Some(ctx.record_turn(row).await?);
         }
-        match ctx.verify(row, self.key.as_deref()).await {
+        let held = match row.is_link() {
+            true => ctx.verify_link(row).await,
+            false => ctx.verify(row, self.key.as_deref()).await,
+        };
+        match held {
             Ok(Some(attachment_id)) => {
                 ctx.events.emit(Event::StepDone {
                     row,

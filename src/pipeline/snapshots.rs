@@ -9,7 +9,9 @@
 //! costs nothing, and no more snapshots are taken. Until the run's first attach answer has told
 //! which links the server gives, one row goes ahead (it reads its record, uploads, attaches)
 //! while the others wait for its answer before they read theirs: so a server whose links show
-//! the key costs one read a run, not one for each row under way at the start.
+//! the key costs one read a run, not one for each row under way at the start. A row that
+//! attaches a link (no upload, no key) always has its record read: only its snapshot settles a
+//! lost answer.
 //!
 //! What a snapshot costs: the records of one contact and type that this run attaches to are read
 //! together. One record: `GET /{type}s/{id}` (one call). Several: the contact's records of that
@@ -234,6 +236,11 @@ impl Context {
     /// Before `row`'s first attach to its record: the record's snapshot, unless it has one or
     /// this run's links show keys. Fails the row when the record does not exist or is another
     /// contact's. `Some(probe)` when this row is to find out which links the server gives.
+    ///
+    /// A row that attaches a link always has its record read first, whatever the links show:
+    /// the link it makes shows no key, and the same link may be there already, so only the
+    /// snapshot settles a lost answer. Its attach answer tells nothing of the server's links:
+    /// it never finds out (no probe).
     pub(super) async fn ensure_snapshot(
         &self,
         row: &StoredRow,
@@ -246,8 +253,11 @@ impl Context {
         if lock(&snaps.taken).contains_key(&record) {
             return Ok(None);
         }
-        let probe = self.links_known().await?;
-        if snaps.links_show_keys() {
+        let probe = match row.is_link() {
+            true => None,
+            false => self.links_known().await?,
+        };
+        if snaps.links_show_keys() && !row.is_link() {
             return Ok(None);
         }
         let family: Family = (row.contact_id.clone(), row.reference_type);

@@ -9,7 +9,7 @@ use super::{
     API_ANSWER_CAP, API_TIMEOUT, Client, RECORD_ANSWER_CAP, RemoteError, log_request, read_capped,
 };
 use crate::manifest::cut;
-use crate::onepagecrm::ReferenceType;
+use crate::onepagecrm::{LinkType, ReferenceType};
 
 /// What is escaped of a manifest's id in a URL path: its `/`, `?`, `#` and `%` (and anything
 /// else but letters, digits and `-_.~`) must not take the request to another endpoint.
@@ -102,11 +102,39 @@ pub struct RemoteAttachment {
     pub id: String,
     pub filename: String,
     pub size: u64,
-    /// Where it can be fetched: for S3-hosted files a presigned URL of the object.
+    /// Where it can be fetched: for S3-hosted files a presigned URL of the object; for a link,
+    /// its URL.
     pub url: Option<String>,
+    /// Where the file is (`amazon` for an uploaded file, a link type for a link), when shown.
+    pub storage_provider: Option<String>,
 }
 
 impl RemoteAttachment {
+    /// Whether it is a link: its `storage_provider` is a link type.
+    pub fn is_link(&self) -> bool {
+        self.storage_provider
+            .as_deref()
+            .is_some_and(|p| LinkType::parse(p).is_some())
+    }
+
+    /// Whether it may be a link of `link_type` to `url`, as far as it shows: its
+    /// `storage_provider` (when shown) is that type, and its `url` (when shown) is that URL (as
+    /// URLs: `https://X.example` is `https://x.example/`). `Some(true)`: it shows that URL;
+    /// `Some(false)`: it shows it is not; `None`: it shows no URL to tell by.
+    pub fn shows_link(&self, url: &str, link_type: LinkType) -> Option<bool> {
+        if let Some(p) = &self.storage_provider
+            && p != link_type.as_str()
+        {
+            return Some(false);
+        }
+        let shown = self.url.as_deref()?;
+        let same = match (reqwest::Url::parse(shown), reqwest::Url::parse(url)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => shown == url,
+        };
+        Some(same)
+    }
+
     /// The object key its `url` shows, if the URL's path ends with one of `contact_id`'s keys
     /// (`…/<contact>/<digits>/<name>`, percent-decoded; the query is ignored). An S3-hosted
     /// attachment's `url` is a presigned URL of its object, so its path ends with the key
@@ -166,6 +194,18 @@ fn parse_note(note: &Value) -> Option<RemoteNote> {
         date: text("date"),
         created_at: text("created_at"),
     })
+}
+
+/// Step 3 for a link (`POST /attachments` with `link_type` and `external_url`): no key, no
+/// size, no upload before it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttachLink<'a> {
+    pub reference_id: &'a str,
+    pub reference_type: ReferenceType,
+    pub contact_id: &'a str,
+    pub name: &'a str,
+    pub link_type: LinkType,
+    pub external_url: &'a str,
 }
 
 /// Step 3's request.
@@ -315,6 +355,26 @@ impl Client {
     /// or may not show the key).
     pub async fn attach(&self, attach: &Attach<'_>) -> Result<RemoteAttachment, RemoteError> {
         let body = serde_json::to_vec(attach).expect("a struct of strings and numbers serializes");
+        self.post_attachment(body, attach.name, attach.size).await
+    }
+
+    /// Attaches a link (`POST /attachments` with `link_type` and `external_url`).
+    pub async fn attach_link(
+        &self,
+        link: &AttachLink<'_>,
+    ) -> Result<RemoteAttachment, RemoteError> {
+        let body = serde_json::to_vec(link).expect("a struct of strings serializes");
+        self.post_attachment(body, link.name, 0).await
+    }
+
+    /// `POST /attachments` with `body`: the attachment made, as its answer shows it (`name` and
+    /// `size` as sent).
+    async fn post_attachment(
+        &self,
+        body: Vec<u8>,
+        name: &str,
+        size: u64,
+    ) -> Result<RemoteAttachment, RemoteError> {
         let request = self
             .http
             .post(self.api_url("/attachments"))
@@ -329,14 +389,18 @@ impl Client {
                 what: "step 3 (attachments)",
                 detail: "no data.attachment.id".into(),
             })?;
+        let text = |field: &str| {
+            attachment
+                .and_then(|a| a.get(field))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         Ok(RemoteAttachment {
             id: id.to_string(),
-            filename: attach.name.to_string(),
-            size: attach.size,
-            url: attachment
-                .and_then(|a| a.get("url"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            filename: name.to_string(),
+            size,
+            url: text("url"),
+            storage_provider: text("storage_provider"),
         })
     }
 
@@ -565,6 +629,10 @@ fn parse_attachment(a: &Value) -> Option<RemoteAttachment> {
         filename: a.get("filename")?.as_str()?.to_string(),
         size: a.get("size")?.as_u64()?,
         url: a.get("url").and_then(Value::as_str).map(str::to_string),
+        storage_provider: a
+            .get("storage_provider")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -988,12 +1056,50 @@ mod tests {
     }
 
     #[test]
+    fn a_link_attachment_shows_its_link_where_it_shows_a_type_or_a_url() {
+        let url = "https://www.dropbox.com/s/x/Q3%20report.pdf?dl=0";
+        let at = |provider: Option<&str>, shown: Option<&str>| RemoteAttachment {
+            id: "a".into(),
+            filename: "Q3 report.pdf".into(),
+            size: 0,
+            url: shown.map(str::to_string),
+            storage_provider: provider.map(str::to_string),
+        };
+        let dropbox = LinkType::Dropbox;
+        assert_eq!(
+            at(Some("dropbox"), Some(url)).shows_link(url, dropbox),
+            Some(true)
+        );
+        // As URLs: the scheme's and host's letter case do not count.
+        let upper = "HTTPS://WWW.DROPBOX.COM/s/x/Q3%20report.pdf?dl=0";
+        assert_eq!(at(None, Some(upper)).shows_link(url, dropbox), Some(true));
+        let other = "https://www.dropbox.com/s/x/Q3%20report.pdf?dl=1";
+        assert_eq!(
+            at(Some("dropbox"), Some(other)).shows_link(url, dropbox),
+            Some(false)
+        );
+        assert_eq!(
+            at(Some("amazon"), Some(url)).shows_link(url, dropbox),
+            Some(false)
+        );
+        assert_eq!(
+            at(Some("evernote"), None).shows_link(url, dropbox),
+            Some(false)
+        );
+        assert_eq!(at(Some("dropbox"), None).shows_link(url, dropbox), None);
+        assert_eq!(at(None, None).shows_link(url, dropbox), None);
+        assert!(at(Some("google_drive"), None).is_link());
+        assert!(!at(Some("amazon"), None).is_link() && !at(None, None).is_link());
+    }
+
+    #[test]
     fn an_attachment_url_shows_its_key() {
         let at = |url: &str| RemoteAttachment {
             id: "a".into(),
             filename: "a b.pdf".into(),
             size: 1,
             url: Some(url.into()),
+            storage_provider: None,
         };
         let contact = "5d2f4a0e1c9b8a7f6e5d4c3b";
         // Virtual-hosted and path-style presigned URLs, encoded names.

@@ -153,7 +153,8 @@ fn print_json(
         "state": cfg.state.display().to_string(),
         "dry_run": true,
         "to_upload": work.count(Plan::Upload),
-        "to_attach": work.count(Plan::Attach),
+        "to_attach": work.count(Plan::Attach) - work.links_to_attach,
+        "links_to_attach": work.links_to_attach,
         "to_verify": work.count(Plan::Verify),
         "to_pin": work.count(Plan::Pin),
         "already_done": work.already_done,
@@ -189,8 +190,15 @@ fn print_text(cfg: &RunConfig, planned: &Planned) -> std::io::Result<()> {
     writeln!(
         out,
         "  to attach only (uploaded):   {}",
-        work.count(Plan::Attach)
+        work.count(Plan::Attach) - work.links_to_attach
     )?;
+    if work.links_to_attach > 0 {
+        writeln!(
+            out,
+            "  links to attach (no upload): {}",
+            work.links_to_attach
+        )?;
+    }
     writeln!(
         out,
         "  to verify, then attach:      {}",

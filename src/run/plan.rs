@@ -126,6 +126,8 @@ pub struct Work {
     pub already_done: usize,
     /// Rows `undo` took back (`--redo-removed` takes them up again).
     pub removed: usize,
+    /// Of the rows to attach (`Plan::Attach`), those of links: nothing to upload before.
+    pub links_to_attach: usize,
     pub changed: Vec<StoredRow>,
     pub failed_permanent: Vec<StoredRow>,
     pub rejected: usize,
@@ -251,6 +253,7 @@ impl Work {
                     }
                 }
             }
+            Plan::Attach if row.is_link() => self.links_to_attach += 1,
             Plan::Attach => self.bytes_to_attach += row.size,
             Plan::Verify => {}
             Plan::Pin => self.pins_unsettled += usize::from(row.pin_state.is_some()),
@@ -313,8 +316,12 @@ impl Decision {
 /// Decides, from the state file and the row's file as it is `now`, what is left of a row.
 ///
 /// One match over a row's state: the "a rerun" column of docs/state-file.md's table of states,
-/// kept in one place so that each state's rule can be read against it.
+/// kept in one place so that each state's rule can be read against it (a link's in
+/// [`decide_link`]).
 pub fn decide(row: &StoredRow, now: Now, choices: &Choices) -> Decision {
+    if row.is_link() {
+        return decide_link(row, choices);
+    }
     let changed = row.size != now.size || row.mtime_ns != now.mtime_ns;
     let plan = match row.state {
         RowState::Done if changed && choices.reupload_changed && now.valid => Plan::Upload,
@@ -357,6 +364,33 @@ pub fn decide(row: &StoredRow, now: Now, choices: &Choices) -> Decision {
     Decision::Run { plan, changed }
 }
 
+/// [`decide`] for a row that attaches a link: nothing to upload (its one call is the attach),
+/// no file to change. Once its attach was sent (see `LinkColumns::sent`: its intent recorded
+/// after a snapshot of its record), whatever became of it, the record is read first and settles
+/// it; it is never attached a second time.
+fn decide_link(row: &StoredRow, choices: &Choices) -> Decision {
+    let plan = match row.state {
+        RowState::Done => return Decision::Done { changed: false },
+        RowState::Rejected => return Decision::Rejected,
+        RowState::Removed if choices.redo_removed => Plan::Attach,
+        RowState::Removing | RowState::Removed => return Decision::Removed,
+        RowState::Failed
+            if row.error_kind == Some(FailureKind::AttachUnsettled) && row.link_sent() =>
+        {
+            Plan::Verify
+        }
+        RowState::Failed if row.retryable == Some(false) && !choices.retry_failed => {
+            return Decision::FailedForGood;
+        }
+        RowState::Failed | RowState::Attaching if row.link_sent() => Plan::Verify,
+        _ => Plan::Attach,
+    };
+    Decision::Run {
+        plan,
+        changed: false,
+    }
+}
+
 /// The rows of a whole manifest planned at once (a dry run, which records nothing): the work,
 /// and each row to take up with its plan, rows to verify first.
 pub fn plan(
@@ -392,4 +426,94 @@ pub fn plan(
     }
     verify.append(&mut todo);
     (work, verify)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::LinkColumns;
+
+    /// A valid link row in `state`, its attach `sent` or not.
+    fn link_row(state: RowState, sent: bool) -> StoredRow {
+        let mut row = StoredRow::from(&NewRow::for_test(2, 0));
+        row.file.clear();
+        row.state = state;
+        row.link = Some(LinkColumns {
+            url: "https://www.dropbox.com/s/x/a.pdf".into(),
+            link_type: "dropbox".into(),
+            sent,
+        });
+        row
+    }
+
+    fn failed(mut row: StoredRow, kind: FailureKind, retryable: bool) -> StoredRow {
+        row.error_kind = Some(kind);
+        row.retryable = Some(retryable);
+        row
+    }
+
+    #[test]
+    fn a_link_is_attached_without_an_upload_and_once_sent_its_record_is_read_first() {
+        let now = Now {
+            size: 0,
+            mtime_ns: 0,
+            valid: true,
+        };
+        let choices = Choices::default();
+        let plan = |row: &StoredRow| decide(row, now, &choices).plan();
+        assert_eq!(
+            plan(&link_row(RowState::Pending, false)),
+            Some(Plan::Attach)
+        );
+        assert_eq!(
+            plan(&link_row(RowState::Attaching, true)),
+            Some(Plan::Verify)
+        );
+        // Failed before its attach was sent (its record could not be read): attached.
+        let network = FailureKind::Network;
+        let before = failed(link_row(RowState::Failed, false), network, true);
+        assert_eq!(plan(&before), Some(Plan::Attach));
+        // Failed after: the record settles it first, whatever the failure.
+        let after = failed(link_row(RowState::Failed, true), network, true);
+        assert_eq!(plan(&after), Some(Plan::Verify));
+        assert!(after.may_be_attached() && !before.may_be_attached());
+        let unsettled = FailureKind::AttachUnsettled;
+        let unsettled = failed(link_row(RowState::Failed, true), unsettled, false);
+        assert_eq!(plan(&unsettled), Some(Plan::Verify));
+        let refused = failed(
+            link_row(RowState::Failed, true),
+            FailureKind::ApiRejected,
+            false,
+        );
+        assert_eq!(decide(&refused, now, &choices), Decision::FailedForGood);
+        let retry = Choices {
+            retry_failed: true,
+            ..Choices::default()
+        };
+        assert_eq!(decide(&refused, now, &retry).plan(), Some(Plan::Verify));
+        // Done is done: a link has no file to change.
+        let done = link_row(RowState::Done, true);
+        assert_eq!(
+            decide(&done, now, &choices),
+            Decision::Done { changed: false }
+        );
+        let redo = Choices {
+            redo_removed: true,
+            ..Choices::default()
+        };
+        assert_eq!(plan(&link_row(RowState::Removed, true)), None);
+        let removed = link_row(RowState::Removed, false);
+        assert_eq!(decide(&removed, now, &redo).plan(), Some(Plan::Attach));
+        // Counted apart from the uploaded files to attach.
+        let mut work = Work::default();
+        work.add(
+            &link_row(RowState::Pending, false),
+            decide(&link_row(RowState::Pending, false), now, &choices),
+        );
+        assert_eq!((work.count(Plan::Attach), work.links_to_attach), (1, 1));
+        assert_eq!(
+            (work.bytes(), work.storage_needed(), work.api_calls(true)),
+            (0, 0, 1)
+        );
+    }
 }

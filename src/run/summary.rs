@@ -38,6 +38,8 @@ pub struct Summary {
     rows: usize,
     done_before: usize,
     pub done_now: usize,
+    /// Of `done_now`, the rows that attached a link (no upload).
+    links_attached: usize,
     pub failed_permanent: usize,
     pub failed_retryable: usize,
     rejected: usize,
@@ -120,7 +122,7 @@ impl Tally {
             let line = match row.state {
                 RowState::Done => FailureLine {
                     line: row.line,
-                    file: row.file.clone(),
+                    file: row.shown_file().to_string(),
                     state: "done",
                     kind: FailureKind::PinFailed,
                     retryable: false,
@@ -128,7 +130,7 @@ impl Tally {
                 },
                 _ => FailureLine {
                     line: row.line,
-                    file: row.file.clone(),
+                    file: row.shown_file().to_string(),
                     state: "failed",
                     kind: row.error_kind.unwrap_or(FailureKind::Other),
                     retryable: false,
@@ -142,7 +144,7 @@ impl Tally {
         for row in &work.rejected_rows {
             t.failures.push(FailureLine {
                 line: row.line,
-                file: row.file.clone(),
+                file: row.shown_file().to_string(),
                 state: "rejected",
                 kind: row.error_kind.unwrap_or(FailureKind::Invalid),
                 retryable: false,
@@ -166,7 +168,7 @@ impl Tally {
             }
             t.failures.push(FailureLine {
                 line: row.line,
-                file: row.file.clone(),
+                file: row.shown_file().to_string(),
                 state: match kind {
                     FailureKind::PinFailed => "done",
                     _ => "failed",
@@ -222,6 +224,7 @@ impl Summary {
             rows,
             done_before: work.already_done,
             done_now: tally.done_now,
+            links_attached: executed.ended.links_done,
             failed_permanent: tally.failed_permanent,
             failed_retryable: tally.failed_retryable,
             rejected: work.rejected,
@@ -313,6 +316,13 @@ impl Summary {
         writeln!(out, "  rows:               {}", self.rows)?;
         writeln!(out, "  done before:        {}", self.done_before)?;
         writeln!(out, "  done in this run:   {}", self.done_now)?;
+        if self.links_attached > 0 {
+            writeln!(
+                out,
+                "  links attached:     {} (of those)",
+                self.links_attached
+            )?;
+        }
         writeln!(out, "  failed for good:    {}", self.failed_permanent)?;
         writeln!(out, "  failed, retryable:  {}", self.failed_retryable)?;
         writeln!(out, "  rejected (invalid): {}", self.rejected)?;

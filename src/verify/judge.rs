@@ -155,7 +155,8 @@ pub struct Found {
     pub size: u64,
 }
 
-/// An attachment on a record read that has a done row's name and size but that no row recorded.
+/// An attachment on a record read that has a done row's name and size but that no row recorded
+/// (a link row's name, for a link: a link's size means nothing).
 #[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct Duplicate {
     pub attachment_id: String,
@@ -165,6 +166,25 @@ pub struct Duplicate {
     pub reference_id: String,
     /// The lines of the done rows of that name and size on that record.
     pub lines: Vec<u64>,
+    /// Of rows that attach links.
+    #[serde(skip)]
+    pub link: bool,
+}
+
+/// Whether `a` is what `row` attaches, as far as a record shows it: a file of its name and size
+/// (not a link); a link of its name and, where the record shows it, its type. A link's size means
+/// nothing, and its `url` is not compared: OnePageCRM documents it as the file's URL, not as the
+/// `external_url` it was given.
+fn shows_row(row: &StoredRow, a: &RemoteAttachment) -> bool {
+    match row.link_of() {
+        Some((_, link_type)) => {
+            a.filename == row.name
+                && a.storage_provider
+                    .as_deref()
+                    .is_none_or(|p| p == link_type.as_str())
+        }
+        None => a.filename == row.name && a.size == row.size && !a.is_link(),
+    }
 }
 
 /// A created note that is not as it was created.
@@ -225,16 +245,22 @@ fn duplicates(
     record: &RemoteRecord,
     plan: &Plan<'_>,
 ) -> Vec<Duplicate> {
-    let mut by_name: BTreeMap<(&str, u64), Vec<u64>> = BTreeMap::new();
+    // A done row of each name and size (each name, for links) stands for its group.
+    let mut by_name: BTreeMap<(&str, u64, bool), (&StoredRow, Vec<u64>)> = BTreeMap::new();
     for row in &expected.done {
         by_name
-            .entry((row.name.as_str(), row.size))
-            .or_default()
+            .entry((row.name.as_str(), row.size, row.is_link()))
+            .or_insert_with(|| (row, Vec::new()))
+            .1
             .push(row.line);
     }
     let mut found = Vec::new();
-    for ((name, size), lines) in by_name {
-        let same = |a: &&RemoteAttachment| a.filename == name && a.size == size;
+    for ((name, size, link), (first, lines)) in by_name {
+        // Any link of the name (of any type): another type's is as much a second copy.
+        let same = |a: &&RemoteAttachment| match link {
+            true => a.filename == name && (a.storage_provider.is_none() || a.is_link()),
+            false => shows_row(first, a),
+        };
         let extra: Vec<&RemoteAttachment> = record
             .attachments
             .iter()
@@ -244,7 +270,7 @@ fn duplicates(
         let doubt = expected
             .in_doubt
             .iter()
-            .filter(|r| r.name == name && r.size == size)
+            .filter(|r| r.name == name && r.is_link() == link && (link || r.size == size))
             .count();
         if extra.len() <= doubt {
             continue;
@@ -256,6 +282,7 @@ fn duplicates(
             reference_type: *reference_type,
             reference_id: reference_id.clone(),
             lines: lines.clone(),
+            link,
         }));
     }
     found
@@ -270,10 +297,10 @@ fn judge_row(
 ) -> Option<LineProblem> {
     let others: Vec<String> = duplicates
         .iter()
-        .filter(|d| d.name == row.name && d.size == row.size)
+        .filter(|d| d.name == row.name && d.size == row.size && d.link == row.is_link())
         .map(|d| d.attachment_id.clone())
         .collect();
-    let shown = |a: &RemoteAttachment| a.filename == row.name && a.size == row.size;
+    let shown = |a: &RemoteAttachment| shows_row(row, a);
     let attachment = row
         .attachment_id
         .as_deref()
@@ -291,10 +318,21 @@ fn judge_row(
                 name: a.filename.clone(),
                 size: a.size,
             }),
-            format!(
-                "attachment {} is there as {:?}, {} bytes, not {:?}, {} bytes",
-                a.id, a.filename, a.size, row.name, row.size
-            ),
+            match row.link_of() {
+                Some((_, link_type)) => format!(
+                    "attachment {} is there as {:?} ({}), not as the link {:?} ({link_type})",
+                    a.id,
+                    a.filename,
+                    a.storage_provider
+                        .as_deref()
+                        .unwrap_or("no storage provider shown"),
+                    row.name
+                ),
+                None => format!(
+                    "attachment {} is there as {:?}, {} bytes, not {:?}, {} bytes",
+                    a.id, a.filename, a.size, row.name, row.size
+                ),
+            },
         ),
         (Some(_), Some(a)) if !others.is_empty() => (
             Verdict::Duplicate,
@@ -311,7 +349,7 @@ fn judge_row(
     Some(LineProblem {
         line: row.line,
         verdict,
-        file: row.file.clone(),
+        file: row.shown_file().to_string(),
         name: row.name.clone(),
         size: row.size,
         contact_id: row.contact_id.clone(),
@@ -399,6 +437,7 @@ mod tests {
             filename: name.into(),
             size,
             url: None,
+            storage_provider: None,
         }
     }
 
@@ -467,6 +506,73 @@ mod tests {
         assert!(judged.duplicates.is_empty());
     }
 
+    /// A done link row (dropbox), line `line`, named `name`, attached as `id`.
+    fn done_link(line: u64, name: &str, id: &str) -> StoredRow {
+        let mut row = done(line, name, 0, id);
+        row.file.clear();
+        row.link = Some(crate::checkpoint::LinkColumns {
+            url: format!("https://www.dropbox.com/s/x/{name}"),
+            link_type: "dropbox".into(),
+            sent: true,
+        });
+        row
+    }
+
+    /// A link attachment as a record shows it: of `provider`, whatever size the server says.
+    fn link(id: &str, name: &str, provider: &str) -> RemoteAttachment {
+        RemoteAttachment {
+            url: Some(format!("https://www.dropbox.com/s/x/{name}")),
+            storage_provider: Some(provider.into()),
+            ..attachment(id, name, 123)
+        }
+    }
+
+    #[test]
+    fn a_link_is_judged_by_its_id_name_and_type_not_its_size() {
+        let rows = [
+            done_link(2, "a.pdf", "A"),
+            done_link(3, "b.pdf", "B"),
+            done_link(4, "c.pdf", "C"),
+            done_link(5, "d.pdf", "D"),
+            // A file of the name of a link: neither is the other's duplicate.
+            done(6, "a.pdf", 123, "F"),
+        ];
+        let found = record(vec![
+            // A link's size is no size: a server may say anything.
+            link("A", "a.pdf", "dropbox"),
+            // B gone; C renamed; D now another provider's.
+            link("C", "c (1).pdf", "dropbox"),
+            link("D", "d.pdf", "google_drive"),
+            attachment("F", "a.pdf", 123),
+            // A second link named a.pdf that no row recorded is a duplicate of line 2.
+            link("X", "a.pdf", "evernote"),
+        ]);
+        let (lines, judged) = verdicts(&rows, Some(&found));
+        assert_eq!(
+            lines,
+            [
+                (2, "duplicate"),
+                (3, "missing"),
+                (4, "changed"),
+                (5, "changed"),
+                (6, "ok")
+            ]
+        );
+        let problem = |line| judged.problems.iter().find(|p| p.line == line).unwrap();
+        assert_eq!(problem(2).others, ["X"]);
+        assert!(problem(5).detail.contains("google_drive"), "{judged:?}");
+        assert_eq!(problem(3).file, "https://www.dropbox.com/s/x/b.pdf");
+        assert_eq!(judged.duplicates.len(), 1);
+        // A link row in doubt of that name accounts for the unrecorded one.
+        let mut doubt = done_link(7, "a.pdf", "unrecorded");
+        doubt.state = RowState::Attaching;
+        doubt.attachment_id = None;
+        let mut with_doubt = rows.to_vec();
+        with_doubt.push(doubt);
+        let (lines, _) = verdicts(&with_doubt, Some(&found));
+        assert_eq!(lines[0], (2, "ok"));
+    }
+
     #[test]
     fn every_row_of_a_record_that_is_gone_is_missing() {
         let rows = [done(2, "a.pdf", 10, "A"), done(3, "b.pdf", 20, "B")];
@@ -504,6 +610,7 @@ mod tests {
                 reference_type: ReferenceType::Note,
                 reference_id: NOTE.into(),
                 lines: vec![2],
+                link: false,
             }]
         );
     }

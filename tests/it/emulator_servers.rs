@@ -193,6 +193,7 @@ fn remote(attachment: &Value) -> RemoteAttachment {
         filename: attachment["filename"].as_str().unwrap().to_string(),
         size: attachment["size"].as_u64().unwrap(),
         url: attachment["url"].as_str().map(str::to_string),
+        storage_provider: attachment["storage_provider"].as_str().map(str::to_string),
     }
 }
 

@@ -16,6 +16,7 @@ mod hostile_18;
 mod hostile_19;
 mod hostile_input;
 mod hostile_server;
+mod links;
 mod notes;
 mod old_state;
 mod pin;

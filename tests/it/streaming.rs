@@ -1127,7 +1127,12 @@ fn rows_failed_for_good_stay_failed_and_retry_failed_takes_them_up_in_batches_of
 
 /// `opcrm-import run MANIFEST --no-progress --rate off` against `api` in batches of `batch`
 /// rows, as a child process to signal.
-fn spawn_batched(api: &str, manifest: &Path, batch: usize, args: &[&str]) -> std::process::Child {
+pub(crate) fn spawn_batched(
+    api: &str,
+    manifest: &Path,
+    batch: usize,
+    args: &[&str],
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
         .env("ONEPAGECRM_API_URL", api)
         .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
@@ -1492,7 +1497,7 @@ fn a_reupload_of_changed_files_cut_short_leaves_the_rest_changed_for_the_next_ru
 
 /// A server in front of `emu` that holds request number `at` until the flag it returns is set
 /// , or a minute has passed.
-fn holding_request(
+pub(crate) fn holding_request(
     emu: &Emulator,
     at: usize,
 ) -> (

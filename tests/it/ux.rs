@@ -70,8 +70,41 @@ fn json_documents_have_the_documented_shape() {
             ("files_to_upload", "integer"),
             ("bytes_to_upload", "integer"),
             ("largest_file", "object|null"),
+            ("links_to_attach", "integer"),
         ],
         "check.summary",
+    );
+
+    let out = emu
+        .run_cmd(&manifest)
+        .args(["--json", "--dry-run"])
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_shape(
+        &plan,
+        &[
+            ("manifest", "string"),
+            ("state", "string"),
+            ("dry_run", "boolean"),
+            ("to_upload", "integer"),
+            ("to_attach", "integer"),
+            ("links_to_attach", "integer"),
+            ("to_verify", "integer"),
+            ("to_pin", "integer"),
+            ("already_done", "integer"),
+            ("failed_permanent", "integer"),
+            ("rejected", "integer"),
+            ("contacts_to_look_up", "integer"),
+            ("bytes_to_upload", "integer"),
+            ("notes_to_create", "integer"),
+            ("api_calls", "integer"),
+            ("estimated_seconds", "number"),
+            ("error", "string|null"),
+            ("exit_code", "integer"),
+        ],
+        "run --dry-run",
     );
 
     let out = emu
@@ -89,6 +122,7 @@ fn json_documents_have_the_documented_shape() {
             ("rows", "integer"),
             ("done_before", "integer"),
             ("done_now", "integer"),
+            ("links_attached", "integer"),
             ("failed_permanent", "integer"),
             ("failed_retryable", "integer"),
             ("rejected", "integer"),
