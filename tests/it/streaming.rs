@@ -1184,18 +1184,20 @@ fn runs_killed_at_request_counts_in_small_batches_then_rerun_attach_each_row_onc
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let emu = Emulator::start_seeded(&seed, &args, None);
-        // Killed after 9, 18, 27 ... more requests seen by the emulator: the same moments on a
-        // slow or a fast machine.
+        // Each run goes through a server that holds its 9th, 12th, 15th ... API request, and is
+        // killed while that request is held: the same moments on a slow or a fast machine (a
+        // run that ends before its held request, with nothing left to do, is not killed).
         let mut kills = 0;
-        for step in 1..=8u64 {
-            let target = crate::faults::requests_seen(&emu) + 9 * step;
+        for step in 1..=8usize {
+            let at = 6 + 3 * step;
+            let (server, release) = holding_request(&emu, at);
             let mut run = spawn_batched(
-                &emu.api,
+                &server.api,
                 &manifest,
                 batch,
                 &["--concurrency", "4", "--retries", "0"],
             );
-            while run.try_wait().unwrap().is_none() && crate::faults::requests_seen(&emu) < target {
+            while run.try_wait().unwrap().is_none() && server.requests().len() <= at {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             if run.try_wait().unwrap().is_none() {
@@ -1203,6 +1205,9 @@ fn runs_killed_at_request_counts_in_small_batches_then_rerun_attach_each_row_onc
                 kills += 1;
             }
             let _ = run.wait();
+            let (lock, told) = &*release;
+            *lock.lock().unwrap() = true;
+            told.notify_all();
         }
         assert!(
             kills >= 3,
