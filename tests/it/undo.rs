@@ -257,13 +257,15 @@ fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_
         run_to_the_end(&emu, &manifest);
         let made: BTreeSet<String> = live(&emu).difference(&before).cloned().collect();
         assert_eq!(made.len(), 11);
-        // Killed after 3, 6, 9 ... more requests seen by the emulator: the same moments on a
-        // slow or a fast machine.
+        // Each undo goes through a server that holds its 3rd, 4th, 5th ... API request, and is
+        // killed while that request is held (it reaches the emulator after the kill): the same
+        // moments on a slow or a fast machine.
         let mut kills = 0;
-        for step in 1..=6u64 {
-            let target = crate::faults::requests_seen(&emu) + 3 * step;
+        for step in 1..=6usize {
+            let at = 2 + step;
+            let (server, release) = crate::streaming::holding_request(&emu, at);
             let mut undo = std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
-                .env("ONEPAGECRM_API_URL", &emu.api)
+                .env("ONEPAGECRM_API_URL", &server.api)
                 .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
                 .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
                 .arg("undo")
@@ -273,8 +275,7 @@ fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            while undo.try_wait().unwrap().is_none() && crate::faults::requests_seen(&emu) < target
-            {
+            while undo.try_wait().unwrap().is_none() && server.requests().len() <= at {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             if undo.try_wait().unwrap().is_none() {
@@ -282,6 +283,9 @@ fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_
                 kills += 1;
             }
             let _ = undo.wait();
+            let (lock, told) = &*release;
+            *lock.lock().unwrap() = true;
+            told.notify_all();
         }
         assert!(kills >= 2, "seed {seed}: {kills} undos killed mid-way");
         let mut last = String::new();
