@@ -13,7 +13,7 @@
 //! attachment whose id is not recorded yet: they are named, not undone, until a `run` settles
 //! them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
@@ -171,9 +171,9 @@ fn holds_unrecorded(row: &StoredRow) -> bool {
 }
 
 /// A row that holds an attachment once this undo is over, as far as the state file knows.
-fn still_holds(row: &StoredRow, removed: &HashMap<i64, bool>) -> bool {
+fn still_holds(row: &StoredRow, removed: &HashSet<i64>) -> bool {
     match row.state {
-        RowState::Done | RowState::Removing => !removed.get(&row.id).copied().unwrap_or(false),
+        RowState::Done | RowState::Removing => !removed.contains(&row.id),
         _ => holds_unrecorded(row),
     }
 }
@@ -235,7 +235,7 @@ struct KeptNote {
 
 async fn execute(ctx: &Arc<Context>, plan: &Plan) -> Result<Outcome, String> {
     let mut outcome = Outcome::default();
-    let mut removed: HashMap<i64, bool> = HashMap::new();
+    let mut removed: HashSet<i64> = HashSet::new();
     let mut results = futures_util::stream::iter(plan.targets())
         .map(|target| async move { (target.row_id(), remove(ctx, target).await) })
         .buffer_unordered(CONCURRENCY);
@@ -249,7 +249,7 @@ async fn execute(ctx: &Arc<Context>, plan: &Plan) -> Result<Outcome, String> {
             }
         }
         if let Some(id) = row_id {
-            removed.insert(id, true);
+            removed.insert(id);
         }
     }
     drop(results);
@@ -661,11 +661,7 @@ fn write_outcome(out: &mut impl Write, doc: &OutcomeDoc) -> std::io::Result<()> 
         o.notes_deleted + o.notes_already_gone,
         o.notes_already_gone
     )?;
-    let mut kept: BTreeMap<&str, &KeptNote> = BTreeMap::new();
     for k in &o.notes_kept {
-        kept.insert(&k.note_id, k);
-    }
-    for k in kept.values() {
         writeln!(
             out,
             "  kept note {} of contact {}: it holds {} attachments this state file did not make",

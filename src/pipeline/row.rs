@@ -744,21 +744,7 @@ impl<'a> RowRun<'a> {
         };
         match ctx.api(|| ctx.client.attach(&attach)).await {
             Ok(attached) => {
-                self.settle_turn();
-                let done = Transition::Done {
-                    attachment_id: attached.id.clone(),
-                    pinning: row.pin,
-                };
-                // A row to pin commits the pin's intent with its `done`, before the PATCH; any
-                // other row's `done` is queued (nothing follows it).
-                match row.pin {
-                    true => ctx.commit(row, done).await?,
-                    false => ctx.record_later(row, done),
-                }
-                ctx.events.emit(Event::StepDone {
-                    row,
-                    step: Step::Attach,
-                });
+                self.attached(&attached.id).await?;
                 ctx.snapshots
                     .learned(attached.key(&row.contact_id).as_deref() == Some(key.as_str()));
                 self.probe = None;
@@ -843,24 +829,32 @@ impl<'a> RowRun<'a> {
         };
         match ctx.api(|| ctx.client.attach_link(&link)).await {
             Ok(attached) => {
-                self.settle_turn();
-                let done = Transition::Done {
-                    attachment_id: attached.id.clone(),
-                    pinning: row.pin,
-                };
-                // As a file's: a row to pin commits the pin's intent with its `done`.
-                match row.pin {
-                    true => ctx.commit(row, done).await?,
-                    false => ctx.record_later(row, done),
-                }
-                ctx.events.emit(Event::StepDone {
-                    row,
-                    step: Step::Attach,
-                });
+                self.attached(&attached.id).await?;
                 Ok(self.pin_next(attached.id))
             }
             Err(e) => self.attach_failed(e, None).await.map(|()| false),
         }
+    }
+
+    /// Step 3 answered with `attachment_id`, a file's or a link's: the row's turn at its record
+    /// settles, and the row is done. A row to pin commits the pin's intent with its `done`,
+    /// before the PATCH; any other row's `done` is queued (nothing follows it).
+    async fn attached(&mut self, attachment_id: &str) -> Result<(), RowError> {
+        let (ctx, row) = (self.ctx, self.row);
+        self.settle_turn();
+        let done = Transition::Done {
+            attachment_id: attachment_id.to_string(),
+            pinning: row.pin,
+        };
+        match row.pin {
+            true => ctx.commit(row, done).await?,
+            false => ctx.record_later(row, done),
+        }
+        ctx.events.emit(Event::StepDone {
+            row,
+            step: Step::Attach,
+        });
+        Ok(())
     }
 
     /// Step 3 failed with `e`: a retryable failure is retried, after the record is read where

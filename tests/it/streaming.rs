@@ -1189,25 +1189,15 @@ fn runs_killed_at_request_counts_in_small_batches_then_rerun_attach_each_row_onc
         // run that ends before its held request, with nothing left to do, is not killed).
         let mut kills = 0;
         for step in 1..=8usize {
-            let at = 6 + 3 * step;
-            let (server, release) = holding_request(&emu, at);
-            let mut run = spawn_batched(
-                &server.api,
-                &manifest,
-                batch,
-                &["--concurrency", "4", "--retries", "0"],
-            );
-            while run.try_wait().unwrap().is_none() && server.requests().len() <= at {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            if run.try_wait().unwrap().is_none() {
-                crate::faults::signal(&run, libc::SIGKILL);
-                kills += 1;
-            }
-            let _ = run.wait();
-            let (lock, told) = &*release;
-            *lock.lock().unwrap() = true;
-            told.notify_all();
+            let killed = killed_while_held(&emu, 6 + 3 * step, |api| {
+                spawn_batched(
+                    api,
+                    &manifest,
+                    batch,
+                    &["--concurrency", "4", "--retries", "0"],
+                )
+            });
+            kills += usize::from(killed);
         }
         assert!(
             kills >= 3,
@@ -1524,6 +1514,30 @@ pub(crate) fn holding_request(
         Answer::Pass
     });
     (server, signalled)
+}
+
+/// Starts a process (`spawn`, given the API URL to use) through a server in front of `emu` that
+/// holds its API request number `at`, and kills it while that request is held (then lets the
+/// request go on to the emulator): true when it was killed, false when it ended before.
+pub(crate) fn killed_while_held(
+    emu: &Emulator,
+    at: usize,
+    spawn: impl FnOnce(&str) -> std::process::Child,
+) -> bool {
+    let (server, release) = holding_request(emu, at);
+    let mut child = spawn(&server.api);
+    while child.try_wait().unwrap().is_none() && server.requests().len() <= at {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        crate::faults::signal(&child, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let (lock, told) = &*release;
+    *lock.lock().unwrap() = true;
+    told.notify_all();
+    killed
 }
 
 /// Waits (a minute at most) until `server` has seen request number `at`.

@@ -262,30 +262,20 @@ fn undo_under_faults_lost_answers_and_kills_deletes_each_thing_once_and_nothing_
         // moments on a slow or a fast machine.
         let mut kills = 0;
         for step in 1..=6usize {
-            let at = 2 + step;
-            let (server, release) = crate::streaming::holding_request(&emu, at);
-            let mut undo = std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
-                .env("ONEPAGECRM_API_URL", &server.api)
-                .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
-                .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
-                .arg("undo")
-                .arg(&manifest)
-                .args(["--yes", "--rate", "off", "--retries", "2"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            while undo.try_wait().unwrap().is_none() && server.requests().len() <= at {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            if undo.try_wait().unwrap().is_none() {
-                crate::faults::signal(&undo, libc::SIGKILL);
-                kills += 1;
-            }
-            let _ = undo.wait();
-            let (lock, told) = &*release;
-            *lock.lock().unwrap() = true;
-            told.notify_all();
+            let killed = crate::streaming::killed_while_held(&emu, 2 + step, |api| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_opcrm-import"))
+                    .env("ONEPAGECRM_API_URL", api)
+                    .env("ONEPAGECRM_USER_ID", crate::common::emulator::USER_ID)
+                    .env("ONEPAGECRM_API_KEY", crate::common::emulator::API_KEY)
+                    .arg("undo")
+                    .arg(&manifest)
+                    .args(["--yes", "--rate", "off", "--retries", "2"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            });
+            kills += usize::from(killed);
         }
         assert!(kills >= 2, "seed {seed}: {kills} undos killed mid-way");
         let mut last = String::new();
